@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` (the main job) and `make test`. Both set up what they need.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export RECSYS_ARTIFACTS ?= $(CURDIR)/artifacts
+export DAGSTER_HOME ?= $(RECSYS_ARTIFACTS)/dagster_home
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: setup demo test test-fast dev lock clean
+
+setup:  ## create .venv and .venv-merlin from the lock files (only what changed)
+	@scripts/setup.sh
+
+demo: setup  ## the whole pipeline on the embedded defaults, then a summary
+	@$(PY) -m recsys_assets.defs.demo
+
+test: setup  ## the whole test suite (starts and stops its own services)
+	@$(PY) -m pytest
+
+test-fast: setup  ## unit tests only (no merlin env, no services)
+	@$(PY) -m pytest -m "not merlin and not integration"
+
+dev: setup  ## the Dagster UI on http://127.0.0.1:3000 over the local artifacts
+	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	@.venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+clean:  ## remove generated artifacts (keeps the environments)
+	rm -rf artifacts test-artifacts

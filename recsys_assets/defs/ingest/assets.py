@@ -1,0 +1,157 @@
+"""Ingest: the catalogue, users and one partition of raw interactions per day.
+Locally the synthetic generator produces the data (``WorldResource``); every asset writes through the
+artifact store, so in production the same layout sits under an S3 prefix. Re-materializing a partition
+replaces its file whole (idempotent), and blocking checks keep a broken file from reaching anything downstream.
+"""
+
+
+import dagster as dg
+import numpy as np
+
+from recsys_assets.defs.checks_util import check_specs, markdown_table, to_results
+from recsys_assets.defs.partitions import BACKFILL_DAYS, daily_partitions, partition_day
+from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
+from recsys_assets.lib import dataset, paths
+from recsys_assets.lib import validation as v
+
+GROUP = "ingest"
+
+
+@dg.asset(group_name=GROUP, kinds={"parquet"}, check_specs=check_specs("items"))
+def items(artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
+    """The 2,465 Retail Demo Store products: id, uuid, name, category_l1/l2, price, gender, first available day."""
+    store = artifacts.store()
+    df = dataset.write_items(store, world.world())
+    where = store.uri(paths.ITEMS)
+    outcomes = [
+        v.check_schema(df, v.ITEM_SCHEMA, where),
+        v.check_non_empty(df, where),
+        v.CheckOutcome("id_ranges", bool((df["item_id"].to_numpy() == np.arange(len(df))).all()),
+                       f"{where}: item ids are 0..{len(df) - 1} in catalogue order"),
+        v.check_unique(df, "item_id", where),
+    ]
+    mix = (df.groupby("category_l1").agg(items=("item_id", "size"), styles=("category_l2", "nunique"),
+                                         median_price=("price", "median"))
+           .reset_index().sort_values("items", ascending=False))
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(df),
+            "categories": int(df["category_l1"].nunique()),
+            "held_back_items": int((df["available_from_day"] > 0).sum()),
+            "path": where,
+            "category_mix": markdown_table(mix, ".2f"),
+        },
+        check_results=to_results(outcomes),
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"parquet"}, deps=[items])
+def item_descriptions(artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
+    """Name, description text and the colour word of every item (input to the text and image embeddings)."""
+    store = artifacts.store()
+    df = dataset.write_descriptions(store, world.world())
+    lengths = df["description"].str.split().str.len()
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(df),
+            "mean_words": float(lengths.mean()),
+            "items_with_colour_word": int((df["colour"] != "").sum()),
+            "path": store.uri(paths.ITEM_DESCRIPTIONS),
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"pillow"}, deps=[item_descriptions])
+def item_images(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
+                world: WorldResource) -> dg.MaterializeResult:
+    """One rendered JPEG per item (``raw/item_images/<item_id>.jpg``): category silhouette, style pattern, colour."""
+    store = artifacts.store()
+    n = dataset.write_images(store, world.world())
+    context.log.info(f"rendered {n} product images")
+    return dg.MaterializeResult(
+        metadata={"images": n, "bytes": store.size_bytes(paths.ITEM_IMAGES), "path": store.uri(paths.ITEM_IMAGES),
+                  "example": dg.MetadataValue.path(store.uri(paths.item_image(0)))}
+    )
+
+
+class UsersConfig(dg.Config):
+    through_day: int = BACKFILL_DAYS.stop - 1
+    """Users are registered in daily cohorts; the table holds everyone who arrived by this day."""
+
+
+@dg.asset(group_name=GROUP, kinds={"parquet"}, check_specs=check_specs("users"))
+def users(config: UsersConfig, artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
+    """Registered users (id, age, gender, signup day) of every cohort up to ``through_day``.
+
+    Users grow with days: ids are assigned in arrival order, so the table for a later ``through_day`` extends the
+    earlier one without renumbering. Interactions of a day past ``through_day`` may name users this table does not
+    list yet; the daily refresh re-materializes it (and serving treats such users as new, with cold-start defaults).
+    """
+    store = artifacts.store()
+    df = dataset.write_users(store, world.world(), config.through_day)
+    where = store.uri(paths.USERS)
+    outcomes = [
+        v.check_schema(df, v.USER_SCHEMA, where),
+        v.check_non_empty(df, where),
+        v.CheckOutcome("id_ranges", bool((df["user_id"].to_numpy() == np.arange(len(df))).all())
+                       and bool(df["age"].between(18, 100).all()) and bool(df["gender"].isin(["M", "F"]).all()),
+                       f"{where}: ids 0..{len(df) - 1} in arrival order, ages 18-100, gender M/F"),
+        v.check_unique(df, "user_id", where),
+    ]
+    cohorts = df.groupby("signup_day").size().rename("users").reset_index()
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(df),
+            "through_day": config.through_day,
+            "mean_age": float(df["age"].mean()),
+            "share_female": float((df["gender"] == "F").mean()),
+            "path": where,
+            "cohorts": markdown_table(cohorts),
+        },
+        check_results=to_results(outcomes),
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=daily_partitions, deps=[items, users],
+          check_specs=check_specs("raw_interactions"))
+def raw_interactions(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
+                     world: WorldResource) -> dg.MaterializeResult:
+    """One day of impressions with click labels (``raw/interactions/day_XX.parquet``).
+
+    The generator's true click probabilities go to ``truth/interactions/day_XX.parquet`` beside it, for evaluation
+    only. Re-materializing a day replaces both files.
+    """
+    day = partition_day(context)
+    store = artifacts.store()
+    w = world.world()
+    df, truth = dataset.write_day(store, w, day)
+    where = store.uri(paths.raw_interactions(day))
+    n_users = sum(w.cohort_size(d) for d in range(day + 1))
+    outcomes = [
+        v.check_schema(df, v.INTERACTION_SCHEMA, where),
+        v.check_non_empty(df, where),
+        v.check_interaction_ranges(df, where, n_users, w.item_available_from, day),
+        v.check_unique(df, "interaction_id", where),
+    ]
+    # Metadata must describe a broken file too (the checks above say what is wrong with it).
+    df = df.assign(category_l1=df["item_id"].map(w.items["category_l1"]).fillna("(unknown item)"))
+    mix = (df.groupby("category_l1").agg(impressions=("click", "size"), ctr=("click", "mean"))
+           .reset_index().sort_values("impressions", ascending=False))
+    by_device = df.groupby("device_type").agg(impressions=("click", "size"), ctr=("click", "mean")).reset_index()
+    return dg.MaterializeResult(
+        metadata={
+            "day": day,
+            "rows": len(df),
+            "clicks": int(df["click"].sum()),
+            "ctr": float(df["click"].mean()) if len(df) else 0.0,
+            "users": int(df["user_id"].nunique()),
+            "new_users": int(w.cohort_size(day)) if day > 0 else 0,
+            "items_shown": int(df["item_id"].nunique()),
+            "cold_items_available": int(((w.item_available_from > 0) & (w.item_available_from <= day)).sum()),
+            "mean_true_p_click": float(truth["p_click"].mean()),
+            "path": where,
+            "category_mix": markdown_table(mix),
+            "ctr_by_device": markdown_table(by_device),
+        },
+        check_results=to_results(outcomes),
+    )

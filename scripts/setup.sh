@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the two Python environments from the locked requirement files:
+#   .venv         pipeline env: Dagster, Feast, Valkey, FAISS, torch/open_clip/sentence-transformers, Triton
+#   .venv-merlin  merlin env:   NVTabular 23.8, merlin-models 23.12, TensorFlow 2.12 (CPU), dagster-pipes
+# An env is rebuilt only when its lock file changed (a stamp holds the lock's hash). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {
+  for cand in "${PYTHON311:-}" python3.11 "$HOME/.pyenv/versions/3.11.7/bin/python3.11"; do
+    [[ -n "$cand" ]] || continue
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys, venv; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
+      command -v "$cand"; return 0
+    fi
+  done
+  return 1
+}
+
+PY=$(find_python) || {
+  cat >&2 <<'MSG'
+error: Python 3.11 (with venv) was not found, and both environments need it
+       (the Merlin stack stops at Python 3.11; Triton's python backend stub is built for it).
+Install one of:
+  - Debian/Ubuntu:  apt-get install python3.11 python3.11-venv python3.11-dev
+  - pyenv:          pyenv install 3.11.7
+then re-run `make setup`, or point PYTHON311=/path/to/python3.11 at it.
+MSG
+  exit 1
+}
+
+remove_unlocked() {  # remove_unlocked <dir> <lock>: uninstall what the lock no longer names (a sync, not a merge)
+  local extra
+  extra=$("$1/bin/python" -m pip freeze --exclude-editable | cut -d= -f1 | tr 'A-Z_' 'a-z-' | sort \
+          | comm -23 - <(grep -v '^#' "$2" | cut -d= -f1 | tr 'A-Z_' 'a-z-' | sort) | grep -v -x -e pip -e setuptools -e wheel || true)
+  [[ -z "$extra" ]] || "$1/bin/python" -m pip uninstall -y $extra
+}
+
+build_env() {  # build_env <dir> <lock file>
+  local dir=$1 lock=$2 stamp want
+  stamp="$dir/.lock-sha256"
+  want=$(sha256sum "$lock" | cut -d' ' -f1)
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "[setup] $dir is up to date with $lock"
+    return 0
+  fi
+  if [[ -x "$dir/bin/python" && -f "$stamp" ]]; then
+    echo "[setup] syncing $dir with $lock (log: $dir.log)"
+  else
+    echo "[setup] creating $dir from $lock (log: $dir.log)"
+    rm -rf "$dir"
+  fi
+  {
+    { [[ -x "$dir/bin/python" ]] || "$PY" -m venv "$dir"; } &&
+    "$dir/bin/python" -m pip install --quiet --upgrade pip==24.0 &&
+    "$dir/bin/python" -m pip install --no-deps -r "$lock" &&
+    remove_unlocked "$dir" "$lock" &&
+    "$dir/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e . &&
+    "$dir/bin/python" -m pip check
+  } >"$dir.log" 2>&1 || { echo "[setup] FAILED to build $dir; the end of $dir.log:" >&2; tail -n 40 "$dir.log" >&2; return 1; }
+  echo "$want" >"$stamp"
+  echo "[setup] $dir ready ($(du -sh "$dir" | cut -f1))"
+}
+
+# The two installs are mostly unpacking and I/O: run them side by side.
+build_env .venv requirements/pipeline.lock.txt & p1=$!
+build_env .venv-merlin requirements/merlin.lock.txt & p2=$!
+rc=0
+wait $p1 || rc=1
+wait $p2 || rc=1
+exit $rc
