@@ -29,7 +29,9 @@ def _instance(settings: Settings) -> dg.DagsterInstance:
 
 
 def _run(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
-    result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False, **kwargs)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False,
+                                                          run_config=quiet, **kwargs)
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if not result.success or failed_checks:
         for event in result.all_events:

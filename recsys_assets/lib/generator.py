@@ -376,7 +376,8 @@ class World:
         # Sessions: Poisson per user by activity and weekday; a new user always visits on the day they arrive.
         lam = pop["activity"] * _WEEKDAY_TRAFFIC[weekday]
         n_sessions = rng.poisson(lam)
-        n_sessions = np.where(pop["signup_day"] == day, np.maximum(n_sessions, 1), n_sessions)
+        if day > 0:  # day 0's cohort is the existing population, not newcomers
+            n_sessions = np.where(pop["signup_day"] == day, np.maximum(n_sessions, 1), n_sessions)
         s_user = np.repeat(np.arange(n_users), n_sessions)
         n_s = len(s_user)
         # Device from the user's habits; hour from that device's traffic profile.

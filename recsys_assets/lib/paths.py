@@ -23,3 +23,35 @@ def interactions_truth(day: int) -> str:
 
 def item_image(item_id: int) -> str:
     return f"{ITEM_IMAGES}/{int(item_id)}.jpg"
+
+
+# -- features -------------------------------------------------------------------------------------------------
+def top_category(day: int) -> str:
+    """Point-in-time ``top_category`` of every row of ``raw_interactions(day)`` (same order, with interaction_id)."""
+    return f"features/top_category/{day_name(day)}.parquet"
+
+
+def user_top_category(day: int) -> str:
+    """Each user's ``top_category`` as of the end of ``day`` (user_id, top_category, event_timestamp)."""
+    return f"features/user_top_category/{day_name(day)}.parquet"
+
+
+# -- embeddings (recsys_assets.defs.embeddings): matrices are keyed by raw item id (row r = item r) --------------
+CLIP_EMBEDDINGS = "embeddings/clip.npy"                 # float32 (items, clip dim), unit rows
+CLIP_MANIFEST = "embeddings/clip.json"                  # model identity, digest, fallback flag, dims
+TEXT_EMBEDDINGS = "embeddings/text.npy"                 # float32 (items, text dim), unit rows
+TEXT_MANIFEST = "embeddings/text.json"
+MULTIMODAL_EMBEDDINGS = "embeddings/multimodal.npy"     # float32 (items, 2 x PCA dims): [image PCA | text PCA]
+MULTIMODAL_TABLE = "embeddings/multimodal.parquet"      # item_id, image_pca, text_pca (list<float32>)
+MULTIMODAL_MANIFEST = "embeddings/multimodal.json"      # layout, PCA dims, explained variance, sources
+EMBEDDING_PROJECTION_PLOT = "embeddings/projection.png"
+
+
+def embedding_pca(kind: str) -> str:
+    """The saved PCA of one modality (``clip`` or ``text``), reused for items that arrive later."""
+    return f"embeddings/pca/{kind}.npz"
+
+
+def embedding_cache(kind: str, model_digest: str) -> str:
+    """The content-hash cache of one encoder (one file per model identity)."""
+    return f"embeddings/cache/{kind}-{model_digest[:16]}.npz"

@@ -1,0 +1,119 @@
+"""``top_category``: a user's short-term interest, computed point in time (DESIGN.md Contracts).
+
+Definition, the same in training and serving: the dominant ``category_l1`` of the user's clicks in the 24 h
+before the event; if there are none, the dominant category of all earlier clicks; if none, -1. Ties go to
+the category clicked most recently. "Before" is strict: a row's own click never counts towards its own
+feature, which is how this avoids the seed's leak (it computed the feature from the very days and clicks
+it then trained on, so the label flowed into the feature).
+
+Categories are int codes: positions in :data:`CATEGORIES` (the catalogue's 20 ``category_l1`` values, sorted).
+The serving side (the click path of the events API) keeps the same value up to date in the online store with
+:func:`top_category_of_window`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+WINDOW_SECONDS = 24 * 3600
+NONE = -1
+
+CATEGORIES = (
+    "accessories", "apparel", "beauty", "books", "cold dispensed", "electronics", "floral", "food service",
+    "footwear", "furniture", "groceries", "homedecor", "hot dispensed", "housewares", "instruments", "jewelry",
+    "outdoors", "salty snacks", "seasonal", "tools",
+)
+CATEGORY_CODE = {c: i for i, c in enumerate(CATEGORIES)}
+
+
+def category_codes(category_l1) -> np.ndarray:
+    """Map category names to codes; an unknown name is an error (it would silently become -1 otherwise)."""
+    names = np.asarray(category_l1, dtype=object)
+    unknown = sorted(set(names.tolist()) - set(CATEGORY_CODE))
+    if unknown:
+        raise ValueError(f"unknown category_l1 values {unknown[:5]}: expected one of the catalogue's 20 categories")
+    return np.array([CATEGORY_CODE[c] for c in names.tolist()], dtype=np.int64)
+
+
+def _dominant(counts: np.ndarray, last_ts: np.ndarray) -> np.ndarray:
+    """Row-wise argmax of counts, ties to the largest last-click time; -1 where a row has no counts."""
+    best = counts.max(axis=1)
+    tied = (counts == best[:, None]) & (counts > 0)
+    score = np.where(tied, last_ts, np.iinfo(np.int64).min)
+    out = score.argmax(axis=1).astype(np.int64)
+    out[best == 0] = NONE
+    return out
+
+
+def point_in_time_top_category(clicks_user, clicks_ts, clicks_category, query_user, query_ts,
+                               window: int = WINDOW_SECONDS) -> np.ndarray:
+    """``top_category`` at each query (user, timestamp), from the clicks strictly before it.
+
+    clicks_*: the click history (any order), categories as codes. query_*: the rows to compute for.
+    Vectorised: one sort of the clicks, cumulative per-user category counts, and binary searches for the
+    last click before ``t`` and before ``t - window``.
+    """
+    cu = np.asarray(clicks_user, np.int64)
+    ct = np.asarray(clicks_ts, np.int64)
+    cc = np.asarray(clicks_category, np.int64)
+    qu = np.asarray(query_user, np.int64)
+    qt = np.asarray(query_ts, np.int64)
+    n_cat = len(CATEGORIES)
+    out = np.full(len(qu), NONE, dtype=np.int64)
+    if len(cu) == 0 or len(qu) == 0:
+        return out
+    if ct.min() < 0 or qt.min() < 0 or max(ct.max(), qt.max()) >= 2**32:
+        raise ValueError("timestamps must be Unix seconds in 0..2^32")
+
+    order = np.lexsort((ct, cu))
+    cu, ct, cc = cu[order], ct[order], cc[order]
+    key = (cu << 32) | ct
+    onehot = np.zeros((len(cu), n_cat), dtype=np.int64)
+    onehot[np.arange(len(cu)), cc] = 1
+    user_start = np.r_[0, np.flatnonzero(np.diff(cu)) + 1]
+    # cumulative counts and last-click times per user (reset at each user's first click)
+    cum = np.cumsum(onehot, axis=0)
+    base = np.zeros_like(cum)
+    base[user_start[1:]] = cum[user_start[1:] - 1]
+    cum -= np.maximum.accumulate(base, axis=0)
+    last = np.where(onehot == 1, ct[:, None], -1)
+    seg = np.zeros(len(cu), dtype=np.int64)
+    seg[user_start] = 1
+    seg = np.cumsum(seg)
+    # forward-fill last-click times within a user: shift by a large per-user offset so max never leaks across users
+    offset = (seg * (2**33))[:, None]
+    last = np.where(last >= 0, last + offset, 0)
+    last = np.maximum.accumulate(last, axis=0) - offset
+    last[last < 0] = -1
+
+    # idx_t: last click of the same user strictly before t; idx_w: last click at or before t - window - 1
+    # (i.e. strictly before the window start t - window).
+    idx_t = np.searchsorted(key, (qu << 32) | qt, side="left") - 1
+    idx_w = np.searchsorted(key, (qu << 32) | np.maximum(qt - window, 0), side="left") - 1
+    has_t = (idx_t >= 0) & (cu[np.maximum(idx_t, 0)] == qu)
+    has_w = (idx_w >= 0) & (cu[np.maximum(idx_w, 0)] == qu) & (qt - window > 0)
+    all_counts = np.where(has_t[:, None], cum[np.maximum(idx_t, 0)], 0)
+    before_window = np.where(has_w[:, None], cum[np.maximum(idx_w, 0)], 0)
+    window_counts = all_counts - before_window
+    last_t = np.where(has_t[:, None], last[np.maximum(idx_t, 0)], -1)
+
+    in_window = window_counts.sum(axis=1) > 0
+    out[in_window] = _dominant(window_counts[in_window], last_t[in_window])
+    rest = ~in_window & has_t
+    out[rest] = _dominant(all_counts[rest], last_t[rest])
+    return out
+
+
+def top_category_of_window(history: list[tuple[int, int]], now: int, window: int = WINDOW_SECONDS) -> int:
+    """Serving-side form for one user: ``history`` is [(timestamp, category_code), ...] of earlier clicks."""
+    recent = [(t, c) for t, c in history if now - window <= t < now]
+    pool = recent or [(t, c) for t, c in history if t < now]
+    if not pool:
+        return NONE
+    counts: dict[int, int] = {}
+    latest: dict[int, int] = {}
+    for t, c in pool:
+        counts[c] = counts.get(c, 0) + 1
+        latest[c] = max(latest.get(c, -1), t)
+    best = max(counts.values())
+    return max((c for c in counts if counts[c] == best), key=lambda c: latest[c])

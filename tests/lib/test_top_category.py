@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from recsys_assets.lib.top_category import (
+    CATEGORIES,
+    NONE,
+    category_codes,
+    point_in_time_top_category,
+    top_category_of_window,
+)
+
+H = 3600
+
+
+@pytest.mark.parametrize(
+    "history, now, expected",
+    [
+        ([], 100 * H, NONE),                                        # no clicks at all
+        ([(10 * H, 3)], 10 * H, NONE),                              # a click at the same instant is not "before"
+        ([(10 * H, 3)], 11 * H, 3),
+        ([(1 * H, 3), (2 * H, 3), (30 * H, 5)], 40 * H, 5),         # the 24 h window wins over older history
+        ([(1 * H, 3), (2 * H, 3), (3 * H, 5)], 60 * H, 3),          # window empty -> dominant of all clicks
+        ([(50 * H, 3), (51 * H, 5)], 52 * H, 5),                    # tie -> most recent
+        ([(51 * H, 5), (52 * H, 3)], 53 * H, 3),
+        ([(50 * H, 3), (50 * H + 1, 5), (50 * H + 2, 3)], 60 * H, 3),
+        ([(36 * H, 7)], 60 * H, 7),                                 # exactly 24 h before is inside the window
+    ],
+)
+def test_serving_definition(history, now, expected):
+    assert top_category_of_window(history, now) == expected
+
+
+def test_vectorised_matches_the_definition_on_random_histories():
+    rng = np.random.default_rng(4)
+    n_users, n_clicks, n_queries = 30, 600, 2000
+    cu = rng.integers(0, n_users, n_clicks)
+    ct = rng.integers(0, 6 * 24 * H, n_clicks)
+    cc = rng.integers(0, 4, n_clicks)  # few categories -> many ties
+    ct[:50] = ct[50:100]  # equal timestamps across clicks
+    qu = rng.integers(0, n_users + 3, n_queries)  # includes users without clicks
+    qt = rng.integers(0, 7 * 24 * H, n_queries)
+    qt[:100] = ct[:100]  # queries at the instant of a click
+    got = point_in_time_top_category(cu, ct, cc, qu, qt)
+    for k in range(n_queries):
+        hist = [(int(t), int(c)) for u, t, c in zip(cu, ct, cc) if u == qu[k]]
+        want = top_category_of_window(hist, int(qt[k]))
+        if want != got[k]:
+            # ties at identical timestamps may legitimately resolve to either category
+            tied_recent = {c for t, c in hist if t == max(t2 for t2, c2 in hist if c2 in (want, got[k]) and t2 < qt[k])}
+            assert {want, int(got[k])} <= tied_recent, (k, hist, qt[k], want, got[k])
+
+
+def test_codes_reject_unknown_categories():
+    assert category_codes(["accessories", "tools"]).tolist() == [0, len(CATEGORIES) - 1]
+    with pytest.raises(ValueError, match="unknown category_l1"):
+        category_codes(["accessories", "spaceships"])
+
+
+def test_catalogue_categories_are_the_fixed_codes():
+    from recsys_assets.lib.catalogue import load_catalogue
+
+    assert tuple(sorted(load_catalogue()["category_l1"].unique())) == CATEGORIES
