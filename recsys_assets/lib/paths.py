@@ -55,3 +55,37 @@ def embedding_pca(kind: str) -> str:
 def embedding_cache(kind: str, model_digest: str) -> str:
     """The content-hash cache of one encoder (one file per model identity)."""
     return f"embeddings/cache/{kind}-{model_digest[:16]}.npz"
+
+
+# -- feature store --------------------------------------------------------------------------------------------
+# feature_repo/features.py names the same files (the Feast repository does not import this package).
+FEAST_OFFLINE = "feature_store/offline"
+FEAST_USERS = f"{FEAST_OFFLINE}/users.parquet"                          # user_id, age, gender, event_timestamp
+FEAST_USER_TOP_CATEGORY = f"{FEAST_OFFLINE}/user_top_category.parquet"  # user_id, top_category, event_timestamp
+FEAST_ITEMS = f"{FEAST_OFFLINE}/items.parquet"                          # item_id, price, category_l1/l2, ...
+FEAST_REGISTRY = "feature_store/registry.db"
+VALKEY_DATA = "valkey"                                                  # the embedded Valkey's AOF folder
+
+
+# -- transforms -----------------------------------------------------------------------------------------------
+NVT_WORKFLOWS = "transforms/workflows"          # user/, item/, context/, full/ (saved NVTabular) + meta.json
+SERVING_TRANSFORMS = "transforms/serving"       # transforms.json + vocab/*.npy (recsys_assets.serving.transforms)
+
+
+def masked_interactions(day: int) -> str:
+    """The day's rows joined with user/item/top_category features; train days cold-start masked."""
+    return f"transforms/masked/{day_name(day)}.parquet"
+
+
+def transformed_interactions(day: int) -> str:
+    """A folder: the full workflow's output for the day (part_*.parquet + schema.pbtxt)."""
+    return f"transforms/transformed/{day_name(day)}"
+
+
+# -- serving (recsys_assets.defs.serving) -------------------------------------------------------------------------
+TRITON_REPOSITORY = "serving/triton_repository"  # the live Triton model repository (recsys_assets.serving.repository)
+TRITON_RELEASES = "serving/releases"             # one manifest per release: <n>.json (model -> version, inputs)
+
+
+def triton_release(release: int) -> str:
+    return f"{TRITON_RELEASES}/{int(release):04d}.json"

@@ -1,0 +1,92 @@
+"""The recommender's Feast repository: entities, sources, feature views and the user feature service.
+
+Entities are keyed by the names serving uses (``user_id``, ``item_id``, int64). Three feature views:
+
+- ``user_profile``: age, gender (from the users table, timestamped at signup);
+- ``user_top_category``: top_category, fed in batch from the daily snapshots and in real time through the
+  ``user_top_category_push`` push source (the click path pushes a new value; a push must carry every feature
+  of its view, which is why top_category has a view of its own instead of sharing one with age and gender);
+- ``item_features``: price, category_l1, category_l2, item_gender.
+
+The ``user_features`` feature service reads age, gender and top_category together.
+
+Sources are the parquet files the ``offline_features`` asset writes under the artifact root
+(``RECSYS_ARTIFACTS``, read when Feast loads this file, relative paths taken from the project root).
+With ``RECSYS_PROFILE=k8s`` they are Athena tables of the same names over the same files on S3
+(Glue database ``RECSYS_ATHENA_DATABASE``), to go with feature_store.k8s.yaml.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.types import Float64, Int64, String
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+OFFLINE_FOLDER = "feature_store/offline"  # = recsys_assets.lib.paths.FEAST_OFFLINE
+
+
+def _offline_source(name: str, description: str):
+    if os.environ.get("RECSYS_PROFILE", "local") == "k8s":
+        from feast.infra.offline_stores.contrib.athena_offline_store.athena_source import AthenaSource
+
+        return AthenaSource(name=name, table=name, database=os.environ.get("RECSYS_ATHENA_DATABASE", "recsys"),
+                            data_source="AwsDataCatalog", timestamp_field="event_timestamp",
+                            description=description)
+    root = os.environ.get("RECSYS_ARTIFACTS", "artifacts")
+    if "://" not in root and not os.path.isabs(root):
+        root = str(PROJECT_ROOT / root)
+    return FileSource(name=name, path=f"{root.rstrip('/')}/{OFFLINE_FOLDER}/{name}.parquet",
+                      timestamp_field="event_timestamp", description=description)
+
+
+user = Entity(name="user_id", join_keys=["user_id"], value_type=ValueType.INT64,
+              description="A registered user (ids 0..N-1 in order of arrival; -1 is anonymous, never stored)")
+item = Entity(name="item_id", join_keys=["item_id"], value_type=ValueType.INT64,
+              description="A catalogue item (ids 0..2464 in catalogue order)")
+
+users_source = _offline_source("users", "Registered users: age and gender, at signup time")
+user_top_category_source = _offline_source(
+    "user_top_category", "Each user's top_category at the end of every day it changed (-1 at signup)")
+items_source = _offline_source("items", "The catalogue's item attributes, from the day each item is available")
+
+user_top_category_push = PushSource(name="user_top_category_push", batch_source=user_top_category_source,
+                                    description="Real-time top_category updates from the click path")
+
+# ttl 0: no expiry. The values hold until replaced (top_category falls back to all earlier clicks anyway).
+user_profile = FeatureView(
+    name="user_profile",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[Field(name="user_id", dtype=Int64), Field(name="age", dtype=Int64), Field(name="gender", dtype=String)],
+    source=users_source,
+    online=True,
+)
+
+user_top_category = FeatureView(
+    name="user_top_category",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[Field(name="user_id", dtype=Int64), Field(name="top_category", dtype=Int64)],
+    source=user_top_category_push,
+    online=True,
+)
+
+item_features = FeatureView(
+    name="item_features",
+    entities=[item],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="item_id", dtype=Int64),
+        Field(name="price", dtype=Float64),
+        Field(name="category_l1", dtype=String),
+        Field(name="category_l2", dtype=String),
+        Field(name="item_gender", dtype=String),
+    ],
+    source=items_source,
+    online=True,
+)
+
+user_features = FeatureService(name="user_features", features=[user_profile, user_top_category],
+                               description="What serving reads for a user: age, gender, top_category")

@@ -1,0 +1,121 @@
+"""The offline feature tables Feast reads (plain pandas, no Dagster): one parquet per source, with event timestamps.
+
+- ``users``: user_id, age, gender, event_timestamp (signup time).
+- ``user_top_category``: user_id, top_category, event_timestamp. A row at signup with -1 for every user, then
+  the value at the end of each day (the ``user_top_category`` snapshots), kept only where it changed, so the
+  table is a point-in-time history: the value as of time t is the last row at or before t. Between two day
+  ends the history holds the earlier day's value; training uses the per-row point-in-time feature instead
+  (``features/top_category/day_XX.parquet``), and serving the value the click path pushes.
+- ``items``: item_id, price, category_l1, category_l2, item_gender, available_from_day, event_timestamp
+  (the start of the day the item becomes available).
+
+Event timestamps are tz-aware UTC datetimes (what Feast compares against).
+"""
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from recsys_assets.lib.top_category import CATEGORIES, NONE
+
+SECONDS_PER_DAY = 86_400
+USER_COLUMNS = ["user_id", "age", "gender", "event_timestamp"]
+TOP_CATEGORY_COLUMNS = ["user_id", "top_category", "event_timestamp"]
+ITEM_COLUMNS = ["item_id", "price", "category_l1", "category_l2", "item_gender", "available_from_day",
+                "event_timestamp"]
+
+
+def _utc(seconds) -> pd.Series:
+    return pd.to_datetime(np.asarray(seconds, dtype=np.int64), unit="s", utc=True)
+
+
+def users_table(users: pd.DataFrame) -> pd.DataFrame:
+    out = users[["user_id", "age", "gender"]].copy()
+    out["user_id"] = out["user_id"].astype(np.int64)
+    out["age"] = out["age"].astype(np.int64)
+    out["event_timestamp"] = _utc(users["signup_timestamp"])
+    return out[USER_COLUMNS].sort_values("user_id", kind="stable").reset_index(drop=True)
+
+
+def top_category_history(users: pd.DataFrame, snapshots: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Signup rows (-1) plus the end-of-day snapshots, keeping only the rows where a user's value changed."""
+    base = pd.DataFrame({"user_id": users["user_id"].astype(np.int64), "top_category": np.int64(NONE),
+                         "event_timestamp": _utc(users["signup_timestamp"])})
+    frames = [base] + [snapshots[d][TOP_CATEGORY_COLUMNS] for d in sorted(snapshots)]
+    df = pd.concat(frames, ignore_index=True)
+    df["user_id"] = df["user_id"].astype(np.int64)
+    df["top_category"] = df["top_category"].astype(np.int64)
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    df = df.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
+    same_user = df["user_id"].eq(df["user_id"].shift())
+    unchanged = same_user & df["top_category"].eq(df["top_category"].shift())
+    return df[~unchanged].reset_index(drop=True)[TOP_CATEGORY_COLUMNS]
+
+
+def items_table(items: pd.DataFrame, start_date: dt.date) -> pd.DataFrame:
+    out = items[["item_id", "price", "category_l1", "category_l2", "item_gender", "available_from_day"]].copy()
+    out["item_id"] = out["item_id"].astype(np.int64)
+    out["price"] = out["price"].astype(np.float64)
+    out["available_from_day"] = out["available_from_day"].astype(np.int64)
+    day0 = int(dt.datetime.combine(start_date, dt.time(), tzinfo=dt.timezone.utc).timestamp())
+    out["event_timestamp"] = _utc(day0 + out["available_from_day"].to_numpy() * SECONDS_PER_DAY)
+    return out[ITEM_COLUMNS].sort_values("item_id", kind="stable").reset_index(drop=True)
+
+
+# -- checks -----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    table: str
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column}: {self.message}"
+
+
+def missing_ids(table: pd.DataFrame, column: str, expected_ids) -> np.ndarray:
+    present = np.unique(table[column].to_numpy())
+    return np.setdiff1d(np.asarray(expected_ids, dtype=np.int64), present)
+
+
+def coverage_problems(tables: dict[str, pd.DataFrame], user_ids, item_ids) -> list[Problem]:
+    """Every table must hold a row for every id of its entity."""
+    problems = []
+    for name, table in tables.items():
+        column, expected = ("item_id", item_ids) if "item_id" in table.columns else ("user_id", user_ids)
+        missing = missing_ids(table, column, expected)
+        if len(missing):
+            problems.append(Problem(name, column, f"{len(missing)} of {len(expected)} ids have no row "
+                                                  f"(first: {missing[:5].tolist()})"))
+    return problems
+
+
+DOMAINS = {
+    "age": lambda s: s.between(18, 100),
+    "gender": lambda s: s.isin(["M", "F"]),
+    "top_category": lambda s: s.between(NONE, len(CATEGORIES) - 1),
+    "price": lambda s: s > 0,
+    "item_gender": lambda s: s.isin(["M", "F", "U"]),
+    "category_l1": lambda s: s.isin(CATEGORIES),
+    "category_l2": lambda s: s.astype(str).str.len() > 0,
+}
+
+
+def value_problems(tables: dict[str, pd.DataFrame]) -> list[Problem]:
+    """No nulls anywhere, and every feature value inside its domain."""
+    problems = []
+    for name, table in tables.items():
+        for column in table.columns:
+            nulls = int(table[column].isna().sum())
+            if nulls:
+                problems.append(Problem(name, column, f"{nulls} null values"))
+                continue
+            check = DOMAINS.get(column)
+            if check is not None:
+                bad = table.loc[~check(table[column]), column]
+                if len(bad):
+                    problems.append(Problem(name, column, f"{len(bad)} values outside the expected domain "
+                                                          f"(first: {bad.head(3).tolist()})"))
+    return problems
