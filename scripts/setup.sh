@@ -64,7 +64,10 @@ build_env() {  # build_env <dir> <lock file>
 # The two installs are mostly unpacking and I/O: run them side by side.
 build_env .venv requirements/pipeline.lock.txt & p1=$!
 build_env .venv-merlin requirements/merlin.lock.txt & p2=$!
+# helm + kubectl for the offline Kubernetes checks (tests/infra), pinned, into .tools/bin.
+scripts/install-k8s-tools.sh >.tools-install.log 2>&1 & p3=$!
 rc=0
 wait $p1 || rc=1
 wait $p2 || rc=1
+wait $p3 || { echo "[setup] FAILED to install helm/kubectl; .tools-install.log:" >&2; tail -n 20 .tools-install.log >&2; rc=1; }
 exit $rc
