@@ -89,3 +89,9 @@ TRITON_RELEASES = "serving/releases"             # one manifest per release: <n>
 
 def triton_release(release: int) -> str:
     return f"{TRITON_RELEASES}/{int(release):04d}.json"
+
+
+# -- live events (recsys_assets.defs.events) ----------------------------------------------------------------------
+def live_interactions(day: int) -> str:
+    """The clicks the events API recorded for ``day`` (by click timestamp), landed from the Valkey stream."""
+    return f"live/interactions/{day_name(day)}.parquet"

@@ -1,0 +1,380 @@
+"""Transforms: cold-start masking, the NVTabular workflows, the transformed days and the compiled serving transforms.
+
+- ``masked_interactions[day]`` (pipeline env): the raw day joined with user (age, gender), item (category_l1/l2,
+  item_gender, price) and point-in-time ``top_category`` features. Train days (00-08) are cold-start masked
+  (``lib.masking``); every other day gets the same joined rows unmasked (flags False), so everything downstream
+  reads one kind of table. Users missing from the user table get the cold-start defaults (mean age, gender -1).
+- ``nvt_workflows`` (merlin env, Pipes): user/item/context workflows fit on the masked train days, and the full
+  workflow composed from them (``ml.nvt_workflows``); the training mean age is stored beside them.
+- ``transformed_interactions[day]`` (merlin env, Pipes): the full workflow applied to the day, parquet with the
+  Merlin schema (``ml.nvt_transform``), raw item id carried as ``item_id_raw``.
+- ``serving_transforms`` (merlin env, Pipes): the workflows compiled into a numpy description
+  (``serving.transforms``), with a blocking parity check against NVTabular.
+
+Inputs are validated before anything runs: a missing or empty partition, or a missing or unknown column, fails a
+blocking check naming the partition and the column, writes nothing (an earlier output of the partition is
+removed) and stops everything downstream in the run.
+"""
+
+import time
+
+import dagster as dg
+import numpy as np
+
+from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.features.assets import user_top_category
+from recsys_assets.defs.ingest.assets import items, raw_interactions, users
+from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, daily_partitions, partition_day
+from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner
+from recsys_assets.lib import masking, paths
+from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
+from recsys_assets.lib.settings import partition_key
+from recsys_assets.lib.transform_spec import MASKED_SCHEMA, SENTINEL
+
+GROUP = "transforms"
+# The run tag the instance's run queue limits (dagster.yaml: one merlin-env run at a time), and the op
+# concurrency pool for the same limit when these assets run inside a larger run.
+MERLIN_TAGS = {"recsys/merlin": "true"}
+MERLIN_POOL = "merlin"
+TRAIN_KEYS = [partition_key(d, START_DATE) for d in TRAIN_DAYS]
+LAST_TRAIN_DAY = TRAIN_DAYS[-1]
+# Arrow types of the masked table's columns (what a parquet schema says for the pandas dtypes).
+_ARROW_TYPES = {"int64": ("int64",), "float64": ("double",), "bool": ("bool",),
+                "object": ("string", "large_string")}
+
+
+def _check(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
+                               description=description, metadata={"description": description, **metadata})
+
+
+def _blocked(failed: dg.AssetCheckResult, others: tuple[str, ...], **metadata) -> dg.MaterializeResult:
+    """The result of an asset whose inputs failed: the failed check, the others marked as not run."""
+    why = f"not run: {failed.check_name} failed"
+    return dg.MaterializeResult(
+        metadata={"blocked_by": failed.check_name, **metadata},
+        check_results=[failed, *(_check(name, False, why) for name in others)],
+    )
+
+
+def _read(store: ArtifactStore, rel: str, what: str, key: str, columns, problems: list):
+    """Read ``columns`` of an input; a missing file, missing column or empty table is added to ``problems``."""
+    import pyarrow.parquet as pq
+
+    try:
+        path = store.local_path(rel)
+    except ArtifactNotFound:
+        problems.append(f"{what} for partition {key} is missing ({store.uri(rel)}): materialize it first")
+        return None
+    names = pq.read_schema(path).names
+    absent = [c for c in columns if c not in names]
+    if absent:
+        problems.append(f"{what} for partition {key} ({store.uri(rel)}) lacks column(s) "
+                        + ", ".join(repr(c) for c in absent))
+        return None
+    df = store.read_parquet(rel, columns=list(columns))
+    if df.empty:
+        problems.append(f"{what} for partition {key} ({store.uri(rel)}) is empty: re-materialize it")
+        return None
+    return df
+
+
+def masked_table_problems(store: ArtifactStore, day: int) -> list[str]:
+    """Why the masked table of ``day`` cannot be used: missing, empty, missing or unknown columns, wrong types."""
+    import pyarrow.parquet as pq
+
+    key = partition_key(day, START_DATE)
+    rel = paths.masked_interactions(day)
+    where = f"masked_interactions partition {key} ({store.uri(rel)})"
+    try:
+        path = store.local_path(rel)
+    except ArtifactNotFound:
+        return [f"masked_interactions partition {key} is missing ({store.uri(rel)}): materialize it first"]
+    meta = pq.read_metadata(path)
+    schema = meta.schema.to_arrow_schema()
+    problems = []
+    if meta.num_rows == 0:
+        problems.append(f"{where} is empty: re-materialize it (and its raw_interactions partition)")
+    for column, dtype in MASKED_SCHEMA.items():
+        if column not in schema.names:
+            problems.append(f"{where} lacks column {column!r}")
+        elif str(schema.field(column).type) not in _ARROW_TYPES[dtype]:
+            problems.append(f"{where}: column {column!r} has type {schema.field(column).type}, expected {dtype}")
+    for column in schema.names:
+        if column not in MASKED_SCHEMA and not column.startswith("__index_level_"):
+            problems.append(f"{where} has unknown column {column!r}: the workflows are fit on "
+                            f"{', '.join(MASKED_SCHEMA)}; re-materialize it with this code version")
+    return problems
+
+
+# -- masked_interactions -----------------------------------------------------------------------------------------
+class MaskingConfig(dg.Config):
+    user_rate: float = 0.05
+    """Share of train-day rows whose user_id, gender and top_category become -1 (and age the training mean)."""
+    device_rate: float = 0.05
+    """Share of train-day rows whose device_type becomes -1 (drawn independently of the user mask)."""
+    seed: int = 20260101
+    """Masking seed; each day draws from (seed, day), so a day is masked identically on every run."""
+    row_group_rows: int = 250_000
+    """Parquet row-group size: the unit NVTabular's Dask partitions are cut from (keeps seed scale in memory)."""
+
+
+MASKED_CHECKS = ("inputs_complete", "masking_recorded")
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas", "parquet"},
+    partitions_def=daily_partitions,
+    deps=[raw_interactions, users, items, user_top_category],
+    check_specs=[dg.AssetCheckSpec(name, asset="masked_interactions", blocking=True) for name in MASKED_CHECKS],
+)
+def masked_interactions(context: dg.AssetExecutionContext, config: MaskingConfig,
+                        artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+    """The day's interactions with user, item and ``top_category`` features; train days cold-start masked.
+
+    Train days: ``user_rate`` of the rows get user_id, gender, top_category = -1 and age = the training mean
+    age (what serving gives an unknown user); separately ``device_rate`` get device_type = -1; recorded in
+    ``masked_user`` / ``masked_device``. Validation and later days: the same joined rows, unmasked.
+    """
+    day = partition_day(context)
+    key = context.partition_key
+    store = artifacts.store()
+    out = paths.masked_interactions(day)
+    problems: list[str] = []
+    raw = _read(store, paths.raw_interactions(day), "raw_interactions", key, masking.RAW_COLUMNS, problems)
+    user_table = _read(store, paths.USERS, "users", key, masking.USER_COLUMNS, problems)
+    item_table = _read(store, paths.ITEMS, "items", key, masking.ITEM_COLUMNS, problems)
+    top = _read(store, paths.top_category(day), "user_top_category", key, masking.TOP_CATEGORY_COLUMNS, problems)
+    joined = None
+    if not problems:
+        mean_age = masking.training_mean_age(user_table, LAST_TRAIN_DAY)
+        try:
+            joined = masking.join_day(raw, user_table, item_table, top, mean_age)
+        except masking.JoinError as exc:
+            problems.append(f"partition {key}: {exc}")
+    if problems:
+        store.delete(out)  # a stale file must not reach the workflows
+        description = "; ".join(problems)
+        return _blocked(_check("inputs_complete", False, description), ("masking_recorded",), day=day)
+
+    train = day in TRAIN_DAYS
+    if train:
+        table, stats = masking.mask_day(joined, config.seed, day, mean_age, config.user_rate, config.device_rate)
+    else:
+        table, stats = joined, masking.MaskStats(rows=len(joined), masked_users=0, masked_devices=0, masked_both=0)
+    store.write_parquet(out, table, row_group_size=config.row_group_rows)
+
+    n = len(table)
+    want_user, want_device = (config.user_rate, config.device_rate) if train else (0.0, 0.0)
+    masked = table[table["masked_user"]]
+    together = bool(((masked[["user_id", "gender", "top_category"]] == SENTINEL).all(axis=1)).all()
+                    and (masked["age"] == mean_age).all())
+    recorded = (abs(stats.user_rate - want_user) <= 1.0 / n and abs(stats.device_rate - want_device) <= 1.0 / n
+                and together and bool((table.loc[table["masked_device"], "device_type"] == SENTINEL).all()))
+    registered = set(user_table["user_id"].tolist())
+    cold_rows = int((~joined["user_id"].isin(registered)).sum())
+    coverage = [
+        ("user_id = -1", float((table["user_id"] == SENTINEL).mean())),
+        ("gender = -1", float((table["gender"] == SENTINEL).mean())),
+        ("top_category = -1", float((table["top_category"] == SENTINEL).mean())),
+        ("device_type = -1", float((table["device_type"] == SENTINEL).mean())),
+        ("age = mean age", float((table["age"] == mean_age).mean())),
+    ]
+    import pandas as pd
+
+    return dg.MaterializeResult(
+        metadata={
+            "day": day,
+            "split": "train" if train else "not train (unmasked)",
+            "rows": n,
+            "mean_age": mean_age,
+            "masked_users": stats.masked_users,
+            "masked_devices": stats.masked_devices,
+            "masked_both": stats.masked_both,
+            "user_mask_rate": stats.user_rate,
+            "device_mask_rate": stats.device_rate,
+            "mask_seed": config.seed,
+            "unregistered_user_rows": cold_rows,
+            "path": store.uri(out),
+            "sentinel_shares": markdown_table(pd.DataFrame(coverage, columns=["value", "share of rows"]), ".4f"),
+        },
+        check_results=[
+            _check("inputs_complete", True, f"partition {key}: raw day, users, items and top_category joined "
+                   f"({n} rows, {cold_rows} rows of users not in the user table got cold-start defaults)"),
+            _check("masking_recorded", recorded,
+                   f"partition {key}: {stats.masked_users} user-masked rows ({stats.user_rate:.4f}, want "
+                   f"{want_user}), {stats.masked_devices} device-masked ({stats.device_rate:.4f}, want "
+                   f"{want_device}); user sentinels set together: {together}"),
+        ],
+    )
+
+
+# -- nvt_workflows --------------------------------------------------------------------------------------------------
+class WorkflowFitConfig(dg.Config):
+    part_size: str = "128MB"
+    """Dask partition size NVTabular reads the training days in (bounds memory at seed scale)."""
+    train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
+    """The masked days the workflows are fit on (default: the train days 00-08)."""
+
+
+WORKFLOW_CHECKS = ("train_days_complete", "null_and_oov_rows")
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"nvtabular"},
+    op_tags=MERLIN_TAGS,
+    pool=MERLIN_POOL,
+    deps=[dg.AssetDep(masked_interactions, partition_mapping=dg.SpecificPartitionsPartitionMapping(TRAIN_KEYS)),
+          users],
+    check_specs=[dg.AssetCheckSpec(name, asset="nvt_workflows", blocking=True) for name in WORKFLOW_CHECKS],
+)
+def nvt_workflows(context: dg.AssetExecutionContext, config: WorkflowFitConfig, artifacts: ArtifactStoreResource,
+                  merlin: MerlinRunner) -> dg.MaterializeResult:
+    """User, item and context NVTabular workflows fit on the masked train days, plus the full workflow.
+
+    Saved under ``transforms/workflows/{user,item,context,full}`` with ``meta.json`` (training mean age, stats).
+    ``null_and_oov_rows`` (blocking) proves a sentinel lands on row 1 and an unseen id on row 2.
+    """
+    store = artifacts.store()
+    days = sorted(config.train_days)
+    problems = [] if days else ["no train days configured"]
+    problems += [p for d in days for p in masked_table_problems(store, d)]
+    mean_age = None
+    if not problems:
+        try:
+            user_table = store.read_parquet(paths.USERS, columns=list(masking.USER_COLUMNS))
+            mean_age = masking.training_mean_age(user_table, LAST_TRAIN_DAY)
+        except (ArtifactNotFound, KeyError, ValueError) as exc:
+            problems.append(f"users: {exc}")
+    if not problems:
+        for d in days:
+            masked = store.read_parquet(paths.masked_interactions(d), columns=["age", "masked_user"])
+            ages = masked.loc[masked["masked_user"], "age"]
+            if len(ages) and not np.allclose(ages.to_numpy(), mean_age, rtol=0, atol=1e-9):
+                problems.append(f"masked_interactions partition {partition_key(d, START_DATE)}: column 'age' of "
+                                f"masked rows is {ages.iloc[0]}, the training mean age is {mean_age}: the user "
+                                "table changed since it was masked; re-materialize the train days")
+    if problems:
+        return _blocked(_check("train_days_complete", False, "; ".join(problems)), ("null_and_oov_rows",))
+
+    invocation = merlin.run(
+        context, "recsys_assets.ml.nvt_workflows",
+        extras={"root": store.root, "train_paths": [paths.masked_interactions(d) for d in days],
+                "output": paths.NVT_WORKFLOWS, "mean_age": mean_age, "part_size": config.part_size},
+    )
+    result = invocation.get_materialize_result()
+    keys = [partition_key(d, START_DATE) for d in days]
+    return dg.MaterializeResult(
+        metadata={**result.metadata, "train_partitions": ", ".join(keys)},
+        check_results=[_check("train_days_complete", True,
+                              f"masked_interactions partitions {', '.join(keys)} present, non-empty, "
+                              "with the expected columns"),
+                       *result.check_results],
+    )
+
+
+# -- transformed_interactions ---------------------------------------------------------------------------------------
+class TransformConfig(dg.Config):
+    part_size: str = "128MB"
+    """Dask partition size the day is read in."""
+    output_files: int = 1
+    """Parquet part files written for the day."""
+
+
+TRANSFORMED_CHECKS = ("input_valid", "rows_preserved")
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"nvtabular", "parquet"},
+    op_tags=MERLIN_TAGS,
+    pool=MERLIN_POOL,
+    partitions_def=daily_partitions,
+    deps=[masked_interactions, nvt_workflows],
+    check_specs=[dg.AssetCheckSpec(name, asset="transformed_interactions", blocking=True)
+                 for name in TRANSFORMED_CHECKS],
+)
+def transformed_interactions(context: dg.AssetExecutionContext, config: TransformConfig,
+                             artifacts: ArtifactStoreResource, merlin: MerlinRunner) -> dg.MaterializeResult:
+    """The full workflow applied to the day (masked on train days, unmasked otherwise), with the Merlin schema.
+
+    A folder of parquet part files + ``schema.pbtxt``; ``item_id_raw`` keeps the raw item id beside the index.
+    """
+    day = partition_day(context)
+    store = artifacts.store()
+    out = paths.transformed_interactions(day)
+    problems = masked_table_problems(store, day)
+    if not store.exists(f"{paths.NVT_WORKFLOWS}/full/workflow.pkl"):
+        problems.append(f"nvt_workflows not found ({store.uri(paths.NVT_WORKFLOWS)}): materialize it first")
+    if problems:
+        store.delete(out)
+        return _blocked(_check("input_valid", False, "; ".join(problems)), ("rows_preserved",), day=day)
+
+    invocation = merlin.run(
+        context, "recsys_assets.ml.nvt_transform",
+        extras={"root": store.root, "workflow": f"{paths.NVT_WORKFLOWS}/full",
+                "input": paths.masked_interactions(day), "output": out,
+                "part_size": config.part_size, "output_files": config.output_files},
+    )
+    result = invocation.get_materialize_result()
+    return dg.MaterializeResult(
+        metadata={**result.metadata, "day": day, "split": "train (masked)" if day in TRAIN_DAYS else "unmasked"},
+        check_results=[_check("input_valid", True, f"masked_interactions partition {context.partition_key}: "
+                              "present, non-empty, expected columns"),
+                       *result.check_results],
+    )
+
+
+# -- serving_transforms ---------------------------------------------------------------------------------------------
+@dg.asset(
+    group_name=GROUP,
+    kinds={"nvtabular", "numpy"},
+    op_tags=MERLIN_TAGS,
+    pool=MERLIN_POOL,
+    deps=[nvt_workflows],
+    check_specs=[dg.AssetCheckSpec("parity", asset="serving_transforms", blocking=True)],
+)
+def serving_transforms(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
+                       merlin: MerlinRunner) -> dg.MaterializeResult:
+    """The fitted workflows compiled to a numpy-only description (``transforms/serving``).
+
+    Vocabularies, null/OOV rows, means/stds, log flags, bucket edges, cyclical encodings and the training mean age;
+    applied by ``recsys_assets.serving.transforms.CompiledTransforms``. ``parity`` (blocking): NVTabular and the
+    compiled transforms agree on every vocabulary value and on edge cases (sentinels, unseen ids, missing
+    values, extreme ages and prices).
+    """
+    store = artifacts.store()
+    if not store.exists(f"{paths.NVT_WORKFLOWS}/meta.json"):
+        raise dg.Failure(f"nvt_workflows not found ({store.uri(paths.NVT_WORKFLOWS)}): materialize it first")
+    invocation = merlin.run(
+        context, "recsys_assets.ml.nvt_compile",
+        extras={"root": store.root, "workflows": paths.NVT_WORKFLOWS, "output": paths.SERVING_TRANSFORMS},
+    )
+    result = invocation.get_materialize_result()
+    latency = _request_latency_us(store)
+    return dg.MaterializeResult(
+        metadata={**result.metadata, **latency}, check_results=list(result.check_results))
+
+
+def _request_latency_us(store: ArtifactStore, items_per_request: int = 300, repeats: int = 200) -> dict:
+    """Time 1 user + 1 context + 300 items through the compiled transforms in this (the serving) env."""
+    from recsys_assets.serving.transforms import CompiledTransforms
+
+    t = CompiledTransforms.load(store.local_path(paths.SERVING_TRANSFORMS))
+    rng = np.random.default_rng(0)
+    item_ids = rng.integers(0, 2465, items_per_request)
+    cats = np.array(["apparel"] * items_per_request, dtype=object)
+    prices = rng.uniform(1, 500, items_per_request)
+    genders = np.array(["U"] * items_per_request, dtype=object)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        t.transform_user([5], [40.0], [1], [3])
+        t.transform_context([1], [1767225600])
+        t.transform_item(item_ids, cats, cats, genders, prices)
+        samples.append(time.perf_counter() - t0)
+    samples = np.array(samples) * 1e6
+    return {"request_latency_p50_us": round(float(np.percentile(samples, 50)), 1),
+            "request_latency_p95_us": round(float(np.percentile(samples, 95)), 1)}
