@@ -5,6 +5,9 @@ export RECSYS_ARTIFACTS ?= $(CURDIR)/artifacts
 export DAGSTER_HOME ?= $(RECSYS_ARTIFACTS)/dagster_home
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
+# No CLIP weights are reachable here: the demo and tests use the small random open_clip encoder, and say so
+# in the embeddings metadata. Unset it (and provide weights, see README) for real image embeddings.
+export RECSYS_CLIP_OFFLINE_FALLBACK ?= 1
 
 .PHONY: setup demo test test-fast dev lock clean
 
