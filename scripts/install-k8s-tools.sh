@@ -23,8 +23,12 @@ BIN="$TOOLS_DIR/bin"
 
 have_pinned() {
   [[ -x "$BIN/helm" && -x "$BIN/kubectl" ]] || return 1
-  "$BIN/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION" || return 1
-  "$BIN/kubectl" version --client 2>/dev/null | grep -q "Client Version: $KUBECTL_VERSION\$" || return 1
+  # Capture first: `tool | grep -q` under pipefail fails at random when grep exits before the tool (SIGPIPE).
+  local helm_out kubectl_out
+  helm_out=$("$BIN/helm" version --template '{{.Version}}' 2>/dev/null) || return 1
+  kubectl_out=$("$BIN/kubectl" version --client 2>/dev/null) || return 1
+  [[ "$helm_out" == "$HELM_VERSION" ]] || return 1
+  grep -q "^Client Version: $KUBECTL_VERSION\$" <<<"$kubectl_out" || return 1
 }
 
 report() {

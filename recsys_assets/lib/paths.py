@@ -95,3 +95,37 @@ def triton_release(release: int) -> str:
 def live_interactions(day: int) -> str:
     """The clicks the events API recorded for ``day`` (by click timestamp), landed from the Valkey stream."""
     return f"live/interactions/{day_name(day)}.parquet"
+
+
+# -- models, index, evaluation (recsys_assets.defs.training / defs.index) --------------------------------------
+TWO_TOWER = "models/two_tower"                  # <variant>/{model,query_tower,candidate_tower}/ SavedModels + meta.json
+DLRM = "models/dlrm"                            # model/ SavedModel, meta.json, validation_scores.parquet
+ONNX = "models/onnx"                            # query_tower_<variant>.onnx, dlrm.onnx (+ .parity.npz each)
+DLRM_ONNX = f"{ONNX}/dlrm.onnx"
+ITEM_EMBEDDINGS = "index/item_embeddings"       # <variant>.npy: float32 (items, dim), row r = raw item id r
+FAISS_INDEX = "index/faiss"                     # <variant>.faiss (IndexIDMap over raw ids) + meta.json
+RETRIEVAL_EVALUATION = "evaluation/retrieval"   # summary.json (metrics, selected variant), table.parquet, plots
+RANKING_EVALUATION = "evaluation/ranking"       # summary.json, table.parquet, plots
+# The evaluation record of the release serving now, written by promotion; the gates compare candidates with it.
+DEPLOYED_EVALUATION = "releases/deployed/evaluation.json"
+
+
+def two_tower(variant: str) -> str:
+    return f"{TWO_TOWER}/{variant}"
+
+
+def query_tower_onnx(variant: str) -> str:
+    return f"{ONNX}/query_tower_{variant}.onnx"
+
+
+def onnx_parity(onnx_rel: str) -> str:
+    """Real rows and TensorFlow's outputs on them, beside an exported ONNX file (for the parity check)."""
+    return onnx_rel[: -len(".onnx")] + ".parity.npz"
+
+
+def item_embeddings(variant: str) -> str:
+    return f"{ITEM_EMBEDDINGS}/{variant}.npy"
+
+
+def faiss_index(variant: str) -> str:
+    return f"{FAISS_INDEX}/{variant}.faiss"

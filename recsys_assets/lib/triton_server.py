@@ -5,13 +5,17 @@ The wheel ships ``tritonserver`` 2.51 (r24.10) with the python backend and pytho
 sets ``LD_LIBRARY_PATH`` to the wheel's bundled libraries and the interpreter's libpython, puts the current
 environment's ``python3`` first on ``PATH`` (the stub's interpreter: it must have numpy < 2, see README), and
 starts the server in explicit model-control mode bound to 127.0.0.1. Models are loaded through the
-repository API, so a model that fails to load is reported by name and the others keep serving.
+repository API, so a model that fails to load is reported by name and the others keep serving. The project root
+is put on the server's ``PYTHONPATH`` so the python models can import ``recsys_assets``.
 
 Stop with :meth:`TritonServer.stop` (SIGTERM, then wait): SIGKILL leaks shared-memory regions in /dev/shm.
+A server meant to outlive the starting process (a Dagster run, ``make serve``) records itself in a state file
+(``state_file``: pid, ports, repository, log); :func:`attach` finds it again and :func:`stop_recorded` stops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -63,14 +67,19 @@ def prepare_backends(target: Path) -> Path:
     return target
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     libs = _pytriton_dir().parent / "nvidia_pytriton.libs"
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env = dict(os.environ)
+    env.update(extra or {})
     env["LD_LIBRARY_PATH"] = ":".join(p for p in (str(libs), libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     # The stub runs the first python3 on PATH: make it this environment's interpreter (numpy < 2).
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env.update(extra or {})
+    # ... and the python models import recsys_assets.serving from this checkout.
+    env["PYTHONPATH"] = ":".join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -87,7 +96,9 @@ class TritonServer:
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     workdir: Path | None = None
     exit_timeout: int = 5  # seconds Triton waits for open client connections when stopping
+    state_file: Path | None = None  # where a long-running server records pid, ports and repository
     process: subprocess.Popen | None = None
+    pid: int | None = None
     _own_workdir: bool = False
 
     @property
@@ -123,45 +134,102 @@ class TritonServer:
             "--log-verbose=0",
         ]
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(self.env),
-                                        start_new_session=True)
-        self._wait_live(timeout)
-        if models:
-            self.load(models, timeout=timeout)
+        try:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(self.env),
+                                            start_new_session=True)
+        finally:
+            log.close()
+        self.pid = self.process.pid
+        try:
+            self._wait_live(timeout)
+            if self.state_file is not None:
+                self._record()
+            if models:
+                self.load(models, timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
-    def _client(self):
+    def _record(self) -> None:
+        import json
+
+        path = Path(self.state_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({
+            "pid": self.pid, "host": self.host, "http_port": self.http_port, "grpc_port": self.grpc_port,
+            "metrics_port": self.metrics_port, "model_repository": str(self.model_repository),
+            "log_path": str(self.log_path), "workdir": str(self.workdir), "started_at": time.time(),
+        }, indent=1))
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def client(self):
+        """An HTTP client of this server, closed after use (open connections delay a stop)."""
         import tritonclient.http as httpclient
 
-        return httpclient.InferenceServerClient(self.http_url, connection_timeout=5.0, network_timeout=300.0)
+        client = httpclient.InferenceServerClient(self.http_url, connection_timeout=5.0, network_timeout=300.0)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def _alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.pid is not None and _pid_alive(self.pid)
 
     def _wait_live(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise TritonError(f"tritonserver exited with {self.process.returncode}; log: {self.log_tail()}")
+            if not self._alive():
+                code = self.process.returncode if self.process is not None else "?"
+                raise TritonError(f"tritonserver exited with {code}; log: {self.log_tail()}")
             try:
-                if self._client().is_server_live():
-                    return
+                with self.client() as client:
+                    if client.is_server_live():
+                        return
             except Exception:  # not listening yet
                 pass
             time.sleep(0.2)
         raise TritonError(f"tritonserver not live after {timeout:.0f} s; log: {self.log_tail()}")
 
+    def is_live(self) -> bool:
+        try:
+            with self.client() as client:
+                return bool(client.is_server_live())
+        except Exception:
+            return False
+
     def load(self, models: list[str], timeout: float = 120.0) -> None:
-        """Load (or reload) models by name, in order; raises naming the model that failed."""
-        client = self._client()
-        for name in models:
-            try:
-                client.load_model(name)
-            except Exception as exc:
-                raise TritonError(f"model {name!r} failed to load: {exc}; log: {self.log_tail()}") from exc
-        deadline = time.monotonic() + timeout
-        for name in models:
-            while not client.is_model_ready(name):
-                if time.monotonic() > deadline:
-                    raise TritonError(f"model {name!r} not ready after {timeout:.0f} s; log: {self.log_tail()}")
-                time.sleep(0.1)
+        """Load (or reload) models by name, in order; raises naming the model that failed.
+
+        Loading the ensemble loads its composing models too (in parallel); loading a model that is already
+        loaded reloads it when its configuration or files changed (a hot swap: in-flight requests finish on
+        the old version).
+        """
+        with self.client() as client:
+            for name in models:
+                try:
+                    client.load_model(name)
+                except Exception as exc:
+                    raise TritonError(f"model {name!r} failed to load: {exc}; log: {self.log_tail()}") from exc
+            deadline = time.monotonic() + timeout
+            for name in models:
+                while not client.is_model_ready(name):
+                    if time.monotonic() > deadline:
+                        raise TritonError(f"model {name!r} not ready after {timeout:.0f} s; log: {self.log_tail()}")
+                    time.sleep(0.1)
+
+    def repository_index(self) -> list[dict]:
+        with self.client() as client:
+            return list(client.get_model_repository_index())
+
+    def statistics(self, model: str = "") -> dict:
+        """Triton's inference statistics (``/v2/models[/<model>]/stats``): counts and cumulative ns per phase."""
+        with self.client() as client:
+            return client.get_inference_statistics(model_name=model)
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path or not Path(self.log_path).exists():
@@ -169,19 +237,76 @@ class TritonServer:
         return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)  # last resort; a stuck server is worse than a shm leak
-            self.process.wait(timeout=10)
+        if self._alive():
+            os.kill(self.pid, signal.SIGTERM)
+            if not _wait_exit(self.process, self.pid, timeout):
+                os.killpg(self.pid, signal.SIGKILL)  # last resort; a stuck server is worse than a shm leak
+                _wait_exit(self.process, self.pid, 10)
+        if self.state_file is not None and Path(self.state_file).exists():
+            Path(self.state_file).unlink(missing_ok=True)
         if self._own_workdir and self.workdir:
             shutil.rmtree(self.workdir / "backends", ignore_errors=True)
 
     def __enter__(self) -> "TritonServer":
-        return self if self.process else self.start()
+        return self if self._alive() else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _wait_exit(process: subprocess.Popen | None, pid: int, timeout: float) -> bool:
+    if process is not None:
+        try:
+            process.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def attach(state_file: Path) -> TritonServer | None:
+    """The server a state file records, if its process is alive and answers; else None (a stale file is removed)."""
+    import json
+
+    path = Path(state_file)
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    server = TritonServer(model_repository=Path(state["model_repository"]), http_port=state["http_port"],
+                          grpc_port=state["grpc_port"], metrics_port=state["metrics_port"], host=state["host"],
+                          log_path=Path(state["log_path"]), state_file=path, pid=int(state["pid"]))
+    if server._alive() and server.is_live():
+        return server
+    if not server._alive():
+        path.unlink(missing_ok=True)
+    return None
+
+
+def stop_recorded(state_file: Path, timeout: float = 30.0) -> bool:
+    """Stop the server a state file records (SIGTERM, wait); True when one was running."""
+    server = attach(state_file)
+    if server is None:
+        return False
+    server.stop(timeout=timeout)
+    return True

@@ -1,0 +1,254 @@
+"""Serving latency and throughput: the 14-model ensemble through a real tritonserver, against the in-process floor.
+
+    .venv/bin/python benchmarks/serving.py [--artifacts DIR] [--seconds 20] [--concurrency 1 4 8] [--grpc]
+
+What it measures, in one run on one machine (client included, as a caller of the service sees it):
+
+1. **through the server**: requests (retrieval 300 / ranking 100, top 10, a mix of known, new and anonymous users
+   on random devices and hours) from 1, 4 and 8 concurrent clients (threads, one connection each): p50/p95/p99
+   latency and requests/s; then Triton's own per-model breakdown from its statistics API (queue, input, compute,
+   output per request, averaged over the run).
+2. **in-process floor**: the same stages, configs and artifacts called directly in this process
+   (``serving.pipeline.InProcessPipeline``), same request mix: what the work costs without IPC and scheduling.
+3. **Feast SDK per request** (the seed's item path, in part): ``get_online_features`` for one user and for the
+   300 candidates, timed alone, next to the in-memory item cache the ensemble uses.
+
+Artifacts: ``--artifacts DIR`` uses a built repository under that artifact root
+(``serving/triton_repository``, with its Feast registry and Valkey: run ``make demo`` first); without it the
+benchmark builds the tiny artifacts (``serving.tiny``: real formats, the full 2,465-item catalogue, small models)
+with their own Valkey and Feast registry in a temporary folder. Numbers only: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recsys_assets.lib.triton_server import TritonServer  # noqa: E402
+from recsys_assets.serving.client import RecommendationClient  # noqa: E402
+
+DAY0 = 1767225600
+
+
+def percentiles(samples_s: list[float]) -> dict:
+    ms = np.asarray(samples_s) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99)), "n": len(ms)}
+
+
+def request_mix(users: list[int], n: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """(user_id, device_type, timestamp): 60% known users, 20% new ids, 20% anonymous; random device and hour."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        user = rng.choice(users) if r < 0.6 else (10**6 + rng.randrange(10**5) if r < 0.8 else -1)
+        out.append((user, rng.choice([0, 1, 2]), DAY0 + 10 * 86400 + rng.randrange(86400)))
+    return out
+
+
+def load_test(url: str, protocol: str, concurrency: int, seconds: float, mix: list) -> dict:
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    stop_at = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        with RecommendationClient(url, protocol) as client:
+            j = i
+            while time.perf_counter() < stop_at:
+                user, device, ts = mix[j % len(mix)]
+                t0 = time.perf_counter()
+                try:
+                    ids, _ = client.recommend(user, device, ts)
+                    if len(ids) != 10:
+                        errors[i] += 1
+                except Exception:
+                    errors[i] += 1
+                latencies[i].append(time.perf_counter() - t0)
+                j += concurrency
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    flat = [x for lat in latencies for x in lat]
+    return {"concurrency": concurrency, **percentiles(flat), "rps": len(flat) / elapsed, "errors": sum(errors)}
+
+
+def model_breakdown(before: dict, after: dict) -> list[dict]:
+    """Per model: requests and average µs per request in queue / input / compute / output, from two snapshots."""
+    def index(stats):
+        return {(m["name"], m["version"]): m for m in stats.get("model_stats", [])}
+
+    rows = []
+    b_idx = index(before)
+    for key, m in index(after).items():
+        b = b_idx.get(key)
+        count = int(m["inference_count"]) - (int(b["inference_count"]) if b else 0)
+        if count <= 0:
+            continue
+
+        def per_request(phase):
+            ns = int(m["inference_stats"][phase]["ns"]) - (int(b["inference_stats"][phase]["ns"]) if b else 0)
+            return ns / count / 1e3
+
+        rows.append({"model": key[0], "requests": count, "queue_us": per_request("queue"),
+                     "input_us": per_request("compute_input"), "infer_us": per_request("compute_infer"),
+                     "output_us": per_request("compute_output"), "success_us": per_request("success")})
+    return sorted(rows, key=lambda r: -r["success_us"])
+
+
+def setup_tiny(work: Path, instance_counts: dict):
+    """Tiny artifacts + Valkey + Feast + popularity + a built repository; returns (repository, environ, users, stop)."""
+    from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
+    from recsys_assets.serving.repository import ServingDefaults, build_repository
+    from recsys_assets.serving.tiny import build_tiny_artifacts, publish_online_state, serving_environ
+
+    valkey = EmbeddedValkey(work / "valkey", port=free_port()).start()
+    tiny = build_tiny_artifacts(work / "tiny")
+    environ = serving_environ(f"redis://127.0.0.1:{valkey.port}", work / "artifacts")
+    publish_online_state(tiny, environ)
+    build_repository(work / "repo", tiny.trained, ServingDefaults(instance_counts=instance_counts), tiny.start_date,
+                     release=1)
+    return work / "repo", environ, tiny.users["user_id"].tolist(), valkey.stop
+
+
+def setup_artifacts(root: Path):
+    import pandas as pd
+
+    from recsys_assets.lib import paths
+    from recsys_assets.serving.deploy import local_environ
+
+    repository = root / paths.TRITON_REPOSITORY
+    if not (repository / "ensemble_model" / "config.pbtxt").exists():
+        raise SystemExit(f"no repository at {repository}: materialize triton_model_repository (make demo)")
+    environ, valkey = local_environ(root)
+    users = pd.read_parquet(root / paths.USERS, columns=["user_id"])["user_id"].tolist()
+    return repository, environ, users, (valkey.stop if valkey is not None and valkey.owned else (lambda: None))
+
+
+def feast_sdk_per_request(environ: dict, users: list[int], repeats: int = 50) -> dict:
+    from recsys_assets.serving.runtime import Runtime
+
+    store = Runtime.from_environ(environ).feature_store()
+    service = store.get_feature_service("user_features")
+    items = list(range(300))
+    refs = ["item_features:price", "item_features:category_l1", "item_features:category_l2",
+            "item_features:item_gender"]
+    user_s, item_s = [], []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        store.get_online_features(features=service, entity_rows=[{"user_id": users[i % len(users)]}]).to_dict()
+        t1 = time.perf_counter()
+        store.get_online_features(features=refs, entity_rows={"item_id": items}).to_dict()
+        t2 = time.perf_counter()
+        user_s.append(t1 - t0)
+        item_s.append(t2 - t1)
+    return {"user": percentiles(user_s), "items_300": percentiles(item_s)}
+
+
+def in_process(repository: Path, environ: dict, mix: list, n: int) -> dict:
+    from recsys_assets.serving.pipeline import InProcessPipeline
+
+    with InProcessPipeline(repository, environ=environ) as pipeline:
+        for user, device, ts in mix[:50]:
+            pipeline(user, device, ts)
+        pipeline.timings.clear()
+        samples = []
+        for user, device, ts in mix[:n]:
+            t0 = time.perf_counter()
+            pipeline(user, device, ts)
+            samples.append(time.perf_counter() - t0)
+        stages = {m: statistics.median(v) * 1e6 for m, v in pipeline.timings.items()}
+        item_cache = pipeline.stage("feast_item_lookup")
+        t0 = time.perf_counter()
+        for _ in range(1000):
+            item_cache(item_ids=np.arange(300))
+        cache_us = (time.perf_counter() - t0) / 1000 * 1e6
+    return {**percentiles(samples), "stages_us": stages, "item_cache_300_us": cache_us}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--artifacts", default=None, help="a demo artifact root with a built repository")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--grpc", action="store_true", help="gRPC instead of HTTP")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--instances", nargs="*", default=[], metavar="MODEL=N",
+                        help="tiny artifacts: instance count overrides, e.g. feast_user_lookup=2")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    t0 = time.perf_counter()
+    if args.artifacts:
+        repository, environ, users, stop_valkey = setup_artifacts(Path(args.artifacts).resolve())
+        source = f"artifacts {args.artifacts}"
+    else:
+        counts = {k: int(v) for k, v in (item.split("=") for item in args.instances)}
+        repository, environ, users, stop_valkey = setup_tiny(work, counts)
+        source = "tiny artifacts (serving.tiny: full catalogue, small models)"
+    print(f"# serving benchmark: {source}; setup {time.perf_counter() - t0:.0f} s", flush=True)
+    protocol = "grpc" if args.grpc else "http"
+    mix = request_mix(users, 5000)
+    results: dict = {"source": source, "protocol": protocol, "cpu_count": os.cpu_count()}
+    server = TritonServer(repository, env=environ, exit_timeout=2, workdir=work / "triton")
+    try:
+        t0 = time.perf_counter()
+        server.start(models=["ensemble_model"], timeout=900)
+        results["load_s"] = time.perf_counter() - t0
+        url = server.http_url if protocol == "http" else server.grpc_url
+        load_test(url, protocol, 1, 3.0, mix)  # warm-up: first requests pay lazy imports and caches
+        before = server.statistics()
+        results["server"] = [load_test(url, protocol, c, args.seconds, mix) for c in args.concurrency]
+        results["models"] = model_breakdown(before, server.statistics())
+    finally:
+        server.stop()
+    results["in_process"] = in_process(repository, environ, mix, 1000)
+    results["feast_sdk"] = feast_sdk_per_request(environ, users)
+    stop_valkey()
+
+    print(f"\nthrough tritonserver ({protocol}, client on the same {os.cpu_count()} cores; "
+          f"models loaded in {results['load_s']:.0f} s):")
+    print("| concurrency | p50 ms | p95 ms | p99 ms | requests/s | errors |\n|---|---|---|---|---|---|")
+    for r in results["server"]:
+        print(f"| {r['concurrency']} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
+              f"{r['errors']} |")
+    print("\nTriton per-model time, µs per request (statistics API, all concurrency levels):")
+    print("| model | requests | queue | input | compute | output | total |\n|---|---|---|---|---|---|---|")
+    for m in results["models"]:
+        print(f"| {m['model']} | {m['requests']} | {m['queue_us']:.0f} | {m['input_us']:.0f} | {m['infer_us']:.0f} "
+              f"| {m['output_us']:.0f} | {m['success_us']:.0f} |")
+    ip = results["in_process"]
+    print(f"\nin-process floor (same stages, one process, sequential): p50 {ip['p50']:.2f} ms, "
+          f"p95 {ip['p95']:.2f} ms, p99 {ip['p99']:.2f} ms")
+    print("| stage | median µs |\n|---|---|")
+    for stage, us in ip["stages_us"].items():
+        print(f"| {stage} | {us:.0f} |")
+    p50_c1 = next((r["p50"] for r in results["server"] if r["concurrency"] == 1), None)
+    if p50_c1:
+        print(f"\nserver p50 at concurrency 1 / in-process p50: {p50_c1 / ip['p50']:.1f}x")
+    fs = results["feast_sdk"]
+    print(f"item features for 300 candidates: in-memory cache {ip['item_cache_300_us']:.0f} µs; Feast SDK per "
+          f"request p50 {fs['items_300']['p50']:.1f} ms (user: {fs['user']['p50']:.1f} ms)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

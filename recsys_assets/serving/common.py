@@ -1,0 +1,60 @@
+"""Small pieces several stages share: request scalars, the day of a timestamp, item availability.
+
+Days follow DESIGN.md Contracts: int64 Unix seconds, UTC; day 00 is ``START_DATE`` (a model parameter injected
+by the repository build, since it defines the data, not the deployment). An item is available on day ``d`` when
+``available_from_day <= d``; ids outside the catalogue are never available.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from recsys_assets.serving.executor import BadRequest, StageConfigError
+
+AVAILABILITY_FILE = "availability.npy"  # int64 available_from_day per raw item id (row r = item r)
+
+
+def scalar(value: np.ndarray, name: str) -> int | float | bool:
+    """The single value of a per-request tensor of shape [1]."""
+    array = np.asarray(value).reshape(-1)
+    if array.size != 1:
+        raise BadRequest(f"{name} must hold exactly one value per request, got {array.size}")
+    return array[0].item()
+
+
+def epoch_of(start_date: str) -> int:
+    try:
+        day0 = dt.date.fromisoformat(start_date)
+    except ValueError:
+        raise StageConfigError(f"START_DATE={start_date!r} is not an ISO date such as 2026-01-01") from None
+    return int(dt.datetime(day0.year, day0.month, day0.day, tzinfo=dt.timezone.utc).timestamp())
+
+
+def day_of(timestamp: int, start_epoch: int) -> int:
+    """The day index of a Unix timestamp (negative before day 00)."""
+    return (int(timestamp) - start_epoch) // 86400
+
+
+class Availability:
+    """``available_from_day`` of every catalogue item, by raw id."""
+
+    def __init__(self, available_from_day: np.ndarray) -> None:
+        self.available_from_day = np.asarray(available_from_day, dtype=np.int64).reshape(-1)
+
+    @classmethod
+    def load(cls, path: Path) -> "Availability":
+        return cls(np.load(path, allow_pickle=False))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.available_from_day)
+
+    def mask(self, item_ids: np.ndarray, day: int) -> np.ndarray:
+        ids = np.asarray(item_ids, dtype=np.int64)
+        inside = (ids >= 0) & (ids < self.n_items)
+        out = np.zeros(ids.shape, dtype=bool)
+        out[inside] = self.available_from_day[ids[inside]] <= day
+        return out

@@ -1,0 +1,446 @@
+"""The Triton model repository: assembled from the ``triton_repo/`` templates and the trained artifacts, validated.
+
+Layout (a folder; under the artifact root at ``serving/triton_repository``)::
+
+    <model>/config.pbtxt        the template's config, trained values and defaults injected as parameters,
+                                ``version_policy { specific { versions: [v] } }`` = the version the release serves
+    <model>/<v>/model.py        the template's shim (plus its precompiled __pycache__)
+    <model>/<v>/<artifacts>     what the stage loads: model.onnx, index.faiss, transforms/, multimodal.npy ...
+
+plus a release manifest (:class:`Release`, ``serving/releases/<n>.json``) naming the version of every model
+that forms one served set, the parameters and the digest of every input.
+
+Versions: each build stages every model's version content (shim + artifacts) and compares its digest (files and
+parameters) with the model's latest version: unchanged models keep their version, changed ones get the next
+integer. So a release that only retrains the ranker bumps ``dlrm_ranking`` alone, and the manifest says so.
+Versions no longer named by the last ``keep_releases`` releases are removed.
+
+Runtime endpoints (Valkey URL, Feast registry and online store, ports) are never written here: the stages read
+them from the server's environment (:mod:`recsys_assets.serving.runtime`), so a repository version stays valid
+when they change (DESIGN.md Contracts).
+
+Validation (:func:`validate_repository`): every config parses with Triton's own protobufs
+(``tritonclient.grpc.model_config_pb2``); ``name`` equals the directory; python models have ``<v>/model.py``
+and their stage declares exactly the config's tensors; required parameters are set; every ensemble step names a
+model of the repository with tensors it has, every tensor a step reads is an ensemble input or produced by an
+earlier step with the same dtype, and the ensemble's outputs are produced.
+"""
+
+from __future__ import annotations
+
+import compileall
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "triton_repo"
+ENSEMBLE = "ensemble_model"
+MODELS = (
+    "context_preprocessor", "feast_user_lookup", "nvt_user_transform", "nvt_context_transform", "query_tower",
+    "faiss_retrieval", "filter_seen_items", "feast_item_lookup", "nvt_item_transform",
+    "multimodal_embedding_lookup", "unroll_features", "dlrm_ranking", "softmax_sampling", "item_id_decoder",
+)
+# Parameters a built repository must carry a value for (the templates leave them empty on purpose).
+REQUIRED_PARAMETERS = {"feast_user_lookup": ("MEAN_AGE",), "faiss_retrieval": ("START_DATE",),
+                       "filter_seen_items": ("START_DATE",)}
+
+
+class RepositoryError(ValueError):
+    """The repository (or a template) is not servable; the message lists every problem found."""
+
+
+# -- configs ----------------------------------------------------------------------------------------------------
+def parse_config(path: Path):
+    """A ``config.pbtxt`` as Triton's ``ModelConfig`` protobuf."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"{path}: not a valid Triton model config: {exc}") from exc
+
+
+def config_dict(config) -> dict:
+    """The config as the JSON-like dict Triton hands a python model's ``initialize`` (field names kept)."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def write_config(config, path: Path, header: str = "") -> None:
+    from google.protobuf import text_format
+
+    Path(path).write_text(header + text_format.MessageToString(config))
+
+
+def _header(template: Path) -> str:
+    """The template's leading comment lines (text_format drops comments)."""
+    lines = []
+    for line in Path(template).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+# -- inputs -----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TrainedArtifacts:
+    """Local paths of everything a release is built from."""
+
+    transforms_dir: Path        # serving_transforms: transforms.json + vocab/
+    query_tower: Path           # query tower ONNX
+    dlrm: Path                  # DLRM ONNX
+    faiss_index: Path           # index keyed by raw item id
+    multimodal: Path            # float32 (items, image dims + text dims), row = raw item id
+    items: Path                 # catalogue parquet: item_id, category_l1/l2, item_gender, price, available_from_day
+    faiss_ids: Path | None = None  # position -> raw id, for an index not wrapped in an IndexIDMap
+    query_tower_input_map: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    dlrm_input_map: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    image_dims: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingDefaults:
+    """Defaults of the served behaviour, injected as config parameters (requests may override top_k, diversity)."""
+
+    retrieval_topk: int = 300
+    retrieval_margin: int = 100
+    ranking_topk: int = 100
+    default_top_k: int = 10
+    diversity_mode: bool = False
+    diversity_temperature: float = 0.5
+    sampling_seed: int = -1
+    bloom_capacity: int = 1000
+    bloom_error_rate: float = 0.01
+    bloom_ttl_s: int = 7 * 24 * 3600
+    bloom_mode: str = "auto"
+    item_cache_refresh_s: float = 300.0
+    feast_read: str = "provider"  # feast_user_lookup: "provider" (online_read) or "sdk" (get_online_features)
+    instances: int = 1
+    instance_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)  # per-model overrides
+
+    def __post_init__(self) -> None:
+        unknown = set(self.instance_counts) - set(MODELS)
+        if unknown:
+            raise ValueError(f"instance_counts names unknown models {sorted(unknown)}")
+        if not 1 <= self.default_top_k <= self.ranking_topk <= self.retrieval_topk:
+            raise ValueError(f"need 1 <= default_top_k ({self.default_top_k}) <= ranking_topk ({self.ranking_topk}) "
+                             f"<= retrieval_topk ({self.retrieval_topk})")
+
+
+ITEM_SNAPSHOT_COLUMNS = ["item_id", "category_l1", "category_l2", "item_gender", "price", "available_from_day"]
+
+
+def _parameters(model: str, trained: TrainedArtifacts, defaults: ServingDefaults, mean_age: float,
+                start_date: str) -> dict[str, str]:
+    d = defaults
+    return {
+        "context_preprocessor": {"RANKING_TOPK": d.ranking_topk, "DEFAULT_TOP_K": d.default_top_k,
+                                 "DIVERSITY_MODE": str(d.diversity_mode).lower()},
+        "feast_user_lookup": {"MEAN_AGE": repr(float(mean_age)), "FEAST_READ": d.feast_read},
+        "query_tower": {"INPUT_MAP": json.dumps(dict(trained.query_tower_input_map), sort_keys=True)},
+        "faiss_retrieval": {"RETRIEVAL_TOPK": d.retrieval_topk, "RETRIEVAL_MARGIN": d.retrieval_margin,
+                            "START_DATE": start_date},
+        "filter_seen_items": {"RETRIEVAL_TOPK": d.retrieval_topk, "START_DATE": start_date,
+                              "BLOOM_CAPACITY": d.bloom_capacity, "BLOOM_ERROR_RATE": repr(d.bloom_error_rate),
+                              "BLOOM_TTL_S": d.bloom_ttl_s, "BLOOM_MODE": d.bloom_mode},
+        "feast_item_lookup": {"ITEM_CACHE_REFRESH_S": repr(float(d.item_cache_refresh_s))},
+        "multimodal_embedding_lookup": {"IMAGE_DIMS": trained.image_dims},
+        "dlrm_ranking": {"INPUT_MAP": json.dumps(dict(trained.dlrm_input_map), sort_keys=True)},
+        "softmax_sampling": {"RANKING_TOPK": d.ranking_topk, "DIVERSITY_TEMPERATURE": repr(d.diversity_temperature),
+                             "SAMPLING_SEED": d.sampling_seed},
+    }.get(model, {})
+
+
+def _stage_version(model: str, version_dir: Path, template_dir: Path, trained: TrainedArtifacts) -> None:
+    """Write one model's version content (shim + artifacts) into ``version_dir``."""
+    version_dir.mkdir(parents=True)
+    shim = template_dir / "1" / "model.py"
+    if shim.exists():
+        shutil.copy2(shim, version_dir / "model.py")
+    files: dict[str, Path] = {
+        "query_tower": {"model.onnx": trained.query_tower},
+        "dlrm_ranking": {"model.onnx": trained.dlrm},
+        "faiss_retrieval": {"index.faiss": trained.faiss_index,
+                            **({"index_ids.npy": trained.faiss_ids} if trained.faiss_ids else {})},
+        "multimodal_embedding_lookup": {"multimodal.npy": trained.multimodal},
+    }.get(model, {})
+    for name, source in files.items():
+        shutil.copy2(source, version_dir / name)
+    if model in ("nvt_user_transform", "nvt_context_transform", "nvt_item_transform", "item_id_decoder"):
+        shutil.copytree(trained.transforms_dir, version_dir / "transforms")
+    if model in ("faiss_retrieval", "filter_seen_items", "feast_item_lookup"):
+        import pandas as pd
+
+        items = pd.read_parquet(trained.items)
+        missing = set(ITEM_SNAPSHOT_COLUMNS) - set(items.columns)
+        if missing:
+            raise RepositoryError(f"{trained.items} lacks columns {sorted(missing)}")
+        items = items.sort_values("item_id")
+        ids = items["item_id"].to_numpy(np.int64)
+        if not (ids == np.arange(len(ids))).all():
+            raise RepositoryError(f"{trained.items}: item ids must be 0..n-1 (catalogue order)")
+        if model == "feast_item_lookup":
+            items[ITEM_SNAPSHOT_COLUMNS].to_parquet(version_dir / "items.parquet", index=False)
+        else:
+            np.save(version_dir / "availability.npy", items["available_from_day"].to_numpy(np.int64))
+
+
+def _digest(version_dir: Path, parameters: Mapping[str, str]) -> str:
+    h = hashlib.sha256(json.dumps(dict(parameters), sort_keys=True).encode())
+    for path in sorted(p for p in version_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(version_dir)).encode())
+        h.update(_file_digest(path).encode())
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions(model_dir: Path) -> list[int]:
+    if not model_dir.exists():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+# -- releases ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Release:
+    """One served set: the version of every model, with what it was built from."""
+
+    release: int
+    created_at: str
+    models: dict[str, int]
+    digests: dict[str, str]
+    parameters: dict[str, dict[str, str]]
+    inputs: dict[str, str]
+    changed: list[str]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Release":
+        return cls(**json.loads(text))
+
+
+def build_repository(target: Path, trained: TrainedArtifacts, defaults: ServingDefaults, start_date: str,
+                     release: int, previous: Path | None = None, previous_releases: list[Release] | None = None,
+                     templates: Path = TEMPLATES, keep_releases: int = 3) -> Release:
+    """Assemble a repository in ``target`` (an empty or missing folder), starting from ``previous`` if given.
+
+    ``previous_releases``: the manifests of earlier releases, newest last (their digests decide whether a model's
+    content changed; their versions are kept for rollback up to ``keep_releases``). Returns the new manifest.
+    """
+    from recsys_assets.serving.transforms import CompiledTransforms
+
+    target = Path(target)
+    if target.exists() and any(target.iterdir()):
+        raise RepositoryError(f"{target} is not empty: build into a fresh folder")
+    if previous is not None and Path(previous).exists():
+        shutil.copytree(previous, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".tmp-*"))
+    target.mkdir(parents=True, exist_ok=True)
+    mean_age = CompiledTransforms.load(trained.transforms_dir).mean_age
+    history = list(previous_releases or [])
+    last = history[-1] if history else None
+    models, digests, parameters, changed = {}, {}, {}, []
+    for model in (*MODELS, ENSEMBLE):
+        template_dir = Path(templates) / model
+        config = parse_config(template_dir / "config.pbtxt")
+        params = {k: str(v) for k, v in _parameters(model, trained, defaults, mean_age, start_date).items()}
+        for key, value in params.items():
+            config.parameters[key].string_value = value
+        if model != ENSEMBLE:
+            for group in config.instance_group:
+                group.count = int(defaults.instance_counts.get(model, defaults.instances))
+        model_dir = target / model
+        staging = model_dir / ".staging"
+        if staging.exists():
+            shutil.rmtree(staging)
+        _stage_version(model, staging, template_dir, trained)
+        digest = _digest(staging, {k: v.string_value for k, v in config.parameters.items()})
+        existing = _versions(model_dir)
+        if last is not None and last.digests.get(model) == digest and last.models.get(model) in existing:
+            version = last.models[model]
+            shutil.rmtree(staging)
+        else:
+            version = (max(existing) if existing else 0) + 1
+            staging.rename(model_dir / str(version))
+            compileall.compile_dir(str(model_dir / str(version)), quiet=1)  # no __pycache__ written at load time
+            changed.append(model)
+        del config.version_policy.specific.versions[:]
+        config.version_policy.specific.versions.append(version)
+        write_config(config, model_dir / "config.pbtxt", _header(template_dir / "config.pbtxt"))
+        models[model], digests[model] = version, digest
+        parameters[model] = {k: v.string_value for k, v in sorted(config.parameters.items())}
+    manifest = Release(
+        release=release, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        models=models, digests=digests, parameters=parameters, changed=changed,
+        inputs={field.name: _input_digest(getattr(trained, field.name)) for field in dataclasses.fields(trained)
+                if isinstance(getattr(trained, field.name), Path)},
+    )
+    _prune(target, [*history, manifest][-keep_releases:])
+    problems = validate_repository(target)
+    if problems:
+        raise RepositoryError("the assembled repository is not servable:\n- " + "\n- ".join(problems))
+    return manifest
+
+
+def _input_digest(path: Path) -> str:
+    path = Path(path)
+    if path.is_file():
+        return _file_digest(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(path)).encode())
+        h.update(_file_digest(p).encode())
+    return h.hexdigest()
+
+
+def _prune(target: Path, kept: list[Release]) -> None:
+    for model in (*MODELS, ENSEMBLE):
+        keep = {r.models.get(model) for r in kept}
+        for version in _versions(target / model):
+            if version not in keep:
+                shutil.rmtree(target / model / str(version))
+
+
+def restore_release(repository: Path, release: Release) -> None:
+    """Point every config at the versions of ``release`` (rollback), leaving the version folders as they are."""
+    missing = [f"{m}/{v}" for m, v in release.models.items() if not (Path(repository) / m / str(v)).is_dir()]
+    if missing:
+        raise RepositoryError(f"release {release.release} needs versions no longer in the repository: {missing}")
+    for model, version in release.models.items():
+        path = Path(repository) / model / "config.pbtxt"
+        config = parse_config(path)
+        del config.version_policy.specific.versions[:]
+        config.version_policy.specific.versions.append(version)
+        for key, value in release.parameters.get(model, {}).items():
+            config.parameters[key].string_value = value
+        write_config(config, path, _header(path))
+
+
+# -- validation -------------------------------------------------------------------------------------------------
+def _served_versions(config, model_dir: Path) -> list[int]:
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    existing = _versions(model_dir)
+    if which == "specific":
+        return list(policy.specific.versions)
+    if which == "all":
+        return existing
+    n = policy.latest.num_versions if which == "latest" else 1
+    return existing[-max(n, 1):]
+
+
+def validate_repository(root: Path, require_parameters: bool = True) -> list[str]:
+    """Every problem that would keep the repository from serving (empty list: servable). See the module doc."""
+    from recsys_assets.serving.executor import TRITON_DTYPES
+    from recsys_assets.serving.stages import STAGE_CLASSES, stage_class
+
+    root = Path(root)
+    problems: list[str] = []
+    configs = {}
+    for model in (*MODELS, ENSEMBLE):
+        path = root / model / "config.pbtxt"
+        if not path.exists():
+            problems.append(f"{model}: no config.pbtxt")
+            continue
+        try:
+            config = configs[model] = parse_config(path)
+        except RepositoryError as exc:
+            problems.append(str(exc))
+            continue
+        if config.name != model:
+            problems.append(f"{model}/config.pbtxt: name {config.name!r} differs from its directory {model!r}")
+        versions = _served_versions(config, root / model)
+        if not versions:
+            problems.append(f"{model}: no version directory to serve")
+        for version in versions:
+            vdir = root / model / str(version)
+            if not vdir.is_dir():
+                problems.append(f"{model}: the config serves version {version}, which has no directory")
+            elif model != ENSEMBLE and not (vdir / "model.py").exists():
+                problems.append(f"{model}/{version}: no model.py")
+        for tensor in [*config.input, *config.output]:
+            from tritonclient.grpc import model_config_pb2
+
+            if model_config_pb2.DataType.Name(tensor.data_type) not in TRITON_DTYPES:
+                problems.append(f"{model}: tensor {tensor.name!r} has an unsupported dtype")
+        if model == ENSEMBLE:
+            if config.platform != "ensemble":
+                problems.append(f"{model}: platform must be 'ensemble'")
+            continue
+        if config.backend != "python":
+            problems.append(f"{model}: backend {config.backend!r}, expected 'python'")
+        if model in STAGE_CLASSES:
+            stage = stage_class(model)
+            wanted_in = set(stage.inputs) | set(stage.optional_inputs)
+            have_in = {t.name for t in config.input}
+            if have_in != wanted_in:
+                problems.append(f"{model}: config inputs {sorted(have_in)} != stage inputs {sorted(wanted_in)}")
+            if {t.name for t in config.output} != set(stage.outputs):
+                problems.append(f"{model}: config outputs {sorted(t.name for t in config.output)} != stage outputs "
+                                f"{sorted(stage.outputs)}")
+        if require_parameters:
+            for key in REQUIRED_PARAMETERS.get(model, ()):
+                if not config.parameters[key].string_value:
+                    problems.append(f"{model}: parameter {key} is empty (the repository build injects it)")
+    if ENSEMBLE in configs:
+        problems += _check_ensemble(configs[ENSEMBLE], configs)
+    return problems
+
+
+def _check_ensemble(ensemble, configs: dict) -> list[str]:
+    problems = []
+    available = {t.name: (t.data_type, tuple(t.dims)) for t in ensemble.input}
+    used_models = set()
+    for i, step in enumerate(ensemble.ensemble_scheduling.step):
+        where = f"ensemble step {i} ({step.model_name})"
+        model = configs.get(step.model_name)
+        if model is None:
+            problems.append(f"{where}: no model {step.model_name!r} in the repository")
+            continue
+        used_models.add(step.model_name)
+        inputs = {t.name: t for t in model.input}
+        outputs = {t.name: t for t in model.output}
+        for key, tensor in step.input_map.items():
+            if key not in inputs:
+                problems.append(f"{where}: the model has no input {key!r}")
+            elif tensor not in available:
+                problems.append(f"{where}: reads {tensor!r}, which no earlier step or ensemble input provides")
+            elif available[tensor][0] != inputs[key].data_type:
+                problems.append(f"{where}: {tensor!r} has dtype {available[tensor][0]}, input {key!r} wants "
+                                f"{inputs[key].data_type}")
+        for name, tensor in inputs.items():
+            if name not in step.input_map and not tensor.optional:
+                problems.append(f"{where}: required input {name!r} is not mapped")
+        for key, tensor in step.output_map.items():
+            if key not in outputs:
+                problems.append(f"{where}: the model has no output {key!r}")
+                continue
+            if tensor in available:
+                problems.append(f"{where}: output {tensor!r} is produced twice")
+            available[tensor] = (outputs[key].data_type, tuple(outputs[key].dims))
+    for tensor in ensemble.output:
+        if tensor.name not in available:
+            problems.append(f"ensemble output {tensor.name!r} is produced by no step")
+        elif available[tensor.name][0] != tensor.data_type:
+            problems.append(f"ensemble output {tensor.name!r}: dtype differs from its producer")
+    unused = set(MODELS) - used_models
+    if unused:
+        problems.append(f"models not in the ensemble: {sorted(unused)}")
+    return problems

@@ -1,0 +1,107 @@
+"""``feast_user_lookup``: a user's age, gender and top_category from the online store, through Feast's API.
+
+Input ``user_id`` INT64 [1] (checked by ``context_preprocessor``). Outputs (each [1]): ``known_user_id`` INT64,
+``age`` FP64, ``gender`` INT64 (0 F, 1 M, -1 unknown), ``top_category`` INT64 (-1 none).
+
+Cold start (DESIGN.md Serving graph): an anonymous request (-1) or a user the online store does not know gets
+``known_user_id`` -1, the training mean age (``MEAN_AGE``, injected by the repository build), gender -1 and
+top_category -1: exactly what the masked training rows carry. A known user with a missing feature gets that
+feature's default. When Valkey cannot be reached the request is served with the same defaults (counted in
+``recsys_degraded_requests_total{stage="feast_user_lookup"}``) and the lookup resumes once Valkey answers.
+
+Parameters: ``MEAN_AGE`` (required), ``USER_FEATURE_SERVICE`` (default ``user_features``), ``FEAST_READ``:
+``provider`` (default) reads each of the service's feature views with the provider's ``online_read`` (Feast's own
+entity-key serialization and Redis layout, one pipelined round trip per view, ~0.4 ms) or ``sdk`` calls
+``FeatureStore.get_online_features`` (the seed's way, ~6 ms of Feast bookkeeping per request on this machine). The
+views have no TTL (ttl 0), so both give the same values. The Feast repository and its registry/online store come
+from the server's environment (``serving.runtime``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys_assets.lib.transform_spec import encode_gender
+from recsys_assets.serving.common import scalar
+from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
+from recsys_assets.serving.runtime import Breaker, Runtime, ValkeyUnavailable
+
+
+def _first(values) -> object:
+    return values[0] if values else None
+
+
+class FeastUserLookup(Stage):
+    inputs = ("user_id",)
+    outputs = ("known_user_id", "age", "gender", "top_category")
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.mean_age = ctx.param_float("MEAN_AGE")
+        service_name = ctx.param("USER_FEATURE_SERVICE", "user_features")
+        self.runtime = Runtime.from_environ(ctx.environ)
+        ctx.declare_degraded("valkey_unreachable")
+        self.breaker = Breaker("Valkey (Feast online store)", ctx.log,
+                               retry_after_s=ctx.param_float("RETRY_AFTER_S", 1.0))
+        try:
+            self.store = self.runtime.feature_store()
+            self.service = self.store.get_feature_service(service_name)
+        except Exception as exc:
+            raise StageConfigError(f"Feast feature service {service_name!r} cannot be read from "
+                                   f"{self.runtime.feast_repo}: {exc} (materialize online_features first)") from exc
+        names = {f.name for projection in self.service.feature_view_projections for f in projection.features}
+        missing = {"age", "gender", "top_category"} - names
+        if missing:
+            raise StageConfigError(f"feature service {service_name!r} lacks {sorted(missing)}")
+        self.read_mode = ctx.param("FEAST_READ", "provider")
+        if self.read_mode not in ("provider", "sdk"):
+            raise StageConfigError(f"FEAST_READ={self.read_mode!r}: expected provider or sdk")
+        from feast.infra.provider import get_provider
+
+        self.provider = get_provider(self.store.config)
+        self.views = [(self.store.get_feature_view(p.name), [f.name for f in p.features])
+                      for p in self.service.feature_view_projections]
+
+    def defaults(self) -> dict[str, np.ndarray]:
+        return self._row(-1, self.mean_age, -1, -1)
+
+    @staticmethod
+    def _row(user_id: int, age: float, gender: int, top_category: int) -> dict[str, np.ndarray]:
+        return {"known_user_id": np.array([user_id], np.int64), "age": np.array([age], np.float64),
+                "gender": np.array([gender], np.int64), "top_category": np.array([top_category], np.int64)}
+
+    def lookup(self, user_id: int) -> dict[str, list]:
+        """Feast's answer for one user: ``{feature: [value or None]}``."""
+        if self.read_mode == "sdk":
+            return self.store.get_online_features(features=self.service,
+                                                  entity_rows=[{"user_id": user_id}]).to_dict()
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import feast_value_type_to_python_type
+
+        key = EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=user_id)])
+        out: dict[str, list] = {}
+        for view, features in self.views:
+            # A copy: Feast's Redis store appends its timestamp field to the list it is given.
+            _, values = self.provider.online_read(config=self.store.config, table=view, entity_keys=[key],
+                                                  requested_features=list(features))[0]
+            for name in features:
+                proto = (values or {}).get(name)
+                out[name] = [None if proto is None else feast_value_type_to_python_type(proto)]
+        return out
+
+    def __call__(self, user_id):
+        uid = int(scalar(user_id, "user_id"))
+        if uid < 0:
+            return self.defaults()
+        try:
+            row = self.breaker.call(lambda: self.lookup(uid))
+        except ValkeyUnavailable:
+            self.ctx.degraded("valkey_unreachable")
+            return self.defaults()
+        age, gender, top = _first(row.get("age")), _first(row.get("gender")), _first(row.get("top_category"))
+        if age is None and gender is None and top is None:
+            return self.defaults()  # not in the online store: a new user
+        gender_code = encode_gender([gender])[0] if isinstance(gender, str) or gender is None else int(gender)
+        return self._row(uid, self.mean_age if age is None else float(age), gender_code,
+                         -1 if top is None else int(top))

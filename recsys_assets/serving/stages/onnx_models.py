@@ -1,0 +1,121 @@
+"""``query_tower`` and ``dlrm_ranking``: the exported towers (``<version>/model.onnx``) run with onnxruntime.
+
+Both receive every transformed feature by its workflow name and feed the ONNX model the ones it declares: an
+ONNX input named like a feature gets that feature (``INPUT_MAP``, a JSON object, renames where the export chose
+other names; ``image_pca``/``text_pca``, the training side's names, are always understood); each value is cast
+to the input's dtype and shaped [N, 1] for per-row scalars. A model input that matches no feature fails the
+load, naming what is available. So the plain and the context-aware query tower are served by the same
+configuration.
+
+``query_tower``: user features [1] + context features [1] -> ``query_embedding`` FP32 [D].
+``dlrm_ranking``: user + context features unrolled to the N candidates, item features [N] and the two
+multimodal embeddings [N, 64] -> ``scores`` FP32 [N] (the click probability). The derived feature
+``multimodal_embedding`` ([image | text], [N, 128]) is there for exports that take one concatenated input.
+
+On Triton's GPU image the same ``model.onnx`` can be served by the onnxruntime backend instead (README).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
+
+MODEL_FILE = "model.onnx"
+USER_FEATURES = ("user_id", "gender", "top_category", "age_norm", "age_binned")
+CONTEXT_FEATURES = ("device_type", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos")
+ITEM_FEATURES = ("item_id", "category_l1", "category_l2", "item_gender", "price_log_norm")
+EMBEDDINGS = ("image_embedding", "text_embedding")
+# The training side names the multimodal halves after their PCA (recsys_assets.ml.model_inputs); serving after
+# their role. Always understood, on top of INPUT_MAP.
+ALIASES = {"image_pca": "image_embedding", "text_pca": "text_embedding"}
+_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+              "tensor(double)": np.float64, "tensor(bool)": np.bool_}
+
+
+class OnnxModel:
+    """One ONNX model, fed from a ``{feature name: array}`` mapping."""
+
+    def __init__(self, path, input_map: dict[str, str], available: set[str], threads: int = 1,
+                 output: str | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # Triton runs many models on few cores: one thread each keeps them from oversubscribing the CPU.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.feeds: list[tuple[str, str, np.dtype, int, int | None]] = []
+        problems = []
+        for node in self.session.get_inputs():
+            base = node.name.split(":")[0]
+            feature = input_map.get(node.name, ALIASES.get(base, base))
+            if feature not in available:
+                problems.append(f"{node.name!r} (looked for feature {feature!r})")
+                continue
+            if node.type not in _ORT_TYPES:
+                problems.append(f"{node.name!r} has unsupported type {node.type}")
+                continue
+            shape = list(node.shape)
+            width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+            self.feeds.append((node.name, feature, np.dtype(_ORT_TYPES[node.type]), len(shape), width))
+        if problems:
+            raise StageConfigError(f"{path}: ONNX inputs {', '.join(problems)} match no served feature; "
+                                   f"available: {sorted(available)}; map them with the INPUT_MAP parameter")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if output is not None and output not in outputs:
+            raise StageConfigError(f"{path}: no output {output!r}; it has {outputs}")
+        self.output = output or outputs[0]
+
+    @property
+    def features(self) -> list[str]:
+        return [feature for _, feature, *_ in self.feeds]
+
+    def run(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {}
+        for name, feature, dtype, rank, width in self.feeds:
+            value = np.asarray(features[feature]).astype(dtype, copy=False)
+            if rank == 2 and value.ndim == 1:
+                value = value.reshape(-1, 1)
+            elif rank == 1 and value.ndim == 2 and value.shape[1] == 1:
+                value = value.reshape(-1)
+            if width is not None and value.shape[-1] != width:
+                raise StageConfigError(f"ONNX input {name!r} wants width {width}, feature {feature!r} has "
+                                       f"{value.shape[-1]}")
+            feed[name] = value
+        return self.session.run([self.output], feed)[0]
+
+
+class _OnnxStage(Stage):
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        available = set(self.inputs) | set(self.derived)
+        self.model = OnnxModel(ctx.artifact(MODEL_FILE), ctx.param_json("INPUT_MAP", {}), available,
+                               threads=ctx.param_int("ONNX_THREADS", 1), output=ctx.params.get("OUTPUT_NAME") or None)
+
+    derived: tuple[str, ...] = ()
+
+
+class QueryTower(_OnnxStage):
+    inputs = USER_FEATURES + CONTEXT_FEATURES
+    outputs = ("query_embedding",)
+
+    def __call__(self, **features):
+        out = np.asarray(self.model.run(features), dtype=np.float32)
+        return {"query_embedding": out.reshape(-1)}
+
+
+class DlrmRanking(_OnnxStage):
+    inputs = USER_FEATURES + CONTEXT_FEATURES + ITEM_FEATURES + EMBEDDINGS
+    outputs = ("scores",)
+    derived = ("multimodal_embedding",)
+
+    def __call__(self, **features):
+        n = len(features["item_id"])
+        if n == 0:
+            return {"scores": np.zeros(0, np.float32)}
+        if "multimodal_embedding" in self.model.features:
+            features["multimodal_embedding"] = np.concatenate(
+                [features["image_embedding"], features["text_embedding"]], axis=1)
+        out = np.asarray(self.model.run(features), dtype=np.float32).reshape(n, -1)
+        return {"scores": out[:, 0]}

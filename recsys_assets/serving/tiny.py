@@ -1,0 +1,357 @@
+"""Small but real serving artifacts, for tests and for benchmarking before the trained ones exist.
+
+Everything has the format of the real thing, only the values are made up (seeded):
+
+- ``transforms/``: a compiled-transforms description (:mod:`recsys_assets.serving.transforms` format) with
+  vocabularies over the catalogue (held-back items left out, so they land on the OOV row like cold items),
+  a few users, genders, categories, devices and age buckets;
+- ``query_tower.onnx`` / ``dlrm.onnx``: ONNX graphs built with ``onnx.helper`` with the inputs a Merlin export
+  has (one [N, 1] tensor per feature, the two embeddings [N, 64]): the query is a sum of user, top-category and
+  device embeddings (so context moves an anonymous user's candidates), the ranker adds user x item,
+  device x category and top-category x category interactions, content weights and price;
+- ``item_embeddings.npy`` + ``index.faiss``: an inner-product ``IndexIDMap`` keyed by raw item id;
+- ``multimodal.npy``: [image 64 | text 64] per raw item id; ``items.parquet``: the real catalogue.
+
+The pipeline env has onnxruntime but not ``onnx``; the graphs are written in the merlin env (which has it)
+through ``python -m recsys_assets.serving.tiny onnx`` when ``onnx`` cannot be imported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from recsys_assets.lib.transform_spec import (
+    AGE_BUCKETS,
+    FIRST_INDEX,
+    GENDER_CODES,
+    NULL_INDEX,
+    OOV_INDEX,
+    PAD_INDEX,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MERLIN_PYTHON = PROJECT_ROOT / ".venv-merlin" / "bin" / "python"
+
+
+@dataclasses.dataclass(frozen=True)
+class TinySizes:
+    """Table sizes of the tiny models (rows include NVTabular's 3 reserved rows)."""
+
+    users: int
+    items: int
+    categories: int
+    top_categories: int
+    devices: int = 3 + 3
+    genders: int = 3 + 2
+    age_bins: int = 3 + len(AGE_BUCKETS) + 1
+    dim: int = 16
+    content: int = 64
+    seed: int = 7
+
+
+# -- ONNX graphs (need the onnx package) -------------------------------------------------------------------------
+def _onnx_models(out_dir: Path, sizes: TinySizes) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(sizes.seed)
+    d = sizes.dim
+
+    def table(name, rows, scale=1.0):
+        return numpy_helper.from_array((rng.normal(size=(rows, d)) * scale).astype(np.float32), name)
+
+    def cat_input(name):
+        return helper.make_tensor_value_info(name, TensorProto.INT64, ["N", 1])
+
+    def float_input(name, width=1):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", width])
+
+    axes1 = numpy_helper.from_array(np.array([1], np.int64), "axes1")
+
+    def embed(nodes, feature, table_name):
+        flat = f"{feature}_{table_name}_flat"
+        nodes.append(helper.make_node("Squeeze", [feature, "axes1"], [flat]))
+        nodes.append(helper.make_node("Gather", [table_name, flat], [f"{feature}_{table_name}"]))
+        return f"{feature}_{table_name}"
+
+    # query tower: E_user[user] + E_top[top_category] + 2 E_dev[device] + age_norm w_age + hour_sin w_hour
+    nodes = []
+    inits = [table("E_user", sizes.users, 0.5), table("E_top", sizes.top_categories),
+             table("E_dev", sizes.devices, 2.0), axes1,
+             numpy_helper.from_array(rng.normal(size=(1, d)).astype(np.float32), "w_age"),
+             numpy_helper.from_array(rng.normal(size=(1, d)).astype(np.float32), "w_hour")]
+    u = embed(nodes, "user_id", "E_user")
+    t = embed(nodes, "top_category", "E_top")
+    v = embed(nodes, "device_type", "E_dev")
+    nodes += [helper.make_node("MatMul", ["age_norm", "w_age"], ["age_part"]),
+              helper.make_node("MatMul", ["hour_sin", "w_hour"], ["hour_part"]),
+              helper.make_node("Sum", [u, t, v, "age_part", "hour_part"], ["query"])]
+    graph = helper.make_graph(nodes, "tiny_query_tower",
+                              [cat_input("user_id"), cat_input("top_category"), float_input("age_norm"),
+                               cat_input("device_type"), float_input("hour_sin")],
+                              [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["N", d])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="recsys-tiny")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_dir / "query_tower.onnx"))
+
+    # ranker: sigmoid(<E_u[user], E_i[item]> + <E_dev[device], E_c[cat]> + <E_t[top], E_c2[cat]>
+    #                 + image w_img + text w_txt + b price - 2)
+    nodes = []
+    # Scales keep each term's spread below ~1 logit, so probabilities spread instead of saturating.
+    inits = [table("R_user", sizes.users, 0.4), table("R_item", sizes.items, 0.4), table("R_dev", sizes.devices, 0.45),
+             table("R_cat", sizes.categories, 0.45), table("R_top", sizes.top_categories, 0.4),
+             table("R_cat2", sizes.categories, 0.4), axes1,
+             numpy_helper.from_array((rng.normal(size=(sizes.content, 1)) * 0.08).astype(np.float32), "w_img"),
+             numpy_helper.from_array((rng.normal(size=(sizes.content, 1)) * 0.08).astype(np.float32), "w_txt"),
+             numpy_helper.from_array(np.array([[0.3]], np.float32), "w_price"),
+             numpy_helper.from_array(np.array([-2.0], np.float32), "bias"),
+             numpy_helper.from_array(np.array([1], np.int64), "keep_axis")]
+    parts = []
+    for a_feat, a_tab, b_feat, b_tab, name in (("user_id", "R_user", "item_id", "R_item", "ui"),
+                                               ("device_type", "R_dev", "category_l1", "R_cat", "dc"),
+                                               ("top_category", "R_top", "category_l1", "R_cat2", "tc")):
+        a, b = embed(nodes, a_feat, a_tab), embed(nodes, b_feat, b_tab)
+        nodes += [helper.make_node("Mul", [a, b], [f"{name}_prod"]),
+                  helper.make_node("ReduceSum", [f"{name}_prod", "keep_axis"], [f"{name}_dot"], keepdims=1)]
+        parts.append(f"{name}_dot")
+    nodes += [helper.make_node("MatMul", ["image_embedding", "w_img"], ["img_part"]),
+              helper.make_node("MatMul", ["text_embedding", "w_txt"], ["txt_part"]),
+              helper.make_node("MatMul", ["price_log_norm", "w_price"], ["price_part"]),
+              helper.make_node("Sum", [*parts, "img_part", "txt_part", "price_part", "bias"], ["logit"]),
+              helper.make_node("Sigmoid", ["logit"], ["click"])]
+    graph = helper.make_graph(nodes, "tiny_dlrm",
+                              [cat_input("user_id"), cat_input("top_category"), cat_input("device_type"),
+                               cat_input("item_id"), cat_input("category_l1"), float_input("price_log_norm"),
+                               float_input("image_embedding", sizes.content),
+                               float_input("text_embedding", sizes.content)],
+                              [helper.make_tensor_value_info("click", TensorProto.FLOAT, ["N", 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="recsys-tiny")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_dir / "dlrm.onnx"))
+
+
+def write_onnx_models(out_dir: Path, sizes: TinySizes) -> None:
+    """The two tiny ONNX graphs, written here if ``onnx`` imports, else by the merlin env."""
+    out_dir = Path(out_dir)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        if not MERLIN_PYTHON.exists():
+            raise RuntimeError("building the tiny ONNX models needs the onnx package: it is in the merlin env "
+                               f"({MERLIN_PYTHON}, missing: run `make setup`)") from None
+        proc = subprocess.run([str(MERLIN_PYTHON), "-m", "recsys_assets.serving.tiny", "onnx", str(out_dir),
+                               json.dumps(dataclasses.asdict(sizes))], capture_output=True, text=True,
+                              cwd=PROJECT_ROOT, env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"tiny ONNX build in the merlin env failed:\n{proc.stderr[-2000:]}")
+        return
+    _onnx_models(out_dir, sizes)
+
+
+# -- the rest -----------------------------------------------------------------------------------------------------
+def _categorify(values) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values)
+    return values, np.arange(FIRST_INDEX, FIRST_INDEX + len(values), dtype=np.int64)
+
+
+def _cat_step(name):
+    return {"op": "categorify", "vocab": name}
+
+
+def transforms_description(items, users, mean_age: float) -> tuple[dict, dict]:
+    """A compiled-transforms description over the tiny world (format of ``serving.transforms``)."""
+    import pandas as pd
+
+    warm = items.loc[items["available_from_day"] == 0, "item_id"].to_numpy(np.int64)
+    log_price = np.log(items["price"].to_numpy(np.float32) + 1)
+    vocabularies = {
+        "user.user_id": _categorify(np.sort(users["user_id"].to_numpy(np.float64))),
+        "user.gender": _categorify(np.array(sorted(GENDER_CODES.values()), np.float64)),
+        "user.top_category": _categorify(np.arange(20, dtype=np.float64)),
+        "user.age_binned": _categorify(np.arange(len(AGE_BUCKETS) + 1, dtype=np.int64)),
+        "item.item_id": _categorify(np.sort(warm).astype(np.float64)),
+        "item.category_l1": _categorify(np.array(sorted(items["category_l1"].unique()), dtype=str)),
+        "item.category_l2": _categorify(np.array(sorted(items["category_l2"].unique()), dtype=str)),
+        "item.item_gender": _categorify(np.array(sorted(items["item_gender"].unique()), dtype=str)),
+        "context.device_type": _categorify(np.array([0.0, 1.0, 2.0])),
+    }
+    null = {"op": "sentinel_to_null", "value": -1}
+
+    def out(name, source, dtype, steps):
+        return {"name": name, "input": source, "dtype": dtype, "tags": [], "steps": steps}
+
+    ages = users["age"].to_numpy(np.float64)
+    cyc = [(n, {"unit": 3600, "period": 24, "offset": 0} if n.startswith("hour") else
+            {"unit": 86400, "period": 7, "offset": 3}) for n in ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos")]
+    groups = {
+        "user": {"inputs": ["user_id", "age", "gender", "top_category"], "outputs": [
+            out("user_id", "user_id", "int64", [null, _cat_step("user.user_id")]),
+            out("gender", "gender", "int64", [null, _cat_step("user.gender")]),
+            out("top_category", "top_category", "int64", [null, _cat_step("user.top_category")]),
+            out("age_norm", "age", "float32", [{"op": "fill_missing", "value": mean_age},
+                                               {"op": "normalize", "mean": float(ages.mean()),
+                                                "std": float(ages.std()), "dtype": "float32"}]),
+            out("age_binned", "age", "int64", [{"op": "fill_missing", "value": mean_age},
+                                               {"op": "bucketize", "edges": list(AGE_BUCKETS)},
+                                               _cat_step("user.age_binned")]),
+        ]},
+        "item": {"inputs": ["item_id", "category_l1", "category_l2", "item_gender", "price"], "outputs": [
+            out("item_id", "item_id", "int64", [null, _cat_step("item.item_id")]),
+            out("category_l1", "category_l1", "int64", [_cat_step("item.category_l1")]),
+            out("category_l2", "category_l2", "int64", [_cat_step("item.category_l2")]),
+            out("item_gender", "item_gender", "int64", [_cat_step("item.item_gender")]),
+            out("price_log_norm", "price", "float32", [
+                {"op": "fill_missing", "value": float(items["price"].median())}, {"op": "log1p"},
+                {"op": "normalize", "mean": float(log_price.mean()), "std": float(log_price.std()),
+                 "dtype": "float32"}]),
+        ]},
+        "context": {"inputs": ["device_type", "timestamp"], "outputs": [
+            out("device_type", "device_type", "int64", [null, _cat_step("context.device_type")]),
+            *[out(n, "timestamp", "float32", [{"op": "cyclical", **p, "fn": n.split("_")[1], "dtype": "float32"}])
+              for n, p in cyc],
+        ]},
+    }
+    from recsys_assets.serving import transforms as compiled
+
+    description = {
+        "format": compiled.FORMAT, "version": compiled.VERSION, "mean_age": float(mean_age),
+        "indices": {"pad": PAD_INDEX, "null": NULL_INDEX, "oov": OOV_INDEX, "first": FIRST_INDEX},
+        "input_codes": {"gender": dict(GENDER_CODES)}, "groups": groups,
+        "vocabularies": {name: {"size": len(v)} for name, (v, _) in vocabularies.items()},
+        "source": {"workflows": "recsys_assets.serving.tiny", "fit_rows": int(len(users)),
+                   "compiled_at": int(pd.Timestamp.now().timestamp())},
+    }
+    return description, vocabularies
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyArtifacts:
+    folder: Path
+    items: "object"   # DataFrame: the catalogue
+    users: "object"   # DataFrame: the users known to the online store
+    trained: "object"  # repository.TrainedArtifacts
+    start_date: str
+
+
+def build_tiny_artifacts(folder: Path, n_users: int = 60, seed: int = 7, dim: int = 16) -> TinyArtifacts:
+    """Write every artifact the repository build needs into ``folder``; returns their paths and tables."""
+    import faiss
+
+    from recsys_assets.lib.generator import World
+    from recsys_assets.serving import transforms as compiled
+    from recsys_assets.serving.repository import TrainedArtifacts
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    world = World(seed=seed, scale="tiny")
+    items = world.items[["item_id", "name", "category_l1", "category_l2", "price", "item_gender",
+                         "available_from_day"]].copy()
+    items["available_from_day"] = items["available_from_day"].astype(np.int64)
+    items.to_parquet(folder / "items.parquet", index=False)
+    users = world.users(0).head(n_users).reset_index(drop=True)
+    mean_age = float(users["age"].mean())
+    description, vocabularies = transforms_description(items, users, mean_age)
+    compiled.write_description(folder / "transforms", description, vocabularies)
+
+    sizes = TinySizes(users=FIRST_INDEX + len(users), items=FIRST_INDEX + len(items),
+                      categories=FIRST_INDEX + items["category_l1"].nunique(), top_categories=FIRST_INDEX + 20,
+                      dim=dim, seed=seed)
+    write_onnx_models(folder, sizes)
+    rng = np.random.default_rng(seed + 1)
+    item_vectors = rng.normal(size=(len(items), dim)).astype(np.float32)
+    np.save(folder / "item_embeddings.npy", item_vectors)
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    index.add_with_ids(item_vectors, items["item_id"].to_numpy(np.int64))
+    faiss.write_index(index, str(folder / "index.faiss"))
+    np.save(folder / "multimodal.npy", rng.normal(size=(len(items), 2 * sizes.content)).astype(np.float32))
+    trained = TrainedArtifacts(transforms_dir=folder / "transforms", query_tower=folder / "query_tower.onnx",
+                               dlrm=folder / "dlrm.onnx", faiss_index=folder / "index.faiss",
+                               multimodal=folder / "multimodal.npy", items=folder / "items.parquet",
+                               image_dims=sizes.content)
+    return TinyArtifacts(folder=folder, items=items, users=users, trained=trained,
+                         start_date=world.start_date.isoformat())
+
+
+def serving_environ(valkey_url: str, artifacts_root: Path) -> dict[str, str]:
+    """The server environment for the tiny world: runtime endpoints, never baked into the repository."""
+    from recsys_assets.serving.runtime import server_environ
+
+    return {**server_environ(valkey_url, str(Path(artifacts_root) / "feature_store" / "registry.db")),
+            "RECSYS_ARTIFACTS": str(artifacts_root)}
+
+
+def publish_online_state(tiny: TinyArtifacts, environ: dict[str, str], seed: int = 7) -> dict:
+    """Put the tiny world where serving reads it: Feast offline files, ``feast apply`` + ``materialize`` into the
+    online store, and popularity tables (made-up clicks) in Valkey. Returns what was written (user top categories,
+    popularity order)."""
+    import datetime as dt
+    import os
+
+    import pandas as pd
+
+    from recsys_assets.lib import popularity
+    from recsys_assets.lib.valkey_server import KeyLayout, parse_url
+
+    root = Path(environ["RECSYS_ARTIFACTS"])
+    offline = root / "feature_store" / "offline"
+    offline.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    users, items = tiny.users, tiny.items
+    signup = pd.to_datetime(users["signup_timestamp"].to_numpy(np.int64), unit="s", utc=True)
+    pd.DataFrame({"user_id": users["user_id"].astype(np.int64), "age": users["age"].astype(np.int64),
+                  "gender": users["gender"].astype(str), "event_timestamp": signup}).to_parquet(
+        offline / "users.parquet", index=False)
+    top = np.where(rng.random(len(users)) < 0.8, rng.integers(0, 20, len(users)), -1).astype(np.int64)
+    pd.DataFrame({"user_id": users["user_id"].astype(np.int64), "top_category": top,
+                  "event_timestamp": signup}).to_parquet(offline / "user_top_category.parquet", index=False)
+    day0 = dt.datetime.fromisoformat(tiny.start_date).replace(tzinfo=dt.timezone.utc)
+    item_table = items[["item_id", "price", "category_l1", "category_l2", "item_gender", "available_from_day"]].copy()
+    item_table["event_timestamp"] = [day0 + dt.timedelta(days=int(d)) for d in item_table["available_from_day"]]
+    item_table.to_parquet(offline / "items.parquet", index=False)
+
+    env = {**os.environ, **environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    repo = environ["RECSYS_FEAST_REPO"]
+    end = item_table["event_timestamp"].max() + dt.timedelta(seconds=1)
+    for args in (["apply"], ["materialize", "2000-01-01T00:00:00", end.isoformat()]):
+        proc = subprocess.run([sys.executable, "-m", "feast.cli.cli", "-c", repo, "-f", f"{repo}/feature_store.yaml",
+                               *args], env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"feast {args[0]} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+
+    clicks = rng.choice(items["item_id"].to_numpy(), size=5000, p=_zipf(len(items), rng))
+    tables = popularity.build_tables(clicks, items, window=[0])
+    endpoint = parse_url(environ["RECSYS_VALKEY_URL"])
+    space = KeyLayout.make().popularity
+    client = endpoint.client(db=space.db)
+    try:
+        popularity.publish(client, space.prefix, tables)
+    finally:
+        client.close()
+    return {"top_category": dict(zip(users["user_id"].tolist(), top.tolist())),
+            "popular": popularity.ranking(tables)}
+
+
+def _zipf(n: int, rng: np.random.Generator) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1) ** 1.1
+    weights = weights[rng.permutation(n)]
+    return weights / weights.sum()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "onnx":
+        _onnx_models(Path(argv[1]), TinySizes(**json.loads(argv[2])))
+        return 0
+    print("usage: python -m recsys_assets.serving.tiny onnx OUT_DIR SIZES_JSON", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,146 @@
+"""Runtime endpoints from the environment, the fail-fast Valkey link, and the seen filter stage on a real Valkey."""
+
+import numpy as np
+import pytest
+
+from recsys_assets.lib import popularity
+from recsys_assets.lib.valkey_server import EmbeddedValkey, KeyLayout
+from recsys_assets.serving.bloom import BloomParams, SeenFilter
+from recsys_assets.serving.executor import StageContext
+from recsys_assets.serving.runtime import Breaker, Runtime, ValkeyLink, ValkeyUnavailable, server_environ
+from recsys_assets.serving.stages.filter_seen_items import FilterSeenItems
+from tests.serving.tiny_serving import tiny_artifacts
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return tiny_artifacts(tmp_path_factory)
+
+DAY0 = 1767225600
+
+
+def test_runtime_reads_endpoints_from_the_environment_only():
+    runtime = Runtime.from_environ({"RECSYS_VALKEY_URL": "rediss://:pw@cache.example:6379",
+                                    "RECSYS_VALKEY_SEEN_DB": "5", "RECSYS_VALKEY_CLUSTER": "1",
+                                    "RECSYS_FEAST_REPO": "/srv/feature_repo"})
+    assert runtime.valkey_url.startswith("rediss://") and runtime.seen_db == 5 and runtime.cluster is True
+    assert str(runtime.feast_repo) == "/srv/feature_repo"
+    assert Runtime.from_environ({}).valkey_url is None
+    with pytest.raises(ValueError, match="RECSYS_VALKEY_SEEN_DB='x'"):
+        Runtime.from_environ({"RECSYS_VALKEY_SEEN_DB": "x"})
+
+
+def test_server_environ_carries_feast_and_valkey_endpoints():
+    env = server_environ("redis://127.0.0.1:6390", "/a/feature_store/registry.db")
+    assert env["RECSYS_FEAST_ONLINE_STORE"] == "127.0.0.1:6390,db=0,socket_timeout=0.5,socket_connect_timeout=0.5"
+    assert env["RECSYS_FEAST_REGISTRY"] == "/a/feature_store/registry.db"
+
+
+def test_the_feast_yaml_needs_its_variables_and_says_which(tmp_path):
+    runtime = Runtime.from_environ({"RECSYS_FEAST_REGISTRY": str(tmp_path / "r.db")})
+    with pytest.raises(KeyError, match="RECSYS_FEAST_ONLINE_STORE"):
+        runtime.feature_store()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_breaker_fails_fast_while_down_and_recovers_after_the_retry_interval():
+    clock, calls = Clock(), []
+    breaker = Breaker("dep", retry_after_s=1.0, clock=clock)
+
+    def refused():
+        calls.append(1)
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(ValkeyUnavailable):
+        breaker.call(refused)
+    with pytest.raises(ValkeyUnavailable):
+        breaker.call(refused)  # within the interval: not even tried
+    assert len(calls) == 1 and breaker.down
+    clock.now = 1.5
+    assert breaker.call(lambda: "ok") == "ok" and not breaker.down
+    with pytest.raises(ZeroDivisionError):  # not a connection problem: raised as is, breaker untouched
+        breaker.call(lambda: 1 / 0)
+    assert not breaker.down
+
+
+@pytest.mark.integration
+def test_valkey_link_degrades_when_valkey_stops_and_reconnects_when_it_returns(tmp_path, valkey):
+    link = ValkeyLink(Runtime(valkey_url=f"redis://127.0.0.1:{valkey.port}"), "seen", retry_after_s=0.0)
+    assert link.run(lambda c: c.set("k", "v")) and link.prefix == "recsys:seen:"
+    valkey.stop()
+    with pytest.raises(ValkeyUnavailable):
+        link.run(lambda c: c.get("k"))
+    restarted = EmbeddedValkey(valkey.data_dir, port=valkey.port).start()  # same folder: the AOF keeps the key
+    try:
+        assert link.run(lambda c: c.get("k")) == b"v"
+    finally:
+        restarted.stop()
+
+
+# -- filter_seen_items ------------------------------------------------------------------------------------------
+@pytest.fixture()
+def seen_stage(tmp_path, tiny, valkey):
+    np.save(tmp_path / "availability.npy", tiny.items["available_from_day"].to_numpy(np.int64))
+    ctx = StageContext("filter_seen_items", model_dir=tmp_path, environ={
+        "RECSYS_VALKEY_URL": f"redis://127.0.0.1:{valkey.port}"}, params={
+        "START_DATE": "2026-01-01", "RETRIEVAL_TOPK": "5", "BLOOM_CAPACITY": "100", "RETRY_AFTER_S": "0"})
+    client = valkey.endpoint.client(db=KeyLayout.make().popularity.db)
+    tables = popularity.build_tables(np.repeat(np.arange(40), np.arange(40, 0, -1)), tiny.items, [0])
+    popularity.publish(client, KeyLayout.make().popularity.prefix, tables)
+    client.close()
+    stage = FilterSeenItems(ctx)
+    yield stage, ctx, valkey
+    stage.close()
+
+
+def click(valkey, user, items):
+    client = valkey.endpoint.client(db=1)
+    SeenFilter("recsys:seen:", BloomParams(capacity=100)).add(client, user, items)
+    client.close()
+
+
+def call(stage, user, candidates, k=3, ts=DAY0):
+    return stage(user_id=np.array([user]), candidate_ids=np.asarray(candidates, np.int64),
+                 timestamp=np.array([ts]), top_k=np.array([k]))["item_ids"].tolist()
+
+
+@pytest.mark.integration
+def test_seen_candidates_are_dropped_and_the_list_is_cut_to_retrieval_topk(seen_stage):
+    stage, _, valkey = seen_stage
+    click(valkey, 8, [101, 103])
+    assert call(stage, 8, [100, 101, 102, 103, 104, 105, 106]) == [100, 102, 104, 105, 106]
+    assert call(stage, -1, [101, 103], k=2) == [101, 103]  # anonymous: nothing filtered
+
+
+@pytest.mark.integration
+def test_too_few_survivors_are_filled_with_popular_released_unseen_items(seen_stage, tiny):
+    stage, _, valkey = seen_stage
+    click(valkey, 9, [0, 200, 201])
+    out = call(stage, 9, [200, 201, 202], k=4)
+    assert out[0] == 202 and len(out) == 4
+    held_back = set(tiny.items.loc[tiny.items["available_from_day"] > 0, "item_id"])
+    assert 0 not in out and not (set(out) & held_back)  # the seen item 0 (most popular) is not filled back
+    assert out[1:] == [i for i in range(1, 40) if i not in held_back][:3]
+
+
+@pytest.mark.integration
+def test_with_valkey_down_candidates_pass_through_counted_and_filtering_resumes(seen_stage):
+    stage, ctx, valkey = seen_stage
+    click(valkey, 10, [1])
+    assert call(stage, 10, [1, 2, 3], k=2) == [2, 3]
+    valkey.stop()
+    assert call(stage, 10, [1, 2, 3], k=2) == [1, 2, 3]
+    assert ctx.metrics.value("recsys_degraded_requests_total", stage="filter_seen_items",
+                             reason="valkey_unreachable") == 1
+    restarted = EmbeddedValkey(valkey.data_dir, port=valkey.port).start()
+    try:
+        assert call(stage, 10, [1, 2, 3], k=2) == [2, 3]
+    finally:
+        restarted.stop()
