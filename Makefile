@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 # in the embeddings metadata. Unset it (and provide weights, see README) for real image embeddings.
 export RECSYS_CLIP_OFFLINE_FALLBACK ?= 1
 
-.PHONY: setup demo test test-fast dev lock clean
+.PHONY: setup demo test test-fast serve dev clean
 
 setup:  ## create .venv and .venv-merlin from the lock files (only what changed)
 	@scripts/setup.sh
@@ -22,6 +22,9 @@ test: setup  ## the whole test suite (starts and stops its own services)
 
 test-fast: setup  ## unit tests only (no merlin env, no services)
 	@$(PY) -m pytest -m "not merlin and not integration"
+
+serve: setup  ## keep Triton, the API and the storefront up on 127.0.0.1 (after make demo); Ctrl-C stops them
+	@scripts/serve.sh
 
 dev: setup  ## the Dagster UI on http://127.0.0.1:3000 over the local artifacts
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
