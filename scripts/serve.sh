@@ -23,5 +23,5 @@ trap cleanup EXIT INT TERM
 $PY -m recsys_assets.serving.serve start --artifacts "$ROOT"
 $PY -m recsys_assets.api &
 api_pid=$!
-echo "Storefront: http://127.0.0.1:${RECSYS_API_PORT:-8080}/   (Ctrl-C stops Triton, the API and Valkey)"
+echo "Storefront: http://127.0.0.1:${RECSYS_API_PORT:-8080}/store/   (Ctrl-C stops Triton, the API and Valkey)"
 wait "$api_pid"

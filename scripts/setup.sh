@@ -64,6 +64,17 @@ build_env() {  # build_env <dir> <lock file>
 # The two installs are mostly unpacking and I/O: run them side by side.
 build_env .venv requirements/pipeline.lock.txt & p1=$!
 build_env .venv-merlin requirements/merlin.lock.txt & p2=$!
+# Debian's Chromium for the storefront's browser tests (Playwright drives it; it never downloads a browser).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "[setup] installing chromium (apt-get)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >.chromium-install.log 2>&1 \
+      || { echo "[setup] FAILED to install chromium; see .chromium-install.log" >&2; exit 1; }
+  else
+    echo "[setup] warning: chromium not found; install it (apt-get install chromium) for the storefront tests" >&2
+  fi
+fi
+
 # helm + kubectl for the offline Kubernetes checks (tests/infra), pinned, into .tools/bin.
 scripts/install-k8s-tools.sh >.tools-install.log 2>&1 & p3=$!
 rc=0

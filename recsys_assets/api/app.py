@@ -207,6 +207,9 @@ def create_app(config: ApiConfig) -> FastAPI:
                                     status=404) from None
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
 
+    from recsys_assets.api import storefront
+
+    storefront.install(app)  # the demo page at /store/ (recsys_assets.api.storefront)
     return app
 
 

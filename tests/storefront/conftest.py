@@ -1,0 +1,152 @@
+"""The storefront's browser tests run the whole stack for real: the set-up of ``tests/api/test_api.py``
+(the tiny serving artifacts, an embedded Valkey with AOF, ``feast apply`` + ``materialize`` into it, the
+Triton ensemble), item images rendered into the artifact root, the API under uvicorn on a free port, and
+Debian's Chromium driven by Playwright (headless, a fresh profile)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from recsys_assets.api.config import ApiConfig
+from recsys_assets.lib.valkey_server import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "storefront"
+CHROMIUM = Path("/usr/bin/chromium")
+# Quiet, reproducible headless runs: no GPU, no update/sync/field-trial traffic, no first-run pages.
+CHROMIUM_ARGS = ["--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SAMPLING_SEED = 11  # diversity mode draws the same list for the same request: the test can compare lists
+
+
+@dataclasses.dataclass
+class Stack:
+    root: Path
+    valkey: object          # EmbeddedValkey
+    environ: dict
+    tiny: object            # recsys_assets.serving.tiny.TinyArtifacts
+    top_category: dict      # user -> published top_category
+    triton: object          # TritonServer
+
+    def config(self, **changes) -> ApiConfig:
+        base = ApiConfig(artifacts=str(self.root), start_date=dt.date.fromisoformat(self.tiny.start_date),
+                         triton_url=f"http://127.0.0.1:{self.triton.http_port}",
+                         valkey_url=f"redis://127.0.0.1:{self.valkey.port}",
+                         feast_registry=self.environ["RECSYS_FEAST_REGISTRY"], environ=self.environ,
+                         retry_after_s=2)
+        return dataclasses.replace(base, **changes)
+
+
+class ApiServer:
+    """The API app under uvicorn in a thread of the test process, on a free port of 127.0.0.1."""
+
+    def __init__(self, config: ApiConfig) -> None:
+        import uvicorn
+
+        from recsys_assets.api.app import create_app
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name=f"api-{self.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> ApiServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the API server stopped while starting (see the log above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API server did not start within {timeout:.0f} s")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from recsys_assets.lib import paths
+    from recsys_assets.lib.artifacts import ArtifactStore
+    from recsys_assets.lib.dataset import write_images
+    from recsys_assets.lib.generator import World
+    from recsys_assets.lib.triton_server import TritonServer
+    from recsys_assets.lib.valkey_server import EmbeddedValkey
+    from recsys_assets.serving.repository import ServingDefaults, build_repository
+    from recsys_assets.serving.tiny import publish_online_state, serving_environ
+    from tests.serving.tiny_serving import tiny_artifacts
+
+    root = tmp_path_factory.mktemp("store-root")
+    tiny = tiny_artifacts(tmp_path_factory)
+    valkey = EmbeddedValkey(root / "valkey", port=free_port()).start()
+    triton = None
+    try:
+        environ = serving_environ(f"redis://127.0.0.1:{valkey.port}", root)
+        published = publish_online_state(tiny, environ)
+        store = ArtifactStore(root)
+        store.write_parquet(paths.ITEMS, tiny.items)
+        write_images(store, World(seed=7, scale="tiny"))  # the tiny world's catalogue is tiny.items
+        repository = tmp_path_factory.mktemp("store-triton") / "repository"
+        build_repository(repository, tiny.trained, ServingDefaults(sampling_seed=SAMPLING_SEED),
+                         tiny.start_date, release=1)
+        triton = TritonServer(repository, http_port=free_port(), env=environ).start(models=["ensemble_model"],
+                                                                                  timeout=300)
+        yield Stack(root=root, valkey=valkey, environ=environ, tiny=tiny,
+                    top_category=published["top_category"], triton=triton)
+    finally:
+        if triton is not None:
+            triton.stop()
+        valkey.stop()
+
+
+@pytest.fixture(scope="module")
+def api_server(stack):
+    with ApiServer(stack.config()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Debian's Chromium through Playwright: headless, a fresh user-data-dir, never a downloaded browser."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"Chromium is not installed ({CHROMIUM} is missing): run `make setup`, which installs "
+                    "Debian's chromium package (apt-get install -y chromium) that these tests drive")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Python package playwright is missing from the pipeline env: run `make setup` "
+                    "(never `playwright install`: the tests use the system's Chromium)")
+    args = CHROMIUM_ARGS + (["--no-sandbox"] if os.geteuid() == 0 else [])  # Chromium's sandbox refuses root
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
+            args=args, viewport={"width": 1360, "height": 1000}, locale="en-US", timezone_id="UTC")
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS
