@@ -35,6 +35,8 @@ PLAN = (
     Step("daily_transformed_job", BACKFILL_DAYS, "transformed interactions"),
     Step("embeddings_job", what="CLIP + Sentence-BERT item embeddings, PCA 64"),
     Step("feature_store_job", what="Feast offline/online features in Valkey, popularity tables"),
+    Step("models_job", what="Two-Tower, DLRM, ONNX, item embeddings + FAISS, evaluation gates"),
+    Step("serving_job", what="versioned Triton repository, local Triton started"),
 )
 
 
@@ -89,6 +91,50 @@ def run_plan(defs: dg.Definitions, instance: dg.DagsterInstance, plan=PLAN) -> d
     return timings
 
 
+def _print_list(title: str, body: dict, mark: set[int] = frozenset()) -> None:
+    print(f"\n  {title}  ({body['triton_ms']:.1f} ms in Triton)")
+    for rank, item in enumerate(body["items"], 1):
+        flag = "  <- new" if item["item_id"] in mark else ""
+        print(f"   {rank:>2}. {item['score']:.3f}  {item.get('name', '?')[:44]:<44} "
+              f"{item.get('category', '?')}/{item.get('style', '?')}{flag}")
+
+
+def show_recommendations(settings: Settings, timestamp: int) -> None:
+    """Real recommendations from the running Triton through the API's own code path (in process)."""
+    from fastapi.testclient import TestClient
+
+    from recsys_assets.api.app import create_app
+    from recsys_assets.api.config import ApiConfig
+
+    config = ApiConfig.from_environ(os.environ)
+    with TestClient(create_app(config)) as api:
+        def get(user, device, k=8):
+            r = api.get("/recommendations", params={"user_id": user, "device_type": device, "timestamp": timestamp,
+                                                    "k": k})
+            if r.status_code != 200:
+                raise SystemExit(f"demo: /recommendations answered {r.status_code}: {r.text}")
+            return r.json()
+
+        known = get(12, 1)
+        _print_list("known user 12 on mobile", known)
+        new_user = 10_000_000  # never registered: cold start from context
+        _print_list(f"new user {new_user} on desktop", get(new_user, 0))
+        _print_list(f"new user {new_user} on mobile", get(new_user, 1))
+        clicked = known["items"][0]
+        r = api.post("/events", json={"user_id": 12, "item_id": clicked["item_id"], "device_type": 1,
+                                      "timestamp": timestamp})
+        if r.status_code not in (200, 201):
+            raise SystemExit(f"demo: /events answered {r.status_code}: {r.text}")
+        after = get(12, 1)
+        before_ids = {i["item_id"] for i in known["items"]}
+        gone = clicked["item_id"] not in {i["item_id"] for i in after["items"]}
+        print(f"\n  user 12 clicks {clicked['name']!r}: top_category {r.json().get('top_category_before')} -> "
+              f"{r.json().get('top_category_after')}; the item is {'gone from' if gone else 'STILL IN'} the next list")
+        _print_list("known user 12 on mobile, after the click", after,
+                    mark={i["item_id"] for i in after["items"]} - before_ids)
+        api.delete("/users/12/seen")  # leave the demo user as it was
+
+
 def main() -> int:
     settings = Settings.from_env()
     instance = _instance(settings)
@@ -100,8 +146,29 @@ def main() -> int:
           f"train days {TRAIN_DAYS.start:02d}-{TRAIN_DAYS.stop - 1:02d}")
     run_plan(defs, instance)
     print(f"\n[demo] pipeline built in {time.perf_counter() - t0:.1f} s")
-    print("[demo] browse the runs, metadata and checks with: make dev  (http://127.0.0.1:3000)")
+    from recsys_assets.serving import deploy
+    from recsys_assets.lib.generator import World
+
+    root = Path(settings.artifacts).resolve()
+    try:
+        # Midday of the first day after the backfill: every item available by then can be recommended.
+        show_recommendations(settings, int(World(start_date=START_DATE).day_start_ts(BACKFILL_DAYS.stop)) + 13 * 3600)
+    finally:
+        deploy.stop_local(root)
+        _stop_embedded_valkey(root)
+    print("\n[demo] stopped Triton and Valkey. Keep Triton, the API and the storefront up with:  make serve")
+    print("[demo]   storefront http://127.0.0.1:8080/store/   API docs http://127.0.0.1:8080/docs")
+    print("[demo] browse the runs, metadata and checks with:  make dev  (http://127.0.0.1:3000)")
     return 0
+
+
+def _stop_embedded_valkey(root: Path) -> None:
+    if os.environ.get("RECSYS_VALKEY_URL"):
+        return
+    from recsys_assets.lib import paths
+    from recsys_assets.lib.valkey_server import stop_embedded
+
+    stop_embedded(root / paths.VALKEY_DATA)
 
 
 if __name__ == "__main__":

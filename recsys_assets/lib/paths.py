@@ -129,3 +129,36 @@ def item_embeddings(variant: str) -> str:
 
 def faiss_index(variant: str) -> str:
     return f"{FAISS_INDEX}/{variant}.faiss"
+
+
+# -- fine-tuning and releases (recsys_assets.defs.finetune, recsys_assets.lib.releases) ---------------------------
+FINETUNED = "models/finetuned"                # day_XX/: fine-tuned SavedModels, ONNX (+ parity), held-out ids, meta
+RELEASE_RECORDS = "releases/records"          # <n>.json: kind, lineage, gate outcome and status of release n
+SERVED_RELEASE = "releases/served.json"       # the release the server answers with, and the promotion stack
+
+
+def finetuned(day: int) -> str:
+    return f"{FINETUNED}/{day_name(day)}"
+
+
+def release_record(release: int) -> str:
+    return f"{RELEASE_RECORDS}/{int(release):04d}.json"
+
+
+def release_models(release: int) -> str:
+    """A full release's trainable models (SavedModels, item vectors), kept for its fine-tunes and rollbacks."""
+    return f"releases/models/{int(release):04d}"
+
+
+# -- daily operations (recsys_assets.defs.daily, recsys_assets.lib.daily) --------------------------------------------
+LANDED_INTERACTIONS = "interactions"            # production landing: interactions/day=YYYY-MM-DD/ (+ _SUCCESS)
+DAILY_INDEX = "index/daily"                     # <variant>.faiss: the trained index grown by new items; <variant>.json
+SERVED_EVALUATION = "evaluation/served"         # day_XX.{parquet,json,png}: the list as served, replayed and scored
+
+
+def daily_index(variant: str) -> str:
+    return f"{DAILY_INDEX}/{variant}.faiss"
+
+
+def served_evaluation(day: int, ext: str) -> str:
+    return f"{SERVED_EVALUATION}/{day_name(day)}.{ext}"

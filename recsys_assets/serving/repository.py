@@ -251,7 +251,9 @@ def build_repository(target: Path, trained: TrainedArtifacts, defaults: ServingD
     if target.exists() and any(target.iterdir()):
         raise RepositoryError(f"{target} is not empty: build into a fresh folder")
     if previous is not None and Path(previous).exists():
-        shutil.copytree(previous, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".tmp-*"))
+        # symlinks=True: served alias folders (recsys_assets.lib.releases) link to version folders; copy the links
+        shutil.copytree(previous, target, dirs_exist_ok=True, symlinks=True,
+                        ignore=shutil.ignore_patterns(".tmp-*"))
     target.mkdir(parents=True, exist_ok=True)
     mean_age = CompiledTransforms.load(trained.transforms_dir).mean_age
     history = list(previous_releases or [])

@@ -27,3 +27,16 @@ feature_store_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("feature_store"),
     description="Offline sources, Feast apply + materialize into Valkey, popularity tables.",
 )
+models_job = dg.define_asset_job(
+    "models_job",
+    selection=dg.AssetSelection.assets("two_tower_model", "dlrm_model", "query_tower_onnx", "dlrm_onnx",
+                                       "item_embeddings", "faiss_index", "retrieval_evaluation",
+                                       "ranking_evaluation"),
+    description="Full training: Two-Tower (both variants), DLRM, ONNX export, item embeddings + FAISS, gates.",
+    tags={"recsys/merlin": "true"},
+)
+serving_job = dg.define_asset_job(
+    "serving_job",
+    selection=dg.AssetSelection.assets("triton_model_repository", "triton_deployment"),
+    description="Assemble a versioned Triton repository from the trained artifacts and (re)deploy it.",
+)

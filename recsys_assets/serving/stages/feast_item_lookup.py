@@ -7,7 +7,11 @@ The seed read Feast on every request (195 ms of its ~375 ms). Item features chan
 so the whole table is read through Feast's ``get_online_features`` once when the model loads (one call for every
 catalogue id) and kept as numpy columns indexed by raw id; a request is a fancy-index (~µs for 300 items). The
 cache is refreshed without a restart: a background thread re-reads Feast every ``ITEM_CACHE_REFRESH_S`` seconds
-(0 = never) and swaps the table in one assignment. If Feast cannot be read at load time the snapshot packaged in
+(0 = never) and swaps the table in one assignment. It also re-reads at once when the refresh signal changes: the
+daily refresh ``INCR``s the Valkey key ``<popularity prefix>signal:item_features`` (:data:`SIGNAL_KEY`, the key
+space where the pipeline publishes serving-wide tables) after it materialized new item features, and the thread
+polls that key every ``ITEM_CACHE_SIGNAL_S`` seconds (one GET; 0 = no polling), so every server replica picks the
+new items up within seconds. If Feast cannot be read at load time the snapshot packaged in
 the version (``items.parquet``, written by the repository build) serves until a refresh succeeds (logged and
 counted as degraded). An id outside the table gets missing values, which the item transform sends to the
 null/OOV rows.
@@ -18,16 +22,18 @@ Parameter ``ITEM_FEATURES``: the Feast feature references (comma-separated, ``vi
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
-from recsys_assets.serving.runtime import Runtime
+from recsys_assets.serving.runtime import Runtime, ValkeyLink, ValkeyUnavailable
 
 SNAPSHOT_FILE = "items.parquet"
 DEFAULT_FEATURES = ("item_features:price,item_features:category_l1,item_features:category_l2,"
                     "item_features:item_gender")
 COLUMNS = ("category_l1", "category_l2", "item_gender", "price")
+SIGNAL_KEY = "signal:item_features"  # under the popularity key space's prefix; INCR'd by the daily refresh
 
 
 class ItemTable:
@@ -76,11 +82,15 @@ class FeastItemLookup(Stage):
         if names != set(COLUMNS):
             raise StageConfigError(f"ITEM_FEATURES must name exactly {sorted(COLUMNS)}, got {sorted(names)}")
         self.refresh_s = ctx.param_float("ITEM_CACHE_REFRESH_S", 300.0)
+        self.signal_s = ctx.param_float("ITEM_CACHE_SIGNAL_S", 2.0)
         self.runtime = Runtime.from_environ(ctx.environ)
         ctx.declare_degraded("feast_unreadable_at_load", "item_cache_refresh_failed")
         self.snapshot = ctx.artifact(SNAPSHOT_FILE)
         self._store = None
         self._stop = threading.Event()
+        self._signal_link = (ValkeyLink(self.runtime, "popularity", ctx.log, retry_after_s=max(self.signal_s, 1.0))
+                             if self.signal_s > 0 and self.runtime.valkey_url else None)
+        self._signal = self.read_signal()  # the value the table below is at least as new as
         try:
             self.table = self.read_feast()
         except Exception as exc:  # Feast/Valkey down at load: serve the packaged snapshot, say so
@@ -89,7 +99,7 @@ class FeastItemLookup(Stage):
             ctx.degraded("feast_unreadable_at_load")
             self.table = self.read_snapshot()
         self._thread = None
-        if self.refresh_s > 0:
+        if self.refresh_s > 0 or self._signal_link is not None:
             self._thread = threading.Thread(target=self._refresh_loop, name="item-cache-refresh", daemon=True)
             self._thread.start()
 
@@ -130,9 +140,26 @@ class FeastItemLookup(Stage):
         self.table = table  # one reference swap: a request sees the old table or the new one
         return True
 
+    def read_signal(self) -> bytes | None:
+        """The refresh signal's value (None: no signal configured, not set yet, or Valkey unreachable)."""
+        if self._signal_link is None:
+            return None
+        try:
+            return self._signal_link.run(lambda c: c.get(self._signal_link.prefix + SIGNAL_KEY))
+        except ValkeyUnavailable:
+            return None  # the periodic refresh still runs; the link logs the loss once
+
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            self.refresh()
+        tick = min(s for s in (self.refresh_s, self.signal_s if self._signal_link else 0.0) if s > 0)
+        last = time.monotonic()
+        while not self._stop.wait(tick):
+            signal = self.read_signal()
+            due = self.refresh_s > 0 and time.monotonic() - last >= self.refresh_s
+            if due or (signal is not None and signal != self._signal):
+                if self.refresh():
+                    last = time.monotonic()
+                    if signal is not None:
+                        self._signal = signal
 
     def __call__(self, item_ids):
         return self.table.lookup(item_ids)
@@ -141,3 +168,5 @@ class FeastItemLookup(Stage):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._signal_link is not None:
+            self._signal_link.close()

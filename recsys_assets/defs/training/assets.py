@@ -1,0 +1,747 @@
+"""Training: the Two-Tower retriever and the DLRM ranker, their ONNX exports, and the evaluation gates.
+
+- ``two_tower_model`` (merlin env, Pipes): ``TwoTowerModelV2`` on the clicked rows of the train days, one model
+  per variant (``plain``: user features; ``context``: user + request context), in-batch negatives with logQ
+  correction. Saves the full SavedModel (fine-tuning restores it and freezes the candidate tower), and each
+  tower alone (``models/two_tower/<variant>/``). Blocking check ``reload_identical``.
+- ``dlrm_model`` (merlin env): ``DLRMModel`` on every labelled impression of the train days; user, item,
+  context and the two multimodal vectors take part in the dot-product interaction. AUC on the validation days.
+- ``query_tower_onnx`` / ``dlrm_onnx``: tf2onnx exports (merlin env) with a blocking ``onnx_parity`` check run
+  here with onnxruntime on the real rows whose TensorFlow outputs the merlin env saved.
+- ``retrieval_evaluation`` / ``ranking_evaluation`` (pipeline env): the served artifacts (ONNX towers, FAISS
+  index, compiled transforms) scored on the validation days beside popularity, random and the generator's
+  oracle; blocking gates ``beats_popularity`` and ``no_regression`` (DESIGN.md "Gates"). The retrieval
+  evaluation also selects the served query-tower variant.
+
+Inputs are checked before a merlin process starts: a missing transformed day or table fails the blocking
+``inputs_complete`` check, naming what to materialize.
+"""
+
+import base64
+import json
+import time
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
+from recsys_assets.defs.ingest.assets import items, raw_interactions
+from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, VALIDATION_DAYS
+from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner, WorldResource
+from recsys_assets.defs.transforms.assets import serving_transforms, transformed_interactions
+from recsys_assets.lib import evaluation as ev
+from recsys_assets.lib import faiss_index as fx
+from recsys_assets.lib import paths
+from recsys_assets.lib.artifacts import ArtifactStore
+from recsys_assets.lib.settings import partition_key
+from recsys_assets.lib.transform_spec import ITEM_INPUTS
+
+GROUP = "training"
+MERLIN_TAGS = {"recsys/merlin": "true"}
+VARIANTS = ("plain", "context")
+MULTIMODAL = ("image_pca", "text_pca")
+MODEL_DAYS = sorted(set(TRAIN_DAYS) | set(VALIDATION_DAYS))
+MODEL_KEYS = [partition_key(d, START_DATE) for d in MODEL_DAYS]
+TRANSFORMED_DEP = dg.AssetDep(transformed_interactions,
+                              partition_mapping=dg.SpecificPartitionsPartitionMapping(MODEL_KEYS))
+RAW_DEP = dg.AssetDep(raw_interactions, partition_mapping=dg.SpecificPartitionsPartitionMapping(MODEL_KEYS))
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _check(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
+                               description=description, metadata={"description": description, **metadata})
+
+
+def _blocked(problems: list, others: tuple) -> dg.MaterializeResult:
+    """An asset whose inputs are missing: ``inputs_complete`` fails naming them, the other checks do not run."""
+    description = "; ".join(problems)
+    why = "not run: inputs_complete failed"
+    return dg.MaterializeResult(
+        metadata={"blocked_by": "inputs_complete", "problems": description},
+        check_results=[_check("inputs_complete", False, description), *(_check(n, False, why) for n in others)],
+    )
+
+
+def _specs(asset: str, names) -> list:
+    return [dg.AssetCheckSpec(n, asset=asset, blocking=True) for n in names]
+
+
+def _missing(store: ArtifactStore, days=(), files=()) -> list:
+    problems = []
+    for d in days:
+        if not store.exists(f"{paths.transformed_interactions(d)}/schema.pbtxt"):
+            problems.append(f"transformed_interactions partition {partition_key(d, START_DATE)} (day {d:02d}) is "
+                            f"missing ({store.uri(paths.transformed_interactions(d))}): materialize it first")
+    for rel, asset in files:
+        if not store.exists(rel):
+            problems.append(f"{asset} output {store.uri(rel)} is missing: materialize {asset} first")
+    return problems
+
+
+def _read_json(store: ArtifactStore, rel: str) -> dict:
+    return json.loads(store.read_bytes(rel))
+
+
+def _plot(store: ArtifactStore, rel: str, draw) -> dg.MetadataValue:
+    """Draw a PNG into the artifact store (``draw(path)``) and return it as inline markdown for the UI."""
+    with store.writing(rel) as tmp:
+        draw(tmp)
+    png = store.read_bytes(rel)
+    return dg.MetadataValue.md(f"![{rel}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def _trained_variants(store: ArtifactStore) -> list:
+    """The variants of the current two_tower_model (its folder is replaced whole, so no stale variant stays)."""
+    return [v for v in VARIANTS if store.exists(f"{paths.two_tower(v)}/query_tower")]
+
+
+def _n_items(store: ArtifactStore) -> int:
+    return len(store.read_parquet(paths.ITEMS, columns=["item_id"]))
+
+
+def _days_config_problems(train_days, validation_days) -> list:
+    problems = []
+    if not train_days:
+        problems.append("no train days configured")
+    if not validation_days:
+        problems.append("no validation days configured")
+    overlap = sorted(set(train_days) & set(validation_days))
+    if overlap:
+        problems.append(f"days {overlap} are both train and validation days")
+    return problems
+
+
+# -- two_tower_model -------------------------------------------------------------------------------------------
+class TwoTowerConfig(dg.Config):
+    variants: list[str] = list(VARIANTS)  # noqa: RUF012 (pydantic copies field defaults)
+    """``plain``: query tower on user features; ``context``: user + request context (context-aware retrieval)."""
+    user_id_embedding_dim: int = 32
+    item_id_embedding_dim: int = 8
+    """Small id tables: ~3 clicks per user at demo scale; wide ones memorize the training pairs."""
+    feature_embedding_dim: int = 16
+    """Width of the other categorical embeddings (gender, top_category, category_l1/l2, device ...)."""
+    mlp: list[int] = [128, 64]  # noqa: RUF012 (pydantic copies field defaults)
+    """Both towers' MLP; the last width is the retrieval embedding size."""
+    dropout: float = 0.2
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    """256 / 3e-3 learns at demo scale (1024 / 1e-3 did not learn in one short epoch, ENVIRONMENT.md s.6)."""
+    epochs: int = 3
+    """Full-catalogue recall peaks around epoch 3 at demo scale; later epochs memorize the training clicks."""
+    logq_correction: float = 1.0
+    """Weight of the logQ correction of the in-batch softmax (0 turns it off; see ml.two_tower.build_model)."""
+    user_oov_rate: float = 0.1
+    """Share of training user ids sent to the OOV row, so new users (OOV at serving) meet a trained row."""
+    seed: int = 0
+    train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
+    validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
+
+
+TWO_TOWER_CHECKS = ("inputs_complete", "reload_identical")
+
+
+@dg.asset(group_name=GROUP, kinds={"tensorflow"}, op_tags=MERLIN_TAGS,
+          deps=[TRANSFORMED_DEP, item_multimodal_embeddings, items],
+          check_specs=_specs("two_tower_model", TWO_TOWER_CHECKS))
+def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, artifacts: ArtifactStoreResource,
+                    merlin: MerlinRunner) -> dg.MaterializeResult:
+    """Two-Tower retrieval (``TwoTowerModelV2``), one model per variant, under ``models/two_tower/<variant>/``.
+
+    Trained on the clicked rows of the train days (in-batch negatives, contrastive loss with logQ correction);
+    validation loss and in-batch recall on the validation days. Saves the full model (for fine-tuning with
+    the candidate tower frozen) and each tower alone.
+    """
+    store = artifacts.store()
+    unknown = sorted(set(config.variants) - set(VARIANTS))
+    problems = [f"unknown variants {unknown}: expected {list(VARIANTS)}"] if unknown else []
+    problems += [] if config.variants else ["no variants configured"]
+    problems += _days_config_problems(config.train_days, config.validation_days)
+    problems += _missing(store, [*config.train_days, *config.validation_days],
+                         [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")])
+    if problems:
+        return _blocked(problems, TWO_TOWER_CHECKS[1:])
+    params = {k: v for k, v in config.dict().items()
+              if k not in ("variants", "train_days", "validation_days")}
+    result = merlin.run(context, "recsys_assets.ml.two_tower", extras={
+        "root": store.root, "output": paths.TWO_TOWER, "variants": list(config.variants), "params": params,
+        "train": [paths.transformed_interactions(d) for d in config.train_days],
+        "validation": [paths.transformed_interactions(d) for d in config.validation_days],
+        "multimodal": paths.MULTIMODAL_EMBEDDINGS, "n_items": _n_items(store),
+    }).get_materialize_result()
+    reports = {v: _read_json(store, f"{paths.two_tower(v)}/meta.json") for v in config.variants}
+    summary = pd.DataFrame([{
+        "variant": v, "train clicks": r["train_rows"], "epochs": r["params"]["epochs"],
+        "rows/s": r["rows_per_second"], "epoch s": r["epoch_seconds"],
+        "final loss": r["history"][-1]["loss"], "val loss": r["validation"].get("loss", float("nan")),
+        "val in-batch recall@10": r["validation"].get("recall_at_10", float("nan")),
+        "random in-batch recall@10": r["random_in_batch_recall_at_10"],
+    } for v, r in reports.items()])
+    plot = _plot(store, f"{paths.TWO_TOWER}/loss.png", lambda p: ev.history_plot(
+        {v: r["history"] for v, r in reports.items()}, p, title="Two-Tower training loss"))
+    return dg.MaterializeResult(
+        metadata={**result.metadata, "summary": markdown_table(summary, ".4f"), "loss_curve": plot,
+                  "train_days": str(config.train_days), "validation_days": str(config.validation_days)},
+        check_results=[_check("inputs_complete", True, f"transformed days {config.train_days} + "
+                              f"{config.validation_days}, multimodal table and catalogue present"),
+                       *result.check_results],
+    )
+
+
+# -- dlrm_model ------------------------------------------------------------------------------------------------
+class DlrmConfig(dg.Config):
+    embedding_dim: int = 64
+    """Width of every categorical embedding and of the projected multimodal vectors (the interaction width)."""
+    bottom_mlp: list[int] = [128, 64]  # noqa: RUF012 (pydantic copies field defaults)
+    top_mlp: list[int] = [128, 64, 32]  # noqa: RUF012 (pydantic copies field defaults)
+    dropout: float = 0.0
+    id_l2: float = 1e-4
+    """L2 weight decay on the user_id / item_id tables: at ~40 impressions per user they memorize pairs."""
+    oov_rate: float = 0.1
+    """Share of training user/item ids sent to the OOV row (new users and cold items use it at serving)."""
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    epochs: int = 2
+    """Validation AUC peaks after 2 epochs at demo scale; later epochs memorize the training impressions."""
+    seed: int = 0
+    train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
+    validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
+
+
+DLRM_CHECKS = ("inputs_complete", "reload_identical")
+
+
+@dg.asset(group_name=GROUP, kinds={"tensorflow"}, op_tags=MERLIN_TAGS,
+          deps=[TRANSFORMED_DEP, item_multimodal_embeddings, items],
+          check_specs=_specs("dlrm_model", DLRM_CHECKS))
+def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts: ArtifactStoreResource,
+               merlin: MerlinRunner) -> dg.MaterializeResult:
+    """The DLRM ranker (``DLRMModel``) on every labelled impression of the train days (``models/dlrm/``).
+
+    Embedding dim 64, bottom MLP [128, 64], top MLP [128, 64, 32]; the multimodal vectors are projected to 64
+    and join the dot-product interaction. Reports validation AUC and log-loss.
+    """
+    store = artifacts.store()
+    problems = _days_config_problems(config.train_days, config.validation_days)
+    problems += _missing(store, [*config.train_days, *config.validation_days],
+                         [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")])
+    if problems:
+        return _blocked(problems, DLRM_CHECKS[1:])
+    params = {k: v for k, v in config.dict().items() if k not in ("train_days", "validation_days")}
+    result = merlin.run(context, "recsys_assets.ml.dlrm", extras={
+        "root": store.root, "output": paths.DLRM, "params": params,
+        "train": [paths.transformed_interactions(d) for d in config.train_days],
+        "validation": [paths.transformed_interactions(d) for d in config.validation_days],
+        "multimodal": paths.MULTIMODAL_EMBEDDINGS, "n_items": _n_items(store),
+    }).get_materialize_result()
+    report = _read_json(store, f"{paths.DLRM}/meta.json")
+    plot = _plot(store, f"{paths.DLRM}/loss.png", lambda p: ev.history_plot(
+        {"dlrm": report["history"]}, p, title="DLRM training loss"))
+    return dg.MaterializeResult(
+        metadata={**result.metadata, "loss_curve": plot, "train_ctr": report["train_ctr"],
+                  "train_days": str(config.train_days), "validation_days": str(config.validation_days)},
+        check_results=[_check("inputs_complete", True, f"transformed days {config.train_days} + "
+                              f"{config.validation_days}, multimodal table and catalogue present"),
+                       *result.check_results],
+    )
+
+
+# -- ONNX exports ----------------------------------------------------------------------------------------------
+class OnnxExportConfig(dg.Config):
+    parity_rows: int = 1024
+    """Real validation rows on which TensorFlow and onnxruntime are compared."""
+    tolerance: float = 1e-5
+    """Largest absolute difference allowed between the two runtimes."""
+    rows_day: int = VALIDATION_DAYS[0]
+    """The transformed day the parity rows come from."""
+
+
+EXPORT_CHECKS = ("inputs_complete", "onnx_parity")
+
+
+def _export(context, config: OnnxExportConfig, store: ArtifactStore, merlin: MerlinRunner, jobs: list):
+    """Run the merlin-env export of ``jobs``, then check each ONNX file against TensorFlow's saved outputs."""
+    result = merlin.run(context, "recsys_assets.ml.export", extras={
+        "root": store.root, "jobs": jobs, "rows": [paths.transformed_interactions(config.rows_day)],
+        "n_rows": config.parity_rows, "multimodal": paths.MULTIMODAL_EMBEDDINGS, "n_items": _n_items(store),
+    }).get_materialize_result()
+    rows, worst = [], 0.0
+    latency = {}
+    for job in jobs:
+        parity = ev.onnx_parity(store.local_path(job["output"]), store.local_path(job["parity"]))
+        worst = max(worst, parity["max_abs_diff"])
+        rows.append({"model": job["name"], "rows": parity["rows"], "max abs diff": parity["max_abs_diff"],
+                     "mean abs diff": parity["mean_abs_diff"], "bytes": store.size_bytes(job["output"]),
+                     "inputs": ", ".join(f"{n}:{t}" for n, t in parity["inputs"].items()),
+                     "output": parity["output"]})
+        latency.update(_onnx_latency(store, job))
+    ok = worst <= config.tolerance
+    return dg.MaterializeResult(
+        metadata={**result.metadata, "parity": markdown_table(pd.DataFrame(rows), ".2e"),
+                  "max_abs_diff": worst, **latency},
+        check_results=[
+            _check("inputs_complete", True, "SavedModels and parity rows present"),
+            _check("onnx_parity", ok, f"onnxruntime vs TensorFlow on {config.parity_rows} real rows: max abs "
+                   f"difference {worst:.3e} (tolerance {config.tolerance:.0e})", max_abs_diff=worst)],
+    )
+
+
+def _onnx_latency(store: ArtifactStore, job: dict, repeats: int = 50) -> dict:
+    """Median onnxruntime latency for one request's batch (1 query, or 300 candidates for the ranker)."""
+    data = np.load(store.local_path(job["parity"]))
+    model = ev.OnnxModel(store.local_path(job["output"]))
+    batch = 1 if job["kind"] == "query_tower" else 300
+    n = len(data["expected"])
+    feed = {name: np.resize(data[name], (batch,) + data[name].shape[1:]) for name in model.inputs} if n else {}
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(feed)
+        samples.append(time.perf_counter() - t0)
+    return {f"{job['name']}/latency_ms_batch_{batch}": round(float(np.median(samples)) * 1e3, 3)}
+
+
+@dg.asset(group_name=GROUP, kinds={"onnx", "tensorflow"}, op_tags=MERLIN_TAGS, deps=[two_tower_model],
+          check_specs=_specs("query_tower_onnx", EXPORT_CHECKS))
+def query_tower_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig, artifacts: ArtifactStoreResource,
+                     merlin: MerlinRunner) -> dg.MaterializeResult:
+    """Each trained query tower as ONNX (``models/onnx/query_tower_<variant>.onnx``), inputs = feature columns.
+
+    Inputs: user features (+ context features for the context variant); output ``query_embedding``.
+    """
+    from recsys_assets.ml.model_inputs import query_features
+
+    store = artifacts.store()
+    variants = _trained_variants(store)
+    problems = [] if variants else [(f"no trained query tower under {store.uri(paths.TWO_TOWER)}: materialize "
+                                     "two_tower_model first")]
+    problems += _missing(store, [config.rows_day], [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings")])
+    if problems:
+        return _blocked(problems, EXPORT_CHECKS[1:])
+    jobs = [{"name": f"query_tower_{v}", "kind": "query_tower", "model": f"{paths.two_tower(v)}/query_tower",
+             "features": list(query_features(v)), "output": paths.query_tower_onnx(v),
+             "parity": paths.onnx_parity(paths.query_tower_onnx(v))} for v in variants]
+    return _export(context, config, store, merlin, jobs)
+
+
+@dg.asset(group_name=GROUP, kinds={"onnx", "tensorflow"}, op_tags=MERLIN_TAGS, deps=[dlrm_model],
+          check_specs=_specs("dlrm_onnx", EXPORT_CHECKS))
+def dlrm_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig, artifacts: ArtifactStoreResource,
+              merlin: MerlinRunner) -> dg.MaterializeResult:
+    """The DLRM as ONNX (``models/onnx/dlrm.onnx``): user, item, context columns and the two multimodal vectors
+    in, ``click_probability`` out."""
+    from recsys_assets.ml.model_inputs import DLRM_FEATURES
+
+    store = artifacts.store()
+    problems = _missing(store, [config.rows_day], [(f"{paths.DLRM}/model", "dlrm_model"),
+                                                   (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings")])
+    if problems:
+        return _blocked(problems, EXPORT_CHECKS[1:])
+    jobs = [{"name": "dlrm", "kind": "dlrm", "model": f"{paths.DLRM}/model", "features": list(DLRM_FEATURES),
+             "output": paths.DLRM_ONNX, "parity": paths.onnx_parity(paths.DLRM_ONNX)}]
+    return _export(context, config, store, merlin, jobs)
+
+
+# -- evaluation data -------------------------------------------------------------------------------------------
+def _validation_rows(store: ArtifactStore, days, columns) -> pd.DataFrame:
+    """Raw validation impressions joined (by interaction_id) with their transformed columns."""
+    from recsys_assets.ml.model_inputs import read_days
+
+    frames = []
+    for d in days:
+        raw = store.read_parquet(paths.raw_interactions(d), columns=[
+            "interaction_id", "session_id", "user_id", "item_id", "timestamp", "device_type", "click"])
+        tr = read_days([store.local_path(paths.transformed_interactions(d))],
+                       columns=["interaction_id", *columns])
+        tr = tr.rename(columns={"user_id": "user_index", "item_id": "item_index"})
+        tr = tr.rename(columns={c: f"q_{c}" for c in columns if c not in ("user_id", "item_id")})
+        if len(tr) != len(raw) or not np.array_equal(tr["interaction_id"].to_numpy(), raw["interaction_id"].to_numpy()):
+            tr = tr.set_index("interaction_id").reindex(raw["interaction_id"].to_numpy()).reset_index()
+            if tr.isna().any().any():
+                raise dg.Failure(f"transformed_interactions day {d:02d} does not hold every raw interaction: "
+                                 "re-materialize masked_interactions and transformed_interactions for it")
+        frames.append(pd.concat([raw.reset_index(drop=True).assign(day=d),
+                                 tr.drop(columns=["interaction_id"]).reset_index(drop=True)], axis=1))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _train_clicks(store: ArtifactStore, days, n_items: int) -> tuple:
+    """Clicks and impressions per raw item over ``days`` (the popularity reference's window)."""
+    clicks = np.zeros(n_items)
+    shown = np.zeros(n_items)
+    for d in days:
+        raw = store.read_parquet(paths.raw_interactions(d), columns=["item_id", "click"])
+        ids = raw["item_id"].to_numpy(np.int64)
+        clicks += np.bincount(ids[raw["click"].to_numpy() == 1], minlength=n_items)
+        shown += np.bincount(ids, minlength=n_items)
+    return clicks, shown
+
+
+def _query_columns(variant_features, frame: pd.DataFrame, prefix: str = "q_") -> dict:
+    """``{feature: array}`` from request columns (``q_<name>``; ``user_id`` comes as ``user_index``)."""
+    out = {}
+    for name in variant_features:
+        col = "user_index" if name == "user_id" else f"{prefix}{name}"
+        out[name] = frame[col].to_numpy()
+    return out
+
+
+def _deployed(store: ArtifactStore, section: str) -> dict | None:
+    if not store.exists(paths.DEPLOYED_EVALUATION):
+        return None
+    return _read_json(store, paths.DEPLOYED_EVALUATION).get(section)
+
+
+# -- retrieval_evaluation --------------------------------------------------------------------------------------
+class RetrievalEvaluationConfig(dg.Config):
+    validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
+    train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
+    """The popularity reference counts clicks over these days (the models' training window)."""
+    k: int = 300
+    """Retrieval depth (DESIGN.md: 300 candidates go to the ranker)."""
+    max_requests: int = 20_000
+    """Requests scored (a seeded sample when there are more; the oracle scores every item for each)."""
+    seed: int = 0
+    tolerance: float = ev.GATE_TOLERANCE
+
+
+RETRIEVAL_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
+
+
+@dg.asset(group_name=GROUP, kinds={"faiss", "onnx"},
+          deps=[query_tower_onnx, dg.AssetKey("faiss_index"), serving_transforms, TRANSFORMED_DEP, RAW_DEP, items],
+          check_specs=_specs("retrieval_evaluation", RETRIEVAL_CHECKS))
+def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEvaluationConfig,
+                         artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
+    """Recall@10/100/300 and NDCG@10 of the clicked items of validation sessions, per split, for each query
+    tower variant (ONNX + FAISS, as served) beside popularity, random and the oracle.
+
+    Selects the served variant (highest recall@100 over all requests) and gates it: it must beat popularity
+    on recall@100 and not drop more than ``tolerance`` below the deployed release.
+    """
+    from recsys_assets.ml.model_inputs import CONTEXT_FEATURES, USER_FEATURES, query_features
+    from recsys_assets.serving.transforms import CompiledTransforms
+
+    store = artifacts.store()
+    variants = _trained_variants(store)
+    problems = [] if variants else [(f"no trained query tower under {store.uri(paths.TWO_TOWER)}: materialize "
+                                     "two_tower_model first")]
+    for v in variants:
+        for rel, asset in ((paths.query_tower_onnx(v), "query_tower_onnx"), (paths.faiss_index(v), "faiss_index")):
+            if not store.exists(rel):
+                problems.append(f"variant {v} is trained but {store.uri(rel)} is missing: materialize {asset}")
+    problems += _missing(store, config.validation_days, [(paths.ITEMS, "items"),
+                                                         (paths.SERVING_TRANSFORMS, "serving_transforms")])
+    problems += [f"raw_interactions day {d:02d} is missing: materialize it" for d in
+                 [*config.train_days, *config.validation_days] if not store.exists(paths.raw_interactions(d))]
+    if problems:
+        return _blocked(problems, RETRIEVAL_CHECKS[1:])
+
+    t0 = time.perf_counter()
+    catalogue = store.read_parquet(paths.ITEMS, columns=["item_id", "available_from_day"]).sort_values("item_id")
+    n_items = len(catalogue)
+    available_from = catalogue["available_from_day"].to_numpy(np.int64)
+    rows = _validation_rows(store, config.validation_days, list(USER_FEATURES) + list(CONTEXT_FEATURES) + ["item_id"])
+    feature_cols = [f"q_{c}" for c in USER_FEATURES + CONTEXT_FEATURES if c != "user_id"]
+    requests = ev.build_requests(rows, feature_cols)
+    if len(requests) > config.max_requests:
+        pick = np.sort(np.random.default_rng(config.seed).choice(len(requests), config.max_requests, replace=False))
+        requests = requests.iloc[pick].reset_index(drop=True)
+    days = requests["day"].to_numpy(np.int64)
+    allowed = ev.available_mask(available_from, days)
+    clicks, _ = _train_clicks(store, config.train_days, n_items)
+    from recsys_assets.lib.popularity import tie_broken_scores
+
+    k = config.k
+    rankings = {"popularity": ev.popularity_top_k(tie_broken_scores(clicks, np.arange(n_items), n_items), allowed, k),
+                "random": ev.random_top_k(allowed, k, config.seed)}
+    t_oracle = time.perf_counter()
+    rankings["oracle"] = ev.oracle_top_k(world.world().click_probability, requests, n_items, allowed, k)
+    oracle_seconds = time.perf_counter() - t_oracle
+
+    transforms = CompiledTransforms.load(store.local_path(paths.SERVING_TRANSFORMS))
+    anon_user = transforms.transform_user(**transforms.unknown_user(len(requests)))
+    anonymous, timing = {}, {}
+    for variant in variants:
+        model = ev.OnnxModel(store.local_path(paths.query_tower_onnx(variant)))
+        index = fx.load(store.local_path(paths.faiss_index(variant)))
+        features = query_features(variant)
+        real = _query_columns(features, requests)
+        anon = {**real, **{c: anon_user[c] for c in USER_FEATURES}}
+        t1 = time.perf_counter()
+        rankings[variant] = _retrieve(model, index, real, days, available_from, k)
+        anonymous[variant] = _retrieve(model, index, anon, days, available_from, k)
+        timing[f"{variant}/retrieve_ms_per_request"] = round(
+            (time.perf_counter() - t1) * 1e3 / max(2 * len(requests), 1), 3)
+
+    table = ev.retrieval_table(rankings, requests, anonymous)
+    selected = max(variants, key=lambda v: ev.metric(table, v, "all", "recall@100"))
+    fingerprint = ev.rows_fingerprint(rows["interaction_id"].to_numpy())
+    candidate = ev.metric(table, selected, "all", "recall@100")
+    popularity = ev.metric(table, "popularity", "all", "recall@100")
+    gates = ev.gate("recall@100", candidate, popularity, _deployed(store, "retrieval"), fingerprint,
+                    config.tolerance)
+
+    out = paths.RETRIEVAL_EVALUATION
+    store.write_parquet(f"{out}/table.parquet", table)
+    store.write_parquet(f"{out}/requests.parquet", requests.assign(
+        relevant=[r.tolist() for r in requests["relevant"]],
+        cold_relevant=[r.tolist() for r in requests["cold_relevant"]]))
+    with store.writing(f"{out}/candidates.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, session_id=requests["session_id"].to_numpy(np.int64), candidates=rankings[selected],
+                 oracle=rankings["oracle"])
+    summary = {
+        "selected_variant": selected, "variants": variants, "fingerprint": fingerprint,
+        "validation_days": list(config.validation_days), "requests": len(requests),
+        "splits": requests["split"].value_counts().to_dict(),
+        "record": {"fingerprint": fingerprint, "metrics": {"recall@100": candidate}, "variant": selected},
+        "metrics": table.to_dict(orient="records"),
+        "gates": [{"name": g.name, "passed": g.passed, "description": g.description} for g in gates],
+    }
+    store.write_bytes(f"{out}/summary.json", json.dumps(summary, indent=1, default=float).encode())
+
+    methods = [*variants, "popularity", "random", "oracle"]
+    plots = {name: _plot(store, f"{out}/{name.replace('@', '_at_')}.png",
+                         lambda p, m=name: ev.recall_plot(table, p, methods, m, f"{m} of clicked items by split"))
+             for name in ("recall@100", "recall@300")}
+    wide = table.pivot_table(index="method", columns="split", values="recall@300").reindex(methods).reset_index()
+    return dg.MaterializeResult(
+        metadata={
+            "requests": len(requests),
+            "selected_variant": selected,
+            "recall_at_100": candidate,
+            "popularity_recall_at_100": popularity,
+            **{f"{v}/recall_at_300/{s}": ev.metric(table, v, s, "recall@300")
+               for v in [*variants, "popularity", "oracle"] for s in ("warm", "new", "anonymous")},
+            "recall_at_300_by_split": markdown_table(wide, ".4f"),
+            "all_metrics": markdown_table(table, ".4f"),
+            "recall_at_100_plot": plots["recall@100"],
+            "recall_at_300_plot": plots["recall@300"],
+            "oracle_seconds": round(oracle_seconds, 2),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "fingerprint": fingerprint,
+            **timing,
+            "path": store.uri(out),
+        },
+        check_results=[_check("inputs_complete", True, f"{len(variants)} variant(s), validation days "
+                              f"{config.validation_days}, serving transforms present"),
+                       *[_check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
+    )
+
+
+def _retrieve(model, index, features: dict, days: np.ndarray, available_from: np.ndarray, k: int) -> np.ndarray:
+    """Top-k raw ids per request from the ONNX query tower + FAISS, among the items available that day."""
+    vectors = model(features)
+    out = np.full((len(days), k), -1, dtype=np.int64)
+    for day in np.unique(days):
+        rows = np.flatnonzero(days == day)
+        allowed = np.flatnonzero(available_from <= day)
+        out[rows] = fx.search(index, vectors[rows], k, allowed_ids=allowed).padded(k)
+    return out
+
+
+# -- ranking_evaluation ----------------------------------------------------------------------------------------
+class RankingEvaluationConfig(dg.Config):
+    validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
+    train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
+    """The popularity references count clicks and impressions over these days."""
+    max_rows: int = 2_000_000
+    """Validation impressions scored (a seeded sample when there are more)."""
+    rerank_requests: int = 2_000
+    """Retrieval requests re-ranked by the DLRM for the end-to-end top-10 metrics."""
+    context_hours: list[int] = [2, 8, 13, 20]  # noqa: RUF012 (pydantic copies field defaults)
+    """Hours (UTC) of the anonymous-user context grid (with devices 0, 1, 2)."""
+    top_k: int = 10
+    seed: int = 0
+    tolerance: float = ev.GATE_TOLERANCE
+
+
+RANKING_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
+
+
+@dg.asset(group_name=GROUP, kinds={"onnx"},
+          deps=[dlrm_onnx, retrieval_evaluation, serving_transforms, item_multimodal_embeddings, TRANSFORMED_DEP,
+                RAW_DEP, items],
+          check_specs=_specs("ranking_evaluation", RANKING_CHECKS))
+def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluationConfig,
+                       artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
+    """AUC and log-loss of the DLRM (ONNX, as served) on every validation impression, per split, beside
+    popularity and the oracle's true probabilities; the end-to-end top-10 (retrieval -> DLRM); and how much an
+    anonymous user's final top-10 changes across devices and hours. Gates the DLRM on AUC.
+    """
+    from recsys_assets.ml.model_inputs import DLRM_FEATURES, split_multimodal
+    from recsys_assets.serving.transforms import CompiledTransforms
+
+    store = artifacts.store()
+    problems = _missing(store, config.validation_days, [
+        (paths.DLRM_ONNX, "dlrm_onnx"), (f"{paths.RETRIEVAL_EVALUATION}/summary.json", "retrieval_evaluation"),
+        (paths.SERVING_TRANSFORMS, "serving_transforms"), (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"),
+        (paths.ITEMS, "items")])
+    problems += [f"raw_interactions day {d:02d} is missing: materialize it" for d in
+                 [*config.train_days, *config.validation_days] if not store.exists(paths.raw_interactions(d))]
+    problems += [f"truth for day {d:02d} is missing: re-materialize raw_interactions" for d in
+                 config.validation_days if not store.exists(paths.interactions_truth(d))]
+    if problems:
+        return _blocked(problems, RANKING_CHECKS[1:])
+
+    t0 = time.perf_counter()
+    catalogue = store.read_parquet(paths.ITEMS).sort_values("item_id").reset_index(drop=True)
+    n_items = len(catalogue)
+    table = np.load(store.local_path(paths.MULTIMODAL_EMBEDDINGS)).astype(np.float32)
+    dlrm = ev.OnnxModel(store.local_path(paths.DLRM_ONNX))
+    model_cols = [c for c in DLRM_FEATURES if c not in MULTIMODAL]
+    rows = _validation_rows(store, config.validation_days, model_cols)
+    truth = pd.concat([store.read_parquet(paths.interactions_truth(d)) for d in config.validation_days],
+                      ignore_index=True)
+    rows = rows.merge(truth[["interaction_id", "p_click"]], on="interaction_id", how="left")
+    if len(rows) > config.max_rows:
+        rows = rows.sample(n=config.max_rows, random_state=config.seed).reset_index(drop=True)
+    features = {c: rows["user_index" if c == "user_id" else "item_index" if c == "item_id" else f"q_{c}"].to_numpy()
+                for c in model_cols}
+    features.update(split_multimodal(table, rows["item_id"].to_numpy()))
+    t1 = time.perf_counter()
+    scores = dlrm(features).reshape(-1)
+    score_seconds = time.perf_counter() - t1
+    clicks, shown = _train_clicks(store, config.train_days, n_items)
+    item = rows["item_id"].to_numpy(np.int64)
+    labels = rows["click"].to_numpy()
+    user_index = rows["user_index"].to_numpy()
+    from recsys_assets.lib.transform_spec import FIRST_INDEX, OOV_INDEX
+
+    masks = {"all": np.ones(len(rows), bool), "warm": user_index >= FIRST_INDEX, "new": user_index == OOV_INDEX,
+             "cold_items": rows["item_index"].to_numpy() == OOV_INDEX}
+    method_scores = {"dlrm": scores, "popularity (clicks)": clicks[item],
+                     "popularity (ctr)": ev.smoothed_ctr(clicks, shown)[item], "oracle": rows["p_click"].to_numpy()}
+    ranking = ev.ranking_table(labels, method_scores, masks, probabilistic=("dlrm", "popularity (ctr)", "oracle"))
+    candidate = ev.metric(ranking, "dlrm", "all", "auc")
+    popularity = max(ev.metric(ranking, "popularity (clicks)", "all", "auc"),
+                     ev.metric(ranking, "popularity (ctr)", "all", "auc"))
+    fingerprint = ev.rows_fingerprint(rows["interaction_id"].to_numpy())
+    gates = ev.gate("auc", candidate, popularity, _deployed(store, "ranking"), fingerprint, config.tolerance)
+
+    # Everything a request needs, as serving computes it: compiled transforms and the raw-id multimodal table.
+    transforms = CompiledTransforms.load(store.local_path(paths.SERVING_TRANSFORMS))
+    item_features = transforms.transform_item(*(catalogue[c].to_numpy() for c in ITEM_INPUTS))
+    item_features.update(split_multimodal(table, np.arange(n_items)))
+    retrieval = _read_json(store, f"{paths.RETRIEVAL_EVALUATION}/summary.json")
+    variant = retrieval["selected_variant"]
+    end_to_end = _end_to_end(store, dlrm, item_features, variant, config)
+    sensitivity, lists = _context_sensitivity(store, dlrm, transforms, item_features, catalogue, variant, config)
+
+    out = paths.RANKING_EVALUATION
+    store.write_parquet(f"{out}/table.parquet", ranking)
+    store.write_parquet(f"{out}/context_lists.parquet", lists)
+    summary = {
+        "fingerprint": fingerprint, "rows": len(rows), "record": {"fingerprint": fingerprint,
+                                                                       "metrics": {"auc": candidate}},
+        "metrics": ranking.to_dict(orient="records"), "end_to_end": end_to_end, "context_sensitivity": sensitivity,
+        "gates": [{"name": g.name, "passed": g.passed, "description": g.description} for g in gates],
+    }
+    store.write_bytes(f"{out}/summary.json", json.dumps(summary, indent=1, default=float).encode())
+    oracle_auc = ev.metric(ranking, "oracle", "all", "auc")
+    categories = (lists.groupby(["device_type", "hour"])["category_l1"]
+                  .agg(lambda s: ", ".join(f"{c} x{n}" for c, n in s.value_counts().head(3).items()))
+                  .reset_index().rename(columns={"category_l1": "top categories of the final top-10"}))
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(rows),
+            "auc": candidate,
+            "oracle_auc": oracle_auc,
+            "gap_to_oracle": oracle_auc - candidate,
+            "popularity_auc": popularity,
+            "log_loss": ev.metric(ranking, "dlrm", "all", "log_loss"),
+            "metrics": markdown_table(ranking, ".4f"),
+            "end_to_end": markdown_table(pd.DataFrame(end_to_end["table"]), ".4f"),
+            "selected_variant": variant,
+            **{f"context_sensitivity/{k}": v for k, v in sensitivity.items()},
+            "anonymous_lists": markdown_table(categories),
+            "dlrm_rows_per_second": round(len(rows) / max(score_seconds, 1e-9), 1),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "fingerprint": fingerprint,
+            "path": store.uri(out),
+        },
+        check_results=[_check("inputs_complete", True, f"DLRM ONNX, retrieval evaluation and validation days "
+                              f"{config.validation_days} present"),
+                       *[_check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
+    )
+
+
+def _dlrm_scores(dlrm, user: dict, context: dict, item_features: dict, candidates: np.ndarray) -> np.ndarray:
+    """DLRM scores of ``candidates`` (raw ids, -1 = none) for one request's user and context features."""
+    valid = candidates[candidates >= 0]
+    feed = {name: np.repeat(np.asarray(value).reshape(-1)[:1], len(valid)) for name, value in
+            {**user, **context}.items()}
+    feed.update({name: values[valid] for name, values in item_features.items()})
+    out = np.full(len(candidates), -np.inf)
+    out[candidates >= 0] = dlrm(feed).reshape(-1) if len(valid) else []
+    return out
+
+
+def _end_to_end(store: ArtifactStore, dlrm, item_features: dict, variant: str, config) -> dict:
+    """Top-10 recall/NDCG of retrieval alone vs retrieval re-ranked by the DLRM, on a sample of requests."""
+    from recsys_assets.ml.model_inputs import CONTEXT_FEATURES, USER_FEATURES
+
+    out = paths.RETRIEVAL_EVALUATION
+    requests = store.read_parquet(f"{out}/requests.parquet")
+    data = np.load(store.local_path(f"{out}/candidates.npz"))
+    candidates, oracle = data["candidates"], data["oracle"]
+    n = min(config.rerank_requests, len(requests))
+    pick = np.sort(np.random.default_rng(config.seed).choice(len(requests), n, replace=False)) if n else []
+    ranked = np.full((n, config.top_k), -1, dtype=np.int64)
+    for r, i in enumerate(pick):
+        row = requests.iloc[i]
+        user = {c: np.array([row["user_index" if c == "user_id" else f"q_{c}"]]) for c in USER_FEATURES}
+        ctx = {c: np.array([row[f"q_{c}"]]) for c in CONTEXT_FEATURES}
+        s = _dlrm_scores(dlrm, user, ctx, item_features, candidates[i])
+        top = np.argsort(-s, kind="stable")[:config.top_k]
+        ranked[r] = np.where(np.isfinite(s[top]), candidates[i][top], -1)
+    relevant = [np.asarray(requests.iloc[i]["relevant"], dtype=np.int64) for i in pick]
+    rows = []
+    for name, lists in (("retrieval top-10", candidates[pick, :config.top_k] if n else ranked),
+                        ("retrieval 300 -> dlrm top-10", ranked),
+                        ("oracle top-10", oracle[pick, :config.top_k] if n else ranked)):
+        rows.append({"list": name, "requests": int(n), **(ev.retrieval_metrics(lists, relevant, (config.top_k,))
+                                                         if n else {})})
+    return {"variant": variant, "table": rows}
+
+
+def _context_sensitivity(store: ArtifactStore, dlrm, transforms, item_features: dict, catalogue: pd.DataFrame,
+                         variant: str, config) -> tuple:
+    """An anonymous user's final top-k on every (device, hour) of the grid; how much the lists differ."""
+    from recsys_assets.ml.model_inputs import USER_FEATURES
+
+    day = int(config.validation_days[0])
+    day_start = int(world_day_start(day))
+    available_from = catalogue["available_from_day"].to_numpy(np.int64)
+    allowed = np.flatnonzero(available_from <= day)
+    query = ev.OnnxModel(store.local_path(paths.query_tower_onnx(variant)))
+    index = fx.load(store.local_path(paths.faiss_index(variant)))
+    user = transforms.transform_user(**transforms.unknown_user(1))
+    user = {c: user[c] for c in USER_FEATURES}
+    finals, retrieved, records = {}, {}, []
+    for device in (0, 1, 2):
+        for hour in config.context_hours:
+            ctx = transforms.transform_context(np.array([device]), np.array([day_start + hour * 3600 + 1800]))
+            q = query({**user, **ctx})  # the plain tower takes the user columns only
+            cands = fx.search(index, q, 300, allowed_ids=allowed).ids[0]
+            s = _dlrm_scores(dlrm, user, ctx, item_features, cands)
+            top = cands[np.argsort(-s, kind="stable")[:config.top_k]]
+            finals[(device, hour)] = top
+            retrieved[(device, hour)] = cands[:config.top_k]
+            records += [{"device_type": device, "hour": hour, "rank": r + 1, "item_id": int(i),
+                         "category_l1": catalogue["category_l1"].iloc[int(i)]} for r, i in enumerate(top)]
+    by_device = np.mean([ev.list_change({d: finals[(d, h)] for d in (0, 1, 2)}) for h in config.context_hours])
+    by_hour = np.mean([ev.list_change({h: finals[(d, h)] for h in config.context_hours}) for d in (0, 1, 2)])
+    sensitivity = {"final_all_contexts": ev.list_change(finals), "final_across_devices": float(by_device),
+                   "final_across_hours": float(by_hour), "retrieval_all_contexts": ev.list_change(retrieved)}
+    return sensitivity, pd.DataFrame(records)
+
+
+def world_day_start(day: int) -> int:
+    """Unix seconds of 00:00 UTC on ``day`` (day 00 = RECSYS_START_DATE)."""
+    import datetime as dt
+
+    start = dt.datetime(START_DATE.year, START_DATE.month, START_DATE.day, tzinfo=dt.timezone.utc)
+    return int(start.timestamp()) + int(day) * 86_400

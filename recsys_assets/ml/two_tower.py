@@ -1,0 +1,296 @@
+"""Trains the Two-Tower retrieval model (merlin-models ``TwoTowerModelV2``) in the merlin env, through Pipes.
+
+Contract
+- Input: the transformed train and validation days (clicked rows only: a click is a positive pair of a query
+  and an item), and the raw-id-keyed multimodal table. The query tower encodes user features (variant
+  ``plain``) or user + request-context features (variant ``context``, context-aware retrieval); the candidate
+  tower encodes item features plus the image and text vectors. Trained with in-batch negatives and a
+  contrastive (softmax cross-entropy) loss; validation: loss and in-batch top-k metrics on the validation days.
+- Output, per variant under ``<output>/<variant>/``: ``model/`` (the full SavedModel, restored for daily
+  fine-tuning with ``freeze_blocks(["candidate"])``), ``query_tower/`` and ``candidate_tower/`` (SavedModels of
+  each tower alone), ``meta.json`` (parameters, features, history, timings). The whole folder is published
+  atomically.
+- Check ``reload_identical``: both towers, reloaded from disk, give bit-identical outputs on validation rows.
+
+Imports dagster_pipes, the merlin stack and pure ``recsys_assets.lib`` / ``ml`` modules only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys_assets.ml import model_inputs as mi
+
+FULL_MODEL, QUERY_TOWER, CANDIDATE_TOWER, META = "model", "query_tower", "candidate_tower", "meta.json"
+
+
+@dataclasses.dataclass
+class TwoTowerParams:
+    variant: str = "plain"
+    user_id_embedding_dim: int = 64
+    item_id_embedding_dim: int = 64
+    feature_embedding_dim: int = 16
+    embedding_l2: float = 0.0
+    mlp: tuple = (128, 64)
+    dropout: float = 0.0
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    epochs: int = 10
+    logq_correction: float = 1.0
+    user_oov_rate: float = 0.0
+    l2_normalize: bool = False
+    temperature: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TwoTowerParams:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown two-tower parameters {unknown}: expected some of {sorted(known)}")
+        out = cls(**d)
+        out.mlp = tuple(int(x) for x in out.mlp)
+        return out
+
+
+def _encoder(schema, params: TwoTowerParams, name: str):
+    import merlin.models.tf as mm
+    from merlin.schema import Tags
+
+    cats = schema.select_by_tag(Tags.CATEGORICAL)
+    special = {"user_id": params.user_id_embedding_dim, "item_id": params.item_id_embedding_dim}
+    dims = {c: special.get(c, params.feature_embedding_dim) for c in cats.column_names}
+    branches = {"categorical": mm.Embeddings(cats, dim=dims,
+                                             l2_batch_regularization_factor=params.embedding_l2 or 0.0)}
+    if schema.select_by_tag(Tags.CONTINUOUS):
+        branches["continuous"] = Tags.CONTINUOUS
+    pretrained = schema.select_by_tag(Tags.EMBEDDING)
+    branches["pretrained_embeddings"] = mm.PretrainedEmbeddings(pretrained) if pretrained else Tags.EMBEDDING
+    inputs = mm.InputBlockV2(schema, **branches)
+    mlp = mm.MLPBlock(list(params.mlp), no_activation_last_layer=True, dropout=params.dropout or None)
+    post = mm.L2Norm() if params.l2_normalize else None
+    return mm.Encoder(inputs, mlp, post=post, name=name) if post is not None else mm.Encoder(inputs, mlp, name=name)
+
+
+def build_model(schema, params: TwoTowerParams, item_counts: np.ndarray | None = None):
+    """The two towers over ``schema`` (the loader's output schema: features + multimodal columns).
+
+    ``item_counts`` (clicks per NVTabular item index in the training rows) drives the logQ correction: in-batch
+    negatives are drawn in proportion to click frequency, so without it the loss pushes popular items down and
+    the dot product learns p(item | user) / p(item) instead of p(item | user). ``logq_correction`` scales it
+    (0 turns it off).
+    """
+    import merlin.models.tf as mm
+    from merlin.models.tf.outputs.base import DotProduct
+    from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
+    from merlin.schema import Tags
+
+    query = schema.select_by_name(list(mi.query_features(params.variant)))
+    candidate = schema.select_by_name(list(mi.CANDIDATE_FEATURES))
+    id_schema = candidate.select_by_tag(Tags.ITEM_ID)
+    post = None
+    if params.logq_correction and item_counts is not None:
+        # +1: every item gets a finite probability (an item absent from training is never sampled anyway)
+        import tensorflow as tf
+
+        # a tensor, not an array: the layer's get_config (SavedModel) calls .numpy() on it
+        freq = tf.constant(np.asarray(item_counts, dtype=np.float32) + 1.0)
+        post = PopularityLogitsCorrection(freq, schema=id_schema, reg_factor=float(params.logq_correction))
+    output = mm.ContrastiveOutput(
+        to_call=DotProduct(), negative_samplers="in-batch", schema=id_schema,
+        logits_temperature=params.temperature, store_negative_ids=post is not None, post=post,
+    )
+    return mm.TwoTowerModelV2(_encoder(query, params, "query"), _encoder(candidate, params, "candidate"),
+                              outputs=output)
+
+
+def item_click_counts(split: mi.Split) -> np.ndarray:
+    """How often each NVTabular item index is a positive in training: the in-batch sampling distribution.
+
+    Item ids are never sent to the OOV row here (unlike user ids): the OOV "item" would stand for every dropped
+    item at once, the softmax would learn its aggregate share and serving would rank all cold items on top.
+    Cold items meet an untrained (small, random) id row and are placed by their content features.
+    """
+    col = split.schema["item_id"]
+    cardinality = int(col.properties.get("embedding_sizes", {}).get("cardinality", 0))
+    ids = split.rows["item_id"].to_numpy(np.int64)
+    return np.bincount(ids, minlength=max(cardinality, int(ids.max(initial=0)) + 1)).astype(np.float64)
+
+
+def features_of(params: TwoTowerParams) -> tuple[str, ...]:
+    return mi.query_features(params.variant) + mi.CANDIDATE_FEATURES
+
+
+def train(train_folders, valid_folders, table: np.ndarray, params: TwoTowerParams, log=print):
+    """Fit one variant; returns ``(model, report)`` with history, timings and validation metrics."""
+    import tensorflow as tf
+
+    mi.set_seeds(params.seed)
+    features = features_of(params)
+    t0 = time.perf_counter()
+    train_split = mi.load_split(train_folders, features, with_target=False, clicked_only=True,
+                                shuffle_seed=params.seed)
+    valid_split = mi.load_split(valid_folders, features, with_target=False, clicked_only=True)
+    if len(train_split) < params.batch_size:
+        raise ValueError(f"only {len(train_split)} clicked training rows for batch size {params.batch_size}: "
+                         "use more train days or a smaller batch_size")
+    load_seconds = time.perf_counter() - t0
+    train_loader = mi.loader(train_split, table, params.batch_size, shuffle=True, seed=params.seed, drop_last=True,
+                             oov_rates={"user_id": params.user_oov_rate})
+    schema = train_loader.output_schema
+    model = build_model(schema, params, item_click_counts(train_split))
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.learning_rate))
+    timer = mi.EpochTimer(rows=(len(train_split) // params.batch_size) * params.batch_size)
+    t0 = time.perf_counter()
+    model.fit(train_loader, epochs=params.epochs, callbacks=[timer], verbose=0)
+    fit_seconds = time.perf_counter() - t0
+    log(f"two-tower {params.variant}: {len(train_split)} clicked rows, {params.epochs} epochs in {fit_seconds:.1f}s")
+    valid = {}
+    if len(valid_split) >= params.batch_size:
+        valid_loader = mi.loader(valid_split, table, params.batch_size, shuffle=False, drop_last=True)
+        valid = {k: float(v) for k, v in model.evaluate(valid_loader, return_dict=True, verbose=0).items()}
+    report = {
+        "variant": params.variant,
+        "params": {**dataclasses.asdict(params), "mlp": list(params.mlp)},
+        "query_features": list(mi.query_features(params.variant)),
+        "candidate_features": list(mi.CANDIDATE_FEATURES),
+        "train_rows": len(train_split),
+        "validation_rows": len(valid_split),
+        "load_seconds": round(load_seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),
+        # the first epoch includes graph tracing; steady-state throughput is the median of the others
+        "rows_per_second": _steady_rate(timer.epochs),
+        "epoch_seconds": _steady_seconds(timer.epochs),
+        "history": timer.epochs,
+        "validation": valid,
+        # in-batch recall@10 of a random scorer: 10 of the batch's candidates
+        "random_in_batch_recall_at_10": min(1.0, 10.0 / params.batch_size),
+    }
+    return model, report, valid_split
+
+
+def _steady_rate(epochs: list[dict]) -> float:
+    rates = [e["rows_per_second"] for e in (epochs[1:] or epochs)]
+    return float(np.median(rates)) if rates else 0.0
+
+
+def _steady_seconds(epochs: list[dict]) -> float:
+    secs = [e["seconds"] for e in (epochs[1:] or epochs)]
+    return float(np.median(secs)) if secs else 0.0
+
+
+def save(model, out_dir) -> None:
+    out_dir = Path(out_dir)
+    model.save(str(out_dir / FULL_MODEL))
+    model.query_encoder.save(str(out_dir / QUERY_TOWER))
+    model.candidate_encoder.save(str(out_dir / CANDIDATE_TOWER))
+
+
+def load_tower(path):
+    import merlin.models.tf  # noqa: F401  (registers the Merlin layers with Keras)
+    import tensorflow as tf
+
+    return tf.keras.models.load_model(str(path), compile=False)
+
+
+def reload_check(model, out_dir, rows, table, params: TwoTowerParams, n: int = 512) -> dict:
+    """Max abs difference between in-memory and reloaded towers on ``n`` real rows (0.0 expected)."""
+    sample = rows.iloc[:n]
+    q_in = mi.feature_arrays(sample, mi.query_features(params.variant), table)
+    c_in = mi.feature_arrays(sample, mi.CANDIDATE_FEATURES, table)
+    diffs = {}
+    for name, live, arrays in ((QUERY_TOWER, model.query_encoder, q_in),
+                               (CANDIDATE_TOWER, model.candidate_encoder, c_in)):
+        before = mi.predict_batches(live, arrays)
+        after = mi.predict_batches(load_tower(Path(out_dir) / name), arrays)
+        diffs[name] = float(np.max(np.abs(before - after))) if len(before) else 0.0
+    return diffs
+
+
+def fine_tune_frozen_candidate(model_dir, train_folders, table: np.ndarray, params: TwoTowerParams,
+                               epochs: int = 1, learning_rate: float | None = None):
+    """Restore a saved full model, freeze its candidate tower and train the query tower on ``train_folders``.
+
+    The daily fine-tuning recipe: item embeddings (and so the FAISS index) stay bit-identical.
+    Returns the fine-tuned model.
+    """
+    import merlin.models.tf  # noqa: F401
+    import tensorflow as tf
+
+    mi.set_seeds(params.seed)
+    model = tf.keras.models.load_model(str(Path(model_dir) / FULL_MODEL))
+    # Pass the block's name (passing the object trips a merlin-models 23.12 bug). A reloaded model names its
+    # towers encoder/encoder_1, so look the candidate tower up rather than assume its name.
+    model.freeze_blocks([model.candidate_encoder.name])
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate or params.learning_rate / 3))
+    split = mi.load_split(train_folders, features_of(params), with_target=False, clicked_only=True,
+                          shuffle_seed=params.seed)
+    model.fit(mi.loader(split, table, params.batch_size, shuffle=True, seed=params.seed, drop_last=True),
+              epochs=epochs, verbose=0)
+    return model
+
+
+def main() -> int:
+    from dagster_pipes import open_dagster_pipes
+
+    from recsys_assets.lib.artifacts import ArtifactStore
+
+    with open_dagster_pipes() as pipes:
+        store = ArtifactStore(pipes.get_extra("root"))
+        train_folders = [store.local_path(p) for p in pipes.get_extra("train")]
+        valid_folders = [store.local_path(p) for p in pipes.get_extra("validation")]
+        table = mi.load_multimodal(store.local_path(pipes.get_extra("multimodal")), pipes.get_extra("n_items"))
+        base = dict(pipes.get_extra("params"))
+        variants = list(pipes.get_extra("variants"))
+        output = pipes.get_extra("output")
+        reports, diffs = {}, {}
+        t_all = time.perf_counter()
+        with store.writing(output) as tmp:
+            for variant in variants:
+                params = TwoTowerParams.from_dict({**base, "variant": variant})
+                model, report, valid_split = train(train_folders, valid_folders, table, params, pipes.log.info)
+                out = Path(tmp) / variant
+                t0 = time.perf_counter()
+                save(model, out)
+                report["save_seconds"] = round(time.perf_counter() - t0, 2)
+                rows = valid_split.rows if len(valid_split) else mi.load_split(
+                    train_folders, features_of(params), with_target=False, clicked_only=True).rows
+                diffs[variant] = reload_check(model, out, rows, table, params)
+                report["reload_max_abs_diff"] = diffs[variant]
+                (out / META).write_text(json.dumps(report, indent=1))
+                reports[variant] = report
+        worst = max((d for v in diffs.values() for d in v.values()), default=0.0)
+        pipes.report_asset_check(
+            "reload_identical", passed=worst == 0.0,
+            metadata={"description": f"query and candidate towers reloaded from disk: max abs difference {worst} "
+                                     "on validation rows" + ("" if worst == 0.0 else " (expected exactly 0)"),
+                      "max_abs_diff": worst},
+        )
+        metadata = {"variants": ", ".join(variants), "path": store.uri(output),
+                    "seconds": round(time.perf_counter() - t_all, 1),
+                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        for variant, r in reports.items():
+            v = r["validation"]
+            metadata.update({
+                f"{variant}/train_rows": r["train_rows"],
+                f"{variant}/epochs": r["params"]["epochs"],
+                f"{variant}/rows_per_second": r["rows_per_second"],
+                f"{variant}/epoch_seconds": r["epoch_seconds"],
+                f"{variant}/final_loss": r["history"][-1]["loss"] if r["history"] else float("nan"),
+                f"{variant}/validation_loss": v.get("loss", float("nan")),
+                f"{variant}/validation_in_batch_recall_at_10": v.get("recall_at_10", float("nan")),
+            })
+        metadata["random_in_batch_recall_at_10"] = next(iter(reports.values()))["random_in_batch_recall_at_10"]
+        pipes.report_asset_materialization(metadata=metadata)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
