@@ -170,11 +170,27 @@ def binary_path() -> Path:
     return get_binary_path()
 
 
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port nothing listens on right now (for tests: each starts its own server)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+CLUSTER_BUS_OFFSET = 10_000  # a cluster node also listens on port + 10000, so its port must be <= 55535
+
+
+def free_port(host: str = DEFAULT_HOST, cluster: bool = False) -> int:
+    """A TCP port nothing listens on right now (for tests: each starts its own server).
+
+    With ``cluster`` the port is at most 55535 and its cluster-bus port (+10000) is free too: the kernel's
+    ephemeral range goes above that, and valkey-server refuses such a port in cluster mode.
+    """
+    if not cluster:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]
+    import random
+
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randint(20_000, 65_535 - CLUSTER_BUS_OFFSET)
+        if _port_bindable(host, port) and _port_bindable(host, port + CLUSTER_BUS_OFFSET):
+            return port
+    raise ValkeyError(f"no free port pair (p, p+{CLUSTER_BUS_OFFSET}) found on {host} for a cluster-mode server")
 
 
 def ping(host: str, port: int, timeout: float = 0.5) -> bool:

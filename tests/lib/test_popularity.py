@@ -97,7 +97,7 @@ def test_a_new_version_replaces_the_old_one_and_old_versions_are_dropped(valkey,
 
 def test_cluster_layout_on_a_single_node_cluster(tmp_path, tables):
     layout = KeyLayout.make(cluster=True)
-    with EmbeddedValkey(tmp_path / "cluster", port=free_port(), cluster=True) as server:
+    with EmbeddedValkey(tmp_path / "cluster", port=free_port(cluster=True), cluster=True) as server:
         assert server.endpoint.is_cluster()
         with contextlib.closing(server.endpoint.client(cluster=True)) as client:
             _roundtrip(client, layout.popularity.prefix, tables)
