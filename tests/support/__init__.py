@@ -1,0 +1,1 @@
+"""Shared set-up of the reliability suite and the load benchmark (real services, no mocks)."""
