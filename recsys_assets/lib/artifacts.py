@@ -5,6 +5,15 @@ the producer writes into a private temporary path and the store publishes it wit
 single upload (S3), so a process killed mid-write never leaves a half-written artifact a reader could see.
 Folders (NVTabular workflows, SavedModels, image sets) are published the same way, as a whole.
 
+A writer killed before it publishes leaves its temporary (``.tmp-<owner>.<pid>-<token>-<name>``) behind; readers
+never see it (listings and parquet datasets skip dot-files), and the next write, list or read of that folder
+removes it once it is *abandoned*: its owner is a process of this machine (same host name and pid namespace) that is
+no longer running, or, for owners elsewhere, it is older than :data:`STALE_TEMPORARY_S`. A folder is looked at
+again only after it changed (its modification time), so reads stay cheap.
+
+A file that exists but cannot be read as parquet (damaged, truncated, another format) raises
+:class:`ArtifactUnreadable`, naming the artifact and saying to re-materialize what writes it.
+
 Reads of S3 artifacts go through a local cache folder so that libraries wanting file paths (pyarrow,
 NVTabular, FAISS) get them. boto3 is imported only when an ``s3://`` root is used.
 """
@@ -14,8 +23,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
+import socket
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +36,15 @@ from typing import Iterator
 
 class ArtifactNotFound(FileNotFoundError):
     pass
+
+
+class ArtifactUnreadable(RuntimeError):
+    """An artifact exists but cannot be read (a damaged or truncated file): re-materialize what writes it."""
+
+
+# A temporary older than this belongs to no write still running (when its owner's liveness cannot be asked).
+STALE_TEMPORARY_S = 24 * 3600
+_TEMPORARY = re.compile(r"^\.tmp-(?:old-)?(?:(?P<owner>[A-Za-z0-9_]+)\.(?P<pid>\d+)-)?[0-9a-f]{8}-")
 
 
 class ArtifactStore:
@@ -75,6 +97,8 @@ class ArtifactStore:
             if not base.exists():
                 return []
             root = Path(self.root)
+            if base.is_dir():
+                sweep_abandoned(base)
             return sorted(str(p.relative_to(root)) for p in base.rglob("*") if p.is_file() and ".tmp-" not in p.name)
         out: list[str] = []
         paginator = self.s3.get_paginator("list_objects_v2")
@@ -88,6 +112,7 @@ class ArtifactStore:
         """A local path holding the artifact (a file or a folder); downloads S3 artifacts into the cache."""
         if not self.is_s3:
             path = Path(self.uri(rel))
+            sweep_abandoned(path.parent)
             if not path.exists():
                 raise ArtifactNotFound(f"artifact {rel!r} not found under {self.root}: materialize its asset first")
             return path
@@ -109,8 +134,16 @@ class ArtifactStore:
 
     def read_parquet(self, rel: str, **kwargs):
         import pandas as pd
+        import pyarrow as pa
 
-        return pd.read_parquet(self.local_path(rel), **kwargs)
+        path = self.local_path(rel)
+        try:
+            return pd.read_parquet(path, **kwargs)
+        except (pa.ArrowException, OSError) as exc:
+            raise ArtifactUnreadable(
+                f"artifact {rel!r} ({self.uri(rel)}) cannot be read as parquet: {type(exc).__name__}: {exc}. The file "
+                "is damaged or is not what its producer writes: re-materialize the asset (and partition) that writes "
+                "it, then run what reads it again") from exc
 
     # -- writes -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -126,7 +159,8 @@ class ArtifactStore:
         else:
             final = Path(self.uri(rel))
             final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{final.name}")
+            sweep_abandoned(final.parent)
+            tmp = final.with_name(_temporary_name(final.name))
         try:
             yield tmp
             if not tmp.exists():
@@ -150,7 +184,7 @@ class ArtifactStore:
         final = Path(self.uri(rel))
         if final.is_dir() and tmp.is_dir():
             # rename() cannot replace a non-empty folder: move the old one aside, swap, then drop it.
-            old = final.with_name(f".tmp-old-{uuid.uuid4().hex[:8]}-{final.name}")
+            old = final.with_name(_temporary_name(final.name, "old-"))
             os.rename(final, old)
             os.rename(tmp, final)
             _remove(old)
@@ -195,6 +229,81 @@ def _clean(rel: str) -> str:
     if not rel or ".." in Path(rel).parts:
         raise ValueError(f"invalid artifact path {rel!r}: expected a relative path without '..'")
     return rel
+
+
+def _owner() -> str:
+    """This machine as temporaries name it: the host name and, on Linux, the pid namespace (containers of one pod
+    share a host name, not their pids)."""
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    with contextlib.suppress(OSError):
+        return f"{host}_{os.stat('/proc/self/ns/pid').st_ino:x}"
+    return host
+
+
+def _temporary_name(name: str, kind: str = "") -> str:
+    return f".tmp-{kind}{_owner()}.{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    with contextlib.suppress(OSError, IndexError):  # a zombie has finished writing for good
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
+    return True
+
+
+def _newest_mtime(path: Path) -> float:
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for p in path.rglob("*"):
+            with contextlib.suppress(OSError):
+                newest = max(newest, p.lstat().st_mtime)
+    return newest
+
+
+def is_abandoned(path: Path, max_age_s: float = STALE_TEMPORARY_S, now: float | None = None) -> bool:
+    """Whether ``path`` is a temporary of a writer that can no longer publish it (see the module docstring)."""
+    match = _TEMPORARY.match(path.name)
+    if not match:
+        return False
+    if match["owner"] == _owner() and match["pid"]:
+        return not _pid_alive(int(match["pid"]))
+    try:
+        return (time.time() if now is None else now) - _newest_mtime(path) > max_age_s
+    except FileNotFoundError:  # published or removed meanwhile
+        return False
+
+
+_SWEPT: dict[str, int] = {}  # folder -> its modification time (ns) when last swept
+_SWEPT_LOCK = threading.Lock()
+
+
+def sweep_abandoned(folder: Path, max_age_s: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Remove the abandoned temporaries directly in ``folder``; skipped while the folder is unchanged since the last
+    sweep (this process). Returns what was removed."""
+    key = str(folder)
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    with _SWEPT_LOCK:
+        if _SWEPT.get(key) == mtime:
+            return []
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(folder) as entries:
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith(".tmp-") and is_abandoned(path, max_age_s):
+                with contextlib.suppress(FileNotFoundError):
+                    _remove(path)
+                removed.append(path)
+    with contextlib.suppress(OSError), _SWEPT_LOCK:
+        _SWEPT[key] = os.stat(folder).st_mtime_ns
+    return removed
 
 
 def _remove(path: Path) -> None:

@@ -57,6 +57,19 @@ def write_users(store: ArtifactStore, world: World, through_day: int):
 def write_day(store: ArtifactStore, world: World, day: int):
     """Generate day ``day`` and replace its interactions and its truth table (idempotent)."""
     interactions, truth = world.generate_day(day)
+    publish_day(store, day, interactions, truth)
+    return interactions, truth
+
+
+def publish_day(store: ArtifactStore, day: int, interactions, truth) -> None:
+    """Replace day ``day``'s interactions and truth table with these frames (each file published atomically)."""
     store.write_parquet(paths.raw_interactions(day), interactions)
     store.write_parquet(paths.interactions_truth(day), truth)
-    return interactions, truth
+
+
+def unpublish_day(store: ArtifactStore, day: int) -> list[str]:
+    """Remove day ``day``'s interactions and truth table where they exist; returns the paths removed."""
+    removed = [rel for rel in (paths.raw_interactions(day), paths.interactions_truth(day)) if store.exists(rel)]
+    for rel in removed:
+        store.delete(rel)
+    return removed

@@ -10,11 +10,13 @@
   the previous one, intact): the half-written bytes sit in a private temporary file that no reader lists, and
   the next step either finds the partition missing (its blocking check says so) or reads the intact old file.
 
-Four gaps are strict xfails (the report of issue 10 has the fixes): a partition whose blocking check failed is
-still published, so a later run of a downstream asset reads it; a file without a column the asset's metadata
-reads ('click', 'device_type', 'item_id') raises KeyError instead of failing the schema check; a damaged file
-fails downstream with pyarrow's message, which names neither the file nor the partition; nothing removes the
-temporary files a killed writer leaves behind.
+Four gaps this suite found have tests of their own (now passing): a partition whose blocking check failed was
+still published, so a later run of a downstream asset read it (now the day is checked before it is written, and
+nothing is published or recorded as materialized when a check fails); a file without a column the asset's
+metadata reads ('click', 'device_type', 'item_id') raised KeyError instead of failing the schema check; a damaged
+file failed downstream with pyarrow's message, which named neither the file nor the partition (now
+``ArtifactUnreadable`` names the artifact and says to re-materialize it); nothing removed the temporary files a
+killed writer leaves behind (now the next write, list or read of the folder sweeps them).
 """
 
 import os
@@ -100,18 +102,13 @@ BREAKAGES = [
     ("a column of the wrong type", _with_device_names, "schema", "column 'device_type' has dtype object"),
     ("a missing column", _without_session_id, "schema", "missing column 'session_id'"),
     ("impossible values", _impossible_users, "id_ranges", "column 'user_id' outside"),
-    pytest.param("a missing column the metadata reads", _without_click, "schema", "missing column 'click'",
-                 marks=pytest.mark.xfail(strict=True, reason="raw_interactions computes its metadata (CTR, CTR by "
-                                         "device, category mix) from 'click', 'device_type' and 'item_id' before "
-                                         "returning its checks, so a file without one of them raises KeyError "
-                                         "instead of failing the schema check naming file and column"),
-                 id="a missing column the metadata reads"),
+    ("a missing column the metadata reads", _without_click, "schema", "missing column 'click'"),
 ]
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("what, how, check, message", BREAKAGES,
-                         ids=[b[0] if isinstance(b, tuple) else b.id for b in BREAKAGES])
+                         ids=[b[0] for b in BREAKAGES])
 def test_a_broken_raw_partition_fails_its_check_naming_file_and_column_and_stops_the_run(
         tmp_path, monkeypatch, what, how, check, message):
     store, resources = _root(tmp_path)
@@ -143,23 +140,24 @@ def test_re_materializing_after_the_fix_succeeds_and_again_gives_the_same_files(
         pd.testing.assert_frame_equal(store.read_parquet(rel), frame)
 
 
-@pytest.mark.xfail(strict=True, reason="raw_interactions writes its file before its checks run and leaves a file that "
-                   "failed them in place; blocking checks stop only the same run, so a later run of "
-                   "user_top_category reads it (here: click values of 7). Validate before publishing, and publish "
-                   "nothing (removing an older file) when a blocking check fails")
 @pytest.mark.timeout(300)
 def test_a_later_run_of_a_downstream_asset_cannot_read_a_partition_that_failed_its_checks(tmp_path, monkeypatch):
     store, resources = _root(tmp_path)
+    assert _run(resources, [raw_interactions]).success           # an earlier, good file of the day
 
     def clicks_of_seven(df):
         df.loc[df.index[:50], "click"] = 7
         return df
 
     _break(monkeypatch, clicks_of_seven)
-    failed = _run(resources, [raw_interactions])
+    failed = _run(resources, [raw_interactions])                 # re-materialized with a broken producer
     assert not _checks(failed)[("raw_interactions", "id_ranges")].passed
+    assert "raw_interactions" not in _materialized(failed)       # nothing published, nothing recorded
+    assert not store.exists(paths.raw_interactions(DAY))         # and the superseded file is gone
     later = _run(resources, [user_top_category])                 # a separate run, e.g. the next schedule tick
     assert "user_top_category" not in _materialized(later), "a later run consumed the partition that failed"
+    check = _checks(later)[("user_top_category", "history_complete")]
+    assert not check.passed and KEY in check.metadata["description"].value
 
 
 @pytest.mark.timeout(300)
@@ -175,9 +173,6 @@ def test_a_raw_file_damaged_on_disk_stops_every_downstream_reader_until_re_mater
     assert _run(resources, [user_top_category, masked_interactions]).success  # ... and read again
 
 
-@pytest.mark.xfail(strict=True, reason="a damaged parquet file fails the downstream step with pyarrow's 'Parquet magic "
-                   "bytes not found in footer', which names neither the file nor the partition; ArtifactStore."
-                   "read_parquet (or the readers' input checks) should say which artifact is unreadable")
 @pytest.mark.timeout(300)
 def test_a_damaged_raw_file_is_reported_by_file_name(tmp_path):
     store, resources = _root(tmp_path)
@@ -185,9 +180,10 @@ def test_a_damaged_raw_file_is_reported_by_file_name(tmp_path):
     path = store.local_path(paths.raw_interactions(DAY))
     path.write_bytes(path.read_bytes()[:100])
     result = _run(resources, [user_top_category])
-    failures = [e.event_specific_data.error.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    checks = [c.metadata["description"].value for c in result.get_asset_check_evaluations() if not c.passed]
-    assert any("day_00.parquet" in text for text in failures + checks), failures + checks
+    # the step's error as the run shows it (with its cause): which artifact, and what to do
+    failures = [e.event_specific_data.error.to_string() for e in result.all_events
+                if e.event_type_value == "STEP_FAILURE"]
+    assert any("raw/interactions/day_00.parquet" in text and "re-materialize" in text for text in failures), failures
 
 
 # -- a writer killed mid-write --------------------------------------------------------------------------------------
@@ -244,9 +240,6 @@ def test_a_writer_killed_mid_write_leaves_nothing_a_later_step_could_read(tmp_pa
 LEFTOVERS: dict = {}
 
 
-@pytest.mark.xfail(strict=True, reason="ArtifactStore.writing removes its temporary file only when the writer "
-                   "survives; after a SIGKILL the half-written .tmp-* file stays forever (re-materializing does not "
-                   "remove it). A sweep of stale .tmp-* files (older than the longest write) would remove them")
 def test_a_killed_writers_temporary_files_are_cleaned_up_by_the_next_materialization():
     if "files" not in LEFTOVERS:
         pytest.skip("observed by the killed-writer test above")

@@ -23,12 +23,14 @@ GROUP = "features"
     partitions_def=daily_partitions,
     deps=[items, raw_interactions],
     check_specs=[dg.AssetCheckSpec("history_complete", asset="user_top_category", blocking=True)],
+    output_required=False,
 )
-def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource):
     """``top_category`` for every row of the day, point in time, plus each user's value at the end of the day.
 
     Reads the clicks of every day up to this one (the feature looks back over all earlier clicks), so days
-    00..d-1 of ``raw_interactions`` must exist; a missing one fails the blocking check, naming the partition.
+    00..d-1 of ``raw_interactions`` must exist; a missing one fails the blocking check, naming the partition, and
+    nothing is written or recorded as materialized.
     Writes ``features/top_category/day_XX.parquet`` (row-aligned with the raw day) and
     ``features/user_top_category/day_XX.parquet`` (the feature store's source).
     """
@@ -46,11 +48,9 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
         keys = [partition_key(d, START_DATE) for d in missing]
         description = (f"raw_interactions partitions {keys} (days {missing}) are missing; top_category of day {day} "
                        f"needs every earlier day's clicks: materialize them first (a backfill runs them in order)")
-        return dg.MaterializeResult(
-            metadata={"missing_days": str(missing)},
-            check_results=[dg.AssetCheckResult(check_name="history_complete", passed=False,
-                                                description=description, metadata={"description": description})],
-        )
+        yield dg.AssetCheckResult(check_name="history_complete", passed=False, description=description,
+                                  metadata={"description": description, "missing_days": str(missing)})
+        return
     history = pd.concat(frames, ignore_index=True)
     clicks = history[history["click"] == 1]
     today = frames[-1]
@@ -75,7 +75,7 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
 
     dist = pd.Series(pit[pit != NONE]).map(dict(enumerate(CATEGORIES))).value_counts(normalize=True)
     table = dist.head(8).rename("share").reset_index().rename(columns={"index": "top_category"})
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "day": day,
             "rows": len(rows),

@@ -1,7 +1,9 @@
 """Ingest: the catalogue, users and one partition of raw interactions per day.
 Locally the synthetic generator produces the data (``WorldResource``); every asset writes through the
 artifact store, so in production the same layout sits under an S3 prefix. Re-materializing a partition
-replaces its file whole (idempotent), and blocking checks keep a broken file from reaching anything downstream.
+replaces its file whole (idempotent). A day of interactions is checked before it is published: one that fails a
+blocking check is not written, and an earlier file of that day is removed, so no later run of a downstream asset
+can read it (the partition is missing, and says why, until it is re-materialized).
 """
 
 
@@ -113,18 +115,19 @@ def users(config: UsersConfig, artifacts: ArtifactStoreResource, world: WorldRes
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet"}, partitions_def=daily_partitions, deps=[items, users],
-          check_specs=check_specs("raw_interactions"))
-def raw_interactions(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
-                     world: WorldResource) -> dg.MaterializeResult:
+          check_specs=check_specs("raw_interactions"), output_required=False)
+def raw_interactions(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource, world: WorldResource):
     """One day of impressions with click labels (``raw/interactions/day_XX.parquet``).
 
     The generator's true click probabilities go to ``truth/interactions/day_XX.parquet`` beside it, for evaluation
-    only. Re-materializing a day replaces both files.
+    only. Re-materializing a day replaces both files. The checks run on the generated day before anything is
+    written: when a blocking one fails, nothing is published (an earlier file of the day is removed) and only the
+    failed checks are reported, with no materialization.
     """
     day = partition_day(context)
     store = artifacts.store()
     w = world.world()
-    df, truth = dataset.write_day(store, w, day)
+    df, truth = w.generate_day(day)
     where = store.uri(paths.raw_interactions(day))
     n_users = sum(w.cohort_size(d) for d in range(day + 1))
     outcomes = [
@@ -133,12 +136,19 @@ def raw_interactions(context: dg.AssetExecutionContext, artifacts: ArtifactStore
         v.check_interaction_ranges(df, where, n_users, w.item_available_from, day),
         v.check_unique(df, "interaction_id", where),
     ]
-    # Metadata must describe a broken file too (the checks above say what is wrong with it).
-    df = df.assign(category_l1=df["item_id"].map(w.items["category_l1"]).fillna("(unknown item)"))
+    if not all(o.passed for o in outcomes):
+        removed = dataset.unpublish_day(store, day)
+        context.log.error(f"day {day:02d} failed its checks and was not published"
+                          + (f"; removed the earlier files {removed}" if removed else "") + ": "
+                          + "; ".join(o.description for o in outcomes if not o.passed))
+        yield from to_results(outcomes)
+        return
+    dataset.publish_day(store, day, df, truth)
+    df = df.assign(category_l1=df["item_id"].map(w.items["category_l1"]))
     mix = (df.groupby("category_l1").agg(impressions=("click", "size"), ctr=("click", "mean"))
            .reset_index().sort_values("impressions", ascending=False))
     by_device = df.groupby("device_type").agg(impressions=("click", "size"), ctr=("click", "mean")).reset_index()
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "day": day,
             "rows": len(df),
