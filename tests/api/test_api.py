@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 
 import numpy as np
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 
@@ -50,9 +51,17 @@ class Online:
     def client(self, db: int):
         return self.valkey.endpoint.client(db=db)
 
+    started: list = dataclasses.field(default_factory=list)  # every server the tests started: the fixture stops them
+
+    def start_valkey(self) -> EmbeddedValkey:
+        """A server on the same port and data folder (after ``valkey.stop()``): a restart."""
+        self.valkey = EmbeddedValkey(self.valkey.data_dir, port=self.valkey.port).start()
+        self.started.append(self.valkey)
+        return self.valkey
+
     def restart_valkey(self) -> None:
         self.valkey.stop()
-        self.valkey = EmbeddedValkey(self.valkey.data_dir, port=self.valkey.port).start()
+        self.start_valkey()
 
     def items_of(self, category: str, n: int, exclude=()) -> list[int]:
         c = self.catalogue
@@ -68,6 +77,7 @@ def online(tmp_path_factory):
     root = tmp_path_factory.mktemp("api-root")
     tiny = tiny_artifacts(tmp_path_factory)
     server = EmbeddedValkey(root / "valkey", port=free_port()).start()
+    started = [server]
     try:
         environ = serving_environ(f"redis://127.0.0.1:{server.port}", root)
         published = publish_online_state(tiny, environ)
@@ -77,9 +87,13 @@ def online(tmp_path_factory):
         with store.writing(paths.item_image(0)) as tmp:
             render_item_image(first["category_l1"], first["category_l2"], "red").save(tmp, format="JPEG")
         yield Online(root=root, valkey=server, environ=environ, tiny=tiny, top_category=published["top_category"],
-                     catalogue=tiny.items, closed_port=free_port())
+                     catalogue=tiny.items, closed_port=free_port(), started=started)
     finally:
-        server.stop()
+        for each in started:  # the restarted ones too (stop() of a stopped server does nothing)
+            each.stop()
+        leaked = [p.pid for p in psutil.process_iter(["cmdline"])
+                  if f"127.0.0.1:{server.port}" in " ".join(p.info["cmdline"] or [])]
+        assert not leaked, f"valkey-server processes on :{server.port} outlived the tests: {leaked}"
 
 
 @pytest.fixture()
@@ -300,7 +314,7 @@ def test_valkey_down_is_a_retryable_503_and_events_survive_restarts_of_valkey_an
             assert "NOT recorded" in down.json()["detail"]
             assert api.get("/readyz").status_code == 503
         finally:
-            online.valkey = EmbeddedValkey(online.valkey.data_dir, port=online.valkey.port).start()
+            online.start_valkey()
         # the same API recovers by itself; the retried click is recorded once
         retried = _click(api, user, items[1], DAY3 + 1, key="during-outage")
         assert retried.status_code == 201, retried.text
