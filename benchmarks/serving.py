@@ -1,6 +1,7 @@
 """Serving latency and throughput: the 14-model ensemble through a real tritonserver, against the in-process floor.
 
     .venv/bin/python benchmarks/serving.py [--artifacts DIR] [--seconds 20] [--concurrency 1 4 8] [--grpc]
+        [--seed-concurrency 1] [--seed-seconds S] [--rounds 3]
 
 What it measures, in one run on one machine (client included, as a caller of the service sees it):
 
@@ -8,15 +9,25 @@ What it measures, in one run on one machine (client included, as a caller of the
    on random devices and hours) from 1, 4 and 8 concurrent clients (threads, one connection each): p50/p95/p99
    latency and requests/s; then Triton's own per-model breakdown from its statistics API (queue, input, compute,
    output per request, averaged over the run).
-2. **in-process floor**: the same stages, configs and artifacts called directly in this process
+2. **seed-faithful configuration** (``serving.seed_faithful``): a copy of the same repository whose item features
+   come from Feast's ``get_online_features`` on every request (users through the SDK too) and whose three
+   transforms run the saved NVTabular workflows per request (``Workflow.transform`` on the request's rows) inside
+   the merlin env, through the python backend's ``EXECUTION_ENV_PATH``; same request mix, at ``--seed-concurrency``
+   (default 1), with its own per-model breakdown. Then, both servers up, ``--rounds`` interleaved concurrency-1
+   windows (standard 3 s, seed-faithful 6 s each), so the p50 ratio (target >= 20x) is taken under the same
+   background load; the ratio of the two level runs is printed too.
+3. **in-process floor**: the same stages, configs and artifacts called directly in this process
    (``serving.pipeline.InProcessPipeline``), same request mix: what the work costs without IPC and scheduling.
-3. **Feast SDK per request** (the seed's item path, in part): ``get_online_features`` for one user and for the
+4. **Feast SDK per request** (the seed's item path, in part): ``get_online_features`` for one user and for the
    300 candidates, timed alone, next to the in-memory item cache the ensemble uses.
 
 Artifacts: ``--artifacts DIR`` uses a built repository under that artifact root
-(``serving/triton_repository``, with its Feast registry and Valkey: run ``make demo`` first); without it the
-benchmark builds the tiny artifacts (``serving.tiny``: real formats, the full 2,465-item catalogue, small models)
-with their own Valkey and Feast registry in a temporary folder. Numbers only: nothing is asserted.
+(``serving/triton_repository``, with its Feast registry, Valkey and the saved workflows ``transforms/workflows``:
+run ``make demo`` first); without it the benchmark builds the tiny artifacts (``serving.tiny``: real formats, the
+full 2,465-item catalogue, small models) with their own Valkey and Feast registry in a temporary folder, and fits
+real NVTabular workflows on the tiny world in the merlin env (``seed_faithful.fit_tiny_workflows``) whose compiled
+form the standard repository serves, so both configurations run the same fitted workflows. Numbers only: nothing
+is asserted.
 """
 
 from __future__ import annotations
@@ -59,14 +70,15 @@ def request_mix(users: list[int], n: int, seed: int = 0) -> list[tuple[int, int,
     return out
 
 
-def load_test(url: str, protocol: str, concurrency: int, seconds: float, mix: list) -> dict:
+def load_test(url: str, protocol: str, concurrency: int, seconds: float, mix: list, keep_samples: bool = False,
+              offset: int = 0) -> dict:
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     stop_at = time.perf_counter() + seconds
 
     def worker(i: int) -> None:
         with RecommendationClient(url, protocol) as client:
-            j = i
+            j = offset + i
             while time.perf_counter() < stop_at:
                 user, device, ts = mix[j % len(mix)]
                 t0 = time.perf_counter()
@@ -87,7 +99,10 @@ def load_test(url: str, protocol: str, concurrency: int, seconds: float, mix: li
         t.join()
     elapsed = time.perf_counter() - start
     flat = [x for lat in latencies for x in lat]
-    return {"concurrency": concurrency, **percentiles(flat), "rps": len(flat) / elapsed, "errors": sum(errors)}
+    out = {"concurrency": concurrency, **percentiles(flat), "rps": len(flat) / elapsed, "errors": sum(errors)}
+    if keep_samples:
+        out["samples"] = flat
+    return out
 
 
 def model_breakdown(before: dict, after: dict) -> list[dict]:
@@ -114,18 +129,20 @@ def model_breakdown(before: dict, after: dict) -> list[dict]:
 
 
 def setup_tiny(work: Path, instance_counts: dict):
-    """Tiny artifacts + Valkey + Feast + popularity + a built repository; returns (repository, environ, users, stop)."""
+    """Tiny artifacts (with fitted NVTabular workflows) + Valkey + Feast + popularity + a built repository;
+    returns (repository, environ, users, stop, workflows directory)."""
     from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
     from recsys_assets.serving.repository import ServingDefaults, build_repository
+    from recsys_assets.serving.seed_faithful import fit_tiny_workflows
     from recsys_assets.serving.tiny import build_tiny_artifacts, publish_online_state, serving_environ
 
+    tiny, workflows = fit_tiny_workflows(build_tiny_artifacts(work / "tiny"), work / "nvt")
     valkey = EmbeddedValkey(work / "valkey", port=free_port()).start()
-    tiny = build_tiny_artifacts(work / "tiny")
     environ = serving_environ(f"redis://127.0.0.1:{valkey.port}", work / "artifacts")
     publish_online_state(tiny, environ)
     build_repository(work / "repo", tiny.trained, ServingDefaults(instance_counts=instance_counts), tiny.start_date,
                      release=1)
-    return work / "repo", environ, tiny.users["user_id"].tolist(), valkey.stop
+    return work / "repo", environ, tiny.users["user_id"].tolist(), valkey.stop, workflows
 
 
 def setup_artifacts(root: Path):
@@ -139,7 +156,46 @@ def setup_artifacts(root: Path):
         raise SystemExit(f"no repository at {repository}: materialize triton_model_repository (make demo)")
     environ, valkey = local_environ(root)
     users = pd.read_parquet(root / paths.USERS, columns=["user_id"])["user_id"].tolist()
-    return repository, environ, users, (valkey.stop if valkey is not None and valkey.owned else (lambda: None))
+    return (repository, environ, users, (valkey.stop if valkey is not None and valkey.owned else (lambda: None)),
+            root / paths.NVT_WORKFLOWS)
+
+
+def start_server(repository: Path, environ: dict, workdir: Path) -> tuple[TritonServer, float]:
+    server = TritonServer(repository, env=environ, exit_timeout=2, workdir=workdir)
+    t0 = time.perf_counter()
+    server.start(models=["ensemble_model"], timeout=900)
+    return server, time.perf_counter() - t0
+
+
+def levels_run(server: TritonServer, protocol: str, levels: list[int], seconds: float, mix: list) -> dict:
+    """Warm up, load-test each concurrency level, read Triton's per-model breakdown over those levels."""
+    url = server.http_url if protocol == "http" else server.grpc_url
+    load_test(url, protocol, 1, 3.0, mix)  # warm-up: first requests pay lazy imports and caches
+    before = server.statistics()
+    rows = [load_test(url, protocol, c, seconds, mix) for c in levels]
+    return {"server": rows, "models": model_breakdown(before, server.statistics())}
+
+
+def interleaved_c1(urls: dict, protocol: str, rounds: int, seconds: dict, mix: list) -> dict:
+    """Concurrency 1 on each server in turn, ``rounds`` times, same requests: p50s under the same background load
+    (this machine is shared, so load drifts between the level runs)."""
+    samples: dict = {name: [] for name in urls}
+    for r in range(rounds):
+        for name, url in urls.items():
+            samples[name] += load_test(url, protocol, 1, seconds[name], mix, keep_samples=True,
+                                       offset=r * 997)["samples"]
+    return {name: percentiles(v) for name, v in samples.items()}
+
+
+def make_seed_faithful_repository(repository: Path, workflows: Path, environ: dict, work: Path):
+    """The same repository rewritten to the seed's per-request Feast + NVTabular paths; (path, environ, info)."""
+    from recsys_assets.serving import seed_faithful
+
+    t0 = time.perf_counter()
+    merlin = seed_faithful.make_seed_faithful(repository, work / "repo-seed", workflows)
+    info = {"build_s": time.perf_counter() - t0, "merlin_env": str(merlin.path), "merlin_python": merlin.python,
+            "own_stub": merlin.stub is not None}
+    return work / "repo-seed", seed_faithful.server_environ(environ, merlin), info
 
 
 def feast_sdk_per_request(environ: dict, users: list[int], repeats: int = 50) -> dict:
@@ -183,6 +239,20 @@ def in_process(repository: Path, environ: dict, mix: list, n: int) -> dict:
     return {**percentiles(samples), "stages_us": stages, "item_cache_300_us": cache_us}
 
 
+def print_levels(rows: list[dict]) -> None:
+    print("| concurrency | p50 ms | p95 ms | p99 ms | requests/s | requests | errors |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['concurrency']} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | {r['n']} | "
+              f"{r['errors']} |")
+
+
+def print_breakdown(models: list[dict]) -> None:
+    print("| model | requests | queue | input | compute | output | total |\n|---|---|---|---|---|---|---|")
+    for m in models:
+        print(f"| {m['model']} | {m['requests']} | {m['queue_us']:.0f} | {m['input_us']:.0f} | {m['infer_us']:.0f} "
+              f"| {m['output_us']:.0f} | {m['success_us']:.0f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--artifacts", default=None, help="a demo artifact root with a built repository")
@@ -192,47 +262,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--instances", nargs="*", default=[], metavar="MODEL=N",
                         help="tiny artifacts: instance count overrides, e.g. feast_user_lookup=2")
+    parser.add_argument("--seed-concurrency", type=int, nargs="*", default=[1],
+                        help="concurrency levels of the seed-faithful configuration (none: skip it)")
+    parser.add_argument("--seed-seconds", type=float, default=None,
+                        help="duration of each seed-faithful level (default: --seconds)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved concurrency-1 rounds, standard then seed-faithful (0: skip)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     t0 = time.perf_counter()
     if args.artifacts:
-        repository, environ, users, stop_valkey = setup_artifacts(Path(args.artifacts).resolve())
+        repository, environ, users, stop_valkey, workflows = setup_artifacts(Path(args.artifacts).resolve())
         source = f"artifacts {args.artifacts}"
     else:
         counts = {k: int(v) for k, v in (item.split("=") for item in args.instances)}
-        repository, environ, users, stop_valkey = setup_tiny(work, counts)
+        repository, environ, users, stop_valkey, workflows = setup_tiny(work, counts)
         source = "tiny artifacts (serving.tiny: full catalogue, small models)"
     print(f"# serving benchmark: {source}; setup {time.perf_counter() - t0:.0f} s", flush=True)
     protocol = "grpc" if args.grpc else "http"
     mix = request_mix(users, 5000)
     results: dict = {"source": source, "protocol": protocol, "cpu_count": os.cpu_count()}
-    server = TritonServer(repository, env=environ, exit_timeout=2, workdir=work / "triton")
+    servers: list[TritonServer] = []
     try:
-        t0 = time.perf_counter()
-        server.start(models=["ensemble_model"], timeout=900)
-        results["load_s"] = time.perf_counter() - t0
-        url = server.http_url if protocol == "http" else server.grpc_url
-        load_test(url, protocol, 1, 3.0, mix)  # warm-up: first requests pay lazy imports and caches
-        before = server.statistics()
-        results["server"] = [load_test(url, protocol, c, args.seconds, mix) for c in args.concurrency]
-        results["models"] = model_breakdown(before, server.statistics())
+        server, results["load_s"] = start_server(repository, environ, work / "triton")
+        servers.append(server)
+        results.update(levels_run(server, protocol, args.concurrency, args.seconds, mix))
+        if args.seed_concurrency:
+            seed_repo, seed_env, info = make_seed_faithful_repository(repository, workflows, environ, work)
+            seed_server, info["load_s"] = start_server(seed_repo, seed_env, work / "triton-seed")
+            servers.append(seed_server)
+            results["seed_faithful"] = {**info, **levels_run(seed_server, protocol, args.seed_concurrency,
+                                                             args.seed_seconds or args.seconds, mix)}
+            if args.rounds > 0:
+                urls = {name: (s.http_url if protocol == "http" else s.grpc_url)
+                        for name, s in (("standard", server), ("seed_faithful", seed_server))}
+                results["interleaved_c1"] = interleaved_c1(
+                    urls, protocol, args.rounds, {"standard": 3.0, "seed_faithful": 6.0}, mix)
+        for s in servers:
+            s.stop()
+        servers = []
+        results["in_process"] = in_process(repository, environ, mix, 1000)
+        results["feast_sdk"] = feast_sdk_per_request(environ, users)
     finally:
-        server.stop()
-    results["in_process"] = in_process(repository, environ, mix, 1000)
-    results["feast_sdk"] = feast_sdk_per_request(environ, users)
-    stop_valkey()
+        for s in servers:
+            s.stop()
+        stop_valkey()
 
     print(f"\nthrough tritonserver ({protocol}, client on the same {os.cpu_count()} cores; "
           f"models loaded in {results['load_s']:.0f} s):")
-    print("| concurrency | p50 ms | p95 ms | p99 ms | requests/s | errors |\n|---|---|---|---|---|---|")
-    for r in results["server"]:
-        print(f"| {r['concurrency']} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
-              f"{r['errors']} |")
+    print_levels(results["server"])
     print("\nTriton per-model time, µs per request (statistics API, all concurrency levels):")
-    print("| model | requests | queue | input | compute | output | total |\n|---|---|---|---|---|---|---|")
-    for m in results["models"]:
-        print(f"| {m['model']} | {m['requests']} | {m['queue_us']:.0f} | {m['input_us']:.0f} | {m['infer_us']:.0f} "
-              f"| {m['output_us']:.0f} | {m['success_us']:.0f} |")
+    print_breakdown(results["models"])
+    sf = results.get("seed_faithful")
+    if sf:
+        print(f"\nseed-faithful configuration (Feast get_online_features per request for items and users; "
+              f"NVTabular Workflow.transform per request in {sf['merlin_env']} (Python {sf['merlin_python']}) "
+              f"via EXECUTION_ENV_PATH; models loaded in {sf['load_s']:.0f} s):")
+        print_levels(sf["server"])
+        print("\nseed-faithful Triton per-model time, µs per request:")
+        print_breakdown(sf["models"])
     ip = results["in_process"]
     print(f"\nin-process floor (same stages, one process, sequential): p50 {ip['p50']:.2f} ms, "
           f"p95 {ip['p95']:.2f} ms, p99 {ip['p99']:.2f} ms")
@@ -240,8 +328,29 @@ def main(argv: list[str] | None = None) -> int:
     for stage, us in ip["stages_us"].items():
         print(f"| {stage} | {us:.0f} |")
     p50_c1 = next((r["p50"] for r in results["server"] if r["concurrency"] == 1), None)
+    rps_c4 = next((r["rps"] for r in results["server"] if r["concurrency"] == 4), None)
+    print("\n| target | measured | met |\n|---|---|---|")
     if p50_c1:
-        print(f"\nserver p50 at concurrency 1 / in-process p50: {p50_c1 / ip['p50']:.1f}x")
+        print(f"| p50 <= 10 ms at concurrency 1 | {p50_c1:.2f} ms | {'yes' if p50_c1 <= 10 else 'no'} |")
+    if rps_c4:
+        print(f"| >= 150 requests/s at concurrency 4 | {rps_c4:.0f} | {'yes' if rps_c4 >= 150 else 'no'} |")
+    seed_c1 = next((r["p50"] for r in (sf or {}).get("server", []) if r["concurrency"] == 1), None)
+    if p50_c1 and seed_c1:
+        ratio = seed_c1 / p50_c1
+        results["seed_faithful_ratio_c1"] = ratio
+        print(f"| >= 20x lower p50 than seed-faithful (c=1 level runs) | {seed_c1:.1f} / {p50_c1:.2f} ms = "
+              f"{ratio:.1f}x | {'yes' if ratio >= 20 else 'no'} |")
+    pair = results.get("interleaved_c1")
+    if pair:
+        a, b = pair["standard"], pair["seed_faithful"]
+        ratio = b["p50"] / a["p50"]
+        results["seed_faithful_ratio_interleaved"] = ratio
+        print(f"| >= 20x lower p50 than seed-faithful (c=1, {args.rounds} interleaved rounds, n={a['n']}/{b['n']}) "
+              f"| {b['p50']:.1f} / {a['p50']:.2f} ms = {ratio:.1f}x | {'yes' if ratio >= 20 else 'no'} |")
+    if p50_c1:
+        floor = p50_c1 / ip["p50"]
+        print(f"| <= 4x the in-process floor (c=1) | {p50_c1:.2f} / {ip['p50']:.2f} ms = {floor:.1f}x | "
+              f"{'yes' if floor <= 4 else 'no'} |")
     fs = results["feast_sdk"]
     print(f"item features for 300 candidates: in-memory cache {ip['item_cache_300_us']:.0f} µs; Feast SDK per "
           f"request p50 {fs['items_300']['p50']:.1f} ms (user: {fs['user']['p50']:.1f} ms)")
