@@ -8,11 +8,13 @@
 |                              | ``Idempotency-Key``; 201 (recorded) or 200 (a retry of a recorded click)     |
 | DELETE /users/{id}/seen      | forget the user's seen items (Bloom filter + recent window)                  |
 | GET /items/{id}/image        | the product image (``raw/item_images/<id>.jpg`` under the artifact root)     |
-| GET /healthz, GET /readyz    | liveness; readiness = the ensemble ready on Triton and Valkey answering PING |
+| GET /healthz, GET /readyz    | liveness; readiness = the ensemble ready on Triton (and, after failed        |
+|                              | recommendations, answering a canary inference) and Valkey answering PING     |
 | GET /docs, GET /openapi.json | the OpenAPI schema (FastAPI)                                                 |
 
-Errors: a value the API refuses is a 4xx whose ``detail`` says what was wrong and what is accepted (FastAPI's own
-422 for wrong types). A dependency that cannot serve (Triton, Valkey, the online store) is a 503 with
+Errors: a value the API refuses is a 4xx whose ``detail`` says what was wrong and what is accepted (FastAPI's
+422 for wrong types, with each error's type, location and message but not the offending input: an input JSON
+cannot encode, such as the NaN and Infinity Python's parser accepts, would make the answer itself fail). A dependency that cannot serve (Triton, Valkey, the online store) is a 503 with
 ``Retry-After``; nothing is cached about its failure, so the service recovers by itself when it returns.
 
 :func:`create_app` takes an :class:`~recsys_assets.api.config.ApiConfig` (``ApiConfig.from_environ`` when
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
@@ -89,7 +92,8 @@ def create_app(config: ApiConfig) -> FastAPI:
         backends = Backends(config, endpoint)
         state = ApiState(config=config, catalogue=catalogue, backends=backends,
                          clicks=ClickPath(config, backends, catalogue),
-                         triton=TritonClient(config.triton_url, config.triton_timeout_s), store=store,
+                         triton=TritonClient(config.triton_url, config.triton_timeout_s,
+                                             probe_timeout_s=config.ready_probe_timeout_s), store=store,
                          valkey_server=server)
         app.state.api = state
         await run_in_threadpool(_warm, backends)
@@ -104,6 +108,10 @@ def create_app(config: ApiConfig) -> FastAPI:
     app = FastAPI(title="recsys-assets API", version="1.0",
                   description="Recommendations from the Triton ensemble and the real-time click path.",
                   lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": validation_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(ev.InvalidRequest)
     async def _invalid(request: Request, exc: ev.InvalidRequest):
@@ -132,7 +140,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: the ensemble is ready and Valkey answers")
+    @app.get("/readyz", tags=["health"], summary="Readiness: the ensemble is loaded and answers, and Valkey answers")
     async def readyz(request: Request):
         s = state(request)
         triton_ok, triton_reason = await s.triton.ready()
@@ -159,6 +167,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                 ev.check_device_type(device_type)
             if timestamp is not None:
                 ev.check_timestamp(timestamp)
+                ev.check_recommendation_day(timestamp, s.config.start_epoch, s.config.start_date)
             if k is not None:
                 ev.check_k(k)
         except ValueError as exc:
@@ -211,6 +220,26 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     storefront.install(app)  # the demo page at /store/ (recsys_assets.api.storefront)
     return app
+
+
+def validation_errors(errors) -> list[dict]:
+    """Pydantic's errors without the offending input: what was wrong (``type``, ``msg``) and where (``loc``).
+
+    FastAPI's default answer echoes each input back, which fails for values JSON cannot encode (NaN, Infinity: a 500
+    instead of a 422) and sends a huge body back whole. Only context values that are plain text or integers are
+    kept (the position of a JSON syntax error, a limit).
+    """
+    out = []
+    for error in errors:
+        item = {"type": str(error.get("type", "")), "loc": [p if isinstance(p, int) else str(p)
+                                                             for p in error.get("loc", ())],
+                "msg": str(error.get("msg", ""))}
+        ctx = {k: v for k, v in (error.get("ctx") or {}).items()
+               if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))}
+        if ctx:
+            item["ctx"] = ctx
+        out.append(item)
+    return out
 
 
 def _warm(backends: Backends) -> None:

@@ -199,7 +199,8 @@ class ClickPath:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         cfg = self.config
-        ts = int(self.clock()) if click.timestamp is None else click.timestamp
+        now = self.clock()
+        ts = int(now) if click.timestamp is None else ev.check_not_ahead(click.timestamp, now, cfg.max_clock_skew_s)
         day = ev.check_click_day(ts, cfg.start_epoch, cfg.start_date)
         category = self.catalogue.check_clickable(click.item_id, day, cfg.start_date)
         if idempotency_key is not None:
@@ -290,6 +291,10 @@ class ClickPath:
 
     def reset_seen(self, user_id: int) -> dict:
         """Forget what a user has seen: their Bloom filter and recent-items window (top_category stays)."""
+        try:
+            ev.check_user_id(user_id)
+        except ValueError as exc:
+            raise ev.InvalidRequest(str(exc)) from None
         if user_id < 0:
             raise ev.InvalidRequest(f"user_id {user_id}: anonymous users have no seen state", status=422)
         backends = self.backends.resolve()

@@ -21,6 +21,10 @@
 |                              |                                           | the server has it; ``auto`` picks fsync where    |
 |                              |                                           | AOF is on, else replica where one is connected   |
 | RECSYS_API_RETRY_AFTER_S     | 2                                         | the ``Retry-After`` of a 503                     |
+| RECSYS_API_MAX_CLOCK_SKEW_S  | 300                                       | how far past the server's clock a click may be   |
+|                              |                                           | dated (client clocks drift); later ones are 422  |
+| RECSYS_API_READY_PROBE_MS    | 1000                                      | timeout of the canary inference ``/readyz`` runs |
+|                              |                                           | after recommendations failed                     |
 
 The Bloom filter sizing must be the one ``filter_seen_items`` reads (the sizing is part of the key): it is taken
 from the live repository's ``filter_seen_items/config.pbtxt`` under the artifact root when there is one, else the
@@ -116,6 +120,8 @@ class ApiConfig:
     feast_registry: str | None = None
     durability: str = "auto"
     retry_after_s: int = 2
+    max_clock_skew_s: int = 300
+    ready_probe_timeout_s: float = 1.0
     bloom: BloomSettings = BloomSettings()
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -163,6 +169,8 @@ class ApiConfig:
             feast_registry=env.get("RECSYS_FEAST_REGISTRY") or None,
             durability=(env.get("RECSYS_EVENTS_DURABILITY") or "auto").strip().lower(),
             retry_after_s=_int(env, "RECSYS_API_RETRY_AFTER_S", 2, 1, 3600),
+            max_clock_skew_s=_int(env, "RECSYS_API_MAX_CLOCK_SKEW_S", 300, 0, 86_400),
+            ready_probe_timeout_s=_int(env, "RECSYS_API_READY_PROBE_MS", 1000, 1, 60_000) / 1000,
             bloom=bloom_settings_from_repository(repository) if repository is not None else BloomSettings(),
             environ=dict(env),
         )

@@ -9,7 +9,10 @@ Validation (what a 4xx says):
 - ``item_id``: a catalogue id (0..2464) of an item available on the click's day (``available_from_day``).
 - ``device_type``: 0 desktop, 1 mobile, 2 tablet, -1 unknown (the default).
 - ``timestamp``: Unix seconds (UTC), default the server's clock; not before day 00 (``RECSYS_START_DATE``: an
-  event must belong to a daily partition) and below 2^32.
+  event must belong to a daily partition), below 2^32, and for a click not later than the server's clock plus
+  ``RECSYS_API_MAX_CLOCK_SKEW_S`` (300 s): the window keeps the 24 h before the newest click, so one click dated
+  in the future would push the user's real clicks out of it and pin ``top_category`` until then. A
+  recommendation may ask about any time from day 00 on (before it nothing is released: 422, not an empty list).
 - JSON types are strict: ``"12"``, ``12.0`` or ``true`` for an id is a 422, not a silent conversion.
 
 The recent-items window of a user is a sorted set ``<seen prefix>recent:<user_id>`` (score: click timestamp,
@@ -171,6 +174,26 @@ def check_click_day(timestamp: int, start_epoch: int, start_date) -> int:
         raise InvalidRequest(f"timestamp {timestamp} is before day 00 ({start_date.isoformat()}, "
                              "RECSYS_START_DATE): such an event belongs to no daily partition")
     return day
+
+
+def check_recommendation_day(timestamp: int, start_epoch: int, start_date) -> int:
+    """The day a recommendation is asked for; refuses a time before day 00 (nothing is released then)."""
+    day = (int(timestamp) - int(start_epoch)) // 86_400
+    if day < 0:
+        raise InvalidRequest(f"timestamp {timestamp} is before day 00 ({start_date.isoformat()}, "
+                             "RECSYS_START_DATE): no item is available before then; ask for a time from day 00 on, "
+                             "or leave timestamp out for the server's clock")
+    return day
+
+
+def check_not_ahead(timestamp: int, now: float, allowance_s: int) -> int:
+    """Refuses a click dated more than ``allowance_s`` after the server's clock ``now`` (clock skew is allowed)."""
+    ahead = int(timestamp) - int(now)
+    if ahead > allowance_s:
+        raise InvalidRequest(f"timestamp {timestamp} is {ahead} s ahead of the server's clock ({int(now)}): a click "
+                             f"may be dated at most {allowance_s} s in the future (RECSYS_API_MAX_CLOCK_SKEW_S); send "
+                             "the time it happened, or leave timestamp out for the server's clock")
+    return int(timestamp)
 
 
 # -- the recent-items window -------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from recsys_assets.api import events as ev
 from recsys_assets.api import landing, stream
 from recsys_assets.api.config import ApiConfig, BloomSettings, ConfigError, bloom_settings_from_repository
 from recsys_assets.api.online import push_time
-from recsys_assets.api.triton import TritonUnavailable, parse_response, request_body
+from recsys_assets.api.triton import InferenceHealth, TritonUnavailable, parse_response, request_body
 from recsys_assets.lib.top_category import NONE, WINDOW_SECONDS, point_in_time_top_category
 
 H = 3600
@@ -117,6 +117,37 @@ def test_a_click_before_day_00_belongs_to_no_partition():
     assert ev.check_click_day(START_EPOCH + 86_400, START_EPOCH, START) == 1
     with pytest.raises(ev.InvalidRequest, match="before day 00"):
         ev.check_click_day(START_EPOCH - 1, START_EPOCH, START)
+
+
+@pytest.mark.parametrize("ahead, allowance, refused", [
+    (-86_400, 300, False), (0, 300, False), (300, 300, False), (301, 300, True), (2**31, 300, True), (1, 0, True),
+])
+def test_a_click_may_be_dated_past_the_server_clock_only_by_the_allowed_skew(ahead, allowance, refused):
+    now = START_EPOCH + 13 * 86_400 + 0.75  # the clock's fraction of a second does not count
+    if refused:
+        with pytest.raises(ev.InvalidRequest, match=rf"{ahead} s ahead of the server's clock.*at most {allowance} s"):
+            ev.check_not_ahead(int(now) + ahead, now, allowance)
+    else:
+        assert ev.check_not_ahead(int(now) + ahead, now, allowance) == int(now) + ahead
+
+
+def test_a_recommendation_before_day_00_is_refused_naming_day_00():
+    assert ev.check_recommendation_day(START_EPOCH, START_EPOCH, START) == 0
+    with pytest.raises(ev.InvalidRequest, match=r"before day 00 \(2026-01-01, RECSYS_START_DATE\)"):
+        ev.check_recommendation_day(START_EPOCH - 1, START_EPOCH, START)
+
+
+def test_validation_errors_say_what_and_where_but_never_echo_the_input():
+    from recsys_assets.api.app import validation_errors
+
+    try:
+        ev.Click.model_validate({"user_id": float("nan"), "item_id": -3, "extra": "x" * 10_000})
+    except ValidationError as exc:
+        errors = validation_errors(exc.errors())
+    text = json.dumps(errors, allow_nan=False)  # JSON can carry it, NaN and all
+    assert {tuple(e["loc"]) for e in errors} == {("user_id",), ("item_id",), ("extra",)}
+    assert "valid integer" in text and "expected a catalogue id >= 0" in text and "xxxx" not in text
+    assert all(set(e) <= {"type", "loc", "msg", "ctx"} for e in errors)
 
 
 def test_details_name_category_style_and_price(catalogue):
@@ -240,6 +271,18 @@ def test_the_ensemble_answer_is_parsed_and_checked():
         parse_response({"outputs": body["outputs"][:1]})
 
 
+# -- readiness: what recent calls say ------------------------------------------------------------------------------
+def test_inference_health_is_suspect_exactly_while_the_newest_outcome_is_a_failure():
+    now = [0.0]
+    health = InferenceHealth(clock=lambda: now[0])
+    assert not health.suspect                    # nothing known yet: the model's readiness decides
+    for outcome, suspect in (("ok", False), ("fail", True), ("fail", True), ("ok", False), ("fail", True)):
+        now[0] += 1
+        health.answered() if outcome == "ok" else health.failed(f"failure at {now[0]}")
+        assert health.suspect is suspect
+    assert health.reason == "failure at 5.0"
+
+
 # -- configuration ---------------------------------------------------------------------------------------------------
 def test_configuration_defaults_bind_loopback_and_leave_triton_its_port(tmp_path):
     config = ApiConfig.from_environ({"RECSYS_ARTIFACTS": str(tmp_path)})
@@ -249,6 +292,7 @@ def test_configuration_defaults_bind_loopback_and_leave_triton_its_port(tmp_path
     assert config.registry() == str(tmp_path.resolve() / "feature_store" / "registry.db")
     assert config.start_epoch == START_EPOCH
     assert config.bloom == BloomSettings()
+    assert (config.max_clock_skew_s, config.ready_probe_timeout_s) == (300, 1.0)
 
 
 @pytest.mark.parametrize("env, url", [
@@ -267,6 +311,8 @@ def test_triton_url_forms(env, url):
     ({"RECSYS_EVENTS_DURABILITY": "sometimes"}, "expected one of auto, fsync, replica, async"),
     ({"RECSYS_VALKEY_CLUSTER": "maybe"}, "expected auto, 1 or 0"),
     ({"RECSYS_START_DATE": "yesterday"}, "RECSYS_START_DATE"),
+    ({"RECSYS_API_MAX_CLOCK_SKEW_S": "-5"}, "RECSYS_API_MAX_CLOCK_SKEW_S=-5: expected 0..86400"),
+    ({"RECSYS_API_READY_PROBE_MS": "0"}, "RECSYS_API_READY_PROBE_MS=0"),
 ])
 def test_bad_configuration_says_which_variable(env, message):
     with pytest.raises(ConfigError, match=message):

@@ -16,8 +16,9 @@ server (local profile).
   back to the served release (``restore_release``) so a restart comes up on what serves.
 - **A DLRM that loads but raises on every request** (an embedding table smaller than the vocabulary): the
   deployment's smoke test fails; the requests it breaks are clear errors (the API's 503 + Retry-After, Triton's
-  error naming the model); rolling back to the served release heals it without a restart. Two gaps are strict
-  xfails: the deployment does not roll back by itself, and /readyz stays "ready" while every request fails.
+  error naming the model); rolling back to the served release heals it without a restart. A gap is a strict
+  xfail: the deployment does not roll back by itself. While such a version is live, /readyz says not ready (its
+  canary inference fails, naming the error), and ready again once the served version is back.
 - **Triton stopped and started again under the API**: a clear 503 with Retry-After meanwhile, then the same API
   process recovers by itself.
 """
@@ -418,10 +419,34 @@ def test_the_deployment_rolls_back_a_release_whose_smoke_test_fails(runtime_faul
     assert runtime_fault.after_failed_deploy == runtime_fault.before
 
 
-@pytest.mark.xfail(strict=True, reason="/readyz only asks Triton whether the ensemble is loaded, so it says ready "
-                   "while every recommendation fails; it should reflect whether the ensemble answers")
-def test_readiness_says_not_ready_while_every_recommendation_fails(runtime_fault):
-    assert runtime_fault.readyz and all(status == 503 for status in runtime_fault.readyz)
+@pytest.mark.timeout(600)
+def test_readiness_says_not_ready_while_every_recommendation_fails(stack, models):
+    """The DLRM that raises on every request is made live directly (its version and config put in place, the model
+    loaded), not through the deployment, whose smoke test decides on its own what happens to a failing release."""
+    stack.wait_ready()
+    before = _probe(stack)
+    stack.write_trained(serving.DLRM_ONNX, models["too_small"]["dlrm"])
+    manifest = _stage_changed_models(stack)
+    assert manifest.changed == ["dlrm_ranking"]
+    with httpx.Client(base_url=stack.api_url, timeout=30) as api:
+        ready_before = api.get("/readyz")
+        try:
+            stack.triton().load(manifest.changed)
+            failing = [api.get("/recommendations", params={"user_id": u, "device_type": 1, "timestamp": DAY13})
+                       for u in stack.probe_users[:3]]
+            broken = [api.get("/readyz") for _ in range(5)]
+        finally:
+            _roll_back_to_served(stack, ["dlrm_ranking"])
+        after = _probe(stack)
+        ready_after = api.get("/readyz")
+    assert ready_before.status_code == 200
+    assert all(r.status_code == 503 for r in failing), [(r.status_code, r.text[:120]) for r in failing]
+    # every probe while broken: not ready, saying why (the canary inference failed with the model's error)
+    assert all(r.status_code == 503 and r.headers.get("retry-after") for r in broken), [r.text for r in broken]
+    assert all("canary" in r.json()["checks"]["triton"] and "out of data bounds" in r.json()["checks"]["triton"]
+               for r in broken), broken[0].json()
+    assert after == before                                 # rolled back: the served version answers again
+    assert ready_after.status_code == 200 and ready_after.json()["checks"]["triton"] == "ready", ready_after.text
 
 
 # -- Triton restarted under the API ---------------------------------------------------------------------------------

@@ -210,16 +210,20 @@ async function checkHealth() {
 // -- time ----------------------------------------------------------------------------------------------------
 const serverNow = () => Math.floor(Date.now() / 1000 + state.clockOffset);
 
+// The latest time of day `hour` that is not in the future (yesterday's when today's is still to come): the API
+// refuses clicks dated after its clock, which would push the shopper's real clicks out of the 24 h window.
 function listTimestamp() {
   const now = serverNow();
   if (state.hour === "now") return now;
-  return now - (now % 86400) + Number(state.hour) * 3600;
+  const today = now - (now % 86400) + Number(state.hour) * 3600;
+  return today <= now ? today : today - 86400;
 }
 
-// Clicks follow the list's clock, strictly increasing, so "the most recent click" is well defined.
+// Clicks follow the list's clock, strictly increasing, so "the most recent click" is well defined; never past now.
 function clickTimestamp() {
-  const elapsed = state.hour === "now" ? 0 : serverNow() - state.loadedAt;
-  const ts = Math.max(listTimestamp() + elapsed, state.lastClickTs + 1);
+  const now = serverNow();
+  const elapsed = state.hour === "now" ? 0 : now - state.loadedAt;
+  const ts = Math.max(Math.min(listTimestamp() + elapsed, now), state.lastClickTs + 1);
   state.lastClickTs = ts;
   return ts;
 }
