@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -125,3 +126,19 @@ def run_helm(cmd: Sequence[str], timeout: float = 1200) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n" + "\n".join(out.splitlines()[-30:]))
     return out
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@")
+_SECRET_PARAMS = re.compile(r"(?P<key>(?:password|passwd|pwd|token|secret)=)[^&,\s]+", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``rediss://user:***@host:6379``, ``...,password=***``)."""
+    return redact_text(url)
+
+
+def redact_text(text: str) -> str:
+    """Every URL password and ``password=``/``token=`` value in ``text`` replaced by ``***`` (for metadata, logs
+    and error messages, which Dagster keeps in its event log)."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _SECRET_PARAMS.sub(lambda m: f"{m['key']}***", text)

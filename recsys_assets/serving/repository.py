@@ -12,7 +12,8 @@ that forms one served set, the parameters and the digest of every input.
 
 Versions: each build stages every model's version content (shim + artifacts) and compares its digest (files and
 parameters) with the model's latest version: unchanged models keep their version, changed ones get the next
-integer. So a release that only retrains the ranker bumps ``dlrm_ranking`` alone, and the manifest says so.
+integer. The live repository of a running server is updated in place (``previous`` == ``target``), leaving the
+folders of unchanged models untouched, so a hot swap reloads only the changed models. So a release that only retrains the ranker bumps ``dlrm_ranking`` alone, and the manifest says so.
 Versions no longer named by the last ``keep_releases`` releases are removed.
 
 Runtime endpoints (Valkey URL, Feast registry and online store, ports) are never written here: the stages read
@@ -78,6 +79,19 @@ def write_config(config, path: Path, header: str = "") -> None:
     from google.protobuf import text_format
 
     Path(path).write_text(header + text_format.MessageToString(config))
+
+
+def write_config_if_changed(config, path: Path, header: str = "") -> bool:
+    """Write the config only when its text differs (True when written): Triton reloads a loaded model whose
+    folder changed, so an unchanged model's config must keep its file, and its modification time, as they are."""
+    from google.protobuf import text_format
+
+    text = header + text_format.MessageToString(config)
+    path = Path(path)
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
 
 
 def _header(template: Path) -> str:
@@ -240,64 +254,94 @@ class Release:
 def build_repository(target: Path, trained: TrainedArtifacts, defaults: ServingDefaults, start_date: str,
                      release: int, previous: Path | None = None, previous_releases: list[Release] | None = None,
                      templates: Path = TEMPLATES, keep_releases: int = 3) -> Release:
-    """Assemble a repository in ``target`` (an empty or missing folder), starting from ``previous`` if given.
+    """Assemble a repository in ``target`` (an empty or missing folder), starting from ``previous`` if given;
+    ``previous`` == ``target`` updates the repository in place (what a running server's repository needs).
 
     ``previous_releases``: the manifests of earlier releases, newest last (their digests decide whether a model's
     content changed; their versions are kept for rollback up to ``keep_releases``). Returns the new manifest.
+
+    In place, an unchanged model's folder is not touched at all: Triton reloads a loaded model (new python stubs,
+    seconds on 2 cores) when anything in its folder changed, judged by inode change times, so a copied folder
+    counts as changed even with equal content. New versions are staged beside the repository and renamed in;
+    configs are rewritten only when their text changes; old versions are pruned only from models that changed
+    (which reload anyway). A build that fails puts every config back and removes the versions it added.
     """
     from recsys_assets.serving.transforms import CompiledTransforms
 
     target = Path(target)
-    if target.exists() and any(target.iterdir()):
-        raise RepositoryError(f"{target} is not empty: build into a fresh folder")
-    if previous is not None and Path(previous).exists():
-        # symlinks=True: served alias folders (recsys_assets.lib.releases) link to version folders; copy the links
-        shutil.copytree(previous, target, dirs_exist_ok=True, symlinks=True,
-                        ignore=shutil.ignore_patterns(".tmp-*"))
+    in_place = previous is not None and target.exists() and Path(previous).resolve() == target.resolve()
+    if not in_place:
+        if target.exists() and any(target.iterdir()):
+            raise RepositoryError(f"{target} is not empty: build into a fresh folder")
+        if previous is not None and Path(previous).exists():
+            # symlinks=True: served alias folders (recsys_assets.lib.releases) link to version folders
+            shutil.copytree(previous, target, dirs_exist_ok=True, symlinks=True,
+                            ignore=shutil.ignore_patterns(".tmp-*"))
     target.mkdir(parents=True, exist_ok=True)
     mean_age = CompiledTransforms.load(trained.transforms_dir).mean_age
+    # Outside the repository: Triton's repository index lists every folder in it.
+    staging_root = target.parent / f".staging-{target.name}"
+    if staging_root.exists():
+        shutil.rmtree(staging_root)
     history = list(previous_releases or [])
     last = history[-1] if history else None
     models, digests, parameters, changed = {}, {}, {}, []
-    for model in (*MODELS, ENSEMBLE):
-        template_dir = Path(templates) / model
-        config = parse_config(template_dir / "config.pbtxt")
-        params = {k: str(v) for k, v in _parameters(model, trained, defaults, mean_age, start_date).items()}
-        for key, value in params.items():
-            config.parameters[key].string_value = value
-        if model != ENSEMBLE:
-            for group in config.instance_group:
-                group.count = int(defaults.instance_counts.get(model, defaults.instances))
-        model_dir = target / model
-        staging = model_dir / ".staging"
-        if staging.exists():
-            shutil.rmtree(staging)
-        _stage_version(model, staging, template_dir, trained)
-        digest = _digest(staging, {k: v.string_value for k, v in config.parameters.items()})
-        existing = _versions(model_dir)
-        if last is not None and last.digests.get(model) == digest and last.models.get(model) in existing:
-            version = last.models[model]
-            shutil.rmtree(staging)
-        else:
-            version = (max(existing) if existing else 0) + 1
-            staging.rename(model_dir / str(version))
-            compileall.compile_dir(str(model_dir / str(version)), quiet=1)  # no __pycache__ written at load time
-            changed.append(model)
-        del config.version_policy.specific.versions[:]
-        config.version_policy.specific.versions.append(version)
-        write_config(config, model_dir / "config.pbtxt", _header(template_dir / "config.pbtxt"))
-        models[model], digests[model] = version, digest
-        parameters[model] = {k: v.string_value for k, v in sorted(config.parameters.items())}
-    manifest = Release(
-        release=release, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        models=models, digests=digests, parameters=parameters, changed=changed,
-        inputs={field.name: _input_digest(getattr(trained, field.name)) for field in dataclasses.fields(trained)
-                if isinstance(getattr(trained, field.name), Path)},
-    )
-    _prune(target, [*history, manifest][-keep_releases:])
-    problems = validate_repository(target)
-    if problems:
-        raise RepositoryError("the assembled repository is not servable:\n- " + "\n- ".join(problems))
+    configs_before: dict[Path, str | None] = {}
+    added: list[Path] = []
+    try:
+        for model in (*MODELS, ENSEMBLE):
+            template_dir = Path(templates) / model
+            config = parse_config(template_dir / "config.pbtxt")
+            params = {k: str(v) for k, v in _parameters(model, trained, defaults, mean_age, start_date).items()}
+            for key, value in params.items():
+                config.parameters[key].string_value = value
+            if model != ENSEMBLE:
+                for group in config.instance_group:
+                    group.count = int(defaults.instance_counts.get(model, defaults.instances))
+            model_dir = target / model
+            staging = staging_root / model
+            _stage_version(model, staging, template_dir, trained)
+            digest = _digest(staging, {k: v.string_value for k, v in config.parameters.items()})
+            existing = _versions(model_dir)
+            if last is not None and last.digests.get(model) == digest and last.models.get(model) in existing:
+                version = last.models[model]
+                shutil.rmtree(staging)
+            else:
+                version = (max(existing) if existing else 0) + 1
+                compileall.compile_dir(str(staging), quiet=1)  # no __pycache__ written at load time
+                model_dir.mkdir(exist_ok=True)
+                staging.rename(model_dir / str(version))
+                added.append(model_dir / str(version))
+                changed.append(model)
+            del config.version_policy.specific.versions[:]
+            config.version_policy.specific.versions.append(version)
+            path = model_dir / "config.pbtxt"
+            before = path.read_text() if path.exists() else None
+            if write_config_if_changed(config, path, _header(template_dir / "config.pbtxt")):
+                configs_before[path] = before
+            models[model], digests[model] = version, digest
+            parameters[model] = {k: v.string_value for k, v in sorted(config.parameters.items())}
+        manifest = Release(
+            release=release, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            models=models, digests=digests, parameters=parameters, changed=changed,
+            inputs={field.name: _input_digest(getattr(trained, field.name)) for field in dataclasses.fields(trained)
+                    if isinstance(getattr(trained, field.name), Path)},
+        )
+        problems = validate_repository(target)
+        if problems:
+            raise RepositoryError("the assembled repository is not servable:\n- " + "\n- ".join(problems))
+    except BaseException:
+        for path, text in configs_before.items():  # as it was: what serves keeps its configs
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(text)
+        for folder in added:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    _prune(target, [*history, manifest][-keep_releases:], models=None if not in_place else [*changed, ENSEMBLE])
     return manifest
 
 
@@ -312,8 +356,9 @@ def _input_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _prune(target: Path, kept: list[Release]) -> None:
-    for model in (*MODELS, ENSEMBLE):
+def _prune(target: Path, kept: list[Release], models=None) -> None:
+    """Remove versions no kept release names, from ``models`` (default: all)."""
+    for model in (models if models is not None else (*MODELS, ENSEMBLE)):
         keep = {r.models.get(model) for r in kept}
         for version in _versions(target / model):
             if version not in keep:

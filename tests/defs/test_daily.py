@@ -253,16 +253,17 @@ def test_a_day_the_schedule_already_ran_is_passed_not_run_again(tmp_path):
     land(root, 14)
     land(root, 15)
     with dg.instance_for_test() as instance:
-        # the fine-tune stage's daily schedule launched day 14 with the same run-key convention
-        instance.add_run(dg.DagsterRun(job_name="daily_finetune_job", run_id=str(uuid.uuid4()), tags={
-            "dagster/partition": key(14), "dagster/run_key": key(14), "dagster/schedule_name": "daily_schedule"}))
+        # the daily schedule (defs/finetune) launched day 14's daily_job with the same run-key convention
+        instance.add_run(dg.DagsterRun(job_name=DAILY_JOB, run_id=str(uuid.uuid4()), tags={
+            "dagster/partition": key(14), "dagster/run_key": key(14),
+            "dagster/schedule_name": "daily_finetune_schedule"}))
         # a failed run of day 15 does not count: the sensor gives the day its second chance
         instance.add_run(dg.DagsterRun(job_name=DAILY_JOB, run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.FAILURE,
                                        tags={"dagster/partition": key(15), "dagster/run_key": key(15)}))
         assert daily_run_exists(instance, key(14)) and not daily_run_exists(instance, key(15))
         result, cursor = tick(instance, resources)
         assert not result.run_requests and key(14) in result.skip_reason.skip_message
-        assert "daily_finetune_job" in result.skip_reason.skip_message
+        assert DAILY_JOB in result.skip_reason.skip_message
         result, cursor = tick(instance, resources, cursor)
         assert [r.partition_key for r in result.run_requests] == [key(15)]
 

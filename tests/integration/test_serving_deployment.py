@@ -1,5 +1,7 @@
 """triton_deployment on the local profile: starts the real server on the release, hot-swaps it to the next
-release, the client command prints named recommendations, and the serve command reports and stops it."""
+release (reloading only the models whose version changed), takes a release whose smoke test fails back out by
+itself (the previous answers return), keeps passwords out of its metadata, the client command prints named
+recommendations, and the serve command reports and stops it."""
 
 import dagster as dg
 import pytest
@@ -7,12 +9,15 @@ import pytest
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
 from recsys_assets.defs.serving import assets as serving
 from recsys_assets.defs.serving.resources import TritonResource
+from recsys_assets.lib import paths
+from recsys_assets.lib import releases as rl
+from recsys_assets.lib.transform_spec import FIRST_INDEX
 from recsys_assets.lib.triton_server import free_port
 from recsys_assets.serving import client as client_cli
 from recsys_assets.serving import deploy
 from recsys_assets.serving import serve as serve_cli
 from recsys_assets.serving.client import RecommendationClient
-from recsys_assets.serving.tiny import publish_online_state, serving_environ
+from recsys_assets.serving.tiny import TinySizes, publish_online_state, serving_environ, write_onnx_models
 from tests.serving.test_serving_assets import place_trained_artifacts
 from tests.serving.tiny_serving import tiny_artifacts
 
@@ -25,7 +30,7 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
     url = f"redis://127.0.0.1:{valkey.port}"
     monkeypatch.setenv("RECSYS_VALKEY_URL", url)  # the deployment's Valkey (else the embedded one of the root)
     publish_online_state(tiny, serving_environ(url, root))
-    place_trained_artifacts(root, tiny)
+    store = place_trained_artifacts(root, tiny)
     ports = dict(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     resources = {"artifacts": ArtifactStoreResource(root=str(root)), "world": WorldResource(seed=7, scale="tiny"),
                  "profile": DeploymentProfileResource(profile="local"), "triton": TritonResource(**ports)}
@@ -51,6 +56,46 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         with RecommendationClient(f"127.0.0.1:{ports['grpc_port']}", "grpc") as grpc:
             ids, _ = grpc.recommend(3, 1)
         assert len(ids) == 5  # the new release's default top_k, served without a restart
+        assert meta["loaded"].value == "context_preprocessor"
+        assert "password" not in meta["valkey"].value and meta["valkey"].value.startswith(url)
+
+        # a retrained query tower + DLRM: only those two models get new python stubs, the other 12 are untouched
+        # (a model whose folder changed would be reloaded by Triton when the ensemble loads)
+        server = deploy.running_server(root)
+        stubs = _stub_pids(server)
+        assert len(stubs) == 14, stubs
+        before = _answers(http)
+        retrained = tmp_path_factory.mktemp("retrained")
+        write_onnx_models(retrained, _sizes(tiny, seed=8))
+        store.write_bytes(serving.QUERY_TOWER_ONNX, (retrained / "query_tower.onnx").read_bytes())
+        store.write_bytes(serving.DLRM_ONNX, (retrained / "dlrm.onnx").read_bytes())
+        result = dg.materialize([serving.triton_model_repository, serving.triton_deployment], resources=resources,
+                                run_config=config)
+        meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
+        assert meta["release"].value == 3 and meta["loaded"].value == "query_tower, dlrm_ranking"
+        after_stubs = _stub_pids(server)
+        # (a stub of an earlier swap may still be exiting in ``stubs``: count the models that got a new one)
+        assert sorted(m for m in after_stubs if after_stubs[m] - stubs.get(m, set())) == ["dlrm_ranking", "query_tower"]
+        retrained_answers = _answers(http)
+        assert retrained_answers != before
+        assert rl.served_state(store).release == 3
+
+        # a DLRM that loads but raises on every request (a user table of one row): the smoke test fails, the
+        # deployment restores release 3 by itself and says so; release 3's answers come back
+        broken = tmp_path_factory.mktemp("broken")
+        write_onnx_models(broken, _sizes(tiny, seed=9, users=1))
+        store.write_bytes(serving.DLRM_ONNX, (broken / "dlrm.onnx").read_bytes())
+        result = dg.materialize([serving.triton_model_repository, serving.triton_deployment], resources=resources,
+                                run_config=config, raise_on_error=False)
+        assert not result.success
+        [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        message = failure.event_specific_data.error.message
+        assert "release 4 was taken back out" in message and "Release 3 serves again" in message, message
+        assert "out of data bounds" in message
+        assert _answers(http) == retrained_answers
+        assert rl.served_state(store).release == 3 and serving.releases(store)[-1].release == 4
+        config_text = (store.local_path(paths.TRITON_REPOSITORY) / "dlrm_ranking" / "config.pbtxt").read_text()
+        assert f"versions: {rl.manifest(store, 3).models['dlrm_ranking']}" in config_text
 
         assert serve_cli.main(["status", "--artifacts", str(root)]) == 0
         assert f"http://{http}" in capsys.readouterr().out
@@ -58,3 +103,33 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         stopped = serve_cli.main(["stop", "--artifacts", str(root)]) == 0
     assert stopped and deploy.running_server(root) is None
     assert client_cli.main(["--user", "3", "--url", f"127.0.0.1:{ports['http_port']}"]) == 3
+
+
+def _sizes(tiny, seed: int, users: int | None = None) -> TinySizes:
+    """The tiny models' table sizes (as serving.tiny builds them), other weights; ``users`` overrides a table."""
+    items = tiny.items
+    return TinySizes(users=users if users is not None else FIRST_INDEX + len(tiny.users),
+                     items=FIRST_INDEX + len(items), categories=FIRST_INDEX + items["category_l1"].nunique(),
+                     top_categories=FIRST_INDEX + 20, seed=seed)
+
+
+def _stub_pids(server) -> dict:
+    """The python-backend stub processes of every model (a reloaded model gets new ones)."""
+    import psutil
+
+    out: dict = {}
+    for child in psutil.Process(server.pid).children(recursive=True):
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        for part in cmdline:
+            if "/triton_repository/" in part:
+                out.setdefault(part.split("/triton_repository/")[1].split("/")[0], set()).add(child.pid)
+    return out
+
+
+def _answers(http: str) -> list:
+    with RecommendationClient(http, "http") as client:
+        return [client.recommend(u, device_type=d, timestamp=1767225600 + 5 * 86400)[0].tolist()
+                for u in (1, 2, 3, -1) for d in (0, 1)]

@@ -27,7 +27,7 @@ def place_trained_artifacts(root, tiny):
     with store.writing(paths.SERVING_TRANSFORMS) as tmp:
         shutil.copytree(tiny.trained.transforms_dir, tmp)
     for rel, source in ((serving.QUERY_TOWER_ONNX, tiny.trained.query_tower), (serving.DLRM_ONNX, tiny.trained.dlrm),
-                        (serving.FAISS_INDEX, tiny.trained.faiss_index),
+                        (paths.faiss_index(serving.DEFAULT_VARIANT), tiny.trained.faiss_index),
                         (paths.MULTIMODAL_EMBEDDINGS, tiny.trained.multimodal), (paths.ITEMS, tiny.trained.items)):
         store.write_bytes(rel, source.read_bytes())
     return store
@@ -98,3 +98,45 @@ def test_ports_and_helm_values_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("RECSYS_TRITON_GRPC_PORT", "x")
     with pytest.raises(ValueError, match="RECSYS_TRITON_GRPC_PORT='x'"):
         build_resources(Settings())
+
+
+def test_the_release_serves_the_selected_variant_and_the_daily_grown_index(tmp_path, tiny):
+    import numpy as np
+
+    from recsys_assets.lib import daily
+    from recsys_assets.lib import faiss_index as fx
+    from recsys_assets.serving.repository import _input_digest
+
+    root = tmp_path / "artifacts"
+    store = place_trained_artifacts(root, tiny)
+    # one trained variant only: that one is served
+    assert serving.served_variant(store) == "plain"
+    # both trained, retrieval_evaluation selected "context": its tower and its index
+    store.write_bytes(paths.query_tower_onnx("context"), tiny.trained.query_tower.read_bytes())
+    store.write_bytes(paths.faiss_index("context"), tiny.trained.faiss_index.read_bytes())
+    store.write_bytes(f"{paths.RETRIEVAL_EVALUATION}/summary.json", json.dumps({"selected_variant": "context"}).encode())
+    assert serving.served_variant(store) == "context" and serving.served_variant(store, "plain") == "plain"
+    # the daily refresh grew the context index by one new item: the release packages the grown index
+    index = fx.load(store.local_path(paths.faiss_index("context")))
+    index.add_with_ids(np.zeros((1, index.d), np.float32), np.array([10**6], np.int64))
+    import faiss
+
+    with store.writing(paths.daily_index("context")) as tmp:
+        faiss.write_index(index, str(tmp))
+    store.write_bytes(daily.daily_index_manifest("context"), json.dumps(
+        {"base_digest": daily.file_digest(store.local_path(paths.faiss_index("context")))}).encode())
+    trained = serving.trained_artifacts(store, serving.RepositoryConfig())
+    assert trained.faiss_index == store.local_path(paths.daily_index("context"))
+    assert trained.query_tower == store.local_path(paths.query_tower_onnx("context"))
+    result = dg.materialize([serving.triton_model_repository], resources=resources(root))
+    assert result.success
+    manifest = serving.releases(store)[-1]
+    assert manifest.inputs["faiss_index"] == _input_digest(store.local_path(paths.daily_index("context")))
+    # a full retrain replaced the trained index since: the old growth no longer applies
+    store.write_bytes(paths.faiss_index("context"), tiny.trained.faiss_index.read_bytes() + b"")
+    index = fx.load(store.local_path(paths.faiss_index("context")))
+    index.add_with_ids(np.ones((1, index.d), np.float32), np.array([10**6 + 1], np.int64))
+    with store.writing(paths.faiss_index("context")) as tmp:
+        faiss.write_index(index, str(tmp))
+    assert serving.trained_artifacts(store, serving.RepositoryConfig()).faiss_index == \
+        store.local_path(paths.faiss_index("context"))

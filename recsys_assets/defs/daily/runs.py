@@ -11,8 +11,8 @@ import dagster as dg
 from recsys_assets.defs.daily.jobs import DAILY_JOB
 
 PARTITION_TAG = "dagster/partition"
-# Jobs that run a whole new day: ours, and the fine-tune stage's own day job (defs/finetune).
-DAY_JOBS = (DAILY_JOB, "daily_finetune_job", "daily_refresh_job")
+# Jobs that run a whole new day: daily_job is the only one (the daily schedule of defs/finetune requests it too).
+DAY_JOBS = (DAILY_JOB,)
 NOT_COUNTED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 

@@ -7,9 +7,19 @@
   (``serving/releases/<n>.json``: the version of every model). Blocking check ``configs_valid``: every config
   parses with Triton's protobufs, name == directory, the ensemble's tensors exist on both ends, required
   parameters are set. Runtime endpoints are never written into it (they come from the server's environment).
+  What it serves: the query tower of the variant ``retrieval_evaluation`` selected (``RepositoryConfig.variant``
+  overrides; with a single trained variant, that one), the DLRM, and the FAISS index of that variant that
+  ``lib.daily.served_index`` names (the daily-grown index when it grew the trained one, else the trained index
+  under ``index/faiss``). A model whose content and parameters did not change keeps its version AND its folder
+  untouched, so a hot swap loads only the changed models (Triton reloads any model whose folder changed).
 - ``triton_deployment``: local profile: starts the bundled tritonserver on fixed loopback ports (or hot-swaps the
-  running one to the new release), waits for the ensemble, and sends one request as a smoke test; the server is
-  left running for the API and ``make serve`` (stop it with ``python -m recsys_assets.serving.serve stop``).
+  running one to the new release: the changed models, then the ensemble), waits for the ensemble, and sends one
+  request as a smoke test; the server is left running for the API and ``make serve`` (stop it with
+  ``python -m recsys_assets.serving.serve stop``). A release whose models fail to load or whose smoke test fails
+  is taken back out by the deployment itself: the configs are restored to the release that served before
+  (``restore_release``) and the models it changed reloaded, then the run fails saying what failed and which
+  release serves. The served release is recorded (``releases/served.json``, the state the promotion jobs of
+  ``defs/finetune`` share). Credentials in URLs never reach metadata or logs (redacted).
   k8s profile: ``helm upgrade --install`` of ``infra/helm/triton`` with the repository's S3 URI.
 """
 
@@ -24,6 +34,7 @@ from recsys_assets.defs.checks_util import markdown_table
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
 from recsys_assets.defs.serving.resources import TritonResource
 from recsys_assets.lib import paths
+from recsys_assets.lib import releases as rl
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
 from recsys_assets.serving import deploy
 from recsys_assets.serving.repository import (
@@ -36,11 +47,14 @@ from recsys_assets.serving.repository import (
 )
 
 GROUP = "serving"
-# Trained artifacts of the models issue, relative to the artifact root.
-QUERY_TOWER_ONNX = getattr(paths, "QUERY_TOWER_ONNX", "models/query_tower.onnx")
-DLRM_ONNX = getattr(paths, "DLRM_ONNX", "models/dlrm.onnx")
-FAISS_INDEX = getattr(paths, "FAISS_INDEX", "index/items.faiss")
-UPSTREAM = ["items", "serving_transforms", "item_multimodal_embeddings"]
+# Trained artifacts of the models stage, relative to the artifact root. The query tower and the index exist per
+# variant (plain, context); DEFAULT_VARIANT is served when nothing selected one and both exist.
+DEFAULT_VARIANT = "plain"
+QUERY_TOWER_ONNX = paths.query_tower_onnx(DEFAULT_VARIANT)
+DLRM_ONNX = paths.DLRM_ONNX
+FAISS_INDEX = paths.FAISS_INDEX  # the folder: <variant>.faiss (+ meta.json)
+VARIANTS = ("plain", "context")
+UPSTREAM = ["items", "serving_transforms", "item_multimodal_embeddings", "query_tower_onnx", "dlrm_onnx", "faiss_index"]
 
 
 class RepositoryConfig(dg.Config):
@@ -67,6 +81,8 @@ class RepositoryConfig(dg.Config):
     instance_counts: Dict[str, int] = {}
     """Per-model overrides, e.g. a second instance of an I/O-bound lookup: {"feast_user_lookup": 2}."""
     keep_releases: int = 3
+    variant: str = ""
+    """The query tower (and its index) to serve: "" = the one retrieval_evaluation selected."""
     query_tower_input_map: Dict[str, str] = {}
     dlrm_input_map: Dict[str, str] = {}
 
@@ -87,13 +103,34 @@ def releases(store: ArtifactStore) -> list[Release]:
     return sorted((Release.from_json(store.read_bytes(p).decode()) for p in found), key=lambda r: r.release)
 
 
+def served_variant(store: ArtifactStore, configured: str = "") -> str:
+    """The query-tower variant to serve: the configured one, else the one ``retrieval_evaluation`` selected, else
+    the only variant with both a query tower and an index, else ``DEFAULT_VARIANT``."""
+    import json
+
+    if configured:
+        if configured not in VARIANTS:
+            raise ValueError(f"variant {configured!r}: expected one of {VARIANTS}")
+        return configured
+    summary = f"{paths.RETRIEVAL_EVALUATION}/summary.json"
+    if store.exists(summary):
+        selected = json.loads(store.read_bytes(summary)).get("selected_variant")
+        if selected:
+            return selected
+    trained = [v for v in VARIANTS if store.exists(paths.query_tower_onnx(v)) and store.exists(paths.faiss_index(v))]
+    return trained[0] if len(trained) == 1 else DEFAULT_VARIANT
+
+
 def trained_artifacts(store: ArtifactStore, config: RepositoryConfig) -> TrainedArtifacts:
+    from recsys_assets.lib.daily import served_index
+
+    variant = served_variant(store, config.variant)
     multimodal = np.load(store.local_path(paths.MULTIMODAL_EMBEDDINGS), mmap_mode="r")
     return TrainedArtifacts(
         transforms_dir=store.local_path(paths.SERVING_TRANSFORMS),
-        query_tower=store.local_path(QUERY_TOWER_ONNX),
+        query_tower=store.local_path(paths.query_tower_onnx(variant)),
         dlrm=store.local_path(DLRM_ONNX),
-        faiss_index=store.local_path(FAISS_INDEX),
+        faiss_index=store.local_path(served_index(store, variant)),
         multimodal=store.local_path(paths.MULTIMODAL_EMBEDDINGS),
         items=store.local_path(paths.ITEMS),
         query_tower_input_map=dict(config.query_tower_input_map),
@@ -124,10 +161,18 @@ def triton_model_repository(context: dg.AssetExecutionContext, config: Repositor
     previous = store.local_path(paths.TRITON_REPOSITORY) if store.exists(paths.TRITON_REPOSITORY) else None
     t0 = time.perf_counter()
     try:
-        with store.writing(paths.TRITON_REPOSITORY) as tmp:
-            manifest = build_repository(Path(tmp), trained, config.defaults(), world.start_date, release,
-                                        previous=previous, previous_releases=history,
-                                        keep_releases=config.keep_releases)
+        if previous is not None and not store.is_s3:
+            # In place: a running server's repository, where unchanged models' folders must stay untouched so
+            # the next hot swap reloads only what changed (a failed build restores every config it rewrote).
+            with rl.repository_lock(Path(store.root)):
+                manifest = build_repository(previous, trained, config.defaults(), world.start_date, release,
+                                            previous=previous, previous_releases=history,
+                                            keep_releases=config.keep_releases)
+        else:
+            with store.writing(paths.TRITON_REPOSITORY) as tmp:
+                manifest = build_repository(Path(tmp), trained, config.defaults(), world.start_date, release,
+                                            previous=previous, previous_releases=history,
+                                            keep_releases=config.keep_releases)
     except RepositoryError as exc:
         return _failed("configs_valid", str(exc))
     seconds = time.perf_counter() - t0
@@ -184,24 +229,90 @@ def triton_deployment(context: dg.AssetExecutionContext, config: DeploymentConfi
     if store.is_s3:
         raise dg.Failure("the local profile serves a local artifact root; with s3:// use RECSYS_PROFILE=k8s")
     root = Path(store.root)
+    repository = store.local_path(paths.TRITON_REPOSITORY)
+    state = rl.served_state(store) if store.exists(paths.SERVED_RELEASE) else None
+    serving = deploy.running_server(root)
+    previous = _previous_release(serving, store, history, state) if serving is not None else None
     environ, valkey = deploy.local_environ(root)
-    server, action, seconds = deploy.deploy_local(root, store.local_path(paths.TRITON_REPOSITORY), environ,
-                                                  triton.ports(), changed=release.changed,
-                                                  timeout=triton.load_timeout_s)
-    smoke = _smoke_test(server, config)
+    valkey_url = deploy.redact_url(environ["RECSYS_VALKEY_URL"])
+    # What to load: the models whose version differs from what serves (the manifest's own list when nothing does)
+    changed = ([m for m in MODELS if previous.models.get(m) != release.models.get(m)] if previous is not None
+               else list(release.changed))
+    try:
+        server, action, seconds = deploy.deploy_local(root, repository, environ, triton.ports(), changed=changed,
+                                                      timeout=triton.load_timeout_s)
+        smoke = _smoke_test(server, config)
+    except Exception as exc:  # a model that cannot load, a smoke test that fails: take the release back out
+        reason = deploy.redact_text(str(exc).split("; log:")[0])[:1500]
+        if previous is None:
+            raise dg.Failure(description=f"release {release.release} failed and no earlier release served to go "
+                                         f"back to: {reason}", metadata={"release": release.release}) from exc
+        try:
+            restored = _restore(serving, repository, previous, changed, triton.load_timeout_s)
+        except Exception as back:
+            raise dg.Failure(description=f"release {release.release} failed ({reason}) and restoring release "
+                                         f"{previous.release} failed too: {deploy.redact_text(str(back))[:1500]}",
+                             metadata={"release": release.release, "restored": -1}) from exc
+        context.log.warning(f"release {release.release} failed; release {previous.release} restored "
+                            f"(reloaded: {', '.join(restored) or '-'})")
+        raise dg.Failure(description=f"release {release.release} was taken back out: {reason}. Release "
+                                     f"{previous.release} serves again (configs restored, reloaded: "
+                                     f"{', '.join(restored) or 'nothing'})",
+                         metadata={"release": release.release, "restored": previous.release,
+                                   "reloaded": ", ".join(restored) or "-"}) from exc
+    stack = [r for r in (state.stack if state else []) if r != release.release] + [release.release]
+    events = [*(state.events if state else []), {"action": f"triton_deployment ({action})", "release":
+                                                 release.release, "at": rl.now(), "run_id": context.run.run_id}]
+    rl.write_served_state(store, rl.ServedState(release=release.release, stack=stack[-20:], events=events[-50:]))
     return dg.MaterializeResult(metadata={
         "release": release.release,
+        "previous": previous.release if previous is not None else -1,
         "action": action,
+        "loaded": ", ".join(changed) if action == "reloaded" else "all (server started)",
         "seconds_to_ready": round(seconds, 1),
         "http": f"http://{server.http_url}",
         "grpc": server.grpc_url,
         "metrics": f"http://{server.host}:{server.metrics_port}/metrics",
         "pid": server.pid,
-        "valkey": environ["RECSYS_VALKEY_URL"] + (" (embedded)" if valkey is not None else ""),
+        "valkey": valkey_url + (" (embedded)" if valkey is not None else ""),
         "log": str(server.log_path),
         "smoke_test": dg.MetadataValue.json(smoke),
         "stop": "python -m recsys_assets.serving.serve stop",
     })
+
+
+def _previous_release(server, store: ArtifactStore, history: list, state) -> Release | None:
+    """The release the running server answers with before this deployment: the newest earlier manifest whose
+    every model version the server has loaded, else the recorded served release, else the newest but one."""
+    with server.client() as client:
+        ready: dict = {}
+        for entry in client.get_model_repository_index():
+            if entry.get("state") == "READY" and entry.get("version"):
+                ready.setdefault(entry["name"], set()).add(str(entry["version"]))
+    for candidate in reversed(history[:-1]):
+        if all(str(candidate.models[m]) in ready.get(m, ()) for m in MODELS):
+            return candidate
+    if state is not None and state.release != history[-1].release:
+        try:
+            return rl.manifest(store, state.release)
+        except rl.ReleaseError:
+            pass
+    return history[-2] if len(history) >= 2 else None
+
+
+def _restore(server, repository: Path, previous: Release, changed: list, timeout: float) -> list:
+    """Point the configs at ``previous`` again and reload what the failed release changed (the ensemble too when
+    its config changed), so the server answers as before; returns the models reloaded."""
+    from recsys_assets.serving.repository import ENSEMBLE, restore_release
+
+    if server is None:
+        return []
+    restore_release(repository, previous)
+    with server.client() as client:
+        loaded = {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"}
+    reload = [m for m in changed if m in loaded and m != ENSEMBLE]
+    server.load(reload + [ENSEMBLE], timeout=timeout)
+    return reload
 
 
 def _smoke_test(server, config: DeploymentConfig) -> dict:

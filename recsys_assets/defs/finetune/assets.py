@@ -1,0 +1,588 @@
+"""Fine-tuning, release candidates, and the served release (promotion and rollback).
+
+- ``finetuned_models[day]`` (merlin env, Pipes; days >= ``first_day``, 12 by default; an earlier day, or any day
+  before a release serves, is a no-op whose checks say "not applicable", so a backfill of days 00-13 passes): the
+  served release's Two-Tower restored with its candidate tower frozen (item vectors checked bit-identical, so
+  the served FAISS index stays valid) and its query tower trained on the new day plus a replay sample of older
+  days; the DLRM restored and trained at a lower learning rate for fewer epochs. The new day was transformed
+  with the saved workflows (no refit; unseen ids on the OOV row). Exports ONNX, writes ``query_tower/N+1`` and
+  ``dlrm_ranking/N+1`` into the live repository as a *candidate* release (the served one keeps serving), and
+  scores candidate and served release, as served, on a held-out slice of the new day. Blocking checks:
+  ``inputs_complete``, ``item_vectors_unchanged``, ``onnx_parity``, and the gate (DESIGN.md "Gates"):
+  ``beats_popularity`` and ``no_regression`` (recall@100 and AUC, tolerance 0.005).
+- ``retrained_release``: a whole new release from the full pipeline's outputs (the weekly retrain: new
+  vocabularies, both towers, FAISS index, ranker, all together), gated the same way against the served release.
+- ``served_release``: the release the server answers with. Its jobs promote a candidate (``promote_release_job``,
+  requested by ``release_promotion_sensor``) or roll back to the previous release (``rollback_release_job``),
+  switching the whole set at once (:mod:`recsys_assets.lib.releases`). A failed gate or a failed load keeps the
+  old release serving and fails the check or the run with the reason.
+"""
+
+import base64
+import contextlib
+import json
+import shutil
+import time
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
+from recsys_assets.defs.ingest.assets import items, raw_interactions
+from recsys_assets.defs.partitions import START_DATE, daily_partitions, partition_day
+from recsys_assets.defs.resources import (
+    ArtifactStoreResource,
+    DeploymentProfileResource,
+    MerlinRunner,
+)
+from recsys_assets.defs.serving.resources import TritonResource
+from recsys_assets.defs.training.assets import dlrm_onnx, query_tower_onnx, ranking_evaluation, retrieval_evaluation
+from recsys_assets.defs.transforms.assets import (
+    MERLIN_POOL,
+    MERLIN_TAGS,
+    masked_interactions,
+    serving_transforms,
+    transformed_interactions,
+)
+from recsys_assets.lib import paths
+from recsys_assets.lib import releases as rl
+from recsys_assets.lib.artifacts import ArtifactStore
+from recsys_assets.lib.daily import served_index
+from recsys_assets.lib.settings import day_name
+from recsys_assets.serving.repository import ENSEMBLE, Release, RepositoryError, ServingDefaults, TrainedArtifacts
+
+FINETUNE_GROUP = "finetune"
+RELEASES_GROUP = "releases"
+FINETUNE_CHECKS = ("inputs_complete", "item_vectors_unchanged", "onnx_parity", "beats_popularity", "no_regression")
+RETRAIN_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
+FINETUNED_MODELS = ("query_tower", "dlrm_ranking")
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _check(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
+                               description=description, metadata={"description": description, **metadata})
+
+
+def _not_run(names, why: str) -> list:
+    return [_check(n, False, f"not run: {why}") for n in names]
+
+
+def _blocked(problems: list, checks: tuple, **metadata) -> dg.MaterializeResult:
+    description = "; ".join(problems)
+    return dg.MaterializeResult(metadata={"blocked_by": "inputs_complete", "problems": description, **metadata},
+                                check_results=[_check("inputs_complete", False, description),
+                                               *_not_run(checks[1:], "inputs_complete failed")])
+
+
+def _local_root(store: ArtifactStore):
+    if store.is_s3:
+        raise dg.Failure("releases are assembled and switched in a local repository; with an s3:// artifact root "
+                         "deploy through triton_deployment (helm) instead")
+    from pathlib import Path
+
+    return Path(store.root)
+
+
+@contextlib.contextmanager
+def _repository_target(store: ArtifactStore, live):
+    """Where a candidate is built: the live repository itself (in place, so the served models' folders stay
+    untouched and a promotion loads only what changed), or a fresh folder published atomically when none exists."""
+    if live is not None and live.exists():
+        yield live
+        return
+    with store.writing(paths.TRITON_REPOSITORY) as tmp:
+        yield tmp
+
+
+def _day_exists(store: ArtifactStore, day: int) -> bool:
+    return store.exists(f"{paths.transformed_interactions(day)}/schema.pbtxt")
+
+
+def _slice(store: ArtifactStore, day: int, share: float, seed: int) -> rl.EvaluationSlice:
+    raw = store.read_parquet(paths.raw_interactions(day), columns=["interaction_id", "session_id"])
+    masked = store.read_parquet(paths.masked_interactions(day))
+    held = rl.held_out_sessions(raw["session_id"].to_numpy(), share, seed, day)
+    return rl.evaluation_slice(masked, raw, held, day)
+
+
+def _clicked(store: ArtifactStore, day: int, window: int) -> np.ndarray:
+    """Raw item ids clicked in the ``window`` days before ``day`` (the popularity reference of the gate)."""
+    clicked = [store.read_parquet(paths.raw_interactions(d), columns=["item_id", "click"])
+               for d in range(max(0, day - window), day) if store.exists(paths.raw_interactions(d))]
+    return np.concatenate([c.loc[c["click"] == 1, "item_id"].to_numpy(np.int64) for c in clicked]) if clicked \
+        else np.zeros(0, np.int64)
+
+
+def _gate(live, candidate: Release, served, data: rl.EvaluationSlice, clicked: np.ndarray, k: int,
+          tolerance: float) -> tuple:
+    """Score candidate, served release and popularity on the slice; the gate outcomes and a metrics table."""
+    available = np.load(rl.version_dir(live, candidate, "faiss_retrieval") / "availability.npy")
+    popularity = rl.popularity_scores(clicked, len(available))
+    t0 = time.perf_counter()
+    metrics = {"candidate": rl.evaluate(rl.ReleaseScorer(live, candidate), data, k)}
+    if served is not None:
+        metrics["served"] = rl.evaluate(rl.ReleaseScorer(live, served), data, k)
+    metrics["popularity"] = rl.evaluate(None, data, k, popularity=popularity, available_from=available)
+    outcomes = rl.gate(metrics["candidate"], metrics.get("served"), metrics["popularity"], data.fingerprint, k,
+                       tolerance)
+    rows = [{"scored": name, "release": candidate.release if name == "candidate" else
+             (served.release if name == "served" else "-"), **m} for name, m in metrics.items()]
+    return outcomes, metrics, pd.DataFrame(rows), time.perf_counter() - t0
+
+
+def _metrics_plot(store: ArtifactStore, rel: str, table: pd.DataFrame, k: int) -> dg.MetadataValue:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3), dpi=80)
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, (f"recall@{k}", "auc")):
+        ax.bar(table["scored"].astype(str), table[metric].astype(float), color=["C0", "C1", "C7"][:len(table)])
+        ax.set_title(metric)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    with store.writing(rel) as tmp:
+        fig.savefig(tmp, format="png")
+    png = base64.b64encode(store.read_bytes(rel)).decode()
+    return dg.MetadataValue.md(f"![{rel}](data:image/png;base64,{png})")
+
+
+def _versions_table(candidate: Release, served) -> dg.MetadataValue:
+    rows = [{"model": m, "candidate": v, "served": served.models.get(m) if served else "-",
+             "changed": m in candidate.changed} for m, v in candidate.models.items()]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def _history(store: ArtifactStore, state) -> list:
+    return [rl.manifest(store, r) for r in (state.stack if state else [])]
+
+
+def _ensemble_text(store: ArtifactStore, live, release: int) -> str:
+    found = rl.record(store, release)
+    return found.ensemble_config if found is not None and found.ensemble_config else rl.canonical_ensemble(live)
+
+
+# -- finetuned_models ------------------------------------------------------------------------------------------
+class FineTuneConfig(dg.Config):
+    first_day: int = 12
+    """Days before it are training/validation days (00-11): nothing to fine-tune on."""
+    replay_days: int = 14
+    """The replay sample is drawn from at most this many days before the new one (0: no replay)."""
+    replay_fraction: float = 0.2
+    """Share of the replay days' rows added to the new day's (keeps the models from forgetting)."""
+    holdout_share: float = 0.3
+    """Share of the new day's sessions held out of training; the gate scores candidate and served on them."""
+    holdout_seed: int = 20260101
+    two_tower_epochs: int = 1
+    two_tower_learning_rate: float = 1e-3
+    """A third of the full training's rate: the query tower moves, it does not start over."""
+    two_tower_batch_size: int = 256
+    dlrm_epochs: int = 1
+    """Fewer than the full training's 2."""
+    dlrm_learning_rate: float = 1e-4
+    """A tenth of the full training's rate; every layer trains."""
+    dlrm_batch_size: int = 1024
+    parity_rows: int = 512
+    onnx_tolerance: float = 1e-5
+    recall_k: int = 100
+    tolerance: float = 0.005
+    """The gate: the candidate may not fall more than this below the served release (recall@k and AUC)."""
+    popularity_days: int = 7
+    """The popularity reference counts the clicks of this many days before the new day."""
+    keep_releases: int = 3
+    seed: int = 0
+
+
+@dg.asset(
+    group_name=FINETUNE_GROUP,
+    kinds={"tensorflow", "onnx", "triton"},
+    partitions_def=daily_partitions,
+    op_tags=MERLIN_TAGS,
+    pool=MERLIN_POOL,
+    deps=[transformed_interactions, masked_interactions, raw_interactions, "two_tower_model", "dlrm_model",
+          "item_embeddings", "triton_model_repository"],
+    check_specs=[dg.AssetCheckSpec(n, asset="finetuned_models", blocking=True) for n in FINETUNE_CHECKS],
+)
+def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, artifacts: ArtifactStoreResource,
+                     merlin: MerlinRunner) -> dg.MaterializeResult:
+    """The served models fine-tuned on the day (query tower with the candidate tower frozen, DLRM at a lower
+    rate) as a candidate release in the live repository, gated against the served release on held-out rows."""
+    t_all = time.perf_counter()
+    day = partition_day(context)
+    key = context.partition_key
+    store = artifacts.store()
+    root = _local_root(store)
+    state = rl.served_state(store)
+    why = None
+    if day < config.first_day:
+        why = (f"partition {key} is day {day:02d}: fine-tuning starts at day {config.first_day:02d} (first_day); "
+               "earlier days are training and validation days, nothing to fine-tune")
+    elif state is None:
+        why = ("no release serves yet, so there is nothing to fine-tune: build one (retrained_release, or "
+               "triton_model_repository + triton_deployment) and promote it, then re-run this partition")
+    if why is not None:
+        # A backfill of days 00-13 through the day job runs this asset for every day, before any release exists:
+        # a no-op that says why, not a failure.
+        return dg.MaterializeResult(metadata={"day": day, "skipped": why},
+                                    check_results=[_check(n, True, f"not applicable: {why}") for n in FINETUNE_CHECKS])
+    problems = []
+    served = lineage = None
+    try:
+        served = rl.manifest(store, state.release)
+        lineage = rl.lineage_of(store, served)
+    except rl.ReleaseError as exc:
+        problems.append(str(exc))
+    for rel, what in ((f"{paths.transformed_interactions(day)}/schema.pbtxt", f"transformed_interactions {key}"),
+                      (paths.masked_interactions(day), f"masked_interactions {key}"),
+                      (paths.raw_interactions(day), f"raw_interactions {key}"),
+                      (f"{paths.NVT_WORKFLOWS}/item", "nvt_workflows"), (paths.ITEMS, "items"),
+                      (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"),
+                      (paths.TRITON_REPOSITORY, "triton_model_repository")):
+        if not store.exists(rel):
+            problems.append(f"{what} is missing ({store.uri(rel)}): materialize it first")
+    if lineage is not None:
+        for part in (f"{lineage['two_tower']}/model", f"{lineage['dlrm']}/model", f"{lineage['dlrm']}/meta.json",
+                     lineage["item_vectors"]):
+            if not store.exists(part):
+                problems.append(f"the served release's model {store.uri(part)} is missing: it cannot be fine-tuned; "
+                                "build and promote a full release (retrained_release)")
+    if served is not None and store.exists(paths.SERVING_TRANSFORMS):
+        if rl.file_digest(store.local_path(paths.SERVING_TRANSFORMS)) != served.inputs.get("transforms_dir"):
+            problems.append(f"the transformed days were made with other workflows than release {served.release} "
+                            "serves (serving_transforms changed since): fine-tuning would mix vocabularies; promote "
+                            "a full release built from the current workflows first")
+    if problems:
+        return _blocked(problems, FINETUNE_CHECKS, day=day)
+
+    replay = [d for d in range(max(0, day - config.replay_days), day) if _day_exists(store, d)]
+    data = _slice(store, day, config.holdout_share, config.holdout_seed)
+    raw = store.read_parquet(paths.raw_interactions(day), columns=["interaction_id", "session_id"])
+    held_ids = raw.loc[raw["session_id"].isin(data.rows["session_id"].unique()), ["interaction_id"]]
+    held_rel = f"{paths.FINETUNED}/held_out/{day_name(day)}.parquet"
+    store.write_parquet(held_rel, held_ids)
+    output = f"{paths.finetuned(day)}/{context.run.run_id[:8]}"
+    params = {"variant": lineage["variant"], "replay_fraction": config.replay_fraction,
+              "two_tower_epochs": config.two_tower_epochs, "two_tower_learning_rate": config.two_tower_learning_rate,
+              "two_tower_batch_size": config.two_tower_batch_size, "dlrm_epochs": config.dlrm_epochs,
+              "dlrm_learning_rate": config.dlrm_learning_rate, "dlrm_batch_size": config.dlrm_batch_size,
+              "parity_rows": config.parity_rows, "seed": config.seed}
+    t0 = time.perf_counter()
+    result = merlin.run(context, "recsys_assets.ml.finetune", extras={
+        "root": store.root, "params": params, "new_day": paths.transformed_interactions(day),
+        "replay": [paths.transformed_interactions(d) for d in replay], "held_out": held_rel, "items": paths.ITEMS,
+        "multimodal": paths.MULTIMODAL_EMBEDDINGS, "item_workflow": f"{paths.NVT_WORKFLOWS}/item",
+        "two_tower": lineage["two_tower"], "dlrm": lineage["dlrm"], "item_vectors": lineage["item_vectors"],
+        "output": output,
+    }).get_materialize_result()
+    merlin_seconds = time.perf_counter() - t0
+    inputs_ok = _check("inputs_complete", True, f"partition {key}: new day transformed with the served workflows, "
+                       f"release {served.release} serves ({lineage['variant']} query tower), replay days "
+                       f"{replay[0] if replay else '-'}..{replay[-1] if replay else '-'}")
+    frozen = [c for c in result.check_results if c.check_name == "item_vectors_unchanged"]
+    from recsys_assets.lib.evaluation import onnx_parity
+
+    parity = {name: onnx_parity(store.local_path(f"{output}/onnx/{name}.onnx"),
+                                store.local_path(f"{output}/onnx/{name}.parity.npz"))
+              for name in ("query_tower", "dlrm")}
+    worst = max(p["max_abs_diff"] for p in parity.values())
+    parity_check = _check("onnx_parity", worst <= config.onnx_tolerance,
+                          f"onnxruntime vs TensorFlow on held-out rows: max abs difference {worst:.2e} (tolerance "
+                          f"{config.onnx_tolerance:.0e})", max_abs_diff=worst)
+    metadata = {**result.metadata, "day": day, "parent_release": served.release, "variant": lineage["variant"],
+                "replay_days": str(replay), "merlin_seconds": round(merlin_seconds, 1), "path": store.uri(output)}
+    if not (frozen and frozen[0].passed) or not parity_check.passed:
+        why = "item vectors changed" if not (frozen and frozen[0].passed) else "ONNX differs from TensorFlow"
+        return dg.MaterializeResult(metadata={**metadata, "candidate": f"not built: {why}"},
+                                    check_results=[inputs_ok, *frozen, parity_check,
+                                                   *_not_run(FINETUNE_CHECKS[3:], why)])
+
+    live = store.local_path(paths.TRITON_REPOSITORY)
+    t1 = time.perf_counter()
+    with rl.repository_lock(root):
+        number = rl.next_release(store)
+        trained = rl.trained_from_release(live, served, query_tower=store.local_path(f"{output}/onnx/query_tower.onnx"),
+                                          dlrm=store.local_path(f"{output}/onnx/dlrm.onnx"))
+        try:
+            with _repository_target(store, live) as target:
+                candidate, ensemble_text = rl.assemble_candidate(
+                    target, live, trained, rl.defaults_from_release(live, served), rl.start_date_of(served), number,
+                    _history(store, state), config.keep_releases, served=served,
+                    served_ensemble=_ensemble_text(store, live, served.release), expected_changes=FINETUNED_MODELS)
+        except (RepositoryError, rl.ReleaseError) as exc:
+            raise dg.Failure(f"the candidate release could not be assembled: {exc}") from exc
+        store.write_bytes(paths.triton_release(number), candidate.to_json().encode())
+    build_seconds = time.perf_counter() - t1
+    outcomes, metrics, table, eval_seconds = _gate(live, candidate, served, data,
+                                                   _clicked(store, day, config.popularity_days), config.recall_k,
+                                                   config.tolerance)
+    passed = all(ok for _, ok, _ in outcomes)
+    record = rl.ReleaseRecord(
+        release=number, kind="finetune", status="candidate" if passed else "gate_failed", parent=served.release,
+        day=day, lineage={"variant": lineage["variant"], "two_tower": f"{output}/two_tower/{lineage['variant']}",
+                          "dlrm": f"{output}/dlrm", "item_vectors": lineage["item_vectors"]},
+        evaluation={"metrics": metrics, "fingerprint": data.fingerprint, "k": config.recall_k,
+                    "tolerance": config.tolerance, "gates": [{"name": n, "passed": ok, "description": d}
+                                                             for n, ok, d in outcomes]},
+        gate_passed=passed, reasons=[d for _, ok, d in outcomes if not ok], ensemble_config=ensemble_text)
+    record.event("built", run_id=context.run.run_id, seconds=round(time.perf_counter() - t_all, 1))
+    rl.write_record(store, record)
+    k = config.recall_k
+    return dg.MaterializeResult(
+        metadata={
+            **metadata, "release": number, "status": record.status,
+            "changed_models": ", ".join(sorted(set(candidate.changed) - {ENSEMBLE})),
+            "versions": _versions_table(candidate, served),
+            f"recall_at_{k}/served": metrics["served"][f"recall@{k}"],
+            f"recall_at_{k}/candidate": metrics["candidate"][f"recall@{k}"],
+            f"recall_at_{k}/popularity": metrics["popularity"][f"recall@{k}"],
+            "auc/served": metrics["served"]["auc"], "auc/candidate": metrics["candidate"]["auc"],
+            "auc/popularity": metrics["popularity"]["auc"],
+            "held_out": markdown_table(table, ".4f"),
+            "metrics_plot": _metrics_plot(store, f"{output}/gate.png", table, k),
+            "build_seconds": round(build_seconds, 2), "evaluation_seconds": round(eval_seconds, 2),
+            "seconds": round(time.perf_counter() - t_all, 1),
+            "manifest": store.uri(paths.triton_release(number)),
+        },
+        check_results=[inputs_ok, *frozen, parity_check, *[_check(n, ok, d) for n, ok, d in outcomes]],
+    )
+
+
+# -- retrained_release -----------------------------------------------------------------------------------------
+class RetrainedReleaseConfig(dg.Config):
+    variant: str = ""
+    """The query tower served: "" = the one retrieval_evaluation selected."""
+    eval_day: int = -1
+    """The day whose held-out sessions gate the release: -1 = the newest day with raw and masked interactions."""
+    holdout_share: float = 0.3
+    holdout_seed: int = 20260101
+    recall_k: int = 100
+    tolerance: float = 0.005
+    popularity_days: int = 7
+    keep_releases: int = 3
+
+
+@dg.asset(
+    group_name=RELEASES_GROUP,
+    kinds={"triton"},
+    deps=[query_tower_onnx, dlrm_onnx, "faiss_index", "item_embeddings", serving_transforms,
+          item_multimodal_embeddings, items, retrieval_evaluation, ranking_evaluation],
+    check_specs=[dg.AssetCheckSpec(n, asset="retrained_release", blocking=True) for n in RETRAIN_CHECKS],
+)
+def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleaseConfig,
+                      artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+    """A whole new candidate release from the full pipeline's artifacts (new transforms, towers, index, ranker),
+    gated against the served release on the held-out sessions of the newest day."""
+    t_all = time.perf_counter()
+    store = artifacts.store()
+    root = _local_root(store)
+    problems = []
+    variant = config.variant
+    summary = f"{paths.RETRIEVAL_EVALUATION}/summary.json"
+    if not variant:
+        variant = json.loads(store.read_bytes(summary))["selected_variant"] if store.exists(summary) else ""
+        if not variant:
+            problems.append(f"no variant configured and no retrieval_evaluation summary ({store.uri(summary)}) to "
+                            "take the selected one from: materialize retrieval_evaluation")
+    needed = [(paths.SERVING_TRANSFORMS, "serving_transforms"), (paths.DLRM_ONNX, "dlrm_onnx"),
+              (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items"),
+              (f"{paths.DLRM}/model", "dlrm_model")]
+    if variant:
+        needed += [(paths.query_tower_onnx(variant), "query_tower_onnx"), (paths.faiss_index(variant), "faiss_index"),
+                   (f"{paths.two_tower(variant)}/model", "two_tower_model"),
+                   (paths.item_embeddings(variant), "item_embeddings")]
+    problems += [f"{asset} output {store.uri(rel)} is missing: materialize {asset} first"
+                 for rel, asset in needed if not store.exists(rel)]
+    day = config.eval_day
+    if day < 0:
+        days = [d for d in range(0, 400) if store.exists(paths.masked_interactions(d))
+                and store.exists(paths.raw_interactions(d))]
+        day = days[-1] if days else -1
+    if day < 0 or not store.exists(paths.masked_interactions(day)):
+        problems.append("no day with raw and masked interactions to gate the release on: materialize "
+                        "masked_interactions for the newest day")
+    if problems:
+        return _blocked(problems, RETRAIN_CHECKS)
+
+    state = rl.served_state(store)
+    served = rl.manifest(store, state.release) if state else None
+    number = rl.next_release(store)
+    # The release's own copy of what it can be fine-tuned from (the next full training overwrites models/).
+    snapshot = paths.release_models(number)
+    for rel, name in ((paths.two_tower(variant), "two_tower"), (paths.DLRM, "dlrm")):
+        with store.writing(f"{snapshot}/{name}") as tmp:
+            shutil.copytree(store.local_path(rel), tmp)
+    store.write_bytes(f"{snapshot}/item_vectors.npy", store.read_bytes(paths.item_embeddings(variant)))
+    multimodal = np.load(store.local_path(paths.MULTIMODAL_EMBEDDINGS), mmap_mode="r")
+    trained = TrainedArtifacts(
+        transforms_dir=store.local_path(paths.SERVING_TRANSFORMS), query_tower=store.local_path(
+            paths.query_tower_onnx(variant)), dlrm=store.local_path(paths.DLRM_ONNX),
+        # the trained index, or the daily refresh's growth of it (new items added since the training)
+        faiss_index=store.local_path(served_index(store, variant)),
+        multimodal=store.local_path(paths.MULTIMODAL_EMBEDDINGS), items=store.local_path(paths.ITEMS),
+        image_dims=int(multimodal.shape[1]) // 2)
+    live = store.local_path(paths.TRITON_REPOSITORY) if store.exists(paths.TRITON_REPOSITORY) else None
+    defaults = rl.defaults_from_release(live, served) if served is not None else ServingDefaults()
+    t1 = time.perf_counter()
+    with rl.repository_lock(root):
+        try:
+            with _repository_target(store, live) as target:
+                candidate, ensemble_text = rl.assemble_candidate(
+                    target, live, trained, defaults, START_DATE.isoformat(), number, _history(store, state),
+                    config.keep_releases, served=served,
+                    served_ensemble=_ensemble_text(store, live, served.release) if served else "")
+        except (RepositoryError, rl.ReleaseError) as exc:
+            raise dg.Failure(f"the candidate release could not be assembled: {exc}") from exc
+        store.write_bytes(paths.triton_release(number), candidate.to_json().encode())
+    build_seconds = time.perf_counter() - t1
+    live = store.local_path(paths.TRITON_REPOSITORY)
+    data = _slice(store, day, config.holdout_share, config.holdout_seed)
+    outcomes, metrics, table, eval_seconds = _gate(live, candidate, served, data,
+                                                   _clicked(store, day, config.popularity_days), config.recall_k,
+                                                   config.tolerance)
+    passed = all(ok for _, ok, _ in outcomes)
+    offline = {}
+    for section, rel in (("retrieval", summary), ("ranking", f"{paths.RANKING_EVALUATION}/summary.json")):
+        if store.exists(rel):
+            offline[section] = json.loads(store.read_bytes(rel)).get("record")
+    record = rl.ReleaseRecord(
+        release=number, kind="full", status="candidate" if passed else "gate_failed",
+        parent=served.release if served else None, day=day,
+        lineage={"variant": variant, "two_tower": f"{snapshot}/two_tower", "dlrm": f"{snapshot}/dlrm",
+                 "item_vectors": f"{snapshot}/item_vectors.npy"},
+        evaluation={"metrics": metrics, "fingerprint": data.fingerprint, "k": config.recall_k,
+                    "tolerance": config.tolerance, "offline": offline,
+                    "gates": [{"name": n, "passed": ok, "description": d} for n, ok, d in outcomes]},
+        gate_passed=passed, reasons=[d for _, ok, d in outcomes if not ok], ensemble_config=ensemble_text)
+    record.event("built", run_id=context.run.run_id, seconds=round(time.perf_counter() - t_all, 1))
+    rl.write_record(store, record)
+    k = config.recall_k
+    return dg.MaterializeResult(
+        metadata={"release": number, "status": record.status, "variant": variant, "gate_day": day,
+                  "parent_release": served.release if served else -1,
+                  "changed_models": ", ".join(sorted(set(candidate.changed) - {ENSEMBLE})),
+                  "versions": _versions_table(candidate, served), "held_out": markdown_table(table, ".4f"),
+                  f"recall_at_{k}/candidate": metrics["candidate"][f"recall@{k}"],
+                  "auc/candidate": metrics["candidate"]["auc"],
+                  "metrics_plot": _metrics_plot(store, f"{snapshot}/gate.png", table, k),
+                  "build_seconds": round(build_seconds, 2), "evaluation_seconds": round(eval_seconds, 2),
+                  "seconds": round(time.perf_counter() - t_all, 1),
+                  "manifest": store.uri(paths.triton_release(number))},
+        check_results=[_check("inputs_complete", True, f"{variant} query tower, DLRM, FAISS index, transforms and "
+                              f"the held-out sessions of day {day:02d} present"),
+                       *[_check(n, ok, d) for n, ok, d in outcomes]],
+    )
+
+
+# -- served_release ---------------------------------------------------------------------------------------------
+class PromotionConfig(dg.Config):
+    release: int = 0
+    """The release to serve; 0 = the newest candidate whose gate passed."""
+    rollback: bool = False
+    """Serve the release promoted before the serving one again (the rollback job sets it)."""
+    force: bool = False
+    """Promote even a release whose gate failed (a person's decision, recorded)."""
+    smoke_user_ids: list[int] = [-1]
+    """Requests sent after the switch; each must be answered by the new release."""
+    smoke_device_type: int = 1
+    write_deployed_evaluation: bool = True
+    """Record a full release's offline evaluation as the deployed one (the training gates compare with it)."""
+
+
+def _target(store: ArtifactStore, config: PromotionConfig, state) -> int:
+    if config.rollback:
+        previous = state.previous() if state else None
+        if previous is None:
+            raise dg.Failure(f"nothing to roll back to: release {state.release if state else '-'} is the only one "
+                             "ever promoted")
+        return previous
+    if config.release:
+        return config.release
+    passing = [r.release for r in rl.records(store).values() if r.status == "candidate" and r.gate_passed
+               and (state is None or r.release > state.release)]
+    if not passing:
+        raise dg.Failure("no candidate release whose gate passed is newer than the serving one: nothing to promote")
+    return passing[-1]
+
+
+@dg.asset(group_name=RELEASES_GROUP, kinds={"triton"},
+          deps=[dg.AssetDep(finetuned_models, partition_mapping=dg.AllPartitionMapping()), retrained_release])
+def served_release(context: dg.AssetExecutionContext, config: PromotionConfig, artifacts: ArtifactStoreResource,
+                   profile: DeploymentProfileResource, triton: TritonResource) -> dg.MaterializeResult:
+    """The release the server answers with: a whole set of model versions switched at once (or rolled back)."""
+    from recsys_assets.serving import deploy
+
+    store = artifacts.store()
+    if profile.is_k8s:
+        raise dg.Failure("on Kubernetes a release goes out as a Helm rollout of its repository (triton_deployment); "
+                         "in-place promotion is for the local server")
+    root = _local_root(store)
+    state = rl.served_state(store)
+    number = _target(store, config, state)
+    target = rl.manifest(store, number)
+    target_record = rl.record(store, number)
+    if target_record is not None and target_record.gate_passed is False and not (config.force or config.rollback):
+        raise dg.Failure(f"release {number} failed its gate and is not promoted: {'; '.join(target_record.reasons)} "
+                         "(set force: true to promote it anyway)")
+    if state is not None and state.release == number:
+        raise dg.Failure(f"release {number} already serves")
+    current = rl.manifest(store, state.release) if state else None
+    smoke = [{"user_id": u, "device_type": config.smoke_device_type} for u in config.smoke_user_ids]
+    action = "rollback" if config.rollback else "promotion"
+    with rl.repository_lock(root):
+        live = store.local_path(paths.TRITON_REPOSITORY)
+        target_text = _ensemble_text(store, live, number)
+        current_text = _ensemble_text(store, live, current.release) if current else ""
+        server = deploy.running_server(root)
+        try:
+            if server is not None and server.model_repository.resolve() == live.resolve():
+                report = rl.promote(server, live, target, target_text, current, current_text, smoke,
+                                    timeout=triton.load_timeout_s).as_dict()
+            else:  # no server yet (or one on another folder): start one on the target release
+                rl.write_served(live, target, target_text)
+                environ, _ = deploy.local_environ(root)
+                t0 = time.perf_counter()
+                server, _, _ = deploy.deploy_local(root, live, environ, triton.ports(), timeout=triton.load_timeout_s)
+                report = {"release": number, "previous": None, "loaded": ["(server started)"], "unloaded": [],
+                          "seconds": round(time.perf_counter() - t0, 3),
+                          "smoke": rl.verify(server, number, smoke, timeout=30.0)}
+        except rl.PromotionError as exc:
+            if target_record is not None:
+                target_record.status = "load_failed"
+                target_record.reasons = [*target_record.reasons, str(exc)]
+                target_record.event(f"{action}_failed", run_id=context.run.run_id, error=str(exc))
+                rl.write_record(store, target_record)
+            raise dg.Failure(description=str(exc), metadata={"release": number, "serving": exc.serving,
+                                                             "action": action}) from exc
+    stack = list(state.stack) if state else []
+    if config.rollback:
+        if stack and stack[-1] == state.release:
+            stack.pop()
+    else:
+        stack.append(number)
+    new_state = rl.ServedState(release=number, stack=stack, events=[*(state.events if state else []), {
+        "action": action, "release": number, "previous": current.release if current else None, "at": rl.now(),
+        "run_id": context.run.run_id, "seconds": report["seconds"]}])
+    rl.write_served_state(store, new_state)
+    if target_record is not None:
+        target_record.status = "promoted"
+        target_record.event(action, run_id=context.run.run_id, seconds=report["seconds"])
+        rl.write_record(store, target_record)
+        offline = target_record.evaluation.get("offline") or {}
+        if config.write_deployed_evaluation and offline.get("retrieval") and offline.get("ranking"):
+            store.write_bytes(paths.DEPLOYED_EVALUATION, json.dumps(offline).encode())
+    if config.rollback and current is not None:
+        current_record = rl.record(store, current.release)
+        if current_record is not None:
+            current_record.status = "rolled_back"
+            current_record.event("rolled_back", run_id=context.run.run_id, to=number)
+            rl.write_record(store, current_record)
+    versions = pd.DataFrame([{"model": m, "version": v, "served as": rl.alias(m, v) if m != ENSEMBLE else
+                              f"{ENSEMBLE} v{number}"} for m, v in target.models.items()])
+    return dg.MaterializeResult(metadata={
+        "release": number, "previous": current.release if current else -1, "action": action,
+        "seconds": report["seconds"], "loaded": ", ".join(report["loaded"]) or "-",
+        "unloaded": ", ".join(report["unloaded"]) or "-", "versions": markdown_table(versions),
+        "smoke_test": dg.MetadataValue.json(report["smoke"]), "stack": str(stack),
+    })

@@ -1,0 +1,291 @@
+"""Daily fine-tuning of the served models on a new day (merlin env, through Pipes).
+
+Contract
+- Input: the parent release's SavedModels (the full Two-Tower model of one variant, the DLRM), the new day's
+  transformed rows (already transformed with the saved workflows: no refit, unseen ids on the OOV row), older
+  transformed days for replay, the interaction ids held out for evaluation (never trained on), the
+  raw-id-keyed multimodal table, and the item vectors the served FAISS index was built from.
+- Two-Tower: the full model is restored, its candidate tower frozen (``freeze_blocks([<candidate name>])``)
+  and only the query tower trained, on the new day's clicks plus a ``replay_fraction`` sample of the older days'
+  clicks. The catalogue is then embedded with the fine-tuned candidate tower and compared with the served item
+  vectors: they must be bit-identical (check ``item_vectors_unchanged``), so the served FAISS index stays valid.
+- DLRM: restored (rebuilt from the parent's ``meta.json`` parameters, weights carried over exactly) and every
+  layer trained on the new day's impressions plus the replay sample, at the given
+  (lower) learning rate for the given (fewer) epochs.
+- Output (published atomically under ``output``): ``two_tower/<variant>/model`` (the full model; its candidate
+  tower is the served one), ``dlrm/model`` + ``dlrm/meta.json`` (its parameters: the next fine-tune restores
+  from them), ``onnx/query_tower.onnx`` and ``onnx/dlrm.onnx``, each with a ``.parity.npz`` (TensorFlow's outputs
+  on held-out rows; onnxruntime runs in the pipeline env), ``meta.json`` (rows, phase timings, losses).
+
+Imports dagster_pipes, the merlin stack and pure ``recsys_assets`` modules only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys_assets.ml import model_inputs as mi
+
+INTERACTION_ID = "interaction_id"
+
+
+@dataclasses.dataclass
+class FineTuneParams:
+    variant: str = "plain"
+    replay_fraction: float = 0.2
+    two_tower_epochs: int = 1
+    two_tower_learning_rate: float = 1e-3
+    two_tower_batch_size: int = 256
+    dlrm_epochs: int = 1
+    dlrm_learning_rate: float = 1e-4
+    dlrm_batch_size: int = 1024
+    parity_rows: int = 512
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FineTuneParams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown fine-tuning parameters {unknown}: expected some of {sorted(known)}")
+        out = cls(**d)
+        if not 0.0 <= out.replay_fraction <= 1.0:
+            raise ValueError(f"replay_fraction {out.replay_fraction}: expected a fraction in [0, 1]")
+        return out
+
+
+def rows_for(new_day, replay_days, features, with_target: bool, clicked_only: bool, exclude: set,
+             replay_fraction: float, seed: int) -> tuple["mi.Split", dict]:
+    """The new day's rows (minus ``exclude``) plus a ``replay_fraction`` sample of the replay days' rows."""
+    import pandas as pd
+
+    def load(folders):
+        split = mi.load_split(folders, list(features) + [INTERACTION_ID], with_target=with_target,
+                              clicked_only=clicked_only)
+        return split.rows, split.schema
+
+    new_rows, schema = load([new_day])
+    held = new_rows[INTERACTION_ID].isin(exclude)
+    new_rows = new_rows[~held]
+    replay = new_rows.iloc[:0]
+    if replay_days and replay_fraction > 0:
+        older, _ = load(list(replay_days))
+        replay = older.sample(frac=replay_fraction, random_state=seed)
+    rows = pd.concat([new_rows, replay], ignore_index=True).sample(frac=1.0, random_state=seed)
+    rows = rows.drop(columns=[INTERACTION_ID]).reset_index(drop=True)
+    counts = {"new_day_rows": int(len(new_rows)), "held_out_rows": int(held.sum()), "replay_rows": int(len(replay))}
+    return mi.Split(rows=rows, schema=schema.select_by_name(list(rows.columns))), counts
+
+
+def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params: FineTuneParams, probe: dict,
+                        log=print):
+    """Restore the full Two-Tower model, freeze its candidate tower, train the query tower on ``split``.
+
+    ``probe``: query features whose embeddings are returned from before the training (to show it moved)."""
+    import merlin.models.tf  # noqa: F401  (registers the Merlin layers with Keras)
+    import tensorflow as tf
+
+    from recsys_assets.ml.two_tower import FULL_MODEL
+
+    mi.set_seeds(params.seed)
+    if len(split) < params.two_tower_batch_size:
+        raise ValueError(f"only {len(split)} clicked rows to fine-tune the query tower on, fewer than one batch of "
+                         f"{params.two_tower_batch_size}: lower two_tower_batch_size or raise replay_fraction")
+    t0 = time.perf_counter()
+    model = tf.keras.models.load_model(str(Path(model_dir) / FULL_MODEL))
+    before = mi.predict_batches(model.query_encoder, probe)
+    load_seconds = time.perf_counter() - t0
+    # The block's name, not the object (merlin-models 23.12); a reloaded model names its towers encoder/encoder_1.
+    model.freeze_blocks([model.candidate_encoder.name])
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.two_tower_learning_rate))
+    timer = mi.EpochTimer(rows=(len(split) // params.two_tower_batch_size) * params.two_tower_batch_size)
+    t0 = time.perf_counter()
+    model.fit(mi.loader(split, table, params.two_tower_batch_size, shuffle=True, seed=params.seed, drop_last=True),
+              epochs=params.two_tower_epochs, callbacks=[timer], verbose=0)
+    seconds = time.perf_counter() - t0
+    log(f"query tower fine-tuned on {len(split)} clicked rows in {seconds:.1f}s (candidate tower frozen)")
+    return model, before, {"rows": len(split), "seconds": round(seconds, 2), "history": timer.epochs,
+                           "load_seconds": round(load_seconds, 2),
+                           "trainable_weights": len(model.trainable_weights)}
+
+
+def restore_dlrm(parent_dir, schema, table: np.ndarray, probe) -> tuple:
+    """The parent DLRM as a freshly built model with the saved weights: ``(model, params, probe scores)``.
+
+    A merlin-models 23.12 DLRM loaded from a SavedModel cannot be saved and loaded again (its top MLP then expects
+    another input width), so the architecture is rebuilt from the parent's parameters and the weights are
+    carried over through a TensorFlow checkpoint; the two must score the probe rows identically.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    import tensorflow as tf
+
+    from recsys_assets.ml.dlrm import META, MODEL, DlrmParams, build_model, load_model, score
+
+    parent = Path(parent_dir)
+    params = DlrmParams.from_dict(json.loads((parent / META).read_text())["params"])
+    saved = load_model(parent / MODEL)
+    fresh = build_model(schema, params)
+    mi.predict_batches(fresh, mi.feature_arrays(probe.iloc[:8], mi.DLRM_FEATURES, table))  # creates the variables
+    # The checkpoint must outlive this call: variables created later (metrics, at fit) restore from it lazily.
+    tmp = tempfile.mkdtemp(prefix="recsys-dlrm-")
+    atexit.register(shutil.rmtree, tmp, True)
+    path = tf.train.Checkpoint(model=saved).write(f"{tmp}/weights")
+    tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
+    before = score(saved, probe, table)
+    diff = float(np.max(np.abs(before - score(fresh, probe, table)))) if len(probe) else 0.0
+    if diff != 0.0:
+        raise ValueError(f"the DLRM rebuilt from {parent} scores {diff} away from the saved one: its parameters "
+                         f"({parent / META}) do not describe the saved model")
+    return fresh, params, before
+
+
+def fine_tune_dlrm(parent_dir, split: "mi.Split", table: np.ndarray, params: FineTuneParams, probe, log=print):
+    """Restore the DLRM and train all its layers on ``split`` at the fine-tuning learning rate."""
+    import tensorflow as tf
+
+    mi.set_seeds(params.seed)
+    t0 = time.perf_counter()
+    schema = mi.loader(split, table, params.dlrm_batch_size, shuffle=False).output_schema
+    model, architecture, before = restore_dlrm(parent_dir, schema, table, probe)
+    load_seconds = time.perf_counter() - t0
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.dlrm_learning_rate),
+                  metrics=[tf.keras.metrics.AUC(name="auc")])
+    timer = mi.EpochTimer(rows=len(split))
+    t0 = time.perf_counter()
+    model.fit(mi.loader(split, table, params.dlrm_batch_size, shuffle=True, seed=params.seed),
+              epochs=params.dlrm_epochs, callbacks=[timer], verbose=0)
+    seconds = time.perf_counter() - t0
+    log(f"DLRM fine-tuned on {len(split)} impressions in {seconds:.1f}s")
+    return model, architecture, before, {"rows": len(split), "seconds": round(seconds, 2), "history": timer.epochs,
+                                         "load_seconds": round(load_seconds, 2)}
+
+
+def main() -> int:
+    from dagster_pipes import open_dagster_pipes
+
+    import pandas as pd
+
+    from recsys_assets.lib.artifacts import ArtifactStore
+    from recsys_assets.ml import export as onnx_export
+    from recsys_assets.ml.dlrm import META as DLRM_META
+    from recsys_assets.ml.dlrm import MODEL as DLRM_MODEL
+    from recsys_assets.ml.dlrm import score
+    from recsys_assets.ml.item_embeddings import catalogue_features, embed_catalogue
+    from recsys_assets.ml.two_tower import FULL_MODEL
+
+    with open_dagster_pipes() as pipes:
+        t_all = time.perf_counter()
+        store = ArtifactStore(pipes.get_extra("root"))
+        params = FineTuneParams.from_dict(dict(pipes.get_extra("params")))
+        new_day = store.local_path(pipes.get_extra("new_day"))
+        replay = [store.local_path(p) for p in pipes.get_extra("replay")]
+        held_out = set(pd.read_parquet(store.local_path(pipes.get_extra("held_out")))[INTERACTION_ID].tolist())
+        items = pd.read_parquet(store.local_path(pipes.get_extra("items")))
+        table = mi.load_multimodal(store.local_path(pipes.get_extra("multimodal")), len(items))
+        parent_two_tower = store.local_path(pipes.get_extra("two_tower"))
+        parent_dlrm = store.local_path(pipes.get_extra("dlrm"))
+        served_vectors = np.load(store.local_path(pipes.get_extra("item_vectors")))
+        output = pipes.get_extra("output")
+        query_features = mi.query_features(params.variant)
+        two_tower_features = query_features + mi.CANDIDATE_FEATURES
+
+        tt_split, tt_counts = rows_for(new_day, replay, two_tower_features, with_target=False, clicked_only=True,
+                                       exclude=held_out, replay_fraction=params.replay_fraction, seed=params.seed)
+        dlrm_split, dlrm_counts = rows_for(new_day, replay, mi.DLRM_FEATURES, with_target=True, clicked_only=False,
+                                           exclude=held_out, replay_fraction=params.replay_fraction,
+                                           seed=params.seed)
+        # parity and change probes: held-out rows of the new day (never trained on)
+        probe = mi.read_days([new_day])
+        probe = probe[probe[INTERACTION_ID].isin(held_out)].iloc[:params.parity_rows]
+        if probe.empty:
+            probe = mi.read_days([new_day]).iloc[:params.parity_rows]
+        q_in = mi.feature_arrays(probe, query_features, table)
+        t_data = time.perf_counter()
+
+        two_tower, before_query, tt_report = fine_tune_two_tower(parent_two_tower, tt_split, table, params, q_in,
+                                                                 pipes.log.info)
+        t0 = time.perf_counter()
+        vectors = embed_catalogue(two_tower.candidate_encoder, catalogue_features(
+            store.local_path(pipes.get_extra("item_workflow")), items), table)
+        same_shape = vectors.shape == served_vectors.shape
+        identical = bool(same_shape and np.array_equal(vectors, served_vectors))
+        item_diff = float(np.max(np.abs(vectors - served_vectors))) if same_shape else float("inf")
+        verify_seconds = time.perf_counter() - t0
+        dlrm, architecture, before_dlrm, dlrm_report = fine_tune_dlrm(parent_dlrm, dlrm_split, table, params, probe,
+                                                                      pipes.log.info)
+        after_query = mi.predict_batches(two_tower.query_encoder, q_in)
+        after_dlrm = score(dlrm, probe, table)
+
+        exports = {}
+        with store.writing(output) as tmp:
+            out = Path(tmp)
+            t0 = time.perf_counter()
+            # What the next fine-tune restores: the full Two-Tower (its candidate tower is the served one, frozen)
+            # and the DLRM with its parameters.
+            two_tower.save(str(out / "two_tower" / params.variant / FULL_MODEL))
+            dlrm.save(str(out / "dlrm" / DLRM_MODEL))
+            (out / "dlrm" / DLRM_META).write_text(json.dumps({"params": {
+                **dataclasses.asdict(architecture), "bottom_mlp": list(architecture.bottom_mlp),
+                "top_mlp": list(architecture.top_mlp)}, "parent": str(parent_dlrm)}, indent=1))
+            save_seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            (out / "onnx").mkdir(parents=True)
+            for kind, model, features in (("query_tower", two_tower.query_encoder, query_features),
+                                          ("dlrm", dlrm, mi.DLRM_FEATURES)):
+                arrays = mi.feature_arrays(probe, features, table)
+                expected = onnx_export.tf_outputs(model, kind, arrays)
+                exports[kind] = onnx_export.export(model, kind, features, arrays, out / "onnx" / f"{kind}.onnx")
+                with open(out / "onnx" / f"{kind}.parity.npz", "wb") as f:
+                    np.savez(f, expected=expected, **arrays)
+            export_seconds = time.perf_counter() - t0
+            phases = {"read_rows": round(t_data - t_all, 2), "two_tower_restore": tt_report["load_seconds"],
+                      "two_tower_fit": tt_report["seconds"], "item_vectors_check": round(verify_seconds, 2),
+                      "dlrm_restore": dlrm_report["load_seconds"], "dlrm_fit": dlrm_report["seconds"],
+                      "save": round(save_seconds, 2), "onnx_export": round(export_seconds, 2)}
+            report = {
+                "params": dataclasses.asdict(params), "two_tower": {**tt_report, **tt_counts},
+                "dlrm": {**dlrm_report, **dlrm_counts}, "item_vectors_max_abs_diff": item_diff,
+                "query_tower_max_abs_change": float(np.max(np.abs(after_query - before_query))),
+                "dlrm_max_abs_change": float(np.max(np.abs(after_dlrm - before_dlrm))),
+                "exports": exports, "probe_rows": int(len(probe)), "phase_seconds": phases,
+                "seconds": round(time.perf_counter() - t_all, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+            (out / "meta.json").write_text(json.dumps(report, indent=1, default=float))
+        pipes.report_asset_check(
+            "item_vectors_unchanged", passed=identical,
+            metadata={"description": f"catalogue vectors of the fine-tuned candidate tower against the served ones: "
+                                     f"max abs difference {item_diff} (expected exactly 0, so the FAISS index "
+                                     "stays valid)", "max_abs_diff": item_diff},
+        )
+        pipes.report_asset_materialization(metadata={
+            "variant": params.variant,
+            "two_tower/rows": tt_report["rows"], "two_tower/replay_rows": tt_counts["replay_rows"],
+            "two_tower/seconds": tt_report["seconds"],
+            "two_tower/final_loss": tt_report["history"][-1]["loss"] if tt_report["history"] else float("nan"),
+            "dlrm/rows": dlrm_report["rows"], "dlrm/replay_rows": dlrm_counts["replay_rows"],
+            "dlrm/seconds": dlrm_report["seconds"],
+            "dlrm/final_loss": dlrm_report["history"][-1]["loss"] if dlrm_report["history"] else float("nan"),
+            "held_out_rows": dlrm_counts["held_out_rows"],
+            "item_vectors_max_abs_diff": item_diff,
+            "query_tower_max_abs_change": report["query_tower_max_abs_change"],
+            "dlrm_max_abs_change": report["dlrm_max_abs_change"],
+            "merlin_seconds": report["seconds"], "peak_rss_mb": report["peak_rss_mb"],
+            **{f"phase_seconds/{k}": v for k, v in phases.items()},
+            "path": store.uri(output),
+        })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
