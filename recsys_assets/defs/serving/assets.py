@@ -308,10 +308,15 @@ def _restore(server, repository: Path, previous: Release, changed: list, timeout
     if server is None:
         return []
     restore_release(repository, previous)
+    ready: dict = {}
     with server.client() as client:
-        loaded = {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"}
-    reload = [m for m in changed if m in loaded and m != ENSEMBLE]
-    server.load(reload + [ENSEMBLE], timeout=timeout)
+        for entry in client.get_model_repository_index():
+            if entry.get("state") == "READY" and entry.get("version"):
+                ready.setdefault(entry["name"], set()).add(str(entry["version"]))
+    # A model whose new version failed to load still serves its old one: leave it alone (no reload, no stall).
+    reload = [m for m in changed if m != ENSEMBLE and m in ready and ready[m] != {str(previous.models[m])}]
+    if reload:
+        server.load(reload + [ENSEMBLE], timeout=timeout)
     return reload
 
 
