@@ -13,8 +13,9 @@ that forms one served set, the parameters and the digest of every input.
 Versions: each build stages every model's version content (shim + artifacts) and compares its digest (files and
 parameters) with the model's latest version: unchanged models keep their version, changed ones get the next
 integer. The live repository of a running server is updated in place (``previous`` == ``target``), leaving the
-folders of unchanged models untouched, so a hot swap reloads only the changed models. So a release that only retrains the ranker bumps ``dlrm_ranking`` alone, and the manifest says so.
-Versions no longer named by the last ``keep_releases`` releases are removed.
+folders of unchanged models untouched, so a hot swap reloads only the changed models. So a release that only
+retrains the ranker bumps ``dlrm_ranking`` alone, and the manifest says so. Versions no longer named by the last
+``keep_releases`` releases are removed (in place: only from models that changed, which reload anyway).
 
 Runtime endpoints (Valkey URL, Feast registry and online store, ports) are never written here: the stages read
 them from the server's environment (:mod:`recsys_assets.serving.runtime`), so a repository version stays valid

@@ -3,8 +3,8 @@ or in run metadata, and clicks only on items that exist.
 
 The stack of these tests runs Valkey with a password (random per run) given in ``RECSYS_VALKEY_URL``, the way a
 managed Valkey is reached; every process and every file it writes is then searched for that password.
-One leak found on the way is a strict xfail (the report of issue 10 has the fix): the ``triton_deployment``
-asset writes the Valkey URL, password included, into its materialization metadata.
+One leak found on the way is fixed: the ``triton_deployment`` asset wrote the Valkey URL, password included, into
+its materialization metadata; it now shows the URL with the password redacted.
 """
 
 import re
@@ -236,9 +236,6 @@ def test_the_valkey_password_never_reaches_a_log_or_an_artifact(stack):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="triton_deployment's metadata 'valkey' is environ['RECSYS_VALKEY_URL'] as is: "
-                   "a password in the URL lands in the run's metadata (the Dagster UI, the event log); it should show "
-                   "the URL redacted (lib.valkey_server.parse_url(...) repr or _redact)")
 @pytest.mark.timeout(300)
 def test_the_valkey_password_never_reaches_dagster_metadata_or_logs(stack):
     texts = []

@@ -114,7 +114,8 @@ def test_the_release_serves_the_selected_variant_and_the_daily_grown_index(tmp_p
     # both trained, retrieval_evaluation selected "context": its tower and its index
     store.write_bytes(paths.query_tower_onnx("context"), tiny.trained.query_tower.read_bytes())
     store.write_bytes(paths.faiss_index("context"), tiny.trained.faiss_index.read_bytes())
-    store.write_bytes(f"{paths.RETRIEVAL_EVALUATION}/summary.json", json.dumps({"selected_variant": "context"}).encode())
+    summary = json.dumps({"selected_variant": "context"}).encode()
+    store.write_bytes(f"{paths.RETRIEVAL_EVALUATION}/summary.json", summary)
     assert serving.served_variant(store) == "context" and serving.served_variant(store, "plain") == "plain"
     # the daily refresh grew the context index by one new item: the release packages the grown index
     index = fx.load(store.local_path(paths.faiss_index("context")))
@@ -133,7 +134,6 @@ def test_the_release_serves_the_selected_variant_and_the_daily_grown_index(tmp_p
     manifest = serving.releases(store)[-1]
     assert manifest.inputs["faiss_index"] == _input_digest(store.local_path(paths.daily_index("context")))
     # a full retrain replaced the trained index since: the old growth no longer applies
-    store.write_bytes(paths.faiss_index("context"), tiny.trained.faiss_index.read_bytes() + b"")
     index = fx.load(store.local_path(paths.faiss_index("context")))
     index.add_with_ids(np.ones((1, index.d), np.float32), np.array([10**6 + 1], np.int64))
     with store.writing(paths.faiss_index("context")) as tmp:
