@@ -233,6 +233,12 @@ def test_whole_release_switch_under_load_sensor_rollback_and_failed_load(tmp_pat
         assert "release 1 keeps serving" in message
         assert answers_of(http, requests) == (1, expected_1)
         assert rl.record(store, 3).status == "load_failed" and rl.served_state(store).release == 1
+
+        # the server stopped (a reboot, `serve stop`): promoting the recorded release starts one on it
+        deploy.stop_local(root)
+        result = _promote(root, ports, run_config={"ops": {"served_release": {"config": {"release": 1}}}})
+        assert result.asset_materializations_for_node("served_release")[0].metadata["action"].value == "restart"
+        assert answers_of(http, requests) == (1, expected_1) and rl.served_state(store).stack == [1]
     finally:
         deploy.stop_local(root)
 

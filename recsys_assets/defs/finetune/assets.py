@@ -525,11 +525,13 @@ def served_release(context: dg.AssetExecutionContext, config: PromotionConfig, a
     if target_record is not None and target_record.gate_passed is False and not (config.force or config.rollback):
         raise dg.Failure(f"release {number} failed its gate and is not promoted: {'; '.join(target_record.reasons)} "
                          "(set force: true to promote it anyway)")
-    if state is not None and state.release == number:
+    restart = state is not None and state.release == number
+    if restart and deploy.running_server(root) is not None:
         raise dg.Failure(f"release {number} already serves")
-    current = rl.manifest(store, state.release) if state else None
+    # restart: the recorded release, with no server running (a reboot, `serve stop`): start one on it
+    current = rl.manifest(store, state.release) if state and not restart else None
     smoke = [{"user_id": u, "device_type": config.smoke_device_type} for u in config.smoke_user_ids]
-    action = "rollback" if config.rollback else "promotion"
+    action = "restart" if restart else ("rollback" if config.rollback else "promotion")
     with rl.repository_lock(root):
         live = store.local_path(paths.TRITON_REPOSITORY)
         target_text = _ensemble_text(store, live, number)
@@ -559,7 +561,7 @@ def served_release(context: dg.AssetExecutionContext, config: PromotionConfig, a
     if config.rollback:
         if stack and stack[-1] == state.release:
             stack.pop()
-    else:
+    elif not restart:
         stack.append(number)
     new_state = rl.ServedState(release=number, stack=stack, events=[*(state.events if state else []), {
         "action": action, "release": number, "previous": current.release if current else None, "at": rl.now(),
