@@ -6,7 +6,8 @@ Reads the transformed days and the multimodal table of an artifact root (run the
 per epoch and the validation numbers. Nothing is written to the artifact root.
 
     .venv-merlin/bin/python benchmarks/training.py --artifacts artifacts
-    .venv-merlin/bin/python benchmarks/training.py --artifacts artifacts-seed --models dlrm --epochs 1
+    .venv-merlin/bin/python benchmarks/training.py --artifacts artifacts-seed --models dlrm --epochs 1 \
+        --train-days 0,1,2 --validation-days 3
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ TRAIN_DAYS, VALIDATION_DAYS = list(range(9)), [9, 10, 11]
 # The asset defaults (recsys_assets.defs.training.assets.TwoTowerConfig / DlrmConfig), repeated here because
 # this script runs in the merlin env, which has no Dagster.
 TWO_TOWER = {"user_id_embedding_dim": 32, "item_id_embedding_dim": 8, "feature_embedding_dim": 16,
-             "mlp": [128, 64], "dropout": 0.2, "batch_size": 256, "learning_rate": 3e-3, "epochs": 3,
-             "logq_correction": 1.0, "user_oov_rate": 0.1}
+             "mlp": [128, 64], "dropout": 0.2, "batch_size": 256, "learning_rate": 3e-3, "epochs": 2,
+             "positives": "impressions", "click_weight": 5, "logq_correction": 1.0, "user_oov_rate": 0.1}
 DLRM = {"embedding_dim": 64, "bottom_mlp": [128, 64], "top_mlp": [128, 64, 32], "id_l2": 1e-4,
         "oov_rate": 0.1, "batch_size": 1024, "learning_rate": 1e-3, "epochs": 2}
 
@@ -38,14 +39,18 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="two_tower,dlrm")
     ap.add_argument("--variants", default="plain,context")
     ap.add_argument("--epochs", type=int, default=0, help="override the default epochs")
+    ap.add_argument("--train-days", default=",".join(map(str, TRAIN_DAYS)))
+    ap.add_argument("--validation-days", default=",".join(map(str, VALIDATION_DAYS)))
     args = ap.parse_args(argv)
+    train_days = [int(d) for d in args.train_days.split(",")]
+    validation_days = [int(d) for d in args.validation_days.split(",")]
 
     from recsys_assets.ml import dlrm, two_tower
     from recsys_assets.ml import model_inputs as mi
 
     store = ArtifactStore(args.artifacts)
-    train = [store.local_path(paths.transformed_interactions(d)) for d in TRAIN_DAYS]
-    valid = [store.local_path(paths.transformed_interactions(d)) for d in VALIDATION_DAYS]
+    train = [store.local_path(paths.transformed_interactions(d)) for d in train_days]
+    valid = [store.local_path(paths.transformed_interactions(d)) for d in validation_days]
     n_items = len(store.read_parquet(paths.ITEMS, columns=["item_id"]))
     table = mi.load_multimodal(store.local_path(paths.MULTIMODAL_EMBEDDINGS), n_items)
     results = []

@@ -1,10 +1,12 @@
 """Trains the Two-Tower retrieval model (merlin-models ``TwoTowerModelV2``) in the merlin env, through Pipes.
 
 Contract
-- Input: the transformed train and validation days (clicked rows only: a click is a positive pair of a query
-  and an item), and the raw-id-keyed multimodal table. The query tower encodes user features (variant
-  ``plain``) or user + request-context features (variant ``context``, context-aware retrieval); the candidate
-  tower encodes item features plus the image and text vectors. Trained with in-batch negatives and a
+- Input: the transformed train and validation days, and the raw-id-keyed multimodal table. Positive pairs of a
+  query and an item are the clicked rows (``positives="clicks"``) or every logged impression with each click
+  counted ``click_weight`` times (``positives="impressions"``, see :func:`positive_pairs`); validation pairs are
+  the clicked rows either way. The query tower encodes user features (variant ``plain``) or user +
+  request-context features (variant ``context``, context-aware retrieval); the candidate tower encodes item
+  features plus the image and text vectors. Trained with in-batch negatives and a
   contrastive (softmax cross-entropy) loss; validation: loss and in-batch top-k metrics on the validation days.
 - Output, per variant under ``<output>/<variant>/``: ``model/`` (the full SavedModel, restored for daily
   fine-tuning with ``freeze_blocks(["candidate"])``), ``query_tower/`` and ``candidate_tower/`` (SavedModels of
@@ -29,6 +31,8 @@ import numpy as np
 from recsys_assets.ml import model_inputs as mi
 
 FULL_MODEL, QUERY_TOWER, CANDIDATE_TOWER, META = "model", "query_tower", "candidate_tower", "meta.json"
+# What a positive (query, item) pair is: a click, or every logged impression (clicked ones ``click_weight`` times).
+POSITIVES = ("clicks", "impressions")
 
 
 @dataclasses.dataclass
@@ -47,6 +51,8 @@ class TwoTowerParams:
     user_oov_rate: float = 0.0
     l2_normalize: bool = False
     temperature: float = 1.0
+    positives: str = "clicks"
+    click_weight: int = 1
     seed: int = 0
 
     @classmethod
@@ -57,6 +63,10 @@ class TwoTowerParams:
             raise ValueError(f"unknown two-tower parameters {unknown}: expected some of {sorted(known)}")
         out = cls(**d)
         out.mlp = tuple(int(x) for x in out.mlp)
+        if out.positives not in POSITIVES:
+            raise ValueError(f"unknown positives {out.positives!r}: expected one of {', '.join(POSITIVES)}")
+        if out.click_weight < 1:
+            raise ValueError(f"click_weight must be >= 1 (copies of each clicked row), got {out.click_weight}")
         return out
 
 
@@ -124,6 +134,26 @@ def item_click_counts(split: mi.Split) -> np.ndarray:
     return np.bincount(ids, minlength=max(cardinality, int(ids.max(initial=0)) + 1)).astype(np.float64)
 
 
+def positive_pairs(folders, features, params: TwoTowerParams) -> mi.Split:
+    """The training pairs, shuffled: clicked rows, or every impression with each click ``click_weight`` times.
+
+    Why impressions: retrieval is judged on the items a session clicked, which the earlier system first had to
+    show; its impressions follow the user's hidden persona (about a third of them) and popularity. A user has ~40
+    impressions but ~3 clicks in the training days, so the impression log says far more about who they are than
+    the clicks do, and the extra click copies keep the click signal. The logQ correction then counts impressions.
+    """
+    if params.positives == "clicks":
+        return mi.load_split(folders, features, with_target=False, clicked_only=True, shuffle_seed=params.seed)
+    import pandas as pd
+
+    split = mi.load_split(folders, features, with_target=True)
+    rows = split.rows
+    clicked = rows[rows[mi.TARGET] == 1]
+    rows = pd.concat([rows] + [clicked] * (params.click_weight - 1), ignore_index=True)
+    rows = rows.drop(columns=[mi.TARGET]).sample(frac=1.0, random_state=params.seed).reset_index(drop=True)
+    return mi.Split(rows=rows, schema=split.schema.excluding_by_name([mi.TARGET]))
+
+
 def features_of(params: TwoTowerParams) -> tuple[str, ...]:
     return mi.query_features(params.variant) + mi.CANDIDATE_FEATURES
 
@@ -135,11 +165,10 @@ def train(train_folders, valid_folders, table: np.ndarray, params: TwoTowerParam
     mi.set_seeds(params.seed)
     features = features_of(params)
     t0 = time.perf_counter()
-    train_split = mi.load_split(train_folders, features, with_target=False, clicked_only=True,
-                                shuffle_seed=params.seed)
+    train_split = positive_pairs(train_folders, features, params)
     valid_split = mi.load_split(valid_folders, features, with_target=False, clicked_only=True)
     if len(train_split) < params.batch_size:
-        raise ValueError(f"only {len(train_split)} clicked training rows for batch size {params.batch_size}: "
+        raise ValueError(f"only {len(train_split)} training pairs for batch size {params.batch_size}: "
                          "use more train days or a smaller batch_size")
     load_seconds = time.perf_counter() - t0
     train_loader = mi.loader(train_split, table, params.batch_size, shuffle=True, seed=params.seed, drop_last=True,
@@ -151,7 +180,8 @@ def train(train_folders, valid_folders, table: np.ndarray, params: TwoTowerParam
     t0 = time.perf_counter()
     model.fit(train_loader, epochs=params.epochs, callbacks=[timer], verbose=0)
     fit_seconds = time.perf_counter() - t0
-    log(f"two-tower {params.variant}: {len(train_split)} clicked rows, {params.epochs} epochs in {fit_seconds:.1f}s")
+    log(f"two-tower {params.variant}: {len(train_split)} {params.positives} pairs, {params.epochs} epochs in "
+        f"{fit_seconds:.1f}s")
     valid = {}
     if len(valid_split) >= params.batch_size:
         valid_loader = mi.loader(valid_split, table, params.batch_size, shuffle=False, drop_last=True)
@@ -229,9 +259,11 @@ def fine_tune_frozen_candidate(model_dir, train_folders, table: np.ndarray, para
     # Pass the block's name (passing the object trips a merlin-models 23.12 bug). A reloaded model names its
     # towers encoder/encoder_1, so look the candidate tower up rather than assume its name.
     model.freeze_blocks([model.candidate_encoder.name])
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate or params.learning_rate / 3))
-    split = mi.load_split(train_folders, features_of(params), with_target=False, clicked_only=True,
-                          shuffle_seed=params.seed)
+    # The loss explicitly: a revived model's default loss takes the contrastive output's logits for probabilities
+    # (clipped at 1e-7: a constant loss of ln(1e7) = 16.1 and no gradient on the tiny world).
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate or params.learning_rate / 3),
+                  loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+    split = positive_pairs(train_folders, features_of(params), params)
     model.fit(mi.loader(split, table, params.batch_size, shuffle=True, seed=params.seed, drop_last=True),
               epochs=epochs, verbose=0)
     return model
