@@ -8,7 +8,7 @@ of the asset is marked. Latency: one query at a time, k = 300 (what serving asks
 share of the exact top-300 each index returns. Builds use every core (``--build-threads``).
 
     .venv/bin/python benchmarks/faiss_index.py                       # 2,465 and 1 M
-    .venv/bin/python benchmarks/faiss_index.py --sizes 2465,1000000,10000000 --kinds flat,ivf
+    .venv/bin/python benchmarks/faiss_index.py --sizes 10000000 --kinds flat,ivf --nlist 4096 --queries 50
     .venv/bin/python benchmarks/faiss_index.py --artifacts artifacts  # the trained item vectors at 2,465
 
 Prints one table row per (size, kind) and, with ``--json``, writes the rows to a file.
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", default="flat,ivf,hnsw", help="index kinds to measure")
     ap.add_argument("--queries", type=int, default=200, help="single queries timed per index")
     ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--nlist", type=int, default=0, help="IVF cells (0: about 4 sqrt(items), as the asset)")
     ap.add_argument("--ef-search", type=int, default=128)
     ap.add_argument("--hnsw-max", type=int, default=2_000_000, help="skip HNSW above this size (build time)")
     ap.add_argument("--artifacts", default="", help="artifact root: use index/item_embeddings/<variant>.npy at 2,465")
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     rows = []
-    params = fx.IndexParams(nprobe=args.nprobe, ef_search=args.ef_search)
+    params = fx.IndexParams(nprobe=args.nprobe, nlist=args.nlist, ef_search=args.ef_search)
     rng = np.random.default_rng(1)
     for n in [int(s) for s in args.sizes.split(",")]:
         source = "synthetic"

@@ -293,7 +293,7 @@ def recall_plot(table, path, methods: Sequence[str] | None = None, metric_name: 
 
     methods = list(methods or dict.fromkeys(table["method"]))
     splits = [s for s in SPLITS if s in set(table["split"])]
-    fig = Figure(figsize=(1.6 * len(splits) + 3, 3.6), dpi=80)
+    fig = Figure(figsize=(1.6 * len(splits) + 3, 4.0), dpi=80)
     ax = fig.subplots()
     width = 0.8 / max(len(methods), 1)
     for m, method in enumerate(methods):
@@ -301,8 +301,10 @@ def recall_plot(table, path, methods: Sequence[str] | None = None, metric_name: 
         ax.bar(np.arange(len(splits)) + m * width, values, width, label=method)
     ax.set_xticks(np.arange(len(splits)) + width * (len(methods) - 1) / 2, splits)
     ax.set_ylabel(metric_name)
+    if metric_name == "auc":
+        ax.set_ylim(0.4, 1.0)  # AUC differences live above chance
     ax.set_title(title or f"{metric_name} by split")
-    ax.legend(fontsize=8, ncols=2)
+    ax.legend(fontsize=8, ncols=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     fig.tight_layout()
     fig.savefig(path, format="png")
 

@@ -104,7 +104,10 @@ def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params:
     load_seconds = time.perf_counter() - t0
     # The block's name, not the object (merlin-models 23.12); a reloaded model names its towers encoder/encoder_1.
     model.freeze_blocks([model.candidate_encoder.name])
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.two_tower_learning_rate))
+    # The loss explicitly (as ml.two_tower does): a revived model's default loss reads the contrastive logits as
+    # probabilities, which clips them to a constant loss without a useful gradient.
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.two_tower_learning_rate),
+                  loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
     timer = mi.EpochTimer(rows=(len(split) // params.two_tower_batch_size) * params.two_tower_batch_size)
     t0 = time.perf_counter()
     model.fit(mi.loader(split, table, params.two_tower_batch_size, shuffle=True, seed=params.seed, drop_last=True),
