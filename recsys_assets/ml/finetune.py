@@ -6,8 +6,9 @@ Contract
   transformed days for replay, the interaction ids held out for evaluation (never trained on), the
   raw-id-keyed multimodal table, and the item vectors the served FAISS index was built from.
 - Two-Tower: the full model is restored, its candidate tower frozen (``freeze_blocks([<candidate name>])``)
-  and only the query tower trained, on the new day's clicks plus a ``replay_fraction`` sample of the older days'
-  clicks. The catalogue is then embedded with the fine-tuned candidate tower and compared with the served item
+  and only the query tower trained, on the new day's pairs plus a ``replay_fraction`` sample of the older days'
+  pairs, where a pair is what it was when the parent trained (clicks, or impressions with clicks weighted, read
+  from the parent's ``meta.json``). The catalogue is then embedded with the fine-tuned candidate tower and compared with the served item
   vectors: they must be bit-identical (check ``item_vectors_unchanged``), so the served FAISS index stays valid.
 - DLRM: restored (rebuilt from the parent's ``meta.json`` parameters, weights carried over exactly) and every
   layer trained on the new day's impressions plus the replay sample, at the given
@@ -84,6 +85,16 @@ def rows_for(new_day, replay_days, features, with_target: bool, clicked_only: bo
     return mi.Split(rows=rows, schema=schema.select_by_name(list(rows.columns))), counts
 
 
+def parent_positives(model_dir) -> tuple[str, int]:
+    """What a positive pair was when the parent Two-Tower trained (``meta.json`` beside its model): clicks, or
+    impressions with clicks weighted. Models saved before that choice existed trained on clicks."""
+    from recsys_assets.ml.two_tower import META
+
+    meta = Path(model_dir) / META
+    params = json.loads(meta.read_text()).get("params", {}) if meta.exists() else {}
+    return params.get("positives", "clicks"), int(params.get("click_weight", 1))
+
+
 def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params: FineTuneParams, probe: dict,
                         log=print):
     """Restore the full Two-Tower model, freeze its candidate tower, train the query tower on ``split``.
@@ -96,7 +107,7 @@ def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params:
 
     mi.set_seeds(params.seed)
     if len(split) < params.two_tower_batch_size:
-        raise ValueError(f"only {len(split)} clicked rows to fine-tune the query tower on, fewer than one batch of "
+        raise ValueError(f"only {len(split)} pairs to fine-tune the query tower on, fewer than one batch of "
                          f"{params.two_tower_batch_size}: lower two_tower_batch_size or raise replay_fraction")
     t0 = time.perf_counter()
     model = tf.keras.models.load_model(str(Path(model_dir) / FULL_MODEL))
@@ -113,7 +124,7 @@ def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params:
     model.fit(mi.loader(split, table, params.two_tower_batch_size, shuffle=True, seed=params.seed, drop_last=True),
               epochs=params.two_tower_epochs, callbacks=[timer], verbose=0)
     seconds = time.perf_counter() - t0
-    log(f"query tower fine-tuned on {len(split)} clicked rows in {seconds:.1f}s (candidate tower frozen)")
+    log(f"query tower fine-tuned on {len(split)} pairs in {seconds:.1f}s (candidate tower frozen)")
     return model, before, {"rows": len(split), "seconds": round(seconds, 2), "history": timer.epochs,
                            "load_seconds": round(load_seconds, 2),
                            "trainable_weights": len(model.trainable_weights)}
@@ -185,6 +196,8 @@ def main() -> int:
     from recsys_assets.ml.dlrm import score
     from recsys_assets.ml.item_embeddings import catalogue_features, embed_catalogue
     from recsys_assets.ml.two_tower import FULL_MODEL
+    from recsys_assets.ml.two_tower import META as TWO_TOWER_META
+    from recsys_assets.ml.two_tower import weight_clicks
 
     with open_dagster_pipes() as pipes:
         t_all = time.perf_counter()
@@ -202,8 +215,15 @@ def main() -> int:
         query_features = mi.query_features(params.variant)
         two_tower_features = query_features + mi.CANDIDATE_FEATURES
 
-        tt_split, tt_counts = rows_for(new_day, replay, two_tower_features, with_target=False, clicked_only=True,
-                                       exclude=held_out, replay_fraction=params.replay_fraction, seed=params.seed)
+        # The query tower learns from the same kind of pairs as the training that made its parent: clicks, or
+        # every impression with clicks weighted (ml.two_tower); other pairs pull it away from what it learned.
+        positives, click_weight = parent_positives(parent_two_tower)
+        tt_split, tt_counts = rows_for(new_day, replay, two_tower_features, with_target=positives != "clicks",
+                                       clicked_only=positives == "clicks", exclude=held_out,
+                                       replay_fraction=params.replay_fraction, seed=params.seed)
+        if positives != "clicks":
+            tt_split = weight_clicks(tt_split, click_weight, params.seed)
+        tt_counts.update(positives=positives, click_weight=click_weight)
         dlrm_split, dlrm_counts = rows_for(new_day, replay, mi.DLRM_FEATURES, with_target=True, clicked_only=False,
                                            exclude=held_out, replay_fraction=params.replay_fraction,
                                            seed=params.seed)
@@ -236,6 +256,8 @@ def main() -> int:
             # What the next fine-tune restores: the full Two-Tower (its candidate tower is the served one, frozen)
             # and the DLRM with its parameters.
             two_tower.save(str(out / "two_tower" / params.variant / FULL_MODEL))
+            (out / "two_tower" / params.variant / TWO_TOWER_META).write_text(json.dumps(
+                {"params": {"variant": params.variant, "positives": positives, "click_weight": click_weight}}))
             dlrm.save(str(out / "dlrm" / DLRM_MODEL))
             (out / "dlrm" / DLRM_META).write_text(json.dumps({"params": {
                 **dataclasses.asdict(architecture), "bottom_mlp": list(architecture.bottom_mlp),

@@ -144,13 +144,17 @@ def positive_pairs(folders, features, params: TwoTowerParams) -> mi.Split:
     """
     if params.positives == "clicks":
         return mi.load_split(folders, features, with_target=False, clicked_only=True, shuffle_seed=params.seed)
+    return weight_clicks(mi.load_split(folders, features, with_target=True), params.click_weight, params.seed)
+
+
+def weight_clicks(split: mi.Split, click_weight: int, seed: int) -> mi.Split:
+    """Impressions (with the target column) as positive pairs, each clicked row ``click_weight`` times, shuffled."""
     import pandas as pd
 
-    split = mi.load_split(folders, features, with_target=True)
     rows = split.rows
     clicked = rows[rows[mi.TARGET] == 1]
-    rows = pd.concat([rows] + [clicked] * (params.click_weight - 1), ignore_index=True)
-    rows = rows.drop(columns=[mi.TARGET]).sample(frac=1.0, random_state=params.seed).reset_index(drop=True)
+    rows = pd.concat([rows] + [clicked] * (click_weight - 1), ignore_index=True)
+    rows = rows.drop(columns=[mi.TARGET]).sample(frac=1.0, random_state=seed).reset_index(drop=True)
     return mi.Split(rows=rows, schema=split.schema.excluding_by_name([mi.TARGET]))
 
 

@@ -426,8 +426,10 @@ def test_finetune_promote_under_load_gate_and_rollback(trained_world, valkey, mo
         release, expected_1 = answers_of(http, requests)
         assert release == 1
 
-        # fine-tune the new day: release 2 changes the query tower and the ranker only
-        result = _finetune(root, ports)
+        # fine-tune the new day: release 2 changes the query tower and the ranker only. A gentle query-tower rate:
+        # this test is about promotion, and on the tiny world a full-rate step moves retrieval recall by more than
+        # the gate's tolerance either way (the gate itself is exercised by the absurd-rate fine-tune below).
+        result = _finetune(root, ports, two_tower_learning_rate=1e-5)
         checks = _checks(result, "finetuned_models")
         failed = {n: c.metadata["description"].value for n, c in checks.items() if not c.passed}
         assert not failed, failed
