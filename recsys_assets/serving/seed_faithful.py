@@ -45,6 +45,7 @@ from typing import Mapping
 
 import numpy as np
 
+from recsys_assets.serving.common import pack_text, unpack_text
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -87,9 +88,8 @@ class _WorkflowTransform(Stage):
         frame, all_missing = {}, False
         for column in self.input_columns:
             values = np.asarray(raw[f"raw_{column}"])
-            if values.dtype == object:  # BYTES tensors: the workflow's vocabularies hold str
-                values = [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
-                all_missing |= all(v is None for v in values)
+            if values.dtype == np.uint8 and values.ndim == 2:  # text as UTF-8 rows; the vocabularies hold str
+                values = [v.decode() for v in unpack_text(values).tolist()]
             else:
                 values = values.astype(self.dtypes[column], copy=False)
                 all_missing |= bool(len(values)) and bool(np.all((values == SENTINEL) | pd.isna(values)))
@@ -147,7 +147,7 @@ class FeastItemsPerRequest(Stage):
         rows = self.store.get_online_features(features=self.refs, entity_rows={"item_id": ids.tolist()}).to_dict()
         out = {"price": np.array([np.nan if v is None else float(v) for v in rows["price"]], dtype=np.float64)}
         for name in ("category_l1", "category_l2", "item_gender"):
-            out[name] = np.array([b"" if v is None else str(v).encode() for v in rows[name]], dtype=object)
+            out[name] = pack_text(np.array(rows[name], dtype=object))
         return out
 
 

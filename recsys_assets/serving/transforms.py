@@ -93,12 +93,20 @@ class _Categorify:
         self.string = values.dtype.kind in "US"
         if self.string:
             self.table = dict(zip(values.tolist(), labels.tolist()))
+            # The same vocabulary as sorted UTF-8 bytes, for text that arrives as an ``S<W>`` array (the
+            # fixed-width text tensors of serving.common): one searchsorted instead of a dict lookup per value.
+            encoded = np.char.encode(values.astype(str), "utf-8") if len(values) else np.zeros(0, dtype="S1")
+            order = np.argsort(encoded, kind="stable")
+            self.sorted_bytes = encoded[order]
+            self.sorted_bytes_labels = labels[order].astype(np.int64)
         else:
             order = np.argsort(values, kind="stable")
             self.sorted_values = values[order]
             self.sorted_labels = labels[order].astype(np.int64)
 
     def __call__(self, x) -> np.ndarray:
+        if self.string and isinstance(x, np.ndarray) and x.dtype.kind == "S":
+            return self._lookup_sorted(self.sorted_bytes, self.sorted_bytes_labels, x)
         if self.string:
             items = np.asarray(x, dtype=object).tolist()
             get, null, oov = self.table.get, self.null, self.oov
@@ -106,13 +114,18 @@ class _Categorify:
                 (null if (v is None or (isinstance(v, float) and math.isnan(v))) else get(v, oov) for v in items),
                 dtype=np.int64, count=len(items))
         x = _as_numeric(x)
-        out = np.full(x.shape, self.oov, dtype=np.int64)
-        if len(self.sorted_values):
-            idx = np.searchsorted(self.sorted_values, x).clip(max=len(self.sorted_values) - 1)
-            found = self.sorted_values[idx] == x
-            out[found] = self.sorted_labels[idx[found]]
+        out = self._lookup_sorted(self.sorted_values, self.sorted_labels, x)
         if x.dtype.kind == "f":
             out[np.isnan(x)] = self.null
+        return out
+
+    def _lookup_sorted(self, keys: np.ndarray, labels: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The label of every value of ``x`` found in the sorted ``keys``; OOV for the others."""
+        out = np.full(x.shape, self.oov, dtype=np.int64)
+        if len(keys) and x.size:
+            idx = np.searchsorted(keys, x).clip(max=len(keys) - 1)
+            found = keys[idx] == x
+            out[found] = labels[idx[found]]
         return out
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
 from recsys_assets.serving.executor import StageContext
+from recsys_assets.serving.common import unpack_text
 from recsys_assets.serving.stages.feast_item_lookup import FeastItemLookup
 from recsys_assets.serving.stages.feast_user_lookup import FeastUserLookup
 from recsys_assets.serving.tiny import publish_online_state, serving_environ
@@ -70,7 +71,7 @@ def test_item_cache_is_read_through_feast_at_load_and_refreshes_without_restart(
         assert stage.table.source == "feast" and stage.table.size == len(items)
         ids = np.array([0, 5, len(items) - 1])
         out = stage(item_ids=ids)
-        assert out["category_l1"].tolist() == [c.encode() for c in items.loc[ids, "category_l1"]]
+        assert unpack_text(out["category_l1"]).tolist() == [c.encode() for c in items.loc[ids, "category_l1"]]
         assert np.allclose(out["price"], items.loc[ids, "price"])
         from recsys_assets.serving.runtime import Runtime
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys_assets.serving.common import pack_text, unpack_text
 from recsys_assets.serving.executor import BadRequest, StageConfigError, StageContext
 from recsys_assets.serving.stages.context_preprocessor import ContextPreprocessor
 from recsys_assets.serving.stages.faiss_retrieval import FaissRetrieval
@@ -188,9 +189,9 @@ def test_transforms_send_sentinels_to_null_and_unseen_values_to_oov(tmp_path, ti
     assert out["device_type"].tolist() == [1, 5] and out["hour_sin"][1] == pytest.approx(1.0, abs=1e-6)
     items = ItemTransform(StageContext("nvt_item_transform", model_dir=folder))
     cold = int(tiny.items.loc[tiny.items["available_from_day"] > 0, "item_id"].iloc[0])
-    out = items(raw_item_id=np.array([0, cold]), raw_category_l1=np.array([b"apparel", b"?"], dtype=object),
-                raw_category_l2=np.array([b"shirt", b""], dtype=object),
-                raw_item_gender=np.array([b"M", b"U"], dtype=object), raw_price=np.array([10.0, np.nan]))
+    out = items(raw_item_id=np.array([0, cold]), raw_category_l1=pack_text(["apparel", "?"]),
+                raw_category_l2=pack_text(["shirt", None]), raw_item_gender=pack_text(["M", "U"]),
+                raw_price=np.array([10.0, np.nan]))
     assert out["item_id"].tolist() == [3, 2]       # a cold item shares the OOV row
     assert out["category_l1"][1] == 2
 
@@ -298,6 +299,6 @@ def test_item_lookup_serves_the_packaged_snapshot_when_feast_cannot_be_read(tmp_
     assert ctx.metrics.value("recsys_degraded_requests_total", reason="feast_unreadable_at_load") == 1
     out = stage(item_ids=np.array([0, 1]))
     items = pd.read_parquet(tiny.trained.items)
-    assert out["category_l1"][0] == items.loc[0, "category_l1"].encode() and out["price"][1] == items.loc[1, "price"]
+    assert unpack_text(out["category_l1"])[0] == items.loc[0, "category_l1"].encode() and out["price"][1] == items.loc[1, "price"]
     assert stage.refresh() is False  # still unreadable: the snapshot keeps serving
     assert stage.table.source == "snapshot"

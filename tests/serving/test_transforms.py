@@ -189,3 +189,22 @@ def test_module_imports_with_numpy_alone_and_parses_as_python_310():
             "bad = [m for m in ('pandas', 'dagster', 'nvtabular', 'tensorflow', 'torch') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False, cwd=Path(T.__file__).parents[2]).returncode == 0
+
+
+def test_text_as_utf8_rows_categorifies_like_strings(t):
+    """The fixed-width UTF-8 tensors the item stages exchange give the labels the str path gives (b"" = "")."""
+    from recsys_assets.serving.common import pack_text, unpack_text
+
+    values = ["books", "apparel", "toys", "", "novel", "sh\u00efrt", "apparel"]
+    packed = pack_text(values)
+    assert packed.dtype == np.uint8 and packed.shape == (len(values), max(len(v.encode()) for v in values))
+    rows = unpack_text(packed)
+    assert [v.decode() for v in rows.tolist()] == values
+    for column in ("category_l1", "category_l2"):
+        step = [s for name, _, _, steps in t._groups["item"] if name == column for s in steps][-1]
+        assert step(rows).tolist() == step(np.array(values, dtype=object)).tolist()
+    # an empty batch, and a batch of empty values, stay well-formed
+    assert unpack_text(pack_text([])).shape == (0,)
+    assert unpack_text(pack_text([None, None])).tolist() == [b"", b""]
+    with pytest.raises(ValueError, match="UINT8"):
+        unpack_text(np.array(["books"], dtype=object))

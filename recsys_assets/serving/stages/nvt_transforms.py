@@ -5,12 +5,15 @@ Inputs are the raw columns prefixed ``raw_`` (``raw_user_id``, ``raw_age`` ...);
 own column names (``user_id``, ``age_norm``, ``hour_sin`` ...), which are also the ONNX models' input names.
 Categorify follows NVTabular: -1 sentinels land on row 1, values unseen at fit time (new users, cold items) on
 row 2. Output dtypes are the workflows' (int64 categories, float32 continuous values), as the configs declare.
+The item text columns (``raw_category_l1``, ``raw_category_l2``, ``raw_item_gender``) arrive as fixed-width UTF-8
+UINT8 [N, W] tensors (:func:`recsys_assets.serving.common.pack_text`) and are categorified without a Python loop.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from recsys_assets.serving.common import unpack_text
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
 
 TRANSFORMS_DIR = "transforms"
@@ -39,14 +42,13 @@ class _Transform(Stage):
         if self.group == "user":
             return self.transforms.transform_user(**columns)
         if self.group == "item":
-            return self.transforms.transform_item(**{k: _decode(v) if np.asarray(v).dtype == object else v
-                                                     for k, v in columns.items()})
+            for name in TEXT_INPUTS:
+                columns[name] = unpack_text(columns[name], f"raw_{name}")
+            return self.transforms.transform_item(**columns)
         return self.transforms.transform_context(**columns)
 
 
-def _decode(values) -> np.ndarray:
-    """BYTES tensors arrive as bytes objects; the vocabularies hold str."""
-    return np.array([v.decode() if isinstance(v, bytes) else v for v in np.asarray(values).tolist()], dtype=object)
+TEXT_INPUTS = ("category_l1", "category_l2", "item_gender")  # the item columns that travel as UTF-8 rows
 
 
 class UserTransform(_Transform):
