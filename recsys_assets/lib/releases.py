@@ -566,10 +566,10 @@ class ReleaseScorer:
         params = release.parameters
         self.transforms = CompiledTransforms.load(version_dir(repository, release, "nvt_user_transform") / "transforms")
         self.query = OnnxModel(version_dir(repository, release, "query_tower") / "model.onnx",
-                               json.loads(params["query_tower"].get("INPUT_MAP") or "{}"), set(QueryTower.inputs))
+                               json.loads(params["query_tower"].get("INPUT_MAP") or "{}"), set(QueryTower.features))
         self.dlrm = OnnxModel(version_dir(repository, release, "dlrm_ranking") / "model.onnx",
                               json.loads(params["dlrm_ranking"].get("INPUT_MAP") or "{}"),
-                              set(DlrmRanking.inputs) | set(DlrmRanking.derived))
+                              set(DlrmRanking.features) | set(DlrmRanking.derived))
         faiss_dir = version_dir(repository, release, "faiss_retrieval")
         self.index = fx.load(faiss_dir / "index.faiss")
         ids = faiss_dir / "index_ids.npy"

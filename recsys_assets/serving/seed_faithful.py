@@ -47,6 +47,8 @@ import numpy as np
 
 from recsys_assets.serving.common import pack_text, unpack_text
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
+from recsys_assets.serving.stages.nvt_transforms import (ContextTransform, GroupOutputs, ItemTransform,
+                                                         UserTransform)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MERLIN_ENV = PROJECT_ROOT / ".venv-merlin"
@@ -59,10 +61,9 @@ DEFAULT_ITEM_FEATURES = ",".join(f"item_features:{c}" for c in ("price", "catego
 
 
 # -- stages (run inside Triton's python stubs) ------------------------------------------------------------------
-class _WorkflowTransform(Stage):
-    """One saved NVTabular workflow applied per request: raw columns -> one-request DataFrame -> transform."""
-
-    group: str = ""
+class _WorkflowTransform(GroupOutputs, Stage):
+    """One saved NVTabular workflow applied per request: raw columns -> one-request DataFrame -> transform; the
+    output columns leave packed per feature group, as the compiled transforms' do (``GroupOutputs``)."""
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
@@ -71,9 +72,9 @@ class _WorkflowTransform(Stage):
         self.workflow = nvt.Workflow.load(str(ctx.artifact(WORKFLOW_DIR)))
         self.input_columns = list(self.workflow.input_schema.column_names)
         produced = list(self.workflow.output_schema.column_names)
-        if set(produced) != set(self.outputs):
+        if set(produced) != self.columns():
             raise StageConfigError(f"model {ctx.model_name!r}: the {self.group} workflow produces {produced}, "
-                                   f"the serving graph expects {list(self.outputs)}")
+                                   f"the serving graph expects {sorted(self.columns())}")
         if {f"raw_{c}" for c in self.input_columns} != set(self.inputs):
             raise StageConfigError(f"model {ctx.model_name!r}: the {self.group} workflow reads "
                                    f"{self.input_columns}, the serving graph gives {list(self.inputs)}")
@@ -102,25 +103,17 @@ class _WorkflowTransform(Stage):
             # row is unchanged). Training and the parity check never hit this: their batches mix rows.
             frame = {c: list(v) + [self.filler[c]] for c, v in frame.items()}
         out = self.workflow.transform(pd.DataFrame(frame))
-        return {name: out[name].to_numpy()[:n] for name in self.outputs}
+        return self.pack({name: out[name].to_numpy()[:n] for name in self.columns()})
 
 
-class UserWorkflowTransform(_WorkflowTransform):
-    group = "user"
-    inputs = ("raw_user_id", "raw_age", "raw_gender", "raw_top_category")
-    outputs = ("user_id", "gender", "top_category", "age_norm", "age_binned")
+def _same_tensors(compiled: type) -> dict:
+    """The group, inputs and outputs of a compiled-transform stage: the variant is a drop-in replacement."""
+    return {k: getattr(compiled, k) for k in ("group", "features", "index", "inputs", "outputs")}
 
 
-class ContextWorkflowTransform(_WorkflowTransform):
-    group = "context"
-    inputs = ("raw_device_type", "raw_timestamp")
-    outputs = ("device_type", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos")
-
-
-class ItemWorkflowTransform(_WorkflowTransform):
-    group = "item"
-    inputs = ("raw_item_id", "raw_category_l1", "raw_category_l2", "raw_item_gender", "raw_price")
-    outputs = ("item_id", "category_l1", "category_l2", "item_gender", "price_log_norm")
+UserWorkflowTransform = type("UserWorkflowTransform", (_WorkflowTransform,), _same_tensors(UserTransform))
+ContextWorkflowTransform = type("ContextWorkflowTransform", (_WorkflowTransform,), _same_tensors(ContextTransform))
+ItemWorkflowTransform = type("ItemWorkflowTransform", (_WorkflowTransform,), _same_tensors(ItemTransform))
 
 
 class FeastItemsPerRequest(Stage):

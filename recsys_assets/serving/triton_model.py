@@ -78,9 +78,11 @@ def python_model(stage_cls: type[Stage]) -> type:
             pb = self._pb
             responses = []
             for request in requests:
+                # One pass over the request's tensors (pb_utils.get_input_tensor_by_name scans them per name).
+                given = {tensor.name(): tensor for tensor in request.inputs()}
                 inputs = {}
                 for spec in self._executor.input_specs:
-                    tensor = pb.get_input_tensor_by_name(request, spec.name)
+                    tensor = given.get(spec.name)
                     inputs[spec.name] = None if tensor is None else tensor.as_numpy()
                 try:
                     outputs = self._executor.run(inputs)

@@ -22,7 +22,8 @@ from recsys_assets.serving.executor import BadRequest, StageContext
 from recsys_assets.serving.stages.context_preprocessor import ContextPreprocessor
 from recsys_assets.serving.stages.item_id_decoder import IdSpaceError, ItemIdDecoder
 from recsys_assets.serving.stages.softmax_sampling import SoftmaxSampling, greedy, sample
-from recsys_assets.serving.stages.unroll_features import PER_REQUEST, UnrollFeatures
+from recsys_assets.serving.features import CONTEXT, UNROLLED, USER
+from recsys_assets.serving.stages.unroll_features import UnrollFeatures
 
 DAY0 = 1767225600
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -211,12 +212,13 @@ def test_the_sampling_stage_returns_aligned_ids_indices_and_scores(scores, k, di
 # -- unroll_features, item_id_decoder, availability -----------------------------------------------------------------
 @given(st.integers(0, 400), INT64, st.floats(-1e6, 1e6, width=32))
 def test_unrolling_repeats_each_request_feature_once_per_candidate_keeping_its_dtype(n, int_value, float_value):
-    features = {name: (np.array([int_value], np.int64) if name in ("user_id", "gender", "top_category",
-                                                                  "age_binned", "device_type")
-                       else np.array([float_value], np.float32)) for name in PER_REQUEST}
-    out = UnrollFeatures(StageContext("unroll_features"))(item_ids=np.zeros(n, np.int64), **features)
+    features = {name: (np.array([int_value], np.int64) if name in UNROLLED.categorical
+                       else np.array([float_value], np.float32)) for name in UNROLLED.features}
+    groups = {**USER.pack(features), **CONTEXT.pack(features)}
+    out = UnrollFeatures(StageContext("unroll_features"))(item_ids=np.zeros(n, np.int64), **groups)
+    unrolled = UNROLLED.unpack(out["unrolled_categorical"], out["unrolled_continuous"])
     for name, value in features.items():
-        got = out[f"unrolled_{name}"]
+        got = unrolled[name]
         assert got.shape == (n,) and got.dtype == value.dtype and (got == value[0]).all()
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from recsys_assets.serving.common import pack_text, unpack_text
 from recsys_assets.serving.executor import BadRequest, StageConfigError, StageContext
+from recsys_assets.serving.features import CONTEXT, ITEM, UNROLLED, USER
 from recsys_assets.serving.stages.context_preprocessor import ContextPreprocessor
 from recsys_assets.serving.stages.faiss_retrieval import FaissRetrieval
 from recsys_assets.serving.stages.feast_item_lookup import FeastItemLookup, ItemTable
@@ -135,14 +136,35 @@ def test_fewer_candidates_than_k_return_them_all():
 
 
 # -- unroll / multimodal ----------------------------------------------------------------------------------------
+def request_groups(categorical=3, continuous=0.5):
+    """One request's user and context feature groups, every categorical column = ``categorical``."""
+    feats = {n: one(categorical) for n in USER.categorical + CONTEXT.categorical}
+    feats.update({n: one(continuous, np.float32) for n in USER.continuous + CONTEXT.continuous})
+    return {**USER.pack(feats), **CONTEXT.pack(feats)}
+
+
 def test_unroll_repeats_request_features_per_candidate_keeping_dtypes():
     stage = UnrollFeatures(StageContext("unroll_features"))
-    feats = {n: one(3) for n in ("user_id", "gender", "top_category", "age_binned", "device_type")}
-    feats.update({n: one(0.5, np.float32) for n in ("age_norm", "hour_sin", "hour_cos", "weekday_sin",
-                                                       "weekday_cos")})
-    out = stage(item_ids=np.arange(4), **feats)
-    assert out["unrolled_user_id"].tolist() == [3] * 4 and out["unrolled_hour_sin"].dtype == np.float32
-    assert stage(item_ids=np.zeros(0, np.int64), **feats)["unrolled_gender"].shape == (0,)
+    groups = request_groups()
+    groups["context_categorical"] = np.array([[4]])
+    out = UNROLLED.unpack(**{k.split("_")[1]: v for k, v in stage(item_ids=np.arange(4), **groups).items()})
+    assert out["user_id"].tolist() == [3] * 4 and out["device_type"].tolist() == [4] * 4
+    assert out["hour_sin"].dtype == np.float32 and out["hour_sin"].tolist() == [0.5] * 4
+    empty = stage(item_ids=np.zeros(0, np.int64), **groups)
+    assert empty["unrolled_categorical"].shape == (0, 5) and empty["unrolled_continuous"].shape == (0, 5)
+    with pytest.raises(BadRequest, match="one row"):
+        stage(item_ids=np.arange(2), **{**groups, "user_categorical": np.zeros((2, 4), np.int64)})
+
+
+def test_feature_groups_round_trip_and_reject_a_wrong_width():
+    cols = {"category_l1": np.array([3, 4]), "category_l2": np.array([5, 6]), "item_gender": np.array([1, 2]),
+            "price_log_norm": np.array([0.25, -1.0], np.float32)}
+    packed = ITEM.pack(cols)
+    assert packed["item_categorical"].shape == (2, 3) and packed["item_continuous"].dtype == np.float32
+    back = ITEM.unpack(packed["item_categorical"], packed["item_continuous"])
+    assert all(np.array_equal(back[k], v) for k, v in cols.items())
+    with pytest.raises(BadRequest, match=r"item_categorical must be \[rows, 3\]"):
+        ITEM.unpack(np.zeros((2, 2), np.int64), packed["item_continuous"])
 
 
 def test_multimodal_lookup_is_keyed_by_raw_id_and_zero_outside(tmp_path):
@@ -180,30 +202,30 @@ def version_dir(tmp_path, tiny, *names):
 def test_transforms_send_sentinels_to_null_and_unseen_values_to_oov(tmp_path, tiny):
     folder = version_dir(tmp_path, tiny, "transforms")
     user = UserTransform(StageContext("nvt_user_transform", model_dir=folder))
-    out = user(raw_user_id=np.array([0, -1, 10**6]), raw_age=np.array([30.0, 40.0, 50.0]),
-               raw_gender=np.array([1, -1, 0]), raw_top_category=np.array([3, -1, 19]))
+    out = USER.unpack(**{k.split("_")[1]: v for k, v in user(
+        raw_user_id=np.array([0, -1, 10**6]), raw_age=np.array([30.0, 40.0, 50.0]),
+        raw_gender=np.array([1, -1, 0]), raw_top_category=np.array([3, -1, 19])).items()})
     assert out["user_id"].tolist() == [3, 1, 2]   # known -> 3.., sentinel -> null 1, unseen -> OOV 2
     assert out["gender"].tolist()[1] == 1 and out["age_norm"].dtype == np.float32
     context = ContextTransform(StageContext("nvt_context_transform", model_dir=folder))
-    out = context(raw_device_type=np.array([-1, 2]), raw_timestamp=np.array([DAY0, DAY0 + 6 * 3600]))
+    out = CONTEXT.unpack(**{k.split("_")[1]: v for k, v in context(
+        raw_device_type=np.array([-1, 2]), raw_timestamp=np.array([DAY0, DAY0 + 6 * 3600])).items()})
     assert out["device_type"].tolist() == [1, 5] and out["hour_sin"][1] == pytest.approx(1.0, abs=1e-6)
     items = ItemTransform(StageContext("nvt_item_transform", model_dir=folder))
     cold = int(tiny.items.loc[tiny.items["available_from_day"] > 0, "item_id"].iloc[0])
     out = items(raw_item_id=np.array([0, cold]), raw_category_l1=pack_text(["apparel", "?"]),
                 raw_category_l2=pack_text(["shirt", None]), raw_item_gender=pack_text(["M", "U"]),
                 raw_price=np.array([10.0, np.nan]))
-    assert out["item_id"].tolist() == [3, 2]       # a cold item shares the OOV row
-    assert out["category_l1"][1] == 2
+    assert out["item_index"].tolist() == [3, 2]    # a cold item shares the OOV row
+    assert ITEM.unpack(out["item_categorical"], out["item_continuous"])["category_l1"][1] == 2
 
 
 def test_query_tower_feeds_onnx_inputs_by_feature_name_and_context_moves_the_query(tmp_path, tiny):
     folder = version_dir(tmp_path, tiny, "query.onnx")
     stage = QueryTower(StageContext("query_tower", model_dir=folder))
-    feats = {n: one(3) for n in ("user_id", "gender", "top_category", "age_binned")}
-    feats.update({n: one(0.1, np.float32) for n in ("age_norm", "hour_sin", "hour_cos", "weekday_sin",
-                                                       "weekday_cos")})
-    desktop = stage(device_type=one(3), **feats)["query_embedding"]
-    mobile = stage(device_type=one(4), **feats)["query_embedding"]
+    groups = request_groups(3, 0.1)
+    desktop = stage(**groups)["query_embedding"]
+    mobile = stage(**{**groups, "context_categorical": np.array([[4]])})["query_embedding"]
     assert desktop.shape == (16,) and desktop.dtype == np.float32
     assert not np.allclose(desktop, mobile)
 
@@ -218,14 +240,14 @@ def test_dlrm_scores_every_candidate_as_a_probability(tmp_path, tiny):
     folder = version_dir(tmp_path, tiny, "dlrm.onnx")
     stage = DlrmRanking(StageContext("dlrm_ranking", model_dir=folder))
     n = 7
-    feats = {n_: np.full(n, 3) for n_ in ("user_id", "gender", "top_category", "age_binned", "device_type",
-                                          "item_id", "category_l1", "category_l2", "item_gender")}
-    feats.update({n_: np.zeros(n, np.float32) for n_ in ("age_norm", "hour_sin", "hour_cos", "weekday_sin",
-                                                         "weekday_cos", "price_log_norm")})
-    feats["item_id"] = np.arange(3, 3 + n)
-    out = stage(image_embedding=np.ones((n, 64), np.float32), text_embedding=np.zeros((n, 64), np.float32),
-                **feats)["scores"]
+    groups = {"unrolled_categorical": np.full((n, 5), 3), "unrolled_continuous": np.zeros((n, 5), np.float32),
+              "item_categorical": np.full((n, 3), 3), "item_continuous": np.zeros((n, 1), np.float32)}
+    out = stage(item_index=np.arange(3, 3 + n), image_embedding=np.ones((n, 64), np.float32),
+                text_embedding=np.zeros((n, 64), np.float32), **groups)["scores"]
     assert out.shape == (n,) and ((out > 0) & (out < 1)).all() and len(set(out.tolist())) > 1
+    with pytest.raises(BadRequest, match="rows"):
+        stage(item_index=np.arange(3, 3 + n - 1), image_embedding=np.ones((n, 64), np.float32),
+              text_embedding=np.zeros((n, 64), np.float32), **groups)
 
 
 def retrieval(tmp_path, tiny, **params):

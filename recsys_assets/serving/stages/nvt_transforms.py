@@ -1,36 +1,57 @@
 """``nvt_user_transform``, ``nvt_context_transform``, ``nvt_item_transform``: the fitted NVTabular workflows as
 compiled numpy lookups (:mod:`recsys_assets.serving.transforms`, loaded from ``<version>/transforms/``).
 
-Inputs are the raw columns prefixed ``raw_`` (``raw_user_id``, ``raw_age`` ...); outputs carry the workflows'
-own column names (``user_id``, ``age_norm``, ``hour_sin`` ...), which are also the ONNX models' input names.
+Inputs are the raw columns prefixed ``raw_`` (``raw_user_id``, ``raw_age`` ...). Outputs are the workflows' own
+columns (``user_id``, ``age_norm``, ``hour_sin`` ..., also the ONNX models' input names) packed per feature group
+(:mod:`recsys_assets.serving.features`): ``user_categorical`` INT64 [1, 4] and ``user_continuous`` FP32 [1, 1];
+``context_categorical`` [1, 1] and ``context_continuous`` [1, 4]; for the candidates ``item_index`` INT64 [N] (the
+``item_id`` column), ``item_categorical`` [N, 3] and ``item_continuous`` [N, 1].
 Categorify follows NVTabular: -1 sentinels land on row 1, values unseen at fit time (new users, cold items) on
-row 2. Output dtypes are the workflows' (int64 categories, float32 continuous values), as the configs declare.
-The item text columns (``raw_category_l1``, ``raw_category_l2``, ``raw_item_gender``) arrive as fixed-width UTF-8
-UINT8 [N, W] tensors (:func:`recsys_assets.serving.common.pack_text`) and are categorified without a Python loop.
+row 2. The item text columns (``raw_category_l1``, ``raw_category_l2``, ``raw_item_gender``) arrive as fixed-width
+UTF-8 UINT8 [N, W] tensors (:func:`recsys_assets.serving.common.pack_text`) and are categorified without a
+Python loop.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from recsys_assets.serving.common import unpack_text
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
+from recsys_assets.serving.features import CONTEXT, ITEM, ITEM_INDEX, USER, FeatureGroup
 
 TRANSFORMS_DIR = "transforms"
+TEXT_INPUTS = ("category_l1", "category_l2", "item_gender")  # the item columns that travel as UTF-8 rows
 
 
-class _Transform(Stage):
+class GroupOutputs:
+    """What a transform of one group produces, and how its columns leave the stage (shared with the
+    seed-faithful variant, which produces the same columns with NVTabular itself)."""
+
     group: str = ""
+    features: FeatureGroup
+    index: str | None = None  # a categorical column that also leaves alone (the item's vocabulary row)
 
+    @classmethod
+    def columns(cls) -> set[str]:
+        return set(cls.features.features) | ({"item_id"} if cls.index else set())
+
+    @classmethod
+    def pack(cls, columns) -> dict:
+        out = cls.features.pack(columns)
+        if cls.index:
+            out[cls.index] = columns["item_id"]
+        return out
+
+
+class _Transform(GroupOutputs, Stage):
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         from recsys_assets.serving.transforms import CompiledTransforms
 
         self.transforms = CompiledTransforms.load(ctx.artifact(TRANSFORMS_DIR))
         produced = set(self.transforms.outputs(self.group))
-        if produced != set(self.outputs):
+        if produced != self.columns():
             raise StageConfigError(f"model {ctx.model_name!r}: the compiled {self.group} transform produces "
-                                   f"{sorted(produced)}, the serving graph expects {sorted(self.outputs)}: "
+                                   f"{sorted(produced)}, the serving graph expects {sorted(self.columns())}: "
                                    "rebuild the templates or the workflows so they agree")
         expected_inputs = {f"raw_{c}" for c in self.transforms.inputs(self.group)}
         if expected_inputs != set(self.inputs):
@@ -40,30 +61,31 @@ class _Transform(Stage):
     def __call__(self, **raw):
         columns = {name[len("raw_"):]: value for name, value in raw.items()}
         if self.group == "user":
-            return self.transforms.transform_user(**columns)
+            return self.pack(self.transforms.transform_user(**columns))
         if self.group == "item":
             for name in TEXT_INPUTS:
                 columns[name] = unpack_text(columns[name], f"raw_{name}")
-            return self.transforms.transform_item(**columns)
-        return self.transforms.transform_context(**columns)
-
-
-TEXT_INPUTS = ("category_l1", "category_l2", "item_gender")  # the item columns that travel as UTF-8 rows
+            return self.pack(self.transforms.transform_item(**columns))
+        return self.pack(self.transforms.transform_context(**columns))
 
 
 class UserTransform(_Transform):
     group = "user"
+    features = USER
     inputs = ("raw_user_id", "raw_age", "raw_gender", "raw_top_category")
-    outputs = ("user_id", "gender", "top_category", "age_norm", "age_binned")
+    outputs = USER.tensors
 
 
 class ContextTransform(_Transform):
     group = "context"
+    features = CONTEXT
     inputs = ("raw_device_type", "raw_timestamp")
-    outputs = ("device_type", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos")
+    outputs = CONTEXT.tensors
 
 
 class ItemTransform(_Transform):
     group = "item"
+    features = ITEM
+    index = ITEM_INDEX
     inputs = ("raw_item_id", "raw_category_l1", "raw_category_l2", "raw_item_gender", "raw_price")
-    outputs = ("item_id", "category_l1", "category_l2", "item_gender", "price_log_norm")
+    outputs = (ITEM_INDEX,) + ITEM.tensors

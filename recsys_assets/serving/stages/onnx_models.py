@@ -1,15 +1,17 @@
 """``query_tower`` and ``dlrm_ranking``: the exported towers (``<version>/model.onnx``) run with onnxruntime.
 
-Both receive every transformed feature by its workflow name and feed the ONNX model the ones it declares: an
+Both receive the transformed features as feature-group matrices (:mod:`recsys_assets.serving.features`), read
+them back by their workflow names and feed the ONNX model the ones it declares: an
 ONNX input named like a feature gets that feature (``INPUT_MAP``, a JSON object, renames where the export chose
 other names; ``image_pca``/``text_pca``, the training side's names, are always understood); each value is cast
 to the input's dtype and shaped [N, 1] for per-row scalars. A model input that matches no feature fails the
 load, naming what is available. So the plain and the context-aware query tower are served by the same
 configuration.
 
-``query_tower``: user features [1] + context features [1] -> ``query_embedding`` FP32 [D].
-``dlrm_ranking``: user + context features unrolled to the N candidates, item features [N] and the two
-multimodal embeddings [N, 64] -> ``scores`` FP32 [N] (the click probability). The derived feature
+``query_tower``: the user and context groups (one row each) -> ``query_embedding`` FP32 [D].
+``dlrm_ranking``: the user and context features unrolled to the N candidates (``unrolled_*``), ``item_index``
+[N], the item group [N, .] and the two multimodal embeddings [N, 64] -> ``scores`` FP32 [N] (the click
+probability). The derived feature
 ``multimodal_embedding`` ([image | text], [N, 128]) is there for exports that take one concatenated input.
 
 On Triton's GPU image the same ``model.onnx`` can be served by the onnxruntime backend instead (README).
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
+from recsys_assets.serving.executor import BadRequest, Stage, StageConfigError, StageContext
+from recsys_assets.serving.features import CONTEXT, ITEM, ITEM_INDEX, UNROLLED, USER
 
 MODEL_FILE = "model.onnx"
-USER_FEATURES = ("user_id", "gender", "top_category", "age_norm", "age_binned")
-CONTEXT_FEATURES = ("device_type", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos")
-ITEM_FEATURES = ("item_id", "category_l1", "category_l2", "item_gender", "price_log_norm")
+USER_FEATURES = USER.features
+CONTEXT_FEATURES = CONTEXT.features
+ITEM_FEATURES = ("item_id",) + ITEM.features
 EMBEDDINGS = ("image_embedding", "text_embedding")
 # The training side names the multimodal halves after their PCA (recsys_assets.ml.model_inputs); serving after
 # their role. Always understood, on top of INPUT_MAP.
@@ -74,7 +77,7 @@ class OnnxModel:
     def run(self, features: dict[str, np.ndarray]) -> np.ndarray:
         feed = {}
         for name, feature, dtype, rank, width in self.feeds:
-            value = np.asarray(features[feature]).astype(dtype, copy=False)
+            value = np.ascontiguousarray(features[feature], dtype=dtype)  # group columns are strided views
             if rank == 2 and value.ndim == 1:
                 value = value.reshape(-1, 1)
             elif rank == 1 and value.ndim == 2 and value.shape[1] == 1:
@@ -87,31 +90,43 @@ class OnnxModel:
 
 
 class _OnnxStage(Stage):
+    features: tuple[str, ...] = ()  # the feature names the stage can feed (read from its input tensors)
+    derived: tuple[str, ...] = ()
+
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
-        available = set(self.inputs) | set(self.derived)
+        available = set(self.features) | set(self.derived)
         self.model = OnnxModel(ctx.artifact(MODEL_FILE), ctx.param_json("INPUT_MAP", {}), available,
                                threads=ctx.param_int("ONNX_THREADS", 1), output=ctx.params.get("OUTPUT_NAME") or None)
 
-    derived: tuple[str, ...] = ()
-
 
 class QueryTower(_OnnxStage):
-    inputs = USER_FEATURES + CONTEXT_FEATURES
+    inputs = USER.tensors + CONTEXT.tensors
     outputs = ("query_embedding",)
+    features = USER_FEATURES + CONTEXT_FEATURES
 
-    def __call__(self, **features):
+    def __call__(self, user_categorical, user_continuous, context_categorical, context_continuous):
+        features = {**USER.unpack(user_categorical, user_continuous),
+                    **CONTEXT.unpack(context_categorical, context_continuous)}
         out = np.asarray(self.model.run(features), dtype=np.float32)
         return {"query_embedding": out.reshape(-1)}
 
 
 class DlrmRanking(_OnnxStage):
-    inputs = USER_FEATURES + CONTEXT_FEATURES + ITEM_FEATURES + EMBEDDINGS
+    inputs = UNROLLED.tensors + (ITEM_INDEX,) + ITEM.tensors + EMBEDDINGS
     outputs = ("scores",)
+    features = USER_FEATURES + CONTEXT_FEATURES + ITEM_FEATURES + EMBEDDINGS
     derived = ("multimodal_embedding",)
 
-    def __call__(self, **features):
-        n = len(features["item_id"])
+    def __call__(self, unrolled_categorical, unrolled_continuous, item_index, item_categorical, item_continuous,
+                 image_embedding, text_embedding):
+        n = len(item_index)
+        features = {**UNROLLED.unpack(unrolled_categorical, unrolled_continuous),
+                    **ITEM.unpack(item_categorical, item_continuous), "item_id": item_index,
+                    "image_embedding": image_embedding, "text_embedding": text_embedding}
+        if any(len(v) != n for v in features.values()):
+            raise BadRequest(f"dlrm_ranking needs every candidate feature with {n} rows, got "
+                             f"{ {k: len(v) for k, v in features.items() if len(v) != n} }")
         if n == 0:
             return {"scores": np.zeros(0, np.float32)}
         if "multimodal_embedding" in self.model.features:

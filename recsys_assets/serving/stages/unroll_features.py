@@ -1,25 +1,30 @@
 """``unroll_features``: repeats the request's user and context features once per candidate, for the ranker.
 
-Inputs: the five transformed user features and five context features (each [1], workflow names) and
-``item_ids`` INT64 [-1] (only its length is used). Outputs: the same ten features as ``unrolled_<name>`` [-1],
-each of the candidates' length, dtypes kept (the ranker scores N rows of user x context x item).
+Inputs: ``user_categorical`` / ``user_continuous`` and ``context_categorical`` / ``context_continuous`` (one row
+each, :mod:`recsys_assets.serving.features`) and ``item_ids`` INT64 [-1] (only its length is used). Outputs:
+``unrolled_categorical`` INT64 [N, 5] (user then context columns) and ``unrolled_continuous`` FP32 [N, 5], one row
+per candidate (the ranker scores N rows of user x context x item).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from recsys_assets.serving.executor import Stage
-from recsys_assets.serving.stages.onnx_models import CONTEXT_FEATURES, USER_FEATURES
-
-PER_REQUEST = USER_FEATURES + CONTEXT_FEATURES
+from recsys_assets.serving.executor import BadRequest, Stage
+from recsys_assets.serving.features import CONTEXT, UNROLLED, USER
 
 
 class UnrollFeatures(Stage):
-    inputs = PER_REQUEST + ("item_ids",)
-    outputs = tuple(f"unrolled_{name}" for name in PER_REQUEST)
+    inputs = USER.tensors + CONTEXT.tensors + ("item_ids",)
+    outputs = UNROLLED.tensors
 
-    def __call__(self, item_ids, **features):
+    def __call__(self, item_ids, user_categorical, user_continuous, context_categorical, context_continuous):
         n = len(np.asarray(item_ids))
-        return {f"unrolled_{name}": np.repeat(np.asarray(value).reshape(-1)[:1], n)
-                for name, value in features.items()}
+        out = {}
+        for tensor, parts in ((UNROLLED.categorical_tensor, (user_categorical, context_categorical)),
+                              (UNROLLED.continuous_tensor, (user_continuous, context_continuous))):
+            if any(len(p) != 1 for p in parts):
+                raise BadRequest(f"unroll_features takes one row of request features, got {[len(p) for p in parts]}")
+            row = np.concatenate([np.asarray(p).reshape(-1) for p in parts])
+            out[tensor] = np.broadcast_to(row, (n, len(row)))
+        return out
