@@ -10,8 +10,10 @@ feature's default. When Valkey cannot be reached the request is served with the 
 ``recsys_degraded_requests_total{stage="feast_user_lookup"}``) and the lookup resumes once Valkey answers.
 
 Parameters: ``MEAN_AGE`` (required), ``USER_FEATURE_SERVICE`` (default ``user_features``), ``FEAST_READ``:
-``provider`` (default) reads each of the service's feature views with the provider's ``online_read`` (Feast's own
-entity-key serialization and Redis layout, one pipelined round trip per view, ~0.4 ms) or ``sdk`` calls
+``provider`` (default) reads the service's feature views through Feast's Redis online store (its own entity-key
+serialization, field hashing and value decoding): the views of one entity share one Redis hash, so all of them
+come back in one HMGET, one round trip (~0.25 ms; other online stores: the provider's ``online_read`` per view),
+or ``sdk`` calls
 ``FeatureStore.get_online_features`` (the seed's way, ~6 ms of Feast bookkeeping per request on this machine). The
 views have no TTL (ttl 0), so both give the same values. The Feast repository and its registry/online store come
 from the server's environment (``serving.runtime``).
@@ -61,6 +63,32 @@ class FeastUserLookup(Stage):
         self.provider = get_provider(self.store.config)
         self.views = [(self.store.get_feature_view(p.name), [f.name for f in p.features])
                       for p in self.service.feature_view_projections]
+        self._one_hash = self._redis_fields()
+
+    def _redis_fields(self):
+        """For Feast's Redis store: (store, [(view name, requested names, field count)], all hash fields)."""
+        online = getattr(self.provider, "online_store", None)
+        if type(online).__name__ != "RedisOnlineStore" or not hasattr(online, "_generate_hset_keys_for_features"):
+            return None
+        layout, fields = [], []
+        for view, features in self.views:
+            requested, hset_keys = online._generate_hset_keys_for_features(view, list(features))
+            layout.append((view.name, requested, len(hset_keys)))
+            fields += hset_keys
+        return online, layout, fields
+
+    def _read_one_hash(self, key) -> dict:
+        """Every view's values from the entity's one Redis hash, in one round trip (Feast's layout and decoding)."""
+        online, layout, fields = self._one_hash
+        config = self.store.config
+        [redis_key] = online._generate_redis_keys_for_entities(config, [key])
+        values = online._get_client(config.online_store).hmget(redis_key, fields)
+        out, start = {}, 0
+        for view_name, requested, count in layout:
+            _, decoded = online._get_features_for_entity(values[start:start + count], view_name, list(requested))
+            out.update(decoded or {})
+            start += count
+        return out
 
     def defaults(self) -> dict[str, np.ndarray]:
         return self._row(-1, self.mean_age, -1, -1)
@@ -81,6 +109,14 @@ class FeastUserLookup(Stage):
 
         key = EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=user_id)])
         out: dict[str, list] = {}
+        if self._one_hash is not None:
+            protos = self._read_one_hash(key)
+            for _, features in self.views:
+                for name in features:
+                    proto = protos.get(name)
+                    out[name] = [None if proto is None or not proto.WhichOneof("val")
+                                 else feast_value_type_to_python_type(proto)]
+            return out
         for view, features in self.views:
             # A copy: Feast's Redis store appends its timestamp field to the list it is given.
             _, values = self.provider.online_read(config=self.store.config, table=view, entity_keys=[key],
