@@ -34,9 +34,22 @@ class TritonError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports: all sockets stay bound until every port is picked (one at a time, the kernel
+    may hand the same port out twice, and Triton refuses gRPC and metrics on one port)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            sockets.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _pytriton_dir() -> Path:
@@ -110,9 +123,10 @@ class TritonServer:
         return f"{self.host}:{self.grpc_port}"
 
     def start(self, models: list[str] | None = None, timeout: float = 120.0) -> "TritonServer":
-        self.http_port = self.http_port or free_port()
-        self.grpc_port = self.grpc_port or free_port()
-        self.metrics_port = self.metrics_port or free_port()
+        picked = iter(free_ports(3))
+        self.http_port = self.http_port or next(picked)
+        self.grpc_port = self.grpc_port or next(picked)
+        self.metrics_port = self.metrics_port or next(picked)
         if self.workdir is None:
             self.workdir, self._own_workdir = Path(tempfile.mkdtemp(prefix="recsys-triton-")), True
         self.workdir = Path(self.workdir)
