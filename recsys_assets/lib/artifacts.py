@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from recsys_assets.lib.processes import pid_alive
+
 
 class ArtifactNotFound(FileNotFoundError):
     pass
@@ -244,16 +246,6 @@ def _temporary_name(name: str, kind: str = "") -> str:
     return f".tmp-{kind}{_owner()}.{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    with contextlib.suppress(OSError, IndexError):  # a zombie has finished writing for good
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
-    return True
 
 
 def _newest_mtime(path: Path) -> float:
@@ -271,7 +263,7 @@ def is_abandoned(path: Path, max_age_s: float = STALE_TEMPORARY_S, now: float | 
     if not match:
         return False
     if match["owner"] == _owner() and match["pid"]:
-        return not _pid_alive(int(match["pid"]))
+        return not pid_alive(int(match["pid"]))
     try:
         return (time.time() if now is None else now) - _newest_mtime(path) > max_age_s
     except FileNotFoundError:  # published or removed meanwhile

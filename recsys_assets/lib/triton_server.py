@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from recsys_assets.lib.processes import pid_alive
+
 
 class TritonError(RuntimeError):
     pass
@@ -192,7 +194,7 @@ class TritonServer:
     def _alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        return self.pid is not None and _pid_alive(self.pid)
+        return self.pid is not None and pid_alive(self.pid)
 
     def _wait_live(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -268,17 +270,6 @@ class TritonServer:
         self.stop()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
 
 
 def _wait_exit(process: subprocess.Popen | None, pid: int, timeout: float) -> bool:
@@ -290,7 +281,7 @@ def _wait_exit(process: subprocess.Popen | None, pid: int, timeout: float) -> bo
             return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return True
         time.sleep(0.1)
     return False

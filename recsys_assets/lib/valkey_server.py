@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
+from recsys_assets.lib.processes import pid_alive
+
 DEFAULT_PORT = 6390
 DEFAULT_HOST = "127.0.0.1"
 URL_SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}  # scheme -> TLS
@@ -387,24 +389,13 @@ def _shutdown(endpoint: Endpoint, pid: int | None, timeout: float, process: subp
         if process is not None:
             if process.poll() is not None:
                 return
-        elif not pid or not _alive(pid):
+        elif not pid or not pid_alive(pid):
             return
         time.sleep(0.05)
     raise ValkeyError(f"valkey-server (pid {pid}) on {endpoint.host}:{endpoint.port} did not exit within "
                       f"{timeout:.0f} s of SHUTDOWN and SIGTERM")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    return True
 
 
 def _read_pid(pidfile: Path) -> int | None:

@@ -57,16 +57,6 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
     raise StackError(f"{what} not reached within {timeout:.0f} s" + (f" (last error: {last!r})" if last else ""))
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    return True
 
 
 # -- Valkey with a password -----------------------------------------------------------------------------------------
