@@ -86,7 +86,7 @@ def catalogue():
                                           "available_from_day"]])
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.one_of(INT64, st.integers(0, 2500)), st.integers(-5, 400))
 def test_only_catalogue_items_available_on_the_day_are_clickable(catalogue, item, day):
     import datetime as dt
@@ -143,7 +143,7 @@ def pre():
     return ContextPreprocessor(StageContext("context_preprocessor", {"RANKING_TOPK": "100", "DEFAULT_TOP_K": "10"}))
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(_optional(INT64), _optional(INT64), _optional(INT64), _optional(INT64), _optional(st.booleans()))
 def test_the_preprocessor_passes_exactly_the_documented_requests_and_fills_the_rest(pre, user, device, ts, k,
                                                                                      diversity):
@@ -166,7 +166,7 @@ def test_the_preprocessor_passes_exactly_the_documented_requests_and_fills_the_r
     assert all(v.shape == (1,) for v in out.values())
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(hnp.arrays(np.int64, st.integers(0, 5).filter(lambda n: n != 1), elements=st.integers(-1, 5)))
 def test_a_request_tensor_with_other_than_one_value_is_refused_by_name(pre, values):
     with pytest.raises(BadRequest, match="user_id must hold exactly one value"):
@@ -238,7 +238,7 @@ def decoder(tmp_path_factory):
         folder / "transforms"), vocabularies
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(hnp.arrays(np.int64, st.integers(0, 50), elements=INT64))
 def test_decoding_any_row_gives_a_catalogue_id_or_minus_one_never_an_error(decoder, rows):
     stage, _, vocabularies = decoder
@@ -248,7 +248,7 @@ def test_decoding_any_row_gives_a_catalogue_id_or_minus_one_never_an_error(decod
     assert decoded.tolist() == [known.get(r, -1) for r in rows.tolist()]
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 2600), st.integers(0, 2464)), max_size=30))
 def test_the_decoder_returns_carried_ids_or_refuses_mixed_id_spaces(decoder, pairs):
     stage, _, _ = decoder
@@ -274,7 +274,7 @@ def test_availability_is_false_outside_the_catalogue_and_follows_the_release_day
 
 
 # -- compiled transforms (the numpy side of NVTabular) --------------------------------------------------------------
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(hnp.arrays(np.int64, st.integers(1, 30), elements=st.one_of(INT64, st.integers(-1, 70))),
        st.floats(0, 130), st.sampled_from([-1, 0, 1, "F", "M", "x"]), st.integers(-1, 25))
 def test_user_transform_maps_any_id_to_its_row_null_or_oov(decoder, user_ids, age, gender, top):
@@ -291,7 +291,7 @@ def test_user_transform_maps_any_id_to_its_row_null_or_oov(decoder, user_ids, ag
     assert np.isfinite(out["age_norm"]).all()
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(hnp.arrays(np.int64, st.integers(1, 30), elements=st.integers(-5, 5)),
        hnp.arrays(np.int64, st.integers(1, 30), elements=st.integers(0, 2**62)))
 def test_context_transform_keeps_devices_in_their_rows_and_time_on_the_unit_circle(decoder, devices, timestamps):
