@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/python_backend_hops.py [--hops 1 4 14] [--tensors 1 8 16] [--seconds 4]
 
 Each model copies its K FP32 [300] inputs to its outputs; the ensemble chains N of them. Concurrency 1, the Python
-HTTP and gRPC clients on the same machine, p50 per request after a warm-up. The difference between K = 1 and a
+HTTP and gRPC clients on the same machine, p50 per request after a warm-up, and the server's CPU time per request
+(tritonserver and its stubs, from /proc). The difference between K = 1 and a
 larger K at the same N is the cost of a tensor crossing a hop (it decided how the serving graph packs features,
 ``recsys_assets/serving/features.py``); the difference between N values at K = 1 is the cost of a hop itself.
 Numbers only: nothing is asserted.
@@ -23,6 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recsys_assets.lib.triton_server import TritonServer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import tree_cpu_s  # noqa: E402  (benchmarks/serving.py)
 
 IDENTITY = '''
 import json
@@ -64,7 +68,7 @@ def build(root: Path, hops: int, k: int) -> None:
         f'ensemble_scheduling{{step[{",".join(steps)}]}}')
 
 
-def p50_ms(url: str, protocol: str, k: int, seconds: float) -> float:
+def p50_ms(url: str, protocol: str, k: int, seconds: float, server_pid: int | None = None) -> tuple[float, float]:
     if protocol == "http":
         import tritonclient.http as client_lib
     else:
@@ -78,12 +82,14 @@ def p50_ms(url: str, protocol: str, k: int, seconds: float) -> float:
     outputs = [client_lib.InferRequestedOutput(f"out{j}") for j in range(k)]
     for _ in range(50):
         client.infer("chain", inputs, outputs=outputs)
+    cpu0 = tree_cpu_s(server_pid) if server_pid else 0.0
     samples, end = [], time.monotonic() + seconds
     while time.monotonic() < end:
         t0 = time.perf_counter()
         client.infer("chain", inputs, outputs=outputs)
         samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e3
+    cpu_ms = (tree_cpu_s(server_pid) - cpu0) / len(samples) * 1e3 if server_pid else float("nan")
+    return statistics.median(samples) * 1e3, cpu_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,17 +107,17 @@ def main(argv: list[str] | None = None) -> int:
             server = TritonServer(root, workdir=work / f"triton-{hops}-{k}")
             server.start(models=["chain"], timeout=600)
             try:
-                rows.append((hops, k, p50_ms(server.http_url, "http", k, args.seconds),
-                             p50_ms(server.grpc_url, "grpc", k, args.seconds)))
+                http, cpu = p50_ms(server.http_url, "http", k, args.seconds, server.pid)
+                rows.append((hops, k, http, p50_ms(server.grpc_url, "grpc", k, args.seconds)[0], cpu))
             finally:
                 server.stop()
-            print(f"hops {hops:2d}  tensors {k:2d}  http p50 {rows[-1][2]:.2f} ms  grpc p50 {rows[-1][3]:.2f} ms",
-                  flush=True)
-    print("\n| hops | tensors per hop | HTTP p50 ms | gRPC p50 ms |\n|---|---|---|---|")
-    for hops, k, http, grpc in rows:
-        print(f"| {hops} | {k} | {http:.2f} | {grpc:.2f} |")
-    base = {hops: http for hops, k, http, _ in rows if k == min(args.tensors)}
-    for hops, k, http, _ in rows:
+            print(f"hops {hops:2d}  tensors {k:2d}  http p50 {rows[-1][2]:.2f} ms  grpc p50 {rows[-1][3]:.2f} ms  "
+                  f"server CPU {rows[-1][4]:.2f} ms/request", flush=True)
+    print("\n| hops | tensors per hop | HTTP p50 ms | gRPC p50 ms | server CPU ms/request (HTTP) |\n|---|---|---|---|---|")
+    for hops, k, http, grpc, cpu in rows:
+        print(f"| {hops} | {k} | {http:.2f} | {grpc:.2f} | {cpu:.2f} |")
+    base = {hops: http for hops, k, http, *_ in rows if k == min(args.tensors)}
+    for hops, k, http, *_ in rows:
         if k > min(args.tensors) and hops in base:
             per = (http - base[hops]) / (hops * (k - min(args.tensors)) * 2)
             print(f"{hops} hops, {k} tensors: {per * 1e3:.0f} µs per tensor crossing (input or output), HTTP")

@@ -7,7 +7,8 @@ What it measures, in one run on one machine (client included, as a caller of the
 
 1. **through the server**: requests (retrieval 300 / ranking 100, top 10, a mix of known, new and anonymous users
    on random devices and hours) from 1, 4 and 8 concurrent clients (threads, one connection each): p50/p95/p99
-   latency and requests/s; then Triton's own per-model breakdown from its statistics API (queue, input, compute,
+   latency and requests/s, and the server's CPU time per request (tritonserver and its python stubs, from
+   /proc: unlike latency, barely moved by other work on a shared machine); then Triton's own per-model breakdown from its statistics API (queue, input, compute,
    output per request, averaged over the run).
 2. **seed-faithful configuration** (``serving.seed_faithful``): a copy of the same repository whose item features
    come from Feast's ``get_online_features`` on every request (users through the SDK too) and whose three
@@ -70,8 +71,31 @@ def request_mix(users: list[int], n: int, seed: int = 0) -> list[tuple[int, int,
     return out
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and every live descendant (the server and its stubs)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
 def load_test(url: str, protocol: str, concurrency: int, seconds: float, mix: list, keep_samples: bool = False,
-              offset: int = 0) -> dict:
+              offset: int = 0, server_pid: int | None = None) -> dict:
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     stop_at = time.perf_counter() + seconds
@@ -92,6 +116,7 @@ def load_test(url: str, protocol: str, concurrency: int, seconds: float, mix: li
                 j += concurrency
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    cpu0 = tree_cpu_s(server_pid) if server_pid else None
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -100,6 +125,9 @@ def load_test(url: str, protocol: str, concurrency: int, seconds: float, mix: li
     elapsed = time.perf_counter() - start
     flat = [x for lat in latencies for x in lat]
     out = {"concurrency": concurrency, **percentiles(flat), "rps": len(flat) / elapsed, "errors": sum(errors)}
+    if cpu0 is not None and flat:
+        # What a request costs the server in CPU, whatever else runs on the machine (latency is not).
+        out["server_cpu_ms"] = (tree_cpu_s(server_pid) - cpu0) / len(flat) * 1e3
     if keep_samples:
         out["samples"] = flat
     return out
@@ -172,7 +200,7 @@ def levels_run(server: TritonServer, protocol: str, levels: list[int], seconds: 
     url = server.http_url if protocol == "http" else server.grpc_url
     load_test(url, protocol, 1, 3.0, mix)  # warm-up: first requests pay lazy imports and caches
     before = server.statistics()
-    rows = [load_test(url, protocol, c, seconds, mix) for c in levels]
+    rows = [load_test(url, protocol, c, seconds, mix, server_pid=server.pid) for c in levels]
     return {"server": rows, "models": model_breakdown(before, server.statistics())}
 
 
@@ -226,24 +254,28 @@ def in_process(repository: Path, environ: dict, mix: list, n: int) -> dict:
             pipeline(user, device, ts)
         pipeline.timings.clear()
         samples = []
+        cpu0 = time.process_time()
         for user, device, ts in mix[:n]:
             t0 = time.perf_counter()
             pipeline(user, device, ts)
             samples.append(time.perf_counter() - t0)
+        cpu_ms = (time.process_time() - cpu0) / n * 1e3
         stages = {m: statistics.median(v) * 1e6 for m, v in pipeline.timings.items()}
         item_cache = pipeline.stage("feast_item_lookup")
         t0 = time.perf_counter()
         for _ in range(1000):
             item_cache(item_ids=np.arange(300))
         cache_us = (time.perf_counter() - t0) / 1000 * 1e6
-    return {**percentiles(samples), "stages_us": stages, "item_cache_300_us": cache_us}
+    return {**percentiles(samples), "cpu_ms": cpu_ms, "stages_us": stages, "item_cache_300_us": cache_us}
 
 
 def print_levels(rows: list[dict]) -> None:
-    print("| concurrency | p50 ms | p95 ms | p99 ms | requests/s | requests | errors |\n|---|---|---|---|---|---|---|")
+    print("| concurrency | p50 ms | p95 ms | p99 ms | requests/s | requests | errors | server CPU ms/request |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in rows:
+        cpu = f"{r['server_cpu_ms']:.1f}" if "server_cpu_ms" in r else "-"
         print(f"| {r['concurrency']} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | {r['n']} | "
-              f"{r['errors']} |")
+              f"{r['errors']} | {cpu} |")
 
 
 def print_breakdown(models: list[dict]) -> None:
@@ -323,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         print_breakdown(sf["models"])
     ip = results["in_process"]
     print(f"\nin-process floor (same stages, one process, sequential): p50 {ip['p50']:.2f} ms, "
-          f"p95 {ip['p95']:.2f} ms, p99 {ip['p99']:.2f} ms")
+          f"p95 {ip['p95']:.2f} ms, p99 {ip['p99']:.2f} ms, CPU {ip['cpu_ms']:.2f} ms per request (this process, "
+          "Valkey's side not counted)")
     print("| stage | median µs |\n|---|---|")
     for stage, us in ip["stages_us"].items():
         print(f"| {stage} | {us:.0f} |")
