@@ -119,6 +119,7 @@ def test_a_missing_top_category_day_fails_the_blocking_check_naming_the_partitio
     evaluation = _checks(result)["top_category_days"]
     assert not evaluation.passed and "2026-01-01" in evaluation.description
     assert not ArtifactStore(resources["artifacts"].root).exists(paths.FEAST_USERS)
+    assert not result.asset_materializations_for_node("offline_features")  # nothing recorded as materialized
 
 
 def test_popularity_names_a_missing_partition(resources):
@@ -129,6 +130,7 @@ def test_popularity_names_a_missing_partition(resources):
                             run_config={"ops": {"popularity_tables": {"config": {"days": [0, 1]}}}})
     evaluation = _checks(result)["window_complete"]
     assert not evaluation.passed and "2026-01-02" in evaluation.description
+    assert not result.asset_materializations_for_node("popularity_tables")
 
 
 # -- the offline tables, without services --------------------------------------------------------------------------

@@ -62,13 +62,14 @@ OFFLINE_CHECKS = ("top_category_days", "covers_all_ids", "feature_values")
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "feast"}, deps=[users, items, user_top_category],
-          check_specs=_specs("offline_features", *OFFLINE_CHECKS))
+          check_specs=_specs("offline_features", *OFFLINE_CHECKS), output_required=False)
 def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesConfig,
-                     artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+                     artifacts: ArtifactStoreResource):
     """Feast's offline sources: users (age, gender), the user_top_category history, items; event timestamps in UTC.
 
     Needs ``user_top_category`` for days 00..d without gaps (a missing partition fails ``top_category_days``,
-    naming it). Every user of ``raw/users.parquet`` and every catalogue item must have a row in its tables.
+    naming it, and nothing is written or recorded as materialized). Every user of ``raw/users.parquet`` and every
+    catalogue item must have a row in its tables.
     """
     store = artifacts.store()
     folder = paths.user_top_category(0).rsplit("/", 1)[0]
@@ -80,11 +81,10 @@ def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesC
             f"user_top_category partitions {_partition_keys(missing)} (days {missing}) are missing; the history "
             f"needs days 00..{last:02d}: materialize them first" if missing else
             "no user_top_category partition is materialized: materialize at least day 00 (2026-01-01 by default)")
-        return dg.MaterializeResult(
-            metadata={"missing_days": str(missing)},
-            check_results=[_result("top_category_days", False, description)]
-            + [_result(n, False, "not evaluated: the top_category history is incomplete") for n in OFFLINE_CHECKS[1:]],
-        )
+        yield _result("top_category_days", False, description, missing_days=str(missing))
+        for name in OFFLINE_CHECKS[1:]:
+            yield _result(name, False, "not evaluated: the top_category history is incomplete")
+        return
     days = list(range(last + 1))
     raw_users = store.read_parquet(paths.USERS)
     raw_items = store.read_parquet(paths.ITEMS)
@@ -113,7 +113,7 @@ def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesC
         _result("feature_values", not values,
                 "; ".join(map(str, values)) or "no nulls; every value inside its domain"),
     ]
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "top_category_days": f"00..{last:02d}",
             "users": len(out["users"]),
@@ -219,14 +219,16 @@ class PopularityConfig(dg.Config):
     deps=[items, dg.AssetDep(raw_interactions,
                              partition_mapping=dg.SpecificPartitionsPartitionMapping(_partition_keys(TRAIN_DAYS)))],
     check_specs=_specs("popularity_tables", "window_complete", "read_back"),
+    output_required=False,
 )
 def popularity_tables(context: dg.AssetExecutionContext, config: PopularityConfig, artifacts: ArtifactStoreResource,
-                      valkey: ValkeyResource) -> dg.MaterializeResult:
+                      valkey: ValkeyResource):
     """Click-count popularity of the window, global and per category_l1 / category_l2, in Valkey (db 3).
 
     Written as a new version, then switched to with one SET (``lib.popularity``); read it with
     ``popularity.top_items(client, prefix, n, day, category_l1=..., category_l2=...)``, which skips items not
-    yet available on ``day``.
+    yet available on ``day``. A missing or empty day of the window fails ``window_complete``, naming it, and
+    nothing is published or recorded as materialized.
     """
     store = artifacts.store()
     catalogue = store.read_parquet(paths.ITEMS)
@@ -246,11 +248,9 @@ def popularity_tables(context: dg.AssetExecutionContext, config: PopularityConfi
             f"raw_interactions partitions {_partition_keys(empty)} (days {empty}) are empty" if empty else "",
             "the window holds no days" if not config.days else "",
         ])) + ": materialize them before popularity_tables"
-        return dg.MaterializeResult(
-            metadata={"missing_days": str(missing), "empty_days": str(empty)},
-            check_results=[_result("window_complete", False, description),
-                           _result("read_back", False, "not evaluated: the window is incomplete")],
-        )
+        yield _result("window_complete", False, description, missing_days=str(missing), empty_days=str(empty))
+        yield _result("read_back", False, "not evaluated: the window is incomplete")
+        return
     clicks = pd.concat(frames, ignore_index=True)
     tables = pop.build_tables(clicks.loc[clicks["click"] == 1, "item_id"].to_numpy(), catalogue, config.days)
 
@@ -272,7 +272,7 @@ def popularity_tables(context: dg.AssetExecutionContext, config: PopularityConfi
 
     top = tables.items.merge(catalogue[["item_id", "name"]], on="item_id")
     top = top.sort_values("score", ascending=False).head(10)[["item_id", "name", "category_l1", "clicks"]]
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "version": version,
             "window": f"days {min(config.days):02d}-{max(config.days):02d}",
