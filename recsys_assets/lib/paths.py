@@ -82,6 +82,32 @@ def transformed_interactions(day: int) -> str:
     return f"transforms/transformed/{day_name(day)}"
 
 
+def transformed_vocabulary(day: int) -> str:
+    """Which fit made ``transformed_interactions(day)``: ``{"transforms": <digest of the compiled transforms>}``."""
+    return f"transforms/transformed_vocabulary/{day_name(day)}.json"
+
+
+# The weekly retrain's refit (recsys_assets.lib.retrain): the window, its masked copies and transformed days.
+RETRAIN = "transforms/retrain"
+RETRAIN_WINDOW = f"{RETRAIN}/window.json"       # train/validation days, where each day's input and output lie
+
+
+def retrain_masked(day: int) -> str:
+    """A window train day after the original train days, cold-start masked like those (the daily table is not)."""
+    return f"{RETRAIN}/masked/{day_name(day)}.parquet"
+
+
+def retrain_transformed(day: int) -> str:
+    """A window day transformed with the refit workflows (a folder like ``transformed_interactions``)."""
+    return f"{RETRAIN}/transformed/{day_name(day)}"
+
+
+def workflows_archive(transforms_digest: str) -> str:
+    """Workflows replaced by a refit, kept under the digest of their compiled transforms (what a release
+    manifest records as ``inputs["transforms_dir"]``), so the releases built on them can still be fine-tuned."""
+    return f"transforms/archive/{transforms_digest[:16]}/workflows"
+
+
 # -- serving (recsys_assets.defs.serving) -------------------------------------------------------------------------
 TRITON_REPOSITORY = "serving/triton_repository"  # the live Triton model repository (recsys_assets.serving.repository)
 TRITON_RELEASES = "serving/releases"             # one manifest per release: <n>.json (model -> version, inputs)

@@ -324,7 +324,8 @@ def canonical_ensemble(repository: Path) -> str:
 def assemble_candidate(target: Path, previous: Path | None, trained: TrainedArtifacts, defaults: ServingDefaults,
                        start_date: str, release: int, history: Sequence[Release], keep_releases: int = 3,
                        served: Release | None = None, served_ensemble: str = "",
-                       expected_changes: Iterable[str] | None = None) -> tuple[Release, str]:
+                       expected_changes: Iterable[str] | None = None,
+                       pending: Sequence[Release] = ()) -> tuple[Release, str]:
     """Build release ``release`` into ``target`` from the live repository ``previous``, keeping what serves.
 
     ``target`` == ``previous`` builds in place (the local live repository): the folders of the models the
@@ -334,10 +335,18 @@ def assemble_candidate(target: Path, previous: Path | None, trained: TrainedArti
     and the versions of the last ``keep_releases - 1`` of them stay (rollback) beside the candidate's. The
     configs still describe ``served`` afterwards (the candidate is not served until promoted). With
     ``expected_changes``, a model outside it that changed fails the build (a fine-tune changes only the towers).
+    ``pending``: candidates not promoted yet whose versions must survive this build (:func:`pending_candidates`).
     Returns the candidate manifest and its canonical ensemble config.
     """
+    # Candidates not promoted yet keep their versions too (a fine-tune built while a weekly retrain's candidate
+    # waits must not prune the retrain's versions); the serving release stays last (unchanged models keep its
+    # versions).
+    history = list(history)
+    pending = [p for p in pending if p.release not in {h.release for h in history}]
+    if pending and history:
+        history = [*history[:-1], *pending, history[-1]]
     built = build_repository(Path(target), trained, defaults, start_date, release, previous=previous,
-                             previous_releases=list(history), keep_releases=keep_releases)
+                             previous_releases=history, keep_releases=keep_releases + len(pending))
     ensemble_text = (Path(target) / ENSEMBLE / "config.pbtxt").read_text()
     if expected_changes is not None:
         unexpected = sorted(set(built.changed) - set(expected_changes) - {ENSEMBLE})
@@ -354,6 +363,18 @@ def assemble_candidate(target: Path, previous: Path | None, trained: TrainedArti
     if served is not None:
         write_served(Path(target), served, served_ensemble or canonical_ensemble(Path(target)))
     return built, ensemble_text
+
+
+def pending_candidates(store, serving: int | None, limit: int = 2) -> list[Release]:
+    """The newest ``limit`` releases built after the serving one and still promotable (a candidate, or a failed
+    gate a person may still force), whose manifests exist."""
+    found = [r.release for r in records(store).values() if r.status in ("candidate", "gate_failed")
+             and (serving is None or r.release > serving)]
+    out = []
+    for number in sorted(found)[-limit:]:
+        with contextlib.suppress(ReleaseError):
+            out.append(manifest(store, number))
+    return out
 
 
 def _drop_stale_aliases(repository: Path) -> None:
@@ -517,6 +538,35 @@ def promote(server, repository: Path, target: Release, target_ensemble: str, cur
     return SwitchReport(release=target.release, previous=serving, loaded=to_load, unloaded=extra,
                         load_seconds=round(t1 - t0, 3), switch_seconds=round(t2 - t1, 3),
                         seconds=round(time.perf_counter() - t0, 3), smoke=smoke_results)
+
+
+def serve_release(root: Path, live: Path, target: Release, target_ensemble: str, current: Release | None,
+                  current_ensemble: str, smoke: Sequence[Mapping], ports, timeout: float = 300.0) -> tuple:
+    """The one way models change in the local live repository: serve ``target`` as a whole release.
+
+    A server running on ``live``: :func:`promote` (load what the release adds beside what serves, switch the
+    ensemble, verify, unload the rest; the old release keeps or gets back the traffic on failure). No server (or
+    one on another folder): write the release's served configs and start the server on them. Both the promotion
+    jobs (``served_release``) and ``triton_deployment`` call this. Returns ``(server, report)``; report
+    ``action`` is ``reloaded`` or ``started``; raises :class:`PromotionError`.
+    """
+    from recsys_assets.serving import deploy
+
+    server = deploy.running_server(root)
+    if server is not None and Path(server.model_repository).resolve() == Path(live).resolve():
+        report = promote(server, live, target, target_ensemble, current, current_ensemble, smoke,
+                         timeout=timeout).as_dict()
+        return server, {**report, "action": "reloaded"}
+    write_served(live, target, target_ensemble)
+    environ, _ = deploy.local_environ(root)
+    t0 = time.perf_counter()
+    try:
+        server, _, _ = deploy.deploy_local(root, live, environ, ports, timeout=timeout)
+        checked = verify(server, target.release, smoke, timeout=30.0)
+    except Exception as exc:
+        raise PromotionError(f"release {target.release} could not be started: {_short(exc)}", None) from exc
+    return server, {"release": target.release, "previous": None, "loaded": ["(server started)"], "unloaded": [],
+                    "seconds": round(time.perf_counter() - t0, 3), "smoke": checked, "action": "started"}
 
 
 def verify(server, release: int, smoke: Sequence[Mapping], timeout: float) -> list:

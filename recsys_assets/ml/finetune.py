@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,6 +85,22 @@ def rows_for(new_day, replay_days, features, with_target: bool, clicked_only: bo
     rows = rows.drop(columns=[INTERACTION_ID]).reset_index(drop=True)
     counts = {"new_day_rows": int(len(new_rows)), "held_out_rows": int(held.sum()), "replay_rows": int(len(replay))}
     return mi.Split(rows=rows, schema=schema.select_by_name(list(rows.columns))), counts
+
+
+def day_folder(store, source, workflow, scratch: Path) -> Path:
+    """A transformed day folder from ``source``: a relative path or ``{"transformed": rel}`` (already in the
+    parent's vocabulary), or ``{"masked": rel}``, transformed here with ``workflow`` (the parent's full workflow)."""
+    if isinstance(source, str):
+        return store.local_path(source)
+    if "transformed" in source:
+        return store.local_path(source["transformed"])
+    if not workflow:
+        raise ValueError(f"{source['masked']} must be transformed but no workflow was given")
+    from recsys_assets.ml.nvt_transform import transform_day
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    transform_day(store.local_path(workflow), store.local_path(source["masked"]), scratch, "128MB", 1)
+    return scratch
 
 
 def parent_positives(model_dir) -> tuple[str, int]:
@@ -203,8 +221,18 @@ def main() -> int:
         t_all = time.perf_counter()
         store = ArtifactStore(pipes.get_extra("root"))
         params = FineTuneParams.from_dict(dict(pipes.get_extra("params")))
-        new_day = store.local_path(pipes.get_extra("new_day"))
-        replay = [store.local_path(p) for p in pipes.get_extra("replay")]
+        # Days come transformed in the parent's vocabulary, or as masked tables this process transforms with the
+        # parent's own workflows (the served fit may be newer than the parent's: a weekly retrain refit it).
+        scratch = Path(tempfile.mkdtemp(prefix="recsys-finetune-"))
+        workflow = pipes.extras.get("workflow")
+        sources = {"new": pipes.get_extra("new_day"), **{f"replay_{i}": r
+                                                         for i, r in enumerate(pipes.get_extra("replay"))}}
+        t_transform = time.perf_counter()
+        folders = {name: day_folder(store, source, workflow, scratch / name) for name, source in sources.items()}
+        transformed_here = sum(isinstance(src, dict) and "masked" in src for src in sources.values())
+        transform_seconds = time.perf_counter() - t_transform
+        new_day = folders.pop("new")
+        replay = list(folders.values())
         held_out = set(pd.read_parquet(store.local_path(pipes.get_extra("held_out")))[INTERACTION_ID].tolist())
         items = pd.read_parquet(store.local_path(pipes.get_extra("items")))
         table = mi.load_multimodal(store.local_path(pipes.get_extra("multimodal")), len(items))
@@ -273,7 +301,8 @@ def main() -> int:
                 with open(out / "onnx" / f"{kind}.parity.npz", "wb") as f:
                     np.savez(f, expected=expected, **arrays)
             export_seconds = time.perf_counter() - t0
-            phases = {"read_rows": round(t_data - t_all, 2), "two_tower_restore": tt_report["load_seconds"],
+            phases = {"transform_days": round(transform_seconds, 2), "read_rows": round(t_data - t_all, 2),
+                      "two_tower_restore": tt_report["load_seconds"],
                       "two_tower_fit": tt_report["seconds"], "item_vectors_check": round(verify_seconds, 2),
                       "dlrm_restore": dlrm_report["load_seconds"], "dlrm_fit": dlrm_report["seconds"],
                       "save": round(save_seconds, 2), "onnx_export": round(export_seconds, 2)}
@@ -306,9 +335,11 @@ def main() -> int:
             "query_tower_max_abs_change": report["query_tower_max_abs_change"],
             "dlrm_max_abs_change": report["dlrm_max_abs_change"],
             "merlin_seconds": report["seconds"], "peak_rss_mb": report["peak_rss_mb"],
+            "days_transformed_with_parent_workflows": transformed_here,
             **{f"phase_seconds/{k}": v for k, v in phases.items()},
             "path": store.uri(output),
         })
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

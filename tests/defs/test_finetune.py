@@ -312,7 +312,7 @@ def test_finetuning_skips_days_without_work_and_blocks_on_missing_inputs(tmp_pat
     result = run("2026-01-13")
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "inputs_complete"]
     text = check.metadata["description"].value
-    assert not check.passed and "release 1 has no manifest" in text and "transformed_interactions 2026-01-13" in text
+    assert not check.passed and "release 1 has no manifest" in text and "masked_interactions 2026-01-13" in text
 
 
 # -- fine-tuning on tiny trained models (merlin env) -----------------------------------------------------------

@@ -10,12 +10,24 @@
   scores candidate and served release, as served, on a held-out slice of the new day. Blocking checks:
   ``inputs_complete``, ``item_vectors_unchanged``, ``onnx_parity``, and the gate (DESIGN.md "Gates"):
   ``beats_popularity`` and ``no_regression`` (recall@100 and AUC, tolerance 0.005).
-- ``retrained_release``: a whole new release from the full pipeline's outputs (the weekly retrain: new
-  vocabularies, both towers, FAISS index, ranker, all together), gated the same way against the served release.
+- ``retrained_release``: a whole new release from the full pipeline's outputs (the weekly retrain,
+  ``full_retrain_job``: workflows refit on a sliding window, so new vocabularies, with both towers, FAISS index and
+  ranker, all together), gated the same way against the served release. It keeps a snapshot of its SavedModels
+  and of its workflows (``releases/models/<n>/``) for its fine-tunes.
 - ``served_release``: the release the server answers with. Its jobs promote a candidate (``promote_release_job``,
   requested by ``release_promotion_sensor``) or roll back to the previous release (``rollback_release_job``),
   switching the whole set at once (:mod:`recsys_assets.lib.releases`). A failed gate or a failed load keeps the
   old release serving and fails the check or the run with the reason.
+
+Releases are the only way models change in the live repository: ``served_release`` and ``triton_deployment``
+(``defs/serving``) both switch through ``lib.releases.serve_release``, so a deployment after a promotion neither
+reloads plain model folders under it nor takes it back.
+
+Vocabularies: a fine-tune reads every day in the vocabulary its parent release was trained with
+(``lib.retrain``): the daily transformed day when it was made with that fit, the weekly retrain's copy when the
+parent is that retrain, otherwise the masked day transformed inside the fine-tune with the parent's own workflows
+(a retrained release keeps a snapshot of them, a refit archives the workflows it replaces). Its item tower input
+(``item_workflow``) is the parent's too, so the frozen candidate tower reproduces the served item vectors.
 """
 
 import base64
@@ -48,6 +60,7 @@ from recsys_assets.defs.transforms.assets import (
 )
 from recsys_assets.lib import paths
 from recsys_assets.lib import releases as rl
+from recsys_assets.lib import retrain
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.daily import served_index
 from recsys_assets.lib.settings import day_name
@@ -95,10 +108,6 @@ def _repository_target(store: ArtifactStore, live):
         return
     with store.writing(paths.TRITON_REPOSITORY) as tmp:
         yield tmp
-
-
-def _day_exists(store: ArtifactStore, day: int) -> bool:
-    return store.exists(f"{paths.transformed_interactions(day)}/schema.pbtxt")
 
 
 def _slice(store: ArtifactStore, day: int, share: float, seed: int) -> rl.EvaluationSlice:
@@ -234,10 +243,8 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
         lineage = rl.lineage_of(store, served)
     except rl.ReleaseError as exc:
         problems.append(str(exc))
-    for rel, what in ((f"{paths.transformed_interactions(day)}/schema.pbtxt", f"transformed_interactions {key}"),
-                      (paths.masked_interactions(day), f"masked_interactions {key}"),
-                      (paths.raw_interactions(day), f"raw_interactions {key}"),
-                      (f"{paths.NVT_WORKFLOWS}/item", "nvt_workflows"), (paths.ITEMS, "items"),
+    for rel, what in ((paths.masked_interactions(day), f"masked_interactions {key}"),
+                      (paths.raw_interactions(day), f"raw_interactions {key}"), (paths.ITEMS, "items"),
                       (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"),
                       (paths.TRITON_REPOSITORY, "triton_model_repository")):
         if not store.exists(rel):
@@ -248,15 +255,20 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
             if not store.exists(part):
                 problems.append(f"the served release's model {store.uri(part)} is missing: it cannot be fine-tuned; "
                                 "build and promote a full release (retrained_release)")
-    if served is not None and store.exists(paths.SERVING_TRANSFORMS):
-        if rl.file_digest(store.local_path(paths.SERVING_TRANSFORMS)) != served.inputs.get("transforms_dir"):
-            problems.append(f"the transformed days were made with other workflows than release {served.release} "
-                            "serves (serving_transforms changed since): fine-tuning would mix vocabularies; promote "
-                            "a full release built from the current workflows first")
+    # The parent's vocabulary (its compiled transforms) and the workflows that made it: the fine-tune reads every
+    # day in that vocabulary, never in a newer fit's (a weekly retrain may have refit the workflows since).
+    vocabulary = served.inputs.get("transforms_dir", "") if served is not None else ""
+    workflows = retrain.parent_workflows(store, lineage or {}, vocabulary) if served is not None else None
+    if served is not None and workflows is None:
+        problems.append(f"the workflows release {served.release} was built with (compiled transforms "
+                        f"{vocabulary[:16]}) are neither the current ones nor archived under "
+                        f"{store.uri('transforms/archive')}: it cannot be fine-tuned without mixing vocabularies; "
+                        "promote a full release (retrained_release) first")
     if problems:
         return _blocked(problems, FINETUNE_CHECKS, day=day)
 
-    replay = [d for d in range(max(0, day - config.replay_days), day) if _day_exists(store, d)]
+    replay = [d for d in range(max(0, day - config.replay_days), day) if store.exists(paths.masked_interactions(d))]
+    sources = {d: retrain.day_source(store, d, vocabulary) for d in [*replay, day]}
     data = _slice(store, day, config.holdout_share, config.holdout_seed)
     raw = store.read_parquet(paths.raw_interactions(day), columns=["interaction_id", "session_id"])
     held_ids = raw.loc[raw["session_id"].isin(data.rows["session_id"].unique()), ["interaction_id"]]
@@ -270,15 +282,18 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
               "parity_rows": config.parity_rows, "seed": config.seed}
     t0 = time.perf_counter()
     result = merlin.run(context, "recsys_assets.ml.finetune", extras={
-        "root": store.root, "params": params, "new_day": paths.transformed_interactions(day),
-        "replay": [paths.transformed_interactions(d) for d in replay], "held_out": held_rel, "items": paths.ITEMS,
-        "multimodal": paths.MULTIMODAL_EMBEDDINGS, "item_workflow": f"{paths.NVT_WORKFLOWS}/item",
+        "root": store.root, "params": params, "new_day": sources[day], "replay": [sources[d] for d in replay],
+        "workflow": f"{workflows}/full", "held_out": held_rel, "items": paths.ITEMS,
+        "multimodal": paths.MULTIMODAL_EMBEDDINGS, "item_workflow": f"{workflows}/item",
         "two_tower": lineage["two_tower"], "dlrm": lineage["dlrm"], "item_vectors": lineage["item_vectors"],
         "output": output,
     }).get_materialize_result()
     merlin_seconds = time.perf_counter() - t0
-    inputs_ok = _check("inputs_complete", True, f"partition {key}: new day transformed with the served workflows, "
-                       f"release {served.release} serves ({lineage['variant']} query tower), replay days "
+    here = sorted(d for d, src in sources.items() if "masked" in src)
+    inputs_ok = _check("inputs_complete", True, f"partition {key}: every day read in the vocabulary release "
+                       f"{served.release} was trained with ({vocabulary[:16]}; workflows {store.uri(workflows)}; "
+                       f"transformed in the fine-tune: {', '.join(f'{d:02d}' for d in here) or 'none'}), "
+                       f"{lineage['variant']} query tower, replay days "
                        f"{replay[0] if replay else '-'}..{replay[-1] if replay else '-'}")
     frozen = [c for c in result.check_results if c.check_name == "item_vectors_unchanged"]
     from recsys_assets.lib.evaluation import onnx_parity
@@ -291,6 +306,8 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
                           f"onnxruntime vs TensorFlow on held-out rows: max abs difference {worst:.2e} (tolerance "
                           f"{config.onnx_tolerance:.0e})", max_abs_diff=worst)
     metadata = {**result.metadata, "day": day, "parent_release": served.release, "variant": lineage["variant"],
+                "vocabulary": vocabulary[:16], "workflows": store.uri(workflows),
+                "days_transformed_in_finetune": str(here),
                 "replay_days": str(replay), "merlin_seconds": round(merlin_seconds, 1), "path": store.uri(output)}
     if not (frozen and frozen[0].passed) or not parity_check.passed:
         why = "item vectors changed" if not (frozen and frozen[0].passed) else "ONNX differs from TensorFlow"
@@ -309,7 +326,8 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
                 candidate, ensemble_text = rl.assemble_candidate(
                     target, live, trained, rl.defaults_from_release(live, served), rl.start_date_of(served), number,
                     _history(store, state), config.keep_releases, served=served,
-                    served_ensemble=_ensemble_text(store, live, served.release), expected_changes=FINETUNED_MODELS)
+                    served_ensemble=_ensemble_text(store, live, served.release), expected_changes=FINETUNED_MODELS,
+                    pending=rl.pending_candidates(store, served.release))
         except (RepositoryError, rl.ReleaseError) as exc:
             raise dg.Failure(f"the candidate release could not be assembled: {exc}") from exc
         store.write_bytes(paths.triton_release(number), candidate.to_json().encode())
@@ -321,7 +339,9 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     record = rl.ReleaseRecord(
         release=number, kind="finetune", status="candidate" if passed else "gate_failed", parent=served.release,
         day=day, lineage={"variant": lineage["variant"], "two_tower": f"{output}/two_tower/{lineage['variant']}",
-                          "dlrm": f"{output}/dlrm", "item_vectors": lineage["item_vectors"]},
+                          "dlrm": f"{output}/dlrm", "item_vectors": lineage["item_vectors"],
+                          **({"workflows": workflows} if workflows != paths.NVT_WORKFLOWS else {}),
+                          "vocabulary": vocabulary},
         evaluation={"metrics": metrics, "fingerprint": data.fingerprint, "k": config.recall_k,
                     "tolerance": config.tolerance, "gates": [{"name": n, "passed": ok, "description": d}
                                                              for n, ok, d in outcomes]},
@@ -366,7 +386,7 @@ class RetrainedReleaseConfig(dg.Config):
 @dg.asset(
     group_name=RELEASES_GROUP,
     kinds={"triton"},
-    deps=[query_tower_onnx, dlrm_onnx, "faiss_index", "item_embeddings", serving_transforms,
+    deps=[query_tower_onnx, dlrm_onnx, "faiss_index", "item_embeddings", serving_transforms, "nvt_workflows",
           item_multimodal_embeddings, items, retrieval_evaluation, ranking_evaluation],
     check_specs=[dg.AssetCheckSpec(n, asset="retrained_release", blocking=True) for n in RETRAIN_CHECKS],
 )
@@ -399,6 +419,9 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
         days = [d for d in range(0, 400) if store.exists(paths.masked_interactions(d))
                 and store.exists(paths.raw_interactions(d))]
         day = days[-1] if days else -1
+    if store.exists(f"{paths.NVT_WORKFLOWS}/meta.json") and not retrain.current_fit(store):
+        problems.append("the compiled transforms are older than the workflows (a refit without its compile): "
+                        "materialize serving_transforms so the release's transforms are the models' vocabulary")
     if day < 0 or not store.exists(paths.masked_interactions(day)):
         problems.append("no day with raw and masked interactions to gate the release on: materialize "
                         "masked_interactions for the newest day")
@@ -414,6 +437,14 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
         with store.writing(f"{snapshot}/{name}") as tmp:
             shutil.copytree(store.local_path(rel), tmp)
     store.write_bytes(f"{snapshot}/item_vectors.npy", store.read_bytes(paths.item_embeddings(variant)))
+    # ... and of the workflows its vocabulary came from (the next refit overwrites transforms/workflows)
+    with store.writing(f"{snapshot}/workflows") as tmp:
+        shutil.copytree(store.local_path(paths.NVT_WORKFLOWS), tmp)
+    vocabulary = retrain.transforms_digest(store)
+    window = retrain.read_window(store) if store.exists(paths.RETRAIN_WINDOW) else None
+    trained_on = (f"retrain window: train days {window.train_days[0]:02d}-{window.train_days[-1]:02d}, validation "
+                  f"days {window.validation_days[0]:02d}-{window.validation_days[-1]:02d}"
+                  if window is not None and window.transforms_digest == vocabulary else "the configured days")
     multimodal = np.load(store.local_path(paths.MULTIMODAL_EMBEDDINGS), mmap_mode="r")
     trained = TrainedArtifacts(
         transforms_dir=store.local_path(paths.SERVING_TRANSFORMS), query_tower=store.local_path(
@@ -431,7 +462,8 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
                 candidate, ensemble_text = rl.assemble_candidate(
                     target, live, trained, defaults, START_DATE.isoformat(), number, _history(store, state),
                     config.keep_releases, served=served,
-                    served_ensemble=_ensemble_text(store, live, served.release) if served else "")
+                    served_ensemble=_ensemble_text(store, live, served.release) if served else "",
+                    pending=rl.pending_candidates(store, served.release if served else None))
         except (RepositoryError, rl.ReleaseError) as exc:
             raise dg.Failure(f"the candidate release could not be assembled: {exc}") from exc
         store.write_bytes(paths.triton_release(number), candidate.to_json().encode())
@@ -450,7 +482,8 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
         release=number, kind="full", status="candidate" if passed else "gate_failed",
         parent=served.release if served else None, day=day,
         lineage={"variant": variant, "two_tower": f"{snapshot}/two_tower", "dlrm": f"{snapshot}/dlrm",
-                 "item_vectors": f"{snapshot}/item_vectors.npy"},
+                 "item_vectors": f"{snapshot}/item_vectors.npy", "workflows": f"{snapshot}/workflows",
+                 "vocabulary": vocabulary, "trained_on": trained_on},
         evaluation={"metrics": metrics, "fingerprint": data.fingerprint, "k": config.recall_k,
                     "tolerance": config.tolerance, "offline": offline,
                     "gates": [{"name": n, "passed": ok, "description": d} for n, ok, d in outcomes]},
@@ -460,6 +493,7 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
     k = config.recall_k
     return dg.MaterializeResult(
         metadata={"release": number, "status": record.status, "variant": variant, "gate_day": day,
+                  "trained_on": trained_on, "vocabulary": vocabulary[:16],
                   "parent_release": served.release if served else -1,
                   "changed_models": ", ".join(sorted(set(candidate.changed) - {ENSEMBLE})),
                   "versions": _versions_table(candidate, served), "held_out": markdown_table(table, ".4f"),
@@ -536,19 +570,9 @@ def served_release(context: dg.AssetExecutionContext, config: PromotionConfig, a
         live = store.local_path(paths.TRITON_REPOSITORY)
         target_text = _ensemble_text(store, live, number)
         current_text = _ensemble_text(store, live, current.release) if current else ""
-        server = deploy.running_server(root)
         try:
-            if server is not None and server.model_repository.resolve() == live.resolve():
-                report = rl.promote(server, live, target, target_text, current, current_text, smoke,
-                                    timeout=triton.load_timeout_s).as_dict()
-            else:  # no server yet (or one on another folder): start one on the target release
-                rl.write_served(live, target, target_text)
-                environ, _ = deploy.local_environ(root)
-                t0 = time.perf_counter()
-                server, _, _ = deploy.deploy_local(root, live, environ, triton.ports(), timeout=triton.load_timeout_s)
-                report = {"release": number, "previous": None, "loaded": ["(server started)"], "unloaded": [],
-                          "seconds": round(time.perf_counter() - t0, 3),
-                          "smoke": rl.verify(server, number, smoke, timeout=30.0)}
+            _, report = rl.serve_release(root, live, target, target_text, current, current_text, smoke,
+                                         triton.ports(), timeout=triton.load_timeout_s)
         except rl.PromotionError as exc:
             if target_record is not None:
                 target_record.status = "load_failed"

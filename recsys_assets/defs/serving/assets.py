@@ -1,25 +1,37 @@
 """Serving: the versioned Triton model repository and its deployment (local tritonserver or Helm release).
 
+**One owner of the live repository: releases.** Models change in the live repository (``serving/
+triton_repository``) only as whole releases, through one code path, :func:`recsys_assets.lib.releases.serve_release`
+(promote into the running server, or start one on the release), which both ``triton_deployment`` and the
+promotion jobs (``served_release`` in ``defs/finetune``) call. Every served model is an alias
+``<model>_v<version>`` and the ensemble's version is the release number, so no request mixes two releases and a
+deployment never reloads the plain model folders under a promoted release.
+
 - ``triton_model_repository``: assembles ``serving/triton_repository`` from the ``triton_repo/`` templates and the
   trained artifacts (compiled transforms, query tower and DLRM as ONNX, the FAISS index, the multimodal
   embeddings, the catalogue), injecting trained values (the training mean age, the start date) and the serving
   defaults of :class:`RepositoryConfig` as config parameters, and writes a release manifest
-  (``serving/releases/<n>.json``: the version of every model). Blocking check ``configs_valid``: every config
-  parses with Triton's protobufs, name == directory, the ensemble's tensors exist on both ends, required
-  parameters are set. Runtime endpoints are never written into it (they come from the server's environment).
-  What it serves: the query tower of the variant ``retrieval_evaluation`` selected (``RepositoryConfig.variant``
-  overrides; with a single trained variant, that one), the DLRM, and the FAISS index of that variant that
-  ``lib.daily.served_index`` names (the daily-grown index when it grew the trained one, else the trained index
-  under ``index/faiss``). A model whose content and parameters did not change keeps its version AND its folder
-  untouched, so a hot swap loads only the changed models (Triton reloads any model whose folder changed).
-- ``triton_deployment``: local profile: starts the bundled tritonserver on fixed loopback ports (or hot-swaps the
-  running one to the new release: the changed models, then the ensemble), waits for the ensemble, and sends one
-  request as a smoke test; the server is left running for the API and ``make serve`` (stop it with
-  ``python -m recsys_assets.serving.serve stop``). A release whose models fail to load or whose smoke test fails
-  is taken back out by the deployment itself: the configs are restored to the release that served before
-  (``restore_release``) and the models it changed reloaded, then the run fails saying what failed and which
-  release serves. The served release is recorded (``releases/served.json``, the state the promotion jobs of
-  ``defs/finetune`` share). Credentials in URLs never reach metadata or logs (redacted).
+  (``serving/releases/<n>.json``: the version of every model) and its record (``releases/records/<n>.json``,
+  kind ``full``, built by this asset; no gate, so the promotion sensor leaves it to ``triton_deployment``). When a
+  release serves, the new one is built as a *candidate* beside it (``lib.releases.assemble_candidate``: in place,
+  the served configs untouched), exactly like a fine-tuned or retrained release. Blocking check ``configs_valid``:
+  every config parses with Triton's protobufs, name == directory, the ensemble's tensors exist on both ends,
+  required parameters are set. Runtime endpoints are never written into it (they come from the server's
+  environment). What it serves: the query tower of the variant ``retrieval_evaluation`` selected
+  (``RepositoryConfig.variant`` overrides; with a single trained variant, that one), the DLRM, and the FAISS index
+  of that variant that ``lib.daily.served_index`` names (the daily-grown index when it grew the trained one, else
+  the trained index under ``index/faiss``). A model whose content and parameters did not change keeps its
+  version AND its folder untouched, so a switch loads only the changed models.
+- ``triton_deployment``: local profile: deploys the newest release ``triton_model_repository`` built *as a
+  release*: no server yet -> the server starts on it (``started``); a server runs an older release -> the new
+  one is promoted into it (``reloaded``: its changed models load beside the serving ones, the ensemble switches,
+  smoke requests must answer from it, then the old aliases unload); the release serving is the repository's or
+  a newer one (a promoted fine-tune, a weekly retrain, a rollback target) -> nothing changes (``unchanged``: a
+  deployment never undoes a promotion), and with no server running it starts on the release that serves. A
+  release whose models fail to load or whose smoke test fails is taken back out by the same promotion code
+  (the old release keeps or gets back the traffic, the model folders' configs are restored to it), then the run
+  fails saying what failed and which release serves. The served release is recorded (``releases/served.json``,
+  shared with the promotion jobs). Credentials in URLs never reach metadata or logs (redacted).
   k8s profile: ``helm upgrade --install`` of ``infra/helm/triton`` with the repository's S3 URI.
 """
 
@@ -159,11 +171,25 @@ def triton_model_repository(context: dg.AssetExecutionContext, config: Repositor
     history = releases(store)
     release = (history[-1].release if history else 0) + 1
     previous = store.local_path(paths.TRITON_REPOSITORY) if store.exists(paths.TRITON_REPOSITORY) else None
+    state = rl.served_state(store) if store.exists(paths.SERVED_RELEASE) else None
+    ensemble_text = ""
     t0 = time.perf_counter()
     try:
-        if previous is not None and not store.is_s3:
-            # In place: a running server's repository, where unchanged models' folders must stay untouched so
-            # the next hot swap reloads only what changed (a failed build restores every config it rewrote).
+        if previous is not None and not store.is_s3 and state is not None:
+            # A release serves: build the new one as a candidate beside it (in place, unchanged models' folders
+            # untouched, the served configs left as they are); triton_deployment then promotes it like any
+            # release, so a deployment never reloads models under the serving release.
+            with rl.repository_lock(Path(store.root)):
+                served = rl.manifest(store, state.release)
+                found = rl.record(store, served.release)
+                manifest, ensemble_text = rl.assemble_candidate(
+                    previous, previous, trained, config.defaults(), world.start_date, release,
+                    [rl.manifest(store, r) for r in state.stack], config.keep_releases, served=served,
+                    served_ensemble=found.ensemble_config if found is not None and found.ensemble_config
+                    else rl.canonical_ensemble(previous),
+                    pending=rl.pending_candidates(store, served.release))
+        elif previous is not None and not store.is_s3:
+            # In place, nothing served yet (the configs are the plain build's).
             with rl.repository_lock(Path(store.root)):
                 manifest = build_repository(previous, trained, config.defaults(), world.start_date, release,
                                             previous=previous, previous_releases=history,
@@ -177,6 +203,13 @@ def triton_model_repository(context: dg.AssetExecutionContext, config: Repositor
         return _failed("configs_valid", str(exc))
     seconds = time.perf_counter() - t0
     store.write_bytes(paths.triton_release(release), manifest.to_json().encode())
+    if not store.is_s3:
+        if not ensemble_text:
+            ensemble_text = (store.local_path(paths.TRITON_REPOSITORY) / "ensemble_model" / "config.pbtxt").read_text()
+        record = rl.ReleaseRecord(release=release, kind="full", status="candidate",
+                                  parent=state.release if state else None, ensemble_config=ensemble_text)
+        record.event("built", by="triton_model_repository", run_id=context.run.run_id)
+        rl.write_record(store, record)
     import pandas as pd
 
     table = pd.DataFrame({"model": list(manifest.models), "version": list(manifest.models.values()),
@@ -211,13 +244,14 @@ class DeploymentConfig(dg.Config):
 @dg.asset(group_name=GROUP, kinds={"triton"}, deps=[triton_model_repository, "online_features", "popularity_tables"])
 def triton_deployment(context: dg.AssetExecutionContext, config: DeploymentConfig, artifacts: ArtifactStoreResource,
                       profile: DeploymentProfileResource, triton: TritonResource) -> dg.MaterializeResult:
-    """The served release: the local tritonserver (started or hot-swapped) or the Helm release on Kubernetes."""
+    """The served release: the local tritonserver (started, or switched to the repository's new release through
+    the release path) or the Helm release on Kubernetes."""
     store = artifacts.store()
     history = releases(store)
     if not history:
         raise dg.Failure("no release manifest under serving/releases: materialize triton_model_repository first")
-    release = history[-1]
     if profile.is_k8s:
+        release = history[-1]
         cmd = deploy.helm_command(store.uri(paths.TRITON_REPOSITORY), release=triton.helm_release,
                                   namespace=triton.helm_namespace, chart=Path(triton.helm_chart),
                                   values=triton.helm_values, helm=triton.helm,
@@ -229,105 +263,91 @@ def triton_deployment(context: dg.AssetExecutionContext, config: DeploymentConfi
     if store.is_s3:
         raise dg.Failure("the local profile serves a local artifact root; with s3:// use RECSYS_PROFILE=k8s")
     root = Path(store.root)
-    repository = store.local_path(paths.TRITON_REPOSITORY)
+    live = store.local_path(paths.TRITON_REPOSITORY)
     state = rl.served_state(store) if store.exists(paths.SERVED_RELEASE) else None
-    serving = deploy.running_server(root)
-    previous = _previous_release(serving, store, history, state) if serving is not None else None
+    target = _repository_release(store, history)
+    server = deploy.running_server(root)
+    on_live = server is not None and Path(server.model_repository).resolve() == live.resolve()
     environ, valkey = deploy.local_environ(root)
     valkey_url = deploy.redact_url(environ["RECSYS_VALKEY_URL"])
-    # What to load: the models whose version differs from what serves (the manifest's own list when nothing does)
-    changed = ([m for m in MODELS if previous.models.get(m) != release.models.get(m)] if previous is not None
-               else list(release.changed))
-    try:
-        server, action, seconds = deploy.deploy_local(root, repository, environ, triton.ports(), changed=changed,
-                                                      timeout=triton.load_timeout_s)
-        smoke = _smoke_test(server, config)
-    except Exception as exc:  # a model that cannot load, a smoke test that fails: take the release back out
-        reason = deploy.redact_text(str(exc).split("; log:")[0])[:1500]
-        if previous is None:
-            raise dg.Failure(description=f"release {release.release} failed and no earlier release served to go "
-                                         f"back to: {reason}", metadata={"release": release.release}) from exc
+    if state is not None and state.release >= target.release:
+        # A release promoted after the repository's (a fine-tune, a retrain, a rollback target) serves: deploying
+        # must not take it back; with no server running, start one on the release that serves.
+        if on_live:
+            why = (f"release {state.release} serves (promoted after or as the repository's release "
+                   f"{target.release}): nothing to deploy, the promotion is not undone")
+            context.log.info(why)
+            return dg.MaterializeResult(metadata={"release": state.release, "previous": state.release,
+                                                  "action": "unchanged", "loaded": "-", "why": why,
+                                                  "http": f"http://{server.http_url}", "valkey": valkey_url})
+        target = rl.manifest(store, state.release)
+    current = rl.manifest(store, state.release) if state is not None and on_live else None
+    smoke = [{"user_id": config.smoke_user_id, "device_type": config.smoke_device_type}]
+    record = rl.record(store, target.release)
+    with rl.repository_lock(root):
+        target_text = _ensemble_text(store, live, target.release)
+        current_text = _ensemble_text(store, live, current.release) if current is not None else ""
         try:
-            restored = _restore(serving, repository, previous, changed, triton.load_timeout_s)
-        except Exception as back:
-            raise dg.Failure(description=f"release {release.release} failed ({reason}) and restoring release "
-                                         f"{previous.release} failed too: {deploy.redact_text(str(back))[:1500]}",
-                             metadata={"release": release.release, "restored": -1}) from exc
-        context.log.warning(f"release {release.release} failed; release {previous.release} restored "
-                            f"(reloaded: {', '.join(restored) or '-'})")
-        raise dg.Failure(description=f"release {release.release} was taken back out: {reason}. Release "
-                                     f"{previous.release} serves again (configs restored, reloaded: "
-                                     f"{', '.join(restored) or 'nothing'})",
-                         metadata={"release": release.release, "restored": previous.release,
-                                   "reloaded": ", ".join(restored) or "-"}) from exc
-    stack = [r for r in (state.stack if state else []) if r != release.release] + [release.release]
-    events = [*(state.events if state else []), {"action": f"triton_deployment ({action})", "release":
-                                                 release.release, "at": rl.now(), "run_id": context.run.run_id}]
-    rl.write_served_state(store, rl.ServedState(release=release.release, stack=stack[-20:], events=events[-50:]))
+            server, report = rl.serve_release(root, live, target, target_text, current, current_text, smoke,
+                                              triton.ports(), timeout=triton.load_timeout_s)
+        except rl.PromotionError as exc:
+            reason = deploy.redact_text(str(exc))[:1500]
+            if record is not None:
+                record.status = "load_failed"
+                record.reasons = [*record.reasons, reason]
+                record.event("deployment_failed", run_id=context.run.run_id, error=reason)
+                rl.write_record(store, record)
+            if current is None:
+                raise dg.Failure(description=f"release {target.release} failed and no earlier release served to go "
+                                             f"back to: {reason}", metadata={"release": target.release}) from exc
+            from recsys_assets.serving.repository import restore_release
+
+            restore_release(live, current)  # the model folders' own configs describe the release that serves
+            context.log.warning(f"release {target.release} failed; release {current.release} serves")
+            raise dg.Failure(description=f"release {target.release} was taken back out: {reason}. Release "
+                                         f"{current.release} serves again (configs restored)",
+                             metadata={"release": target.release, "restored": current.release}) from exc
+    stack = [r for r in (state.stack if state else []) if r != target.release] + [target.release]
+    events = [*(state.events if state else []), {"action": f"triton_deployment ({report['action']})", "release":
+                                                 target.release, "previous": current.release if current else None,
+                                                 "at": rl.now(), "run_id": context.run.run_id,
+                                                 "seconds": report["seconds"]}]
+    rl.write_served_state(store, rl.ServedState(release=target.release, stack=stack[-20:], events=events[-50:]))
+    if record is not None:
+        record.status = "promoted"
+        record.event("triton_deployment", run_id=context.run.run_id, seconds=report["seconds"])
+        rl.write_record(store, record)
+    loaded = [parsed[0] for parsed in map(rl.parse_alias, report["loaded"]) if parsed is not None]
     return dg.MaterializeResult(metadata={
-        "release": release.release,
-        "previous": previous.release if previous is not None else -1,
-        "action": action,
-        "loaded": ", ".join(changed) if action == "reloaded" else "all (server started)",
-        "seconds_to_ready": round(seconds, 1),
+        "release": target.release,
+        "previous": current.release if current is not None else -1,
+        "action": report["action"],
+        "loaded": ", ".join(m for m in MODELS if m in loaded) if report["action"] == "reloaded"
+        else "all (server started)",
+        "unloaded": ", ".join(report["unloaded"]) or "-",
+        "seconds_to_ready": round(report["seconds"], 1),
         "http": f"http://{server.http_url}",
         "grpc": server.grpc_url,
         "metrics": f"http://{server.host}:{server.metrics_port}/metrics",
         "pid": server.pid,
         "valkey": valkey_url + (" (embedded)" if valkey is not None else ""),
         "log": str(server.log_path),
-        "smoke_test": dg.MetadataValue.json(smoke),
+        "smoke_test": dg.MetadataValue.json(report["smoke"][0] if report["smoke"] else {}),
         "stop": "python -m recsys_assets.serving.serve stop",
     })
 
 
-def _previous_release(server, store: ArtifactStore, history: list, state) -> Release | None:
-    """The release the running server answers with before this deployment: the newest earlier manifest whose
-    every model version the server has loaded, else the recorded served release, else the newest but one."""
-    with server.client() as client:
-        ready: dict = {}
-        for entry in client.get_model_repository_index():
-            if entry.get("state") == "READY" and entry.get("version"):
-                ready.setdefault(entry["name"], set()).add(str(entry["version"]))
-    for candidate in reversed(history[:-1]):
-        if all(str(candidate.models[m]) in ready.get(m, ()) for m in MODELS):
-            return candidate
-    if state is not None and state.release != history[-1].release:
-        try:
-            return rl.manifest(store, state.release)
-        except rl.ReleaseError:
-            pass
-    return history[-2] if len(history) >= 2 else None
+def _repository_release(store: ArtifactStore, history: list) -> Release:
+    """The newest release ``triton_model_repository`` built (its record says so); the newest manifest on a root
+    whose releases predate records."""
+    for manifest in reversed(history):
+        found = rl.record(store, manifest.release)
+        if found is not None and any(e.get("by") == "triton_model_repository" for e in found.events):
+            return manifest
+    built = [m for m in history if rl.record(store, m.release) is None]
+    return built[-1] if built else history[-1]
 
 
-def _restore(server, repository: Path, previous: Release, changed: list, timeout: float) -> list:
-    """Point the configs at ``previous`` again and reload what the failed release changed (the ensemble too when
-    its config changed), so the server answers as before; returns the models reloaded."""
-    from recsys_assets.serving.repository import ENSEMBLE, restore_release
-
-    if server is None:
-        return []
-    restore_release(repository, previous)
-    ready: dict = {}
-    with server.client() as client:
-        for entry in client.get_model_repository_index():
-            if entry.get("state") == "READY" and entry.get("version"):
-                ready.setdefault(entry["name"], set()).add(str(entry["version"]))
-    # A model whose new version failed to load still serves its old one: leave it alone (no reload, no stall).
-    reload = [m for m in changed if m != ENSEMBLE and m in ready and ready[m] != {str(previous.models[m])}]
-    if reload:
-        server.load(reload + [ENSEMBLE], timeout=timeout)
-    return reload
-
-
-def _smoke_test(server, config: DeploymentConfig) -> dict:
-    from recsys_assets.serving.client import RecommendationClient
-
-    with RecommendationClient(server.http_url, protocol="http") as client:
-        t0 = time.perf_counter()
-        ids, scores = client.recommend(config.smoke_user_id, device_type=config.smoke_device_type)
-        ms = (time.perf_counter() - t0) * 1e3
-    if len(ids) == 0:
-        raise dg.Failure(f"the deployed ensemble answered an empty list for user {config.smoke_user_id}")
-    return {"user_id": config.smoke_user_id, "device_type": config.smoke_device_type, "ms": round(ms, 1),
-            "ids": ids.tolist(), "scores": [round(float(s), 4) for s in scores]}
+def _ensemble_text(store: ArtifactStore, live: Path, release: int) -> str:
+    found = rl.record(store, release)
+    return found.ensemble_config if found is not None and found.ensemble_config else rl.canonical_ensemble(live)

@@ -18,8 +18,10 @@ Inputs are checked before a merlin process starts: a missing transformed day or 
 """
 
 import base64
+import dataclasses
 import json
 import time
+import types
 
 import dagster as dg
 import numpy as np
@@ -30,10 +32,14 @@ from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items, raw_interactions
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, VALIDATION_DAYS
 from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner, WorldResource
-from recsys_assets.defs.transforms.assets import serving_transforms, transformed_interactions
+from recsys_assets.defs.transforms.assets import (
+    retrain_transformed_days,
+    serving_transforms,
+    transformed_interactions,
+)
 from recsys_assets.lib import evaluation as ev
 from recsys_assets.lib import faiss_index as fx
-from recsys_assets.lib import paths
+from recsys_assets.lib import paths, retrain
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.transform_spec import ITEM_INPUTS
@@ -69,12 +75,48 @@ def _specs(asset: str, names) -> list:
     return [dg.AssetCheckSpec(n, asset=asset, blocking=True) for n in names]
 
 
-def _missing(store: ArtifactStore, days=(), files=()) -> list:
+class _Resolved(types.SimpleNamespace):
+    """An asset's config with the days it reads resolved (``window``: the retrain window's)."""
+
+    def dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "window"}
+
+
+def _windowed(store: ArtifactStore, config) -> tuple:
+    """``(config with days resolved, where(day) -> transformed folder, problems)``.
+
+    ``window: false``: the configured days, read from the daily ``transformed_interactions`` partitions.
+    ``window: true`` (the weekly retrain): the retrain window's train and validation days, read from the
+    window's own transformed days (``retrain_transformed_days``), which must be in the current fit.
+    """
+    resolved = _Resolved(**config.dict())
+    if not getattr(config, "window", False):
+        return resolved, paths.transformed_interactions, []
+    try:
+        window = retrain.read_window(store)
+    except retrain.WindowError as exc:
+        return resolved, paths.retrain_transformed, [str(exc)]
+    problems = []
+    fit = retrain.current_fit(store)
+    if not window.transforms_digest or window.transforms_digest != fit:
+        problems.append("the retrain window's transformed days are not in the current fit of the workflows: "
+                        "materialize retrain_transformed_days after nvt_workflows and serving_transforms")
+    for name, days in (("train_days", window.train_days), ("validation_days", window.validation_days)):
+        if hasattr(resolved, name):
+            setattr(resolved, name, list(days))
+    if hasattr(resolved, "rows_day"):
+        resolved.rows_day = window.validation_days[0]
+    return resolved, paths.retrain_transformed, problems
+
+
+def _missing(store: ArtifactStore, days=(), files=(), where=paths.transformed_interactions) -> list:
     problems = []
     for d in days:
-        if not store.exists(f"{paths.transformed_interactions(d)}/schema.pbtxt"):
-            problems.append(f"transformed_interactions partition {partition_key(d, START_DATE)} (day {d:02d}) is "
-                            f"missing ({store.uri(paths.transformed_interactions(d))}): materialize it first")
+        if not store.exists(f"{where(d)}/schema.pbtxt"):
+            what = ("transformed_interactions partition" if where is paths.transformed_interactions
+                    else "retrain_transformed_days day")
+            problems.append(f"{what} {partition_key(d, START_DATE)} (day {d:02d}) is "
+                            f"missing ({store.uri(where(d))}): materialize it first")
     for rel, asset in files:
         if not store.exists(rel):
             problems.append(f"{asset} output {store.uri(rel)} is missing: materialize {asset} first")
@@ -116,6 +158,9 @@ def _days_config_problems(train_days, validation_days) -> list:
 
 # -- two_tower_model -------------------------------------------------------------------------------------------
 class TwoTowerConfig(dg.Config):
+    window: bool = False
+    """Read the weekly retrain's window (days and transformed copies, ``retrain_transformed_days``) instead of
+    the configured days; ``full_retrain_job`` sets it."""
     variants: list[str] = list(VARIANTS)  # noqa: RUF012 (pydantic copies field defaults)
     """``plain``: query tower on user features; ``context``: user + request context (context-aware retrieval)."""
     user_id_embedding_dim: int = 32
@@ -151,7 +196,7 @@ TWO_TOWER_CHECKS = ("inputs_complete", "reload_identical")
 
 
 @dg.asset(group_name=GROUP, kinds={"tensorflow"}, op_tags=MERLIN_TAGS,
-          deps=[TRANSFORMED_DEP, item_multimodal_embeddings, items],
+          deps=[TRANSFORMED_DEP, retrain_transformed_days, item_multimodal_embeddings, items],
           check_specs=_specs("two_tower_model", TWO_TOWER_CHECKS))
 def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, artifacts: ArtifactStoreResource,
                     merlin: MerlinRunner) -> dg.MaterializeResult:
@@ -163,20 +208,21 @@ def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, a
     the candidate tower frozen) and each tower alone.
     """
     store = artifacts.store()
+    config, where, window_problems = _windowed(store, config)
     unknown = sorted(set(config.variants) - set(VARIANTS))
     problems = [f"unknown variants {unknown}: expected {list(VARIANTS)}"] if unknown else []
     problems += [] if config.variants else ["no variants configured"]
-    problems += _days_config_problems(config.train_days, config.validation_days)
+    problems += window_problems + _days_config_problems(config.train_days, config.validation_days)
     problems += _missing(store, [*config.train_days, *config.validation_days],
-                         [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")])
+                         [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")], where)
     if problems:
         return _blocked(problems, TWO_TOWER_CHECKS[1:])
     params = {k: v for k, v in config.dict().items()
               if k not in ("variants", "train_days", "validation_days")}
     result = merlin.run(context, "recsys_assets.ml.two_tower", extras={
         "root": store.root, "output": paths.TWO_TOWER, "variants": list(config.variants), "params": params,
-        "train": [paths.transformed_interactions(d) for d in config.train_days],
-        "validation": [paths.transformed_interactions(d) for d in config.validation_days],
+        "train": [where(d) for d in config.train_days],
+        "validation": [where(d) for d in config.validation_days],
         "multimodal": paths.MULTIMODAL_EMBEDDINGS, "n_items": _n_items(store),
     }).get_materialize_result()
     reports = {v: _read_json(store, f"{paths.two_tower(v)}/meta.json") for v in config.variants}
@@ -200,6 +246,9 @@ def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, a
 
 # -- dlrm_model ------------------------------------------------------------------------------------------------
 class DlrmConfig(dg.Config):
+    window: bool = False
+    """Read the weekly retrain's window (days and transformed copies, ``retrain_transformed_days``) instead of
+    the configured days; ``full_retrain_job`` sets it."""
     embedding_dim: int = 64
     """Width of every categorical embedding and of the projected multimodal vectors (the interaction width)."""
     bottom_mlp: list[int] = [128, 64]  # noqa: RUF012 (pydantic copies field defaults)
@@ -222,7 +271,7 @@ DLRM_CHECKS = ("inputs_complete", "reload_identical")
 
 
 @dg.asset(group_name=GROUP, kinds={"tensorflow"}, op_tags=MERLIN_TAGS,
-          deps=[TRANSFORMED_DEP, item_multimodal_embeddings, items],
+          deps=[TRANSFORMED_DEP, retrain_transformed_days, item_multimodal_embeddings, items],
           check_specs=_specs("dlrm_model", DLRM_CHECKS))
 def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts: ArtifactStoreResource,
                merlin: MerlinRunner) -> dg.MaterializeResult:
@@ -232,16 +281,17 @@ def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts:
     and join the dot-product interaction. Reports validation AUC and log-loss.
     """
     store = artifacts.store()
-    problems = _days_config_problems(config.train_days, config.validation_days)
+    config, where, window_problems = _windowed(store, config)
+    problems = window_problems + _days_config_problems(config.train_days, config.validation_days)
     problems += _missing(store, [*config.train_days, *config.validation_days],
-                         [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")])
+                         [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")], where)
     if problems:
         return _blocked(problems, DLRM_CHECKS[1:])
     params = {k: v for k, v in config.dict().items() if k not in ("train_days", "validation_days")}
     result = merlin.run(context, "recsys_assets.ml.dlrm", extras={
         "root": store.root, "output": paths.DLRM, "params": params,
-        "train": [paths.transformed_interactions(d) for d in config.train_days],
-        "validation": [paths.transformed_interactions(d) for d in config.validation_days],
+        "train": [where(d) for d in config.train_days],
+        "validation": [where(d) for d in config.validation_days],
         "multimodal": paths.MULTIMODAL_EMBEDDINGS, "n_items": _n_items(store),
     }).get_materialize_result()
     report = _read_json(store, f"{paths.DLRM}/meta.json")
@@ -258,6 +308,9 @@ def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts:
 
 # -- ONNX exports ----------------------------------------------------------------------------------------------
 class OnnxExportConfig(dg.Config):
+    window: bool = False
+    """Read the weekly retrain's window (days and transformed copies, ``retrain_transformed_days``) instead of
+    the configured days; ``full_retrain_job`` sets it."""
     parity_rows: int = 1024
     """Real validation rows on which TensorFlow and onnxruntime are compared."""
     tolerance: float = 1e-5
@@ -269,10 +322,11 @@ class OnnxExportConfig(dg.Config):
 EXPORT_CHECKS = ("inputs_complete", "onnx_parity")
 
 
-def _export(context, config: OnnxExportConfig, store: ArtifactStore, merlin: MerlinRunner, jobs: list):
+def _export(context, config: OnnxExportConfig, store: ArtifactStore, merlin: MerlinRunner, jobs: list,
+            where=paths.transformed_interactions):
     """Run the merlin-env export of ``jobs``, then check each ONNX file against TensorFlow's saved outputs."""
     result = merlin.run(context, "recsys_assets.ml.export", extras={
-        "root": store.root, "jobs": jobs, "rows": [paths.transformed_interactions(config.rows_day)],
+        "root": store.root, "jobs": jobs, "rows": [where(config.rows_day)],
         "n_rows": config.parity_rows, "multimodal": paths.MULTIMODAL_EMBEDDINGS, "n_items": _n_items(store),
     }).get_materialize_result()
     rows, worst = [], 0.0
@@ -322,16 +376,18 @@ def query_tower_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig
     from recsys_assets.ml.model_inputs import query_features
 
     store = artifacts.store()
+    config, where, window_problems = _windowed(store, config)
     variants = _trained_variants(store)
     problems = [] if variants else [(f"no trained query tower under {store.uri(paths.TWO_TOWER)}: materialize "
                                      "two_tower_model first")]
-    problems += _missing(store, [config.rows_day], [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings")])
+    problems += window_problems + _missing(store, [config.rows_day],
+                                           [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings")], where)
     if problems:
         return _blocked(problems, EXPORT_CHECKS[1:])
     jobs = [{"name": f"query_tower_{v}", "kind": "query_tower", "model": f"{paths.two_tower(v)}/query_tower",
              "features": list(query_features(v)), "output": paths.query_tower_onnx(v),
              "parity": paths.onnx_parity(paths.query_tower_onnx(v))} for v in variants]
-    return _export(context, config, store, merlin, jobs)
+    return _export(context, config, store, merlin, jobs, where)
 
 
 @dg.asset(group_name=GROUP, kinds={"onnx", "tensorflow"}, op_tags=MERLIN_TAGS, deps=[dlrm_model],
@@ -343,17 +399,18 @@ def dlrm_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig, artif
     from recsys_assets.ml.model_inputs import DLRM_FEATURES
 
     store = artifacts.store()
-    problems = _missing(store, [config.rows_day], [(f"{paths.DLRM}/model", "dlrm_model"),
-                                                   (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings")])
+    config, where, window_problems = _windowed(store, config)
+    problems = window_problems + _missing(store, [config.rows_day], [
+        (f"{paths.DLRM}/model", "dlrm_model"), (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings")], where)
     if problems:
         return _blocked(problems, EXPORT_CHECKS[1:])
     jobs = [{"name": "dlrm", "kind": "dlrm", "model": f"{paths.DLRM}/model", "features": list(DLRM_FEATURES),
              "output": paths.DLRM_ONNX, "parity": paths.onnx_parity(paths.DLRM_ONNX)}]
-    return _export(context, config, store, merlin, jobs)
+    return _export(context, config, store, merlin, jobs, where)
 
 
 # -- evaluation data -------------------------------------------------------------------------------------------
-def _validation_rows(store: ArtifactStore, days, columns) -> pd.DataFrame:
+def _validation_rows(store: ArtifactStore, days, columns, where=paths.transformed_interactions) -> pd.DataFrame:
     """Raw validation impressions joined (by interaction_id) with their transformed columns."""
     from recsys_assets.ml.model_inputs import read_days
 
@@ -361,7 +418,7 @@ def _validation_rows(store: ArtifactStore, days, columns) -> pd.DataFrame:
     for d in days:
         raw = store.read_parquet(paths.raw_interactions(d), columns=[
             "interaction_id", "session_id", "user_id", "item_id", "timestamp", "device_type", "click"])
-        tr = read_days([store.local_path(paths.transformed_interactions(d))],
+        tr = read_days([store.local_path(where(d))],
                        columns=["interaction_id", *columns])
         tr = tr.rename(columns={"user_id": "user_index", "item_id": "item_index"})
         tr = tr.rename(columns={c: f"q_{c}" for c in columns if c not in ("user_id", "item_id")})
@@ -402,8 +459,23 @@ def _deployed(store: ArtifactStore, section: str) -> dict | None:
     return _read_json(store, paths.DEPLOYED_EVALUATION).get(section)
 
 
+def _gates(metric: str, candidate: float, popularity: float, deployed, fingerprint: str, config) -> list:
+    """The deploy gates; in the retrain window the validation days move every week, so a deployed record of other
+    rows cannot be compared here: ``retrained_release`` compares candidate and served release on the same rows."""
+    gates = ev.gate(metric, candidate, popularity, deployed, fingerprint, config.tolerance)
+    if getattr(config, "window", False) and deployed is not None and deployed.get("fingerprint") != fingerprint:
+        gates = [g if g.name != "no_regression" else dataclasses.replace(
+            g, passed=True, description=f"{metric}: retrain window (validation days {list(config.validation_days)}): "
+            "the deployed release was evaluated on other days, so the comparison is retrained_release's gate, which "
+            "scores the candidate and the served release on the same held-out rows") for g in gates]
+    return gates
+
+
 # -- retrieval_evaluation --------------------------------------------------------------------------------------
 class RetrievalEvaluationConfig(dg.Config):
+    window: bool = False
+    """Read the weekly retrain's window (days and transformed copies, ``retrain_transformed_days``) instead of
+    the configured days; ``full_retrain_job`` sets it."""
     validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     """The popularity reference counts clicks over these days (the models' training window)."""
@@ -419,7 +491,8 @@ RETRIEVAL_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
 
 
 @dg.asset(group_name=GROUP, kinds={"faiss", "onnx"},
-          deps=[query_tower_onnx, dg.AssetKey("faiss_index"), serving_transforms, TRANSFORMED_DEP, RAW_DEP, items],
+          deps=[query_tower_onnx, dg.AssetKey("faiss_index"), serving_transforms, TRANSFORMED_DEP, retrain_transformed_days,
+                RAW_DEP, items],
           check_specs=_specs("retrieval_evaluation", RETRIEVAL_CHECKS))
 def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEvaluationConfig,
                          artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
@@ -433,6 +506,7 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
     from recsys_assets.serving.transforms import CompiledTransforms
 
     store = artifacts.store()
+    config, where, window_problems = _windowed(store, config)
     variants = _trained_variants(store)
     problems = [] if variants else [(f"no trained query tower under {store.uri(paths.TWO_TOWER)}: materialize "
                                      "two_tower_model first")]
@@ -440,8 +514,8 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
         for rel, asset in ((paths.query_tower_onnx(v), "query_tower_onnx"), (paths.faiss_index(v), "faiss_index")):
             if not store.exists(rel):
                 problems.append(f"variant {v} is trained but {store.uri(rel)} is missing: materialize {asset}")
-    problems += _missing(store, config.validation_days, [(paths.ITEMS, "items"),
-                                                         (paths.SERVING_TRANSFORMS, "serving_transforms")])
+    problems += window_problems + _missing(store, config.validation_days, [
+        (paths.ITEMS, "items"), (paths.SERVING_TRANSFORMS, "serving_transforms")], where)
     problems += [f"raw_interactions day {d:02d} is missing: materialize it" for d in
                  [*config.train_days, *config.validation_days] if not store.exists(paths.raw_interactions(d))]
     if problems:
@@ -451,7 +525,8 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
     catalogue = store.read_parquet(paths.ITEMS, columns=["item_id", "available_from_day"]).sort_values("item_id")
     n_items = len(catalogue)
     available_from = catalogue["available_from_day"].to_numpy(np.int64)
-    rows = _validation_rows(store, config.validation_days, list(USER_FEATURES) + list(CONTEXT_FEATURES) + ["item_id"])
+    rows = _validation_rows(store, config.validation_days, list(USER_FEATURES) + list(CONTEXT_FEATURES) + ["item_id"],
+                            where)
     feature_cols = [f"q_{c}" for c in USER_FEATURES + CONTEXT_FEATURES if c != "user_id"]
     requests = ev.build_requests(rows, feature_cols)
     if len(requests) > config.max_requests:
@@ -489,8 +564,7 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
     fingerprint = ev.rows_fingerprint(rows["interaction_id"].to_numpy())
     candidate = ev.metric(table, selected, "all", "recall@100")
     popularity = ev.metric(table, "popularity", "all", "recall@100")
-    gates = ev.gate("recall@100", candidate, popularity, _deployed(store, "retrieval"), fingerprint,
-                    config.tolerance)
+    gates = _gates("recall@100", candidate, popularity, _deployed(store, "retrieval"), fingerprint, config)
 
     out = paths.RETRIEVAL_EVALUATION
     store.write_parquet(f"{out}/table.parquet", table)
@@ -552,6 +626,9 @@ def _retrieve(model, index, features: dict, days: np.ndarray, available_from: np
 
 # -- ranking_evaluation ----------------------------------------------------------------------------------------
 class RankingEvaluationConfig(dg.Config):
+    window: bool = False
+    """Read the weekly retrain's window (days and transformed copies, ``retrain_transformed_days``) instead of
+    the configured days; ``full_retrain_job`` sets it."""
     validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     """The popularity references count clicks and impressions over these days."""
@@ -571,7 +648,7 @@ RANKING_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
 
 @dg.asset(group_name=GROUP, kinds={"onnx"},
           deps=[dlrm_onnx, retrieval_evaluation, serving_transforms, item_multimodal_embeddings, TRANSFORMED_DEP,
-                RAW_DEP, items],
+                retrain_transformed_days, RAW_DEP, items],
           check_specs=_specs("ranking_evaluation", RANKING_CHECKS))
 def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluationConfig,
                        artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
@@ -583,10 +660,11 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     from recsys_assets.serving.transforms import CompiledTransforms
 
     store = artifacts.store()
-    problems = _missing(store, config.validation_days, [
+    config, where, window_problems = _windowed(store, config)
+    problems = window_problems + _missing(store, config.validation_days, [
         (paths.DLRM_ONNX, "dlrm_onnx"), (f"{paths.RETRIEVAL_EVALUATION}/summary.json", "retrieval_evaluation"),
         (paths.SERVING_TRANSFORMS, "serving_transforms"), (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"),
-        (paths.ITEMS, "items")])
+        (paths.ITEMS, "items")], where)
     problems += [f"raw_interactions day {d:02d} is missing: materialize it" for d in
                  [*config.train_days, *config.validation_days] if not store.exists(paths.raw_interactions(d))]
     problems += [f"truth for day {d:02d} is missing: re-materialize raw_interactions" for d in
@@ -600,7 +678,7 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     table = np.load(store.local_path(paths.MULTIMODAL_EMBEDDINGS)).astype(np.float32)
     dlrm = ev.OnnxModel(store.local_path(paths.DLRM_ONNX))
     model_cols = [c for c in DLRM_FEATURES if c not in MULTIMODAL]
-    rows = _validation_rows(store, config.validation_days, model_cols)
+    rows = _validation_rows(store, config.validation_days, model_cols, where)
     truth = pd.concat([store.read_parquet(paths.interactions_truth(d)) for d in config.validation_days],
                       ignore_index=True)
     rows = rows.merge(truth[["interaction_id", "p_click"]], on="interaction_id", how="left")
@@ -627,7 +705,7 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     popularity = max(ev.metric(ranking, "popularity (clicks)", "all", "auc"),
                      ev.metric(ranking, "popularity (ctr)", "all", "auc"))
     fingerprint = ev.rows_fingerprint(rows["interaction_id"].to_numpy())
-    gates = ev.gate("auc", candidate, popularity, _deployed(store, "ranking"), fingerprint, config.tolerance)
+    gates = _gates("auc", candidate, popularity, _deployed(store, "ranking"), fingerprint, config)
 
     # Everything a request needs, as serving computes it: compiled transforms and the raw-id multimodal table.
     transforms = CompiledTransforms.load(store.local_path(paths.SERVING_TRANSFORMS))

@@ -10,6 +10,13 @@
   Merlin schema (``ml.nvt_transform``), raw item id carried as ``item_id_raw``.
 - ``serving_transforms`` (merlin env, Pipes): the workflows compiled into a numpy description
   (``serving.transforms``), with a blocking parity check against NVTabular.
+- The weekly retrain (``full_retrain_job``): ``nvt_workflows`` with ``window: true`` refits on a sliding window of
+  recent days (train days cold-start masked like the original ones, copies under ``transforms/retrain/masked``;
+  the replaced workflows archived by the digest of their compiled transforms), ``serving_transforms`` compiles
+  them, and ``retrain_transformed_days`` transforms every window day in one merlin process into
+  ``transforms/retrain/transformed`` (unpartitioned: one run, one graph in the UI). The daily
+  ``transformed_interactions`` partitions are never rewritten by it; each records which fit it was made with
+  (``lib.retrain``), so fine-tunes read days in their parent release's vocabulary.
 
 Inputs are validated before anything runs: a missing or empty partition, or a missing or unknown column, fails a
 blocking check naming the partition and the column, writes nothing (an earlier output of the partition is
@@ -26,7 +33,7 @@ from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest.assets import items, raw_interactions, users
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, daily_partitions, partition_day
 from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner
-from recsys_assets.lib import masking, paths
+from recsys_assets.lib import masking, paths, retrain
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
 from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.transform_spec import MASKED_SCHEMA, SENTINEL
@@ -216,6 +223,17 @@ class WorkflowFitConfig(dg.Config):
     """Dask partition size NVTabular reads the training days in (bounds memory at seed scale)."""
     train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     """The masked days the workflows are fit on (default: the train days 00-08)."""
+    window: bool = False
+    """The weekly retrain's refit (``full_retrain_job`` sets it): fit on a sliding window of recent days instead
+    of ``train_days`` (``window_*`` below, written to ``transforms/retrain/window.json`` for the training assets).
+    The replaced workflows are archived first (``paths.workflows_archive``), so the releases built on them can
+    still be fine-tuned, and every daily transformed day is recorded as made with them."""
+    window_train_days: int = retrain.DEFAULT_TRAIN_DAYS
+    """Window: this many days train (the workflows are fit on them) ..."""
+    window_validation_days: int = retrain.DEFAULT_VALIDATION_DAYS
+    """... and the newest this many validate (transformed, never fit on)."""
+    window_newest_day: int = -1
+    """Window: its last day; -1 = the newest day with masked interactions."""
 
 
 WORKFLOW_CHECKS = ("train_days_complete", "null_and_oov_rows")
@@ -238,6 +256,8 @@ def nvt_workflows(context: dg.AssetExecutionContext, config: WorkflowFitConfig, 
     ``null_and_oov_rows`` (blocking) proves a sentinel lands on row 1 and an unseen id on row 2.
     """
     store = artifacts.store()
+    if config.window:
+        return _fit_window(context, store, merlin, config)
     days = sorted(config.train_days)
     problems = [] if days else ["no train days configured"]
     problems += [p for d in days for p in masked_table_problems(store, d)]
@@ -271,6 +291,85 @@ def nvt_workflows(context: dg.AssetExecutionContext, config: WorkflowFitConfig, 
         check_results=[_check("train_days_complete", True,
                               f"masked_interactions partitions {', '.join(keys)} present, non-empty, "
                               "with the expected columns"),
+                       *result.check_results],
+    )
+
+
+def _available_masked_days(store: ArtifactStore) -> list:
+    return sorted(int(p.rsplit("day_", 1)[1].split(".")[0]) for p in store.list("transforms/masked")
+                  if p.endswith(".parquet") and "day_" in p)
+
+
+def _fit_window(context, store: ArtifactStore, merlin, config: "WorkflowFitConfig") -> dg.MaterializeResult:
+    """The weekly retrain's refit: resolve the window, cold-start mask its train days the way the original train
+    days are, archive the replaced fit, fit the workflows on the window, record the window."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    problems = []
+    try:
+        train, validation = retrain.window_days(_available_masked_days(store), config.window_newest_day,
+                                                config.window_train_days, config.window_validation_days)
+    except retrain.WindowError as exc:
+        return _blocked(_check("train_days_complete", False, str(exc)), ("null_and_oov_rows",))
+    problems += [p for d in train + validation for p in masked_table_problems(store, d)]
+    if problems:
+        return _blocked(_check("train_days_complete", False, "; ".join(problems)), ("null_and_oov_rows",))
+    meta_rel = f"{paths.NVT_WORKFLOWS}/meta.json"
+    if store.exists(meta_rel):  # the cold-start default age stays the one serving already gives unknown users
+        mean_age = float(json.loads(store.read_bytes(meta_rel))["mean_age"])
+    else:
+        mean_age = masking.training_mean_age(store.read_parquet(paths.USERS), LAST_TRAIN_DAY)
+    masking_defaults = MaskingConfig()
+    masked, rows = {}, []
+    for d in train:
+        daily = store.read_parquet(paths.masked_interactions(d))
+        if bool(daily["masked_user"].any() or daily["masked_device"].any()):
+            masked[str(d)] = paths.masked_interactions(d)  # an original train day: masked already
+            rows.append({"day": d, "role": "train", "source": "daily (masked)", "rows": len(daily),
+                         "masked_users": int(daily["masked_user"].sum())})
+            continue
+        table, stats = masking.mask_day(daily, masking_defaults.seed, d, mean_age, masking_defaults.user_rate,
+                                        masking_defaults.device_rate)
+        store.write_parquet(paths.retrain_masked(d), table, row_group_size=masking_defaults.row_group_rows)
+        masked[str(d)] = paths.retrain_masked(d)
+        rows.append({"day": d, "role": "train", "source": "masked for the retrain", "rows": stats.rows,
+                     "masked_users": stats.masked_users})
+    for d in validation:
+        masked[str(d)] = paths.masked_interactions(d)
+        rows.append({"day": d, "role": "validation", "source": "daily (unmasked)", "rows": None,
+                     "masked_users": 0})
+
+    replaced = retrain.transforms_digest(store)
+    archived = recorded = None
+    if replaced and store.exists(meta_rel):
+        recorded = retrain.record_unrecorded(store, replaced)
+        archived = paths.workflows_archive(replaced)
+        if not store.exists(f"{archived}/meta.json"):
+            with store.writing(archived) as tmp:
+                shutil.copytree(store.local_path(paths.NVT_WORKFLOWS), tmp)
+    window = retrain.RetrainWindow(newest_day=validation[-1], train_days=train, validation_days=validation,
+                                   mean_age=mean_age, masked=masked)
+    store.write_bytes(paths.RETRAIN_WINDOW, window.to_json().encode())
+    invocation = merlin.run(
+        context, "recsys_assets.ml.nvt_workflows",
+        extras={"root": store.root, "train_paths": [masked[str(d)] for d in train],
+                "output": paths.NVT_WORKFLOWS, "mean_age": mean_age, "part_size": config.part_size},
+    )
+    result = invocation.get_materialize_result()
+    keys = [partition_key(d, START_DATE) for d in train]
+    return dg.MaterializeResult(
+        metadata={**result.metadata, "train_partitions": ", ".join(keys),
+                  "window": f"train {train[0]:02d}-{train[-1]:02d}, validation {validation[0]:02d}-"
+                            f"{validation[-1]:02d}",
+                  "window_days": markdown_table(pd.DataFrame(rows)),
+                  "replaced_fit": replaced[:16] or "-", "archived_to": store.uri(archived) if archived else "-",
+                  "days_recorded_with_replaced_fit": len(recorded or [])},
+        check_results=[_check("train_days_complete", True,
+                              f"retrain window: train days {train[0]:02d}-{train[-1]:02d} (masked like the original "
+                              f"train days), validation days {validation[0]:02d}-{validation[-1]:02d}"),
                        *result.check_results],
     )
 
@@ -319,8 +418,14 @@ def transformed_interactions(context: dg.AssetExecutionContext, config: Transfor
                 "part_size": config.part_size, "output_files": config.output_files},
     )
     result = invocation.get_materialize_result()
+    fit = retrain.current_fit(store)
+    if fit:  # which vocabulary this day is in: a fine-tune reads it only for a parent with the same one
+        retrain.record_day_vocabulary(store, day, fit)
+    else:
+        store.delete(paths.transformed_vocabulary(day))
     return dg.MaterializeResult(
-        metadata={**result.metadata, "day": day, "split": "train (masked)" if day in TRAIN_DAYS else "unmasked"},
+        metadata={**result.metadata, "day": day, "split": "train (masked)" if day in TRAIN_DAYS else "unmasked",
+                  "vocabulary": fit[:16] or "unknown (workflows newer than the compiled transforms)"},
         check_results=[_check("input_valid", True, f"masked_interactions partition {context.partition_key}: "
                               "present, non-empty, expected columns"),
                        *result.check_results],
@@ -356,6 +461,60 @@ def serving_transforms(context: dg.AssetExecutionContext, artifacts: ArtifactSto
     latency = _request_latency_us(store)
     return dg.MaterializeResult(
         metadata={**result.metadata, **latency}, check_results=list(result.check_results))
+
+
+# -- retrain_transformed_days -----------------------------------------------------------------------------------
+class RetrainTransformConfig(dg.Config):
+    part_size: str = "128MB"
+    output_files: int = 1
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"nvtabular", "parquet"},
+    op_tags=MERLIN_TAGS,
+    pool=MERLIN_POOL,
+    deps=[nvt_workflows, serving_transforms],
+    check_specs=[dg.AssetCheckSpec(name, asset="retrain_transformed_days", blocking=True)
+                 for name in ("input_valid", "rows_preserved")],
+)
+def retrain_transformed_days(context: dg.AssetExecutionContext, config: RetrainTransformConfig,
+                             artifacts: ArtifactStoreResource, merlin: MerlinRunner) -> dg.MaterializeResult:
+    """Every day of the retrain window transformed with the refit workflows, in one merlin process
+    (``transforms/retrain/transformed/day_XX``): what the weekly retrain's training reads.
+
+    Not the daily ``transformed_interactions`` partitions: those stay as the daily run made them (and record
+    which fit they are in), so the release serving now keeps being fine-tuned in its own vocabulary. The window
+    record gets the refit's compiled-transforms digest, which fine-tunes of the retrained release match on.
+    """
+    store = artifacts.store()
+    problems = []
+    try:
+        window = retrain.read_window(store)
+    except retrain.WindowError as exc:
+        window, problems = None, [f"{exc} (nvt_workflows with window: true writes it)"]
+    fit = retrain.current_fit(store)
+    if window is not None:
+        problems += [f"day {d:02d}: {window.masked_path(d)} is missing" for d in window.days
+                     if not store.exists(window.masked_path(d))]
+        if not fit:
+            problems.append("the compiled transforms are older than the workflows: materialize serving_transforms")
+    if problems:
+        return _blocked(_check("input_valid", False, "; ".join(problems)), ("rows_preserved",))
+    invocation = merlin.run(context, "recsys_assets.ml.nvt_transform", extras={
+        "root": store.root, "workflow": f"{paths.NVT_WORKFLOWS}/full", "part_size": config.part_size,
+        "output_files": config.output_files,
+        "days": [{"day": d, "input": window.masked_path(d), "output": window.transformed_path(d)}
+                 for d in window.days]})
+    result = invocation.get_materialize_result()
+    window.transforms_digest = fit
+    store.write_bytes(paths.RETRAIN_WINDOW, window.to_json().encode())
+    return dg.MaterializeResult(
+        metadata={**result.metadata, "train_days": str(window.train_days),
+                  "validation_days": str(window.validation_days), "vocabulary": fit[:16],
+                  "path": store.uri(paths.RETRAIN)},
+        check_results=[_check("input_valid", True, f"window days {window.days[0]:02d}-{window.days[-1]:02d} "
+                              "masked and present, compiled transforms current"), *result.check_results])
 
 
 def _request_latency_us(store: ArtifactStore, items_per_request: int = 300, repeats: int = 200) -> dict:
