@@ -74,7 +74,9 @@ class TensorSpec:
 
     def check_input(self, value: Any) -> np.ndarray:
         """The value as an array of this spec, or :class:`BadRequest` saying what differs."""
-        array = np.asarray(value)
+        array = value if type(value) is np.ndarray else np.asarray(value)
+        if array.dtype == self.dtype and self._shape_ok(array.shape):  # the common case, checked cheaply
+            return array
         if self.dtype == np.dtype(object):
             if array.dtype.kind not in "OSU":
                 raise BadRequest(f"input {self.name!r} must be BYTES (strings), got {array.dtype}")
@@ -86,7 +88,9 @@ class TensorSpec:
 
     def check_output(self, value: Any) -> np.ndarray:
         """Cast a stage's output to the declared dtype; a wrong shape is a bug in the stage (StageConfigError)."""
-        array = np.asarray(value)
+        array = value if type(value) is np.ndarray else np.asarray(value)
+        if array.dtype == self.dtype and self._shape_ok(array.shape) and array.flags.c_contiguous:
+            return array
         if self.dtype == np.dtype(object):
             array = array.astype(object)
         elif array.dtype != self.dtype:
@@ -97,9 +101,17 @@ class TensorSpec:
         self._check_shape(array, StageConfigError, "output")
         return np.ascontiguousarray(array)
 
+    def _shape_ok(self, shape: tuple[int, ...]) -> bool:
+        if len(shape) != len(self.dims):
+            return False
+        for d, size in zip(self.dims, shape):
+            if d != -1 and d != size:
+                return False
+        return True
+
     def _check_shape(self, array: np.ndarray, error: type[Exception], what: str) -> None:
         shape = array.shape
-        if len(shape) != len(self.dims) or any(d != -1 and d != s for d, s in zip(self.dims, shape)):
+        if not self._shape_ok(shape):
             expected = "[" + ", ".join("-1" if d == -1 else str(d) for d in self.dims) + "]"
             raise error(f"{what} {self.name!r} has shape {list(shape)}, expected {expected} (-1 = any size)")
 
