@@ -125,7 +125,9 @@ def _stub_pids(server) -> dict:
             continue
         for part in cmdline:
             if "/triton_repository/" in part:
-                out.setdefault(part.split("/triton_repository/")[1].split("/")[0], set()).add(child.pid)
+                folder = part.split("/triton_repository/")[1].split("/")[0]
+                alias = rl.parse_alias(folder)  # releases serve <model>_v<n>
+                out.setdefault(alias[0] if alias else folder, set()).add(child.pid)
     return out
 
 

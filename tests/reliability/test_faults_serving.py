@@ -8,18 +8,18 @@ server (local profile).
   ever answered, and only the two changed models are reloaded (the repository is updated in place, so the other
   12 models' folders stay untouched and Triton keeps them); a request that fails meanwhile may only be a timeout
   or the API's retryable 503, none after the swap.
-- **Hot swap of only the changed models** (what the deployment does once that is fixed: the new version
-  directories and configs of the two changed models put in place, then only they are loaded): zero failed
-  requests, the other models untouched.
-- **A DLRM that cannot load** (a corrupt file): the deployment fails naming the model, the old version keeps
-  serving with zero failed requests and readiness stays true (it can serve); the repository's configs are rolled
-  back to the served release (``restore_release``) so a restart comes up on what serves.
+- **Hot swap of only the changed models** (the fix, as releases do it: the deployment promotes the next release,
+  loading its changed models' ``<model>_v<n>`` aliases beside what serves, then switching the ensemble): zero
+  failed requests, the other models' stubs untouched.
+- **A DLRM that cannot load** (a corrupt file): the deployment fails naming the model, the old release keeps
+  serving with zero failed requests and readiness stays true (it can serve); the failed release is recorded as
+  such, so a restart comes up on what serves.
 - **A DLRM that loads but raises on every request** (an embedding table smaller than the vocabulary): the
-  deployment's smoke test fails; the requests it breaks are clear errors (the API's 503 + Retry-After, Triton's
-  error naming the model); the deployment then restores the served release by itself (configs back, the changed
-  model reloaded) and fails saying so; rolling back heals without a restart. While such a version is live,
-  /readyz says not ready (its canary inference fails, naming the error), and ready again once the served version
-  is back.
+  release's verification (real requests through the switched ensemble) fails; the requests it breaks are clear
+  errors (the API's 503 + Retry-After, Triton's error naming the model); the deployment switches back to the
+  served release by itself and fails saying so. While such a version is live (made live directly, without the
+  verification), /readyz says not ready (its canary inference fails, naming the error), and ready again once the
+  served release is back.
 - **Triton stopped and started again under the API**: a clear 503 with Retry-After meanwhile, then the same API
   process recovers by itself.
 """
@@ -27,6 +27,7 @@ server (local profile).
 import collections
 import dataclasses
 import os
+import re
 import shutil
 import threading
 import time
@@ -36,10 +37,10 @@ import pytest
 
 from recsys_assets.defs.serving import assets as serving
 from recsys_assets.lib import paths
+from recsys_assets.lib import releases as rl
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.transform_spec import FIRST_INDEX
 from recsys_assets.serving.client import RecommendationClient
-from recsys_assets.serving.repository import build_repository, restore_release
 from recsys_assets.serving.tiny import TinySizes, write_onnx_models
 from tests.support import report
 from tests.support.harness import BackgroundLoad, Mix, Target, summarize
@@ -91,11 +92,17 @@ def _probe(stack) -> list[int] | str:
 
 
 def _versions(stack) -> dict[str, dict[str, str]]:
-    """Triton's repository index: model -> {version: state (reason)}."""
+    """Triton's repository index: model -> {version: state (reason)}. Releases serve a version of a model under
+    its alias (``dlrm_ranking_v3``, version 3); the canonical folder lists the same versions unloaded, so a READY
+    alias wins over it."""
     out: dict[str, dict[str, str]] = collections.defaultdict(dict)
     for entry in stack.triton().repository_index():
         if entry.get("version"):
-            out[entry["name"]][entry["version"]] = f"{entry.get('state', '')} {entry.get('reason', '')}".strip()
+            alias = rl.parse_alias(entry["name"])
+            model = alias[0] if alias else entry["name"]
+            state = f"{entry.get('state', '')} {entry.get('reason', '')}".strip()
+            if not out[model].get(entry["version"], "").startswith("READY"):
+                out[model][entry["version"]] = state
     return out
 
 
@@ -111,7 +118,9 @@ def _stub_pids(stack) -> dict[str, set[int]]:
             continue
         for part in cmdline:
             if "/triton_repository/" in part:
-                out[part.split("/triton_repository/")[1].split("/")[0]].add(child.pid)
+                folder = part.split("/triton_repository/")[1].split("/")[0]
+                alias = rl.parse_alias(folder)  # releases serve <model>_v<n>
+                out[alias[0] if alias else folder].add(child.pid)
     return dict(out)
 
 
@@ -170,10 +179,31 @@ def _publish(stack, models: dict) -> None:
 
 
 def _roll_back_to_served(stack, models: list[str]) -> None:
-    """Point the repository's configs at the served release again and reload ``models`` (no ensemble reload)."""
-    restore_release(stack.repository(), _served(stack))
-    if models:
-        stack.triton().load(models)
+    """Point the ensemble at the served release's aliases again (and load ``models``' aliases if they are not)."""
+    served, live = _served(stack), stack.repository()
+    rl.write_served(live, served, rl.canonical_ensemble(live))
+    stack.triton().load([rl.alias(m, served.models[m]) for m in models] + ["ensemble_model"])
+
+
+def _mark_failed(stack, release: int) -> None:
+    store = ArtifactStore(stack.root)
+    record = rl.record(store, release)
+    record.status = "load_failed"
+    rl.write_record(store, record)
+
+
+def _make_next_release_live_unverified(stack):
+    """Build the next release from the trained artifacts (``triton_model_repository``) and switch the ensemble
+    to it directly, loading its changed models' aliases, without the deployment's verification (which would take
+    a failing release back out on its own). Returns the release."""
+    import dagster as dg
+
+    with stack._deployment_environ():
+        dg.materialize([serving.triton_model_repository], resources=stack.resources())
+    release, live = stack.releases()[-1], stack.repository()
+    rl.write_served(live, release, rl.canonical_ensemble(live))
+    stack.triton().load([rl.alias(m, release.models[m]) for m in release.changed] + ["ensemble_model"])
+    return release
 
 
 # -- hot swap through the deployment --------------------------------------------------------------------------------
@@ -231,48 +261,27 @@ def test_the_deployment_hot_swap_reloads_only_the_models_whose_version_changed()
 
 
 # -- hot swap of only the changed models ----------------------------------------------------------------------------
-def _stage_changed_models(stack) -> object:
-    """The next release built beside the live repository; only its changed models' new version directories and
-    configs are moved into the live one (each config replaced atomically). Returns the manifest."""
-    store = ArtifactStore(stack.root)
-    history = stack.releases()
-    config = serving.RepositoryConfig()
-    release = history[-1].release + 1
-    scratch = stack.work / f"release-{release}"
-    manifest = build_repository(scratch, serving.trained_artifacts(store, config), config.defaults(),
-                                stack.tiny.start_date, release, previous=stack.repository(),
-                                previous_releases=[*(r for r in history if r.release != _served(stack).release),
-                                                   _served(stack)])
-    live = stack.repository()
-    for model in manifest.changed:
-        version = str(manifest.models[model])
-        incoming = live / model / f".incoming-{version}"
-        shutil.copytree(scratch / model / version, incoming)
-        os.rename(incoming, live / model / version)
-        tmp = live / model / ".config.pbtxt.incoming"
-        shutil.copy2(scratch / model / "config.pbtxt", tmp)
-        os.replace(tmp, live / model / "config.pbtxt")
-    store.write_bytes(paths.triton_release(release), manifest.to_json().encode())
-    return manifest
-
-
 @pytest.mark.timeout(600)
 def test_hot_swap_of_only_the_changed_models_under_load_fails_no_request(stack, models):
+    """The fix for the first hot swap's failures, as releases do it now: the deployment promotes the next release,
+    loading only its changed models (their ``<model>_v<n>`` aliases) beside what serves, then switching the
+    ensemble in one step; no request fails and the other twelve models keep their stubs."""
     stack.wait_ready()
     before = _probe(stack)
     _publish(stack, models["retrained_again"])
-    manifest = _stage_changed_models(stack)
-    assert sorted(manifest.changed) == ["dlrm_ranking", "query_tower"]
     stubs_before = _stub_pids(stack)
     load = _load(stack, seed=25)
     try:
         t_swap = load.now()
-        stack.triton().load(manifest.changed)
+        result = stack.deploy()
         t_swapped = load.now()
         time.sleep(2.0)
     finally:
         records = load.stop()
-    SERVED["release"] = manifest
+    release = stack.releases()[-1]
+    assert result.asset_materializations_for_node("triton_deployment")[0].metadata["action"].value == "reloaded"
+    assert sorted(release.changed) == ["dlrm_ranking", "query_tower"]
+    SERVED["release"] = release
 
     stubs_after = _stub_pids(stack)
     reloaded = sorted(m for m in stubs_before if stubs_before[m] != stubs_after.get(m))
@@ -282,7 +291,7 @@ def test_hot_swap_of_only_the_changed_models_under_load_fails_no_request(stack, 
     assert not _failures(records), _failures(records)                  # zero failed requests
     swap = summarize(records, since=t_swap, until=t_swapped)
     steady = summarize(records, until=t_swap)
-    report.record("hot swap of only the 2 changed models (the fix)", requests=swap["requests"],
+    report.record("hot swap of only the 2 changed models (the fix: a release promotion)", requests=swap["requests"],
                   failed=swap["errors"], recovery_s=0.0, events_lost=0,
                   note=f"swap {t_swapped - t_swap:.1f} s; p99 during it {swap['p99_ms']:.0f} ms, max "
                        f"{swap['max_ms']:.0f} ms (before: p99 {steady['p99_ms']:.0f} ms)")
@@ -306,7 +315,7 @@ def test_a_dlrm_that_fails_to_load_leaves_the_old_version_serving_and_readiness_
         records = load.stop()
 
     assert not result.success
-    assert "model 'dlrm_ranking' failed to load" in _step_error(result)   # the failed model is named
+    assert re.search(r"model 'dlrm_ranking(_v\d+)?' failed to load", _step_error(result))  # the failed model named
     broken = stack.releases()[-1]
     assert broken.changed == ["dlrm_ranking"]
     versions = _versions(stack)["dlrm_ranking"]
@@ -381,11 +390,10 @@ def runtime_fault(stack, models) -> RuntimeFault:
 @pytest.mark.timeout(600)
 def test_a_dlrm_that_raises_at_runtime_fails_the_smoke_test_gives_clear_errors_and_rolls_back(runtime_fault):
     f = runtime_fault
-    # the smoke test failed the deployment with onnxruntime's error
-    assert "_smoke_test" in f.deploy_error and "indices element out of data bounds" in f.deploy_error, f.deploy_error
+    # the release's verification failed the deployment with onnxruntime's error (the ensemble switch is checked
+    # with real requests before the old release's models go)
+    assert "out of data bounds" in f.deploy_error and "was not promoted" in f.deploy_error, f.deploy_error
     reads = [r for r in f.records if r.kind == "recommend"]
-    raised = [r for r in reads if not r.ok and "out of data bounds" in r.detail]
-    assert raised                                                        # the new version did raise, per request
     # the deployment took the release back out by itself: everything sent from shortly after it returned (and
     # before the test's own rollback, which finds nothing left to undo) was answered well...
     settled = [r for r in reads if f.t_deployed + 0.5 <= r.due and r.done < f.t_rollback]
@@ -410,8 +418,8 @@ def test_a_dlrm_that_raises_at_runtime_fails_the_smoke_test_gives_clear_errors_a
                   failed_how=dict(collections.Counter(f"{r.target} {r.status}" for r in f.records
                                                       if not r.ok and f.t_fault <= r.due < f.first_ok)),
                   recovery_s=f.first_ok - f.t_fault, events_lost=0,
-                  note=f"the smoke test failed the deployment, which restored the served release itself "
-                       f"(restore_release + reload of dlrm_ranking) before returning {f.t_deployed - f.t_fault:.1f} s "
+                  note=f"the release's verification failed the deployment, which kept the served release "
+                       f"(its aliases never unloaded; the ensemble switched back) before returning {f.t_deployed - f.t_fault:.1f} s "
                        f"after it started; recovery counted from the start of the deployment; /readyz said 200 in "
                        f"{sum(s == 200 for s in f.readyz)}/{len(f.readyz)} samples after it")
 
@@ -427,17 +435,17 @@ def test_readiness_says_not_ready_while_every_recommendation_fails(stack, models
     stack.wait_ready()
     before = _probe(stack)
     stack.write_trained(serving.DLRM_ONNX, models["too_small"]["dlrm"])
-    manifest = _stage_changed_models(stack)
-    assert manifest.changed == ["dlrm_ranking"]
     with httpx.Client(base_url=stack.api_url, timeout=30) as api:
         ready_before = api.get("/readyz")
         try:
-            stack.triton().load(manifest.changed)
+            release = _make_next_release_live_unverified(stack)
+            assert release.changed == ["dlrm_ranking"]
             failing = [api.get("/recommendations", params={"user_id": u, "device_type": 1, "timestamp": DAY13})
                        for u in stack.probe_users[:3]]
             broken = [api.get("/readyz") for _ in range(5)]
         finally:
             _roll_back_to_served(stack, ["dlrm_ranking"])
+            _mark_failed(stack, stack.releases()[-1].release)  # as the deployment records a release that failed
         after = _probe(stack)
         ready_after = api.get("/readyz")
     assert ready_before.status_code == 200

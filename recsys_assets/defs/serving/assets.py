@@ -266,6 +266,12 @@ def triton_deployment(context: dg.AssetExecutionContext, config: DeploymentConfi
     live = store.local_path(paths.TRITON_REPOSITORY)
     state = rl.served_state(store) if store.exists(paths.SERVED_RELEASE) else None
     target = _repository_release(store, history)
+    built = rl.record(store, target.release)
+    if state is not None and state.release != target.release and built is not None \
+            and built.status == "load_failed":
+        # Its deployment failed once: it is not retried (a restart must come up on what served); rebuild it.
+        context.log.warning(f"release {target.release} failed to deploy before; release {state.release} serves")
+        target = rl.manifest(store, state.release)
     server = deploy.running_server(root)
     on_live = server is not None and Path(server.model_repository).resolve() == live.resolve()
     environ, valkey = deploy.local_environ(root)
