@@ -57,6 +57,16 @@ def group_inputs(model, stage: str, input_map: dict[str, str] | None = None):
         if tensor not in new_inputs:
             new_inputs[tensor] = helper.make_tensor_value_info(tensor, elem, dims)
 
+    def as_input(source: str, name: str, elem: int, rank: int) -> None:
+        """``name`` (the original input) from a [N] tensor: unsqueezed to [N, 1] when the graph wants that, cast."""
+        if rank == 2:
+            axes = f"{name}__axes"
+            nodes.append(helper.make_node("Constant", [], [axes],
+                                          value=helper.make_tensor(axes, TensorProto.INT64, [1], [1])))
+            nodes.append(helper.make_node("Unsqueeze", [source, axes], [f"{name}__shaped"]))
+            source = f"{name}__shaped"
+        nodes.append(helper.make_node("Cast", [source], [name], to=elem))
+
     original = list(graph.input)
     for value in original:
         name = value.name
@@ -70,29 +80,15 @@ def group_inputs(model, stage: str, input_map: dict[str, str] | None = None):
             index = f"{name}__column"
             nodes.append(helper.make_node("Constant", [], [index], value=helper.make_tensor(index, TensorProto.INT64,
                                                                                           [], [j])))
-            out = f"{name}__gathered"
-            nodes.append(helper.make_node("Gather", [tensor, index], [out], axis=1))          # [N]
-            if rank == 2:
-                axes = f"{name}__axes"
-                nodes.append(helper.make_node("Constant", [], [axes],
-                                              value=helper.make_tensor(axes, TensorProto.INT64, [1], [1])))
-                nodes.append(helper.make_node("Unsqueeze", [out, axes], [f"{name}__shaped"]))
-                out = f"{name}__shaped"
-            nodes.append(helper.make_node("Cast", [out], [name], to=elem))
+            nodes.append(helper.make_node("Gather", [tensor, index], [f"{name}__gathered"], axis=1))  # [N]
+            as_input(f"{name}__gathered", name, elem, rank)
         elif feature in plain and plain[feature] == name:
             new_inputs[name] = value  # the model already takes the stage's tensor under its name
         elif feature in plain:
             tensor = plain[feature]
             if feature == "item_id":
                 need(tensor, TensorProto.INT64, ["N"])
-                source = tensor
-                if rank == 2:
-                    axes = f"{name}__axes"
-                    nodes.append(helper.make_node("Constant", [], [axes],
-                                                  value=helper.make_tensor(axes, TensorProto.INT64, [1], [1])))
-                    nodes.append(helper.make_node("Unsqueeze", [tensor, axes], [f"{name}__shaped"]))
-                    source = f"{name}__shaped"
-                nodes.append(helper.make_node("Cast", [source], [name], to=elem))
+                as_input(tensor, name, elem, rank)
             else:
                 need(tensor, TensorProto.FLOAT, ["N", value.type.tensor_type.shape.dim[-1].dim_value or "D"])
                 nodes.append(helper.make_node("Cast", [tensor], [name], to=elem))
