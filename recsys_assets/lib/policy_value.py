@@ -447,9 +447,10 @@ def record(result: PolicyValue, release: int | None = None, day: int | None = No
 
 
 def gate(result: PolicyValue, method: str, deployed: Mapping | None = None,
-         tolerance: float = evaluation.GATE_TOLERANCE) -> list[evaluation.GateOutcome]:
+         tolerance: float = evaluation.GATE_TOLERANCE, beat_heuristic: bool = False) -> list[evaluation.GateOutcome]:
     """Per split with requests: ``<split>_beats_popularity`` and ``<split>_no_regression`` of ``method``'s true
-    value (``deployed``: :func:`record` of the serving release on the same requests, or None)."""
+    value (``deployed``: :func:`record` of the serving release on the same requests, or None), and with
+    ``beat_heuristic`` also ``<split>_beats_heuristic`` (the issue's target for the served list)."""
     if not result.has_truth:
         raise PolicyValueError(f"{result.measure}: a true-value gate needs the world; gate on the logged measures "
                                "(lib.evaluation.gate) instead")
@@ -458,8 +459,16 @@ def gate(result: PolicyValue, method: str, deployed: Mapping | None = None,
         if not ((result.table["method"] == method) & (result.table["split"] == split)).any():
             continue
         name = f"{method}/{split}/value"
-        for outcome in evaluation.gate(name, value(result.table, method, split),
-                                       value(result.table, "popularity", split), deployed, result.fingerprint,
-                                       tolerance):
+        candidate = value(result.table, method, split)
+        for outcome in evaluation.gate(name, candidate, value(result.table, "popularity", split), deployed,
+                                       result.fingerprint, tolerance):
             outcomes.append(dataclasses.replace(outcome, name=f"{split}_{outcome.name}"))
+        if beat_heuristic:
+            heuristic = value(result.table, "heuristic", split)
+            ok = bool(np.isfinite(candidate) and candidate > heuristic)
+            outcomes.append(evaluation.GateOutcome(
+                f"{split}_beats_heuristic", ok,
+                f"{name}: candidate {candidate:.4f} vs heuristic {heuristic:.4f}"
+                + ("" if ok else " (a few-line heuristic on the logs does better: the model misses what they say)"),
+                {"candidate": candidate, "heuristic": heuristic}))
     return outcomes
