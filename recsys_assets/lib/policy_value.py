@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from recsys_assets.lib import evaluation
+from recsys_assets.lib.generator import BASE_LOGIT
 from recsys_assets.lib.metrics import ndcg_at_k, recall_at_k
 from recsys_assets.lib.popularity import tie_broken_scores
 
@@ -88,8 +89,6 @@ def _probabilities(world, users, devices, stamps, n_items: int, chunk: int):
     items = np.arange(n_items, dtype=np.int64)[None, :]
     p = np.empty((len(users), n_items), np.float32)
     p_no_taste = np.empty_like(p)
-    from recsys_assets.lib.generator import BASE_LOGIT
-
     for start in range(0, len(users), chunk):
         rows = slice(start, start + chunk)
         parts = world.logit_components(users[rows, None], items, devices[rows, None], stamps[rows, None])

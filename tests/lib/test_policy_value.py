@@ -55,6 +55,16 @@ def test_every_split_has_requests_and_every_reference_a_row(result):
     assert result.invalid_slots["oracle"] == 0 and result.invalid_slots["context_ceiling"] == 0
 
 
+def test_the_truth_is_the_generators_click_probability(world, requests):
+    truth = policy_value.truth(world, requests)
+    rows = np.arange(0, len(requests), 7)
+    items = (rows * 31) % truth.p.shape[1]
+    expected = world.click_probability(requests["true_user_id"].to_numpy()[rows], items,
+                                       requests["device_type"].to_numpy()[rows], requests["timestamp"].to_numpy()[rows])
+    np.testing.assert_allclose(truth.p[rows, items], expected, rtol=1e-6)
+    assert (truth.p_no_taste != truth.p).mean() > 0.9  # the hidden term moves almost every pair
+
+
 def test_the_oracle_list_scores_the_oracle_row_and_bounds_everything(world, requests, history, days, result):
     scored = _score(world, requests, history, days, result.lists["oracle"])
     for split in policy_value.SPLITS:
