@@ -1,33 +1,37 @@
 """Lists judged by their true expected clicks (policy value), beside reference lists on the same requests.
 
 Requests: a DataFrame with ``user_id`` (the id sent; -1 for an anonymous request), ``true_user_id`` (who is
-behind it), ``device_type``, ``timestamp``, ``split`` (``warm``, ``new``, ``anonymous``) and optionally ``day``
-(else derived from the timestamp by the world) and ``relevant`` (the raw ids the user clicked that day), as
-:func:`recsys_assets.lib.served_evaluation.replay_requests` builds them.
+behind it), ``device_type``, ``timestamp``, ``split`` (``warm``, ``new``, ``anonymous``) and optionally
+``day`` (else derived from the timestamp by the world) and ``relevant`` (the raw ids the user clicked that
+day), as :func:`recsys_assets.lib.served_evaluation.replay_requests` builds them.
 
 The **value** of a list for a request is the mean true p(click) of its ``k`` slots for the true user in the
-request's device and time (:meth:`recsys_assets.lib.generator.World.click_probability`). An empty slot (a short
-or failed list), a repeated item and an item not available that day earn nothing, so a list cannot score by
-repeating its best item or by naming items that cannot be shown; such slots are counted in ``invalid_slots``.
+request's device and time (:meth:`recsys_assets.lib.generator.World.click_probability`). An empty slot (a
+short or failed list), a repeated item and an item not available that day earn nothing, so a list cannot score
+by repeating its best item or by naming items that cannot be shown; such slots are counted in
+``invalid_slots``.
 
 References on the same requests (:func:`reference_lists`):
 
 * ``popularity``: the most clicked available items of the ``popularity_days`` days before the request's day;
 * ``random``: the expected value of a uniformly random list of available items (its row is that expectation);
 * ``heuristic``: the user's category mix over earlier days (impressions x1, clicks x5, as shares) times
-  log(1 + item clicks) times the category's click lift on the request's device and 6-hour band; visitors with
-  no history (and every anonymous request) get lift times log popularity. A few lines any model must beat;
-* ``oracle``: top ``k`` by true p among the items available that day (knows who is behind an anonymous request);
+  log(1 + item clicks) times the category's click lift on the request's device and 6-hour band; visitors
+  with no history (and every anonymous request) get lift times log popularity. A few lines any model must
+  beat;
+* ``oracle``: top ``k`` by true p among the items available that day (knows who is behind an anonymous
+  request);
 * ``oracle_no_taste``: top ``k`` by p without the hidden taste term (persona, demographics, context and item
   features only): the realistic ceiling for what features and history can teach, scored by the full true p;
-* ``context_ceiling`` (anonymous requests): the list maximising mean true p over a sample of the users seen that
-  day on the request's device within ``band_hours`` of its hour: the best a context-only list can do.
+* ``context_ceiling`` (anonymous requests): the list maximising mean true p over a sample of the users seen
+  that day on the request's device within ``band_hours`` of its hour: the best a context-only list can do.
 
-**Capture** = (value - popularity) / (ceiling - popularity) per split, the ceiling being ``oracle_no_taste`` for
-warm and new users and ``context_ceiling`` for anonymous requests; with a paired bootstrap interval over requests.
+**Capture** = (value - popularity) / (ceiling - popularity) per split, the ceiling being ``oracle_no_taste``
+for warm and new users and ``context_ceiling`` for anonymous requests; with a paired bootstrap interval over
+requests.
 
-Secondary columns, exposure-biased: recall@k and NDCG@k against the clicks logged that day (they favour what the
-logging policy showed, popular and persona impressions; the ranker's logged AUC in
+Secondary columns, exposure-biased: recall@k and NDCG@k against the clicks logged that day (they favour what
+the logging policy showed, popular and persona impressions; the ranker's logged AUC in
 :func:`recsys_assets.lib.evaluation.ranking_table` has the same bias). Without a world (no ground truth, as in
 production) :func:`evaluate` computes only those and says so in :attr:`PolicyValue.measure`.
 
@@ -37,18 +41,17 @@ Everything is deterministic for a ``seed`` (random lists, context user samples, 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from recsys_assets.lib import evaluation
+from recsys_assets.lib import evaluation, served_evaluation
 from recsys_assets.lib.generator import BASE_LOGIT
 from recsys_assets.lib.metrics import ndcg_at_k, recall_at_k
 from recsys_assets.lib.popularity import tie_broken_scores
 
-K = 10
-SPLITS = ("warm", "new", "anonymous")
+K = served_evaluation.K
+SPLITS = served_evaluation.SPLITS
 REFERENCES = ("popularity", "random", "heuristic", "oracle", "oracle_no_taste", "context_ceiling")
 CEILING = {"warm": "oracle_no_taste", "new": "oracle_no_taste", "anonymous": "context_ceiling"}
 HIDDEN_TERMS = ("taste",)  # logit terms no feature or history carries: removed for the realistic ceiling
@@ -107,7 +110,8 @@ def truth(world, requests, chunk: int = 256) -> Truth:
     devices = requests["device_type"].to_numpy(np.int64)
     if len(devices) and not np.isin(devices, (0, 1, 2)).all():
         bad = sorted(set(devices[~np.isin(devices, (0, 1, 2))].tolist()))
-        raise PolicyValueError(f"device_type {bad}: the true p needs the real device 0, 1 or 2 of each request")
+        raise PolicyValueError(f"device_type {bad}: the true p needs the real device 0, 1 or 2 of each "
+                               "request")
     n_items = len(world.items)
     p, p_no_taste = _probabilities(world, requests["true_user_id"].to_numpy(np.int64), devices,
                                    requests["timestamp"].to_numpy(np.int64), n_items, chunk)
@@ -118,16 +122,12 @@ def truth(world, requests, chunk: int = 256) -> Truth:
 # -- scoring lists ------------------------------------------------------------------------------------------
 def as_matrix(lists, k: int = K) -> np.ndarray:
     """Lists of raw ids (ragged sequences or a 2-D array) as an (n, k) int64 array padded with -1."""
-    if isinstance(lists, np.ndarray) and lists.ndim == 2:
+    if isinstance(lists, np.ndarray) and lists.ndim == 2:  # the references' shape: no per-row loop
         out = np.full((len(lists), k), -1, np.int64)
         width = min(k, lists.shape[1])
         out[:, :width] = lists[:, :width]
         return out
-    out = np.full((len(lists), k), -1, np.int64)
-    for row, ids in enumerate(lists):
-        ids = np.asarray(ids, dtype=np.int64)[:k]
-        out[row, :len(ids)] = ids
-    return out
+    return served_evaluation.padded(lists, k)
 
 
 def valid_slots(ranked: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -146,15 +146,15 @@ def list_values(probabilities: np.ndarray, lists, allowed: np.ndarray, k: int = 
     number of invalid slots (empty, repeated, unavailable)."""
     ranked = as_matrix(lists, k)
     if len(ranked) != len(probabilities):
-        raise PolicyValueError(f"{len(ranked)} lists for {len(probabilities)} requests: lists must be row-aligned "
-                               "with the requests")
+        raise PolicyValueError(f"{len(ranked)} lists for {len(probabilities)} requests: lists must be "
+                               "row-aligned with the requests")
     ok = valid_slots(ranked, allowed)
     gathered = np.take_along_axis(probabilities, np.where(ok, ranked, 0), axis=1).astype(np.float64)
     return np.where(ok, gathered, 0.0).sum(axis=1) / k, int((~ok).sum())
 
 
 def random_values(probabilities: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """The expected value of a uniformly random list of distinct available items: mean p over available items."""
+    """The expected value of a uniformly random list of distinct available items: their mean p."""
     counts = allowed.sum(axis=1)
     return np.where(allowed, probabilities, 0.0).sum(axis=1, dtype=np.float64) / np.maximum(counts, 1)
 
@@ -205,14 +205,16 @@ def heuristic_scores(history, requests, days: np.ndarray, item_category: np.ndar
         cat = item_category[past["item_id"].to_numpy(np.int64)]
         click = past["click"].to_numpy(np.float64)
         # Click lift of each category on each device and band, shrunk towards 1 with 50 pseudo-impressions.
-        cell = (cat * 3 + past["device_type"].to_numpy(np.int64)) * n_bands + band_of(past["timestamp"], band_hours)
+        devices = past["device_type"].to_numpy(np.int64)
+        cell = (cat * 3 + devices) * n_bands + band_of(past["timestamp"], band_hours)
         size = n_categories * 3 * n_bands
         clicks = np.bincount(cell, weights=click, minlength=size)
         shown = np.bincount(cell, minlength=size)
         base = click.sum() / max(len(click), 1)
         lift = ((clicks + 50 * base) / (shown + 50)) / max(base, 1e-9)
         log_pop = np.log1p(click_counts(history, n_items, int(day), window))
-        cells = ((item_category[None, :] * 3 + requests["device_type"].to_numpy(np.int64)[rows, None]) * n_bands
+        request_devices = requests["device_type"].to_numpy(np.int64)[rows, None]
+        cells = ((item_category[None, :] * 3 + request_devices) * n_bands
                  + band_of(requests["timestamp"].to_numpy(np.int64)[rows], band_hours)[:, None])
         context = lift[cells] * log_pop[None, :]
         # The user's category mix: shares of (impressions + 5 x clicks) per category over earlier days.
@@ -234,12 +236,12 @@ def heuristic_scores(history, requests, days: np.ndarray, item_category: np.ndar
 def context_ceiling_lists(world, requests, visits, days: np.ndarray, allowed: np.ndarray, k: int = K,
                           band_hours: int = HEURISTIC_BAND_HOURS, sample_users: int = 100, seed: int = 0,
                           chunk: int = 256) -> np.ndarray:
-    """(requests, k) for every request: the list of highest mean true p over up to ``sample_users`` sessions seen
-    that day on its device within ``band_hours / 2`` of its hour, evaluated at its day and hour.
+    """(requests, k): for each request the list of highest mean true p over up to ``sample_users`` sessions
+    seen that day on its device within ``band_hours / 2`` of its hour, evaluated at its day and hour.
 
-    ``visits``: the day's impressions (``user_id``, ``device_type``, ``timestamp``, optional ``session_id``: one
-    visit per session). The true p depends on time only through the day and hour, so one list per (day, device,
-    hour) is exact.
+    ``visits``: the day's impressions (``user_id``, ``device_type``, ``timestamp``, optional ``session_id``:
+    one visit per session). The true p depends on time only through the day and hour, so one list per (day,
+    device, hour) is exact.
     """
     visits = visits[visits["user_id"].to_numpy() >= 0]
     if "session_id" in visits.columns:
@@ -264,7 +266,8 @@ def context_ceiling_lists(world, requests, visits, days: np.ndarray, allowed: np
         if len(users) > sample_users:
             users = users[np.sort(rng.choice(len(users), sample_users, replace=False))]
         stamp = int(world.day_start_ts(int(day))) + int(hour) * SECONDS_PER_HOUR
-        p, _ = _probabilities(world, users, np.full(len(users), device), np.full(len(users), stamp), n_items, chunk)
+        p, _ = _probabilities(world, users, np.full(len(users), device), np.full(len(users), stamp), n_items,
+                              chunk)
         rows = np.flatnonzero((keys == (day, device, hour)).all(axis=1))
         mean_p = p.mean(axis=0, dtype=np.float64)
         out[rows] = evaluation.top_k(mean_p[None, :], allowed[rows[:1]], k)[0]
@@ -274,19 +277,20 @@ def context_ceiling_lists(world, requests, visits, days: np.ndarray, allowed: np
 def reference_lists(world, requests, truth_: Truth, history, visits, k: int = K, seed: int = 0,
                     popularity_days: int = 7, band_hours: int = HEURISTIC_BAND_HOURS,
                     context_users: int = 100) -> dict[str, np.ndarray]:
-    """Every reference's (requests, k) list (``random``: one seeded random list; its row uses the expectation)."""
+    """Every reference's (requests, k) list (``random``: one seeded draw; its row uses the expectation)."""
     days = request_days(requests, world)
     n_items = truth_.allowed.shape[1]
     popularity = np.empty((len(requests), k), np.int64)
     for day in np.unique(days):
         rows = np.flatnonzero(days == day)
-        popularity[rows] = evaluation.popularity_top_k(popularity_scores(history, n_items, int(day), popularity_days),
-                                                       truth_.allowed[rows], k)
+        scores = popularity_scores(history, n_items, int(day), popularity_days)
+        popularity[rows] = evaluation.popularity_top_k(scores, truth_.allowed[rows], k)
     anonymous = requests["split"].to_numpy() == "anonymous"
     ceiling = np.full((len(requests), k), -1, np.int64)
     if anonymous.any():
         ceiling[anonymous] = context_ceiling_lists(world, requests[anonymous], visits, days[anonymous],
-                                                   truth_.allowed[anonymous], k, band_hours, context_users, seed)
+                                                   truth_.allowed[anonymous], k, band_hours, context_users,
+                                                   seed)
     heuristic = heuristic_scores(history, requests, days, world.item_category, len(world.categories),
                                  popularity_days, band_hours)
     return {"popularity": popularity,
@@ -315,21 +319,14 @@ class PolicyValue:
         return bool(self.values)
 
 
-def fingerprint(requests) -> str:
-    """Identity of a request set (sent id, true user, device, time): records compare equal sets only."""
-    keys = sorted(zip(requests["user_id"].tolist(), requests["true_user_id"].tolist(),
-                      requests["device_type"].tolist(), requests["timestamp"].tolist()))
-    return hashlib.sha256(repr(keys).encode()).hexdigest()[:16]
-
-
 def bootstrap_indices(n: int, n_boot: int, seed: int, stream: int) -> np.ndarray:
     """(n_boot, n) resample indices, one seeded stream per split (every method of a split shares them)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
     return rng.integers(0, n, size=(n_boot, n))
 
 
-def capture(value: np.ndarray, popularity: np.ndarray, ceiling: np.ndarray, resamples: np.ndarray | None = None,
-            level: float = 0.95) -> tuple[float, float, float]:
+def capture(value: np.ndarray, popularity: np.ndarray, ceiling: np.ndarray,
+            resamples: np.ndarray | None = None, level: float = 0.95) -> tuple[float, float, float]:
     """(capture, low, high): (mean value - mean popularity) / (mean ceiling - mean popularity) over requests,
     with a paired percentile bootstrap interval over ``resamples`` (NaN interval without resamples)."""
     def ratio(v, p, c):
@@ -339,7 +336,8 @@ def capture(value: np.ndarray, popularity: np.ndarray, ceiling: np.ndarray, resa
     point = float(ratio(value.mean(), popularity.mean(), ceiling.mean()))
     if resamples is None or not len(value):
         return point, float("nan"), float("nan")
-    boot = ratio(value[resamples].mean(axis=1), popularity[resamples].mean(axis=1), ceiling[resamples].mean(axis=1))
+    boot = ratio(value[resamples].mean(axis=1), popularity[resamples].mean(axis=1),
+                 ceiling[resamples].mean(axis=1))
     boot = boot[np.isfinite(boot)]
     if not len(boot):
         return point, float("nan"), float("nan")
@@ -386,10 +384,10 @@ def summary_table(requests, values: Mapping[str, np.ndarray], lists: Mapping[str
 def evaluate(requests, model_lists: Mapping[str, Sequence], world=None, history=None, visits=None, k: int = K,
              seed: int = 0, n_boot: int = 1000, popularity_days: int = 7, context_users: int = 100,
              band_hours: int = HEURISTIC_BAND_HOURS) -> PolicyValue:
-    """Score ``model_lists`` (method -> lists row-aligned with ``requests``) and the references on the requests.
+    """Score ``model_lists`` (method -> lists row-aligned with ``requests``) and the references on them.
 
     ``world``: the generator (None: no ground truth; only logged recall/NDCG, and :attr:`PolicyValue.measure`
-    says so). ``history``: logged impressions of earlier days with a ``day`` column (popularity and heuristic);
+    says so). ``history``: logged impressions of earlier days with a ``day`` column (popularity, heuristic);
     ``visits``: the requests' days' impressions (the context ceiling's user samples; defaults to ``history``).
     """
     missing = sorted({"user_id", "true_user_id", "device_type", "timestamp", "split"} - set(requests.columns))
@@ -411,12 +409,12 @@ def evaluate(requests, model_lists: Mapping[str, Sequence], world=None, history=
             raise PolicyValueError("the references need the logged impressions of earlier days (history)")
         measure = TRUTH_MEASURE
         truth_ = truth(world, requests)
-        references = reference_lists(world, requests, truth_, history, history if visits is None else visits, k,
-                                     seed, popularity_days, band_hours, context_users)
+        references = reference_lists(world, requests, truth_, history, history if visits is None else visits,
+                                     k, seed, popularity_days, band_hours, context_users)
         for name, ranked in {**lists, **references}.items():
             values[name], invalid[name] = list_values(truth_.p, ranked, truth_.allowed, k)
         values["random"] = random_values(truth_.p, truth_.allowed)
-        # The context ceiling is defined on anonymous requests only: NaN elsewhere, its empty rows not counted.
+        # The context ceiling is defined on anonymous requests only: NaN elsewhere, empty rows not counted.
         anonymous = requests["split"].to_numpy() == "anonymous"
         values["context_ceiling"] = np.where(anonymous, values["context_ceiling"], np.nan)
         invalid["context_ceiling"] = int((~valid_slots(references["context_ceiling"][anonymous],
@@ -424,9 +422,10 @@ def evaluate(requests, model_lists: Mapping[str, Sequence], world=None, history=
         lists = {**lists, **references}
     table = summary_table(requests, values, lists, k, n_boot, seed)
     if world is not None:  # the context ceiling is defined on anonymous requests only
-        table = table[(table["method"] != "context_ceiling") | (table["split"] == "anonymous")].reset_index(drop=True)
+        keep = (table["method"] != "context_ceiling") | (table["split"] == "anonymous")
+        table = table[keep].reset_index(drop=True)
     return PolicyValue(measure=measure, requests=requests, values=values, lists=lists, invalid_slots=invalid,
-                       table=table, fingerprint=fingerprint(requests))
+                       table=table, fingerprint=served_evaluation.fingerprint(requests))
 
 
 def value(table, method: str, split: str, column: str = "value") -> float:
@@ -446,13 +445,14 @@ def record(result: PolicyValue, release: int | None = None, day: int | None = No
 
 
 def gate(result: PolicyValue, method: str, deployed: Mapping | None = None,
-         tolerance: float = evaluation.GATE_TOLERANCE, beat_heuristic: bool = False) -> list[evaluation.GateOutcome]:
-    """Per split with requests: ``<split>_beats_popularity`` and ``<split>_no_regression`` of ``method``'s true
-    value (``deployed``: :func:`record` of the serving release on the same requests, or None), and with
+         tolerance: float = evaluation.GATE_TOLERANCE,
+         beat_heuristic: bool = False) -> list[evaluation.GateOutcome]:
+    """Per split with requests: ``<split>_beats_popularity`` and ``<split>_no_regression`` of ``method``'s
+    true value (``deployed``: :func:`record` of the serving release on the same requests, or None), and with
     ``beat_heuristic`` also ``<split>_beats_heuristic`` (the issue's target for the served list)."""
     if not result.has_truth:
-        raise PolicyValueError(f"{result.measure}: a true-value gate needs the world; gate on the logged measures "
-                               "(lib.evaluation.gate) instead")
+        raise PolicyValueError(f"{result.measure}: a true-value gate needs the world; gate on the logged "
+                               "measures (lib.evaluation.gate) instead")
     outcomes = []
     for split in SPLITS:
         if not ((result.table["method"] == method) & (result.table["split"] == split)).any():
@@ -468,6 +468,7 @@ def gate(result: PolicyValue, method: str, deployed: Mapping | None = None,
             outcomes.append(evaluation.GateOutcome(
                 f"{split}_beats_heuristic", ok,
                 f"{name}: candidate {candidate:.4f} vs heuristic {heuristic:.4f}"
-                + ("" if ok else " (a few-line heuristic on the logs does better: the model misses what they say)"),
+                + ("" if ok else " (a few-line heuristic on the logs does better: the model misses what "
+                                 "they say)"),
                 {"candidate": candidate, "heuristic": heuristic}))
     return outcomes
