@@ -237,11 +237,11 @@ def context_ceiling_lists(world, requests, visits, days: np.ndarray, allowed: np
                           band_hours: int = HEURISTIC_BAND_HOURS, sample_users: int = 100, seed: int = 0,
                           chunk: int = 256) -> np.ndarray:
     """(requests, k): for each request the list of highest mean true p over up to ``sample_users`` sessions
-    seen that day on its device within ``band_hours / 2`` of its hour, evaluated at its day and hour.
+    seen (that day or before) on its device within ``band_hours / 2`` of its hour, at its day and hour.
 
-    ``visits``: the day's impressions (``user_id``, ``device_type``, ``timestamp``, optional ``session_id``:
-    one visit per session). The true p depends on time only through the day and hour, so one list per (day,
-    device, hour) is exact.
+    ``visits``: impressions (``user_id``, ``device_type``, ``timestamp``, optional ``session_id``: one visit per
+    session), the requests' own days' for the traffic of that day, or earlier days' for a historical sample.
+    The true p depends on time only through the day and hour, so one list per (day, device, hour) is exact.
     """
     visits = visits[visits["user_id"].to_numpy() >= 0]
     if "session_id" in visits.columns:
@@ -257,11 +257,11 @@ def context_ceiling_lists(world, requests, visits, days: np.ndarray, allowed: np
     keys = np.stack([days, devices, hours], axis=1)
     for day, device, hour in np.unique(keys, axis=0):
         gap = np.abs(visit_hours - hour)
-        near = (visit_days == day) & (visit_devices == device) & (np.minimum(gap, 24 - gap) <= band_hours / 2)
+        near = (visit_days <= day) & (visit_devices == device) & (np.minimum(gap, 24 - gap) <= band_hours / 2)
         users = visit_users[near]
         if len(users) == 0:
-            raise PolicyValueError(f"no visits on day {day} on device {device} near hour {hour}: the context "
-                                   "ceiling needs the day's impressions as visits")
+            raise PolicyValueError(f"no visits by day {day} on device {device} near hour {hour}: pass the "
+                                   "requests' day's impressions as visits for the context ceiling")
         rng = np.random.default_rng(np.random.SeedSequence([seed, int(day), int(device), int(hour)]))
         if len(users) > sample_users:
             users = users[np.sort(rng.choice(len(users), sample_users, replace=False))]
@@ -388,7 +388,8 @@ def evaluate(requests, model_lists: Mapping[str, Sequence], world=None, history=
 
     ``world``: the generator (None: no ground truth; only logged recall/NDCG, and :attr:`PolicyValue.measure`
     says so). ``history``: logged impressions of earlier days with a ``day`` column (popularity, heuristic);
-    ``visits``: the requests' days' impressions (the context ceiling's user samples; defaults to ``history``).
+    ``visits``: impressions whose sessions the context ceiling samples users from: the requests' days' (the
+    traffic of that day; the benchmark's choice) or by default ``history`` (earlier days' traffic).
     """
     missing = sorted({"user_id", "true_user_id", "device_type", "timestamp", "split"} - set(requests.columns))
     if missing:

@@ -136,6 +136,10 @@ def test_the_context_ceiling_depends_on_device_and_hour(world, days):
     as_sets = [frozenset(row.tolist()) for row in lists]
     assert len(set(as_sets)) == 4, lists
     assert (lists >= 0).all()
+    # Sampling the earlier days' traffic instead (evaluate's default) gives lists for the same contexts.
+    earlier = pd.concat([days[d] for d in range(DAY)], ignore_index=True)
+    historical = policy_value.context_ceiling_lists(world, contexts, earlier, np.full(4, DAY), allowed, seed=0)
+    assert (historical >= 0).all() and not np.array_equal(historical[0], historical[1])
 
 
 def test_the_heuristic_beats_popularity_for_users_with_history(result):
