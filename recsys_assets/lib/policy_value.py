@@ -194,6 +194,8 @@ def heuristic_scores(history, requests, days: np.ndarray, item_category: np.ndar
     missing = sorted(need - set(history.columns))
     if missing:
         raise PolicyValueError(f"history rows lack columns {missing}")
+    if band_hours < 1 or 24 % band_hours:
+        raise PolicyValueError(f"band_hours={band_hours}: expected a divisor of 24 (1, 2, 3, 4, 6, 8, 12, 24)")
     n_items = len(item_category)
     n_bands = 24 // band_hours
     hist_days = _history_days(history)
@@ -204,11 +206,13 @@ def heuristic_scores(history, requests, days: np.ndarray, item_category: np.ndar
         past = history[hist_days < day]
         cat = item_category[past["item_id"].to_numpy(np.int64)]
         click = past["click"].to_numpy(np.float64)
-        # Click lift of each category on each device and band, shrunk towards 1 with 50 pseudo-impressions.
+        # Click lift of each category on each device and band, shrunk towards 1 with 50 pseudo-impressions
+        # (rows whose device is unknown, -1 in masked data, count for the mix and popularity only).
         devices = past["device_type"].to_numpy(np.int64)
-        cell = (cat * 3 + devices) * n_bands + band_of(past["timestamp"], band_hours)
+        seen = (devices >= 0) & (devices <= 2)
+        cell = ((cat * 3 + devices) * n_bands + band_of(past["timestamp"], band_hours))[seen]
         size = n_categories * 3 * n_bands
-        clicks = np.bincount(cell, weights=click, minlength=size)
+        clicks = np.bincount(cell, weights=click[seen], minlength=size)
         shown = np.bincount(cell, minlength=size)
         base = click.sum() / max(len(click), 1)
         lift = ((clicks + 50 * base) / (shown + 50)) / max(base, 1e-9)

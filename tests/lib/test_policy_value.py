@@ -171,3 +171,12 @@ def test_without_a_world_only_logged_measures_and_it_says_so(requests, result):
 def test_misaligned_lists_are_refused(world, requests, history):
     with pytest.raises(policy_value.PolicyValueError, match="lists for"):
         policy_value.evaluate(requests, {"model": [[1, 2]]}, world=world, history=history)
+
+
+def test_the_heuristic_ignores_unknown_devices_for_the_lift_only(world, requests, history):
+    days = policy_value.request_days(requests, world)
+    args = (requests, days, world.item_category, len(world.categories))
+    masked = history.assign(device_type=np.where(np.arange(len(history)) % 20 == 0, -1, history["device_type"]))
+    scores = policy_value.heuristic_scores(masked, *args)
+    assert np.isfinite(scores).all() and scores.shape == (len(requests), len(world.item_category))
+    assert not np.array_equal(scores, policy_value.heuristic_scores(history, *args))
