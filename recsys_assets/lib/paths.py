@@ -30,6 +30,7 @@ USER_ID_MAP = "raw/id_maps/users.parquet"       # source_id (str) -> user_id (in
 ITEM_ID_MAP = "raw/id_maps/items.parquet"       # source_id (str) -> item_id (int64), append-only, first_day
 QUARANTINE = "raw/quarantine"                   # rows the source could not give, with the reason
 ITEMS_QUARANTINE = f"{QUARANTINE}/items.parquet"
+USERS_QUARANTINE = f"{QUARANTINE}/users.parquet"
 UNDATED_QUARANTINE = f"{QUARANTINE}/undated.parquet"  # event rows without a usable timestamp (no day of their own)
 
 

@@ -26,7 +26,8 @@ SKU-004,Broken price,No price here,home/kitchen,free,,,x
 SKU-005,Desk lamp,A white lamp,home/lighting/desk,30,U,2025-06-01,x
 """
 # Day 0 (2026-01-01 UTC) with: offsets, a duplicate, a malformed timestamp, a line with too many fields, anonymous
-# rows, an unknown event type, an unknown item, an impression at 23:59:50 UTC clicked just after midnight, and a row that is day 1's.
+# rows, an unknown event type, an unknown item, an impression at 23:59:50 UTC clicked just after midnight, and a
+# row that is day 1's.
 EVENTS_CSV = """user_id,item_id,timestamp,event,device,session_id,referrer
 u-alice,SKU-001,2026-01-01T10:00:00+02:00,impression,mobile,s1,x
 u-alice,SKU-002,2026-01-01T10:00:05+02:00,impression,mobile,s1,x
@@ -277,3 +278,21 @@ def test_save_refuses_a_map_that_renumbers(tmp_path):
     with pytest.raises(IdMapError, match="renumber"):
         save_id_map(store, paths.USER_ID_MAP, IdMap("user").extended(["b", "a", "c"], 0))
     assert load_id_map(store, paths.USER_ID_MAP, "user").source_ids == ("a", "b")
+
+
+def test_a_users_file_adds_its_attributes_and_quarantines_what_it_cannot_use(world, tmp_path):
+    source, store = world
+    (tmp_path / "shop" / "users.csv").write_text(
+        "user_id,age,gender,signup_date,segment\nu-alice,34,female,2026-01-02,x\nu-yan,n/a,,,x\n,40,M,,x\n"
+        "u-alice,35,F,,x\n")
+    _, _, report = _ingest(source, store, [0])
+    users = load_id_map(store, paths.USER_ID_MAP, "user")
+    assert users.source_ids == ("u-alice", "u-carol", "u-frank", "u-dave", "u-yan")  # events first, then the file
+    table = store.read_parquet(paths.USERS).set_index("user_id")
+    assert table.loc[0, ["age", "gender", "signup_day"]].tolist() == [34.0, "F", 1]
+    assert np.isnan(table.loc[4, "age"]) and table.loc[4, "gender"] == "U" and table.loc[1, "gender"] == "U"
+    quarantine = store.read_parquet(paths.USERS_QUARANTINE)
+    assert quarantine[["row", "reason"]].values.tolist() == [[3, "missing value"],
+                                                             [4, "duplicate user_id (the first row is kept)"]]
+    metadata = report.metadata()
+    assert metadata["users_age_unreadable"] == 1 and "segment" in metadata["notes"]

@@ -1,5 +1,5 @@
 """A source's ``items`` (and optional ``users``) table -> the project's ``items``, ``item_descriptions`` and
-``users`` tables (the layout of :mod:`recsys_assets.lib.dataset` and the schemas of :mod:`recsys_assets.lib.validation`).
+``users`` tables (the layout of :mod:`recsys_assets.lib.dataset`, the schemas of :mod:`recsys_assets.lib.validation`).
 
 Items
   * required columns ``item_id`` (text), ``title``, ``description``, ``price`` and the category: ``category``, a
@@ -210,8 +210,9 @@ def write_item_images(source: SourceFolder, store, catalogue: Catalogue) -> int:
 
 
 def read_user_attributes(source: SourceFolder, start_date: dt.date):
-    """The optional ``users`` table as ``(attributes, report)``: ``source_id``, ``age`` (float, NaN unknown),
-    ``gender`` (M / F / U), ``signup_day`` (-1 unknown); ``(None, report)`` when the source has no users table."""
+    """The optional ``users`` table as ``(attributes, quarantine, report)``: attributes ``source_id``, ``age``
+    (float, NaN unknown), ``gender`` (M / F / U), ``signup_day`` (-1 unknown); ``attributes`` is None when the
+    source has no users table."""
     import pandas as pd
 
     report = SourceReport("users")
@@ -219,7 +220,7 @@ def read_user_attributes(source: SourceFolder, start_date: dt.date):
     if name is None:
         report.flags["has_users_table"] = False
         report.note("no users table: users are the ids first seen in events, with unknown age and gender")
-        return None, report
+        return None, Quarantine(report).frame(), report
     where = source.uri(name)
     raw, bad_lines = source.read(name)
     report.rows_read = len(raw) + len(bad_lines)
@@ -248,8 +249,7 @@ def read_user_attributes(source: SourceFolder, start_date: dt.date):
         "signup_day": signup[keep].to_numpy(np.int64),
     })
     report.rows_out = len(attributes)
-    attributes.attrs["quarantine"] = quarantine.frame()
-    return attributes, report
+    return attributes, quarantine.frame(), report
 
 
 def users_table(user_map: IdMap, attributes, start_date: dt.date):

@@ -12,8 +12,9 @@ Steps, none of which drops a row without counting it:
      reason; so is every line of a CSV that does not split into the header's fields. Unknown columns are ignored
      with a note; an unknown device name becomes -1 (unknown) and is counted.
   2. Duplicates (same user, item, timestamp, event, label, device and session) are removed and counted.
-  3. Click labels. A click marks the latest impression of the same user, item and session at or before it (without
-     session ids: within :data:`ATTRIBUTION_WINDOW_S`), which becomes ``click=1``; a click with no such impression
+  3. Click labels. A click marks the latest impression of the same user, item and session at or before it (a click
+     without a session id: within :data:`ATTRIBUTION_WINDOW_S`; anonymous rows match on the empty user id, so
+     give them session ids), which becomes ``click=1``; a click with no such impression
      becomes an impression row with ``click=1`` (``impression_source`` ``click_only``); more clicks on one
      impression are counted (``repeat_clicks``). Labelling runs over all days before they are split, so an
      impression just before midnight keeps a click just after it.
@@ -64,7 +65,8 @@ class Events:
     """Every parsed event of the source, labelled, with its ``day``; the quarantine of all days (``day`` -1 for
     rows without a usable timestamp or before day 00); and the report of reading them."""
 
-    rows: object          # DataFrame: file, row, user, item, timestamp, device, session, has_session, click, source, day
+    # DataFrame: file, row, user, item, timestamp, device, session, click, source, day
+    rows: object
     quarantine: object    # DataFrame, report.QUARANTINE_COLUMNS
     report: SourceReport
     duplicates_by_day: dict
@@ -191,16 +193,14 @@ def _read_file(source: SourceFolder, name: str, start_date: dt.date, quarantine:
             rows = raw.index[hit]
             quarantine.add(where, rows, column, reason, raw, days=np.maximum(day[hit.to_numpy()], -1))
         keep &= ~hit
-    has_session = "session_id" in raw.columns
     return pd.DataFrame({
         "file": name, "row": (raw.index[keep] + 1).to_numpy(np.int64),
         "user": _text(raw, "user_id")[keep].to_numpy(object), "item": item[keep].to_numpy(object),
         "timestamp": seconds[keep.to_numpy()], "kind": kind[keep].to_numpy(object),
         "label": label[keep].to_numpy(np.int64),
         "device": device.fillna(UNKNOWN_DEVICE)[keep].to_numpy(np.int64),
-        "session": (_text(raw, "session_id")[keep] if has_session else pd.Series("", index=raw.index)[keep])
-        .to_numpy(object),
-        "has_session": has_session,
+        "session": (_text(raw, "session_id")[keep] if "session_id" in raw.columns
+                    else pd.Series("", index=raw.index)[keep]).to_numpy(object),
     })
 
 
@@ -238,8 +238,8 @@ def _label(rows, report: SourceReport):
                  .assign(impression_ts=lambda f: f["timestamp"])
                  [by + ["timestamp", "impression_ts", "impression_row"]].sort_values("timestamp", kind="stable"))
         matched = pd.merge_asof(left, right, on="timestamp", by=by, direction="backward")
-        # Without session ids only a click soon after the impression counts (a day-old impression is another visit).
-        window = np.where(matched["has_session"].astype(bool).to_numpy(), np.inf, ATTRIBUTION_WINDOW_S)
+        # Without a session id only a click soon after the impression counts (a day-old impression is another visit).
+        window = np.where(matched["session"].to_numpy(object) != "", np.inf, ATTRIBUTION_WINDOW_S)
         ok = (matched["impression_row"].notna().to_numpy()
               & ((matched["timestamp"] - matched["impression_ts"]).to_numpy(np.float64, na_value=np.inf) <= window))
         hit_rows = matched.loc[ok, "impression_row"].astype("int64")

@@ -6,7 +6,8 @@
   ``raw/unknown_items/day_XX.parquet``, ``raw/quarantine/undated.parquet`` and the grown user id map. Every file
   is replaced whole (an empty quarantine too), so a re-run of a day leaves no stale rows. There is no truth table:
   own data has no true click probabilities, so only the logged measures apply to it.
-* :func:`ingest_users`: ``raw/users.parquet`` for every mapped user (run after the days that add users).
+* :func:`ingest_users`: ``raw/users.parquet`` for every mapped user (run after the days that add users) and
+  ``raw/quarantine/users.parquet``.
 
 The id maps are read, grown and written back by these calls; two ingests of the same source must not run at once
 (:func:`~recsys_assets.lib.sources.id_maps.save_id_map` refuses the second writer rather than renumber).
@@ -64,12 +65,13 @@ def ingest_day(source: SourceFolder, store, day: int, start_date: dt.date, seed:
 def ingest_users(source: SourceFolder, store, start_date: dt.date) -> SourceReport:
     """Publish the users table: the users file's users (mapped in file order, first seen on day 0 unless their
     ``signup_date`` says otherwise) and every user the events added."""
-    attributes, report = read_user_attributes(source, start_date)
+    attributes, quarantine, report = read_user_attributes(source, start_date)
     user_map = load_id_map(store, paths.USER_ID_MAP, "user")
     if attributes is not None:
         user_map = user_map.extended(attributes["source_id"].tolist(), 0)
         save_id_map(store, paths.USER_ID_MAP, user_map)
     table = users_table(user_map, attributes, start_date)
     store.write_parquet(paths.USERS, table)
+    store.write_parquet(paths.USERS_QUARANTINE, quarantine)
     report.rows_out = len(table)
     return report

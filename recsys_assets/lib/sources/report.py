@@ -43,8 +43,9 @@ class SourceReport:
 
 
 class Quarantine:
-    """Rows that could not be used: ``file``, ``row`` (1-based record number after the header), ``column``, ``reason``, the row's ``values`` as JSON text and the ``day`` index the
-    row belongs to (-1 when it has none: no usable timestamp, or not an event)."""
+    """Rows that could not be used: ``file``, ``row`` (1-based record number after the header), ``column``,
+    ``reason``, the row's ``values`` as JSON text and the ``day`` index the row belongs to (-1 when it has none:
+    no usable timestamp, or not an event)."""
 
     def __init__(self, report: SourceReport):
         self.report = report
