@@ -125,7 +125,9 @@ def test_events_become_a_labelled_day_with_everything_set_aside_counted(world):
     assert report["duplicate_events"] == 1
     assert report["events_for_unknown_items"] == 1
     assert report["anonymous_rows"] == 1
-    assert report["unknown_device_values"] == 1
+    assert report["source_unknown_device_values"] == 1
+    assert (report["clicks"], report["clicks_without_impression"]) == (5, 1)
+    assert report["source_repeat_clicks"] == 0 and report["source_clicks_matched_to_impressions"] == 3
     assert report["rows_of_other_days"] == 1  # u-erin's row is day 1's
     assert report["clicks_only"] is False
     assert "referrer" in report["notes"]

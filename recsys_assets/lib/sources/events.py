@@ -261,7 +261,8 @@ def day_interactions(events: Events, day: int, user_map: IdMap, item_map: IdMap,
 
     report = SourceReport(f"events day {day}", rows_read=events.report.rows_read)
     report.notes.extend(events.report.notes)
-    report.counts["unknown_device_values"] = events.report.counts["unknown_device_values"]
+    # The labelling ran over the whole source; its totals are the source's (the day's own counts follow below).
+    report.counts.update({f"source_{name}": n for name, n in events.report.counts.items()})
     rows = events.rows[events.rows["day"] == day]
     report.counts["rows_of_other_days"] = int(len(events.rows) - len(rows))
     report.counts["duplicate_events"] = events.duplicates_by_day.get(day, 0)
@@ -290,6 +291,8 @@ def day_interactions(events: Events, day: int, user_map: IdMap, item_map: IdMap,
         "impression_source": rows["source"].to_numpy(object),
         "session": _session_keys(rows),
     })
+    report.counts["clicks"] = int(frame["click"].sum())
+    report.counts["clicks_without_impression"] = int((frame["impression_source"] == SOURCE_CLICK_ONLY).sum())
     has_impressions = bool((frame["impression_source"] == SOURCE_LOGGED).any())
     report.flags["clicks_only"] = len(frame) > 0 and not has_impressions
     if report.flags["clicks_only"] and negatives_per_click > 0:
