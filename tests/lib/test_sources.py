@@ -11,7 +11,7 @@ from recsys_assets.lib import paths
 from recsys_assets.lib import validation
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import day_start_timestamp
-from recsys_assets.lib.sources.events import SOURCE_CLICK_ONLY, SOURCE_SAMPLED, sample_negatives
+from recsys_assets.lib.sources.events import SOURCE_CLICK_ONLY, SOURCE_SAMPLED, read_events, sample_negatives
 from recsys_assets.lib.sources.files import SourceError, SourceFolder
 from recsys_assets.lib.sources.id_maps import IdMap, IdMapError, load_id_map, save_id_map
 from recsys_assets.lib.sources.ingest import ingest_catalogue, ingest_day, ingest_users
@@ -67,7 +67,8 @@ def world(tmp_path):
 
 def _ingest(source, store, days):
     catalogue = ingest_catalogue(source, store, START)
-    results = {day: ingest_day(source, store, day, START, SEED) for day in days}
+    events = read_events(source, START)  # read once for all the days, as a backfill would
+    results = {day: ingest_day(source, store, day, START, SEED, events=events) for day in days}
     users = ingest_users(source, store, START)
     return catalogue, results, users
 
@@ -120,6 +121,12 @@ def test_events_become_a_labelled_day_with_everything_set_aside_counted(world):
     # "phone" is not a device name: unknown, counted.
     assert rows[(rows["user"] == "u-frank") & (rows["item"] == "SKU-002")]["device"].tolist() == [-1]
     assert day0["interaction_id"].is_unique
+    available = store.read_parquet(paths.ITEMS)["available_from_day"].to_numpy()
+    check = validation.check_interaction_ranges(day0, "day 0", len(users), available, 0, unknown_allowed=True)
+    assert check.passed, check.description
+    # The generator's stricter form rejects what own logs legitimately hold: anonymous users, unknown devices.
+    strict = validation.check_interaction_ranges(day0, "day 0", len(users), available, 0)
+    assert "'user_id' outside 0.." in strict.description and "'device_type'" in strict.description
 
     report = results[0].report.metadata()
     assert report["duplicate_events"] == 1

@@ -20,7 +20,7 @@ import datetime as dt
 from recsys_assets.lib import paths
 from recsys_assets.lib.sources.catalogue import (Catalogue, read_items, read_user_attributes, users_table,
                                                  write_item_images)
-from recsys_assets.lib.sources.events import NEGATIVES_PER_CLICK, Day, day_interactions, read_events
+from recsys_assets.lib.sources.events import NEGATIVES_PER_CLICK, Day, Events, day_interactions, read_events
 from recsys_assets.lib.sources.files import SourceError, SourceFolder
 from recsys_assets.lib.sources.id_maps import load_id_map, save_id_map
 from recsys_assets.lib.sources.report import QUARANTINE_COLUMNS, SourceReport
@@ -42,14 +42,19 @@ def ingest_catalogue(source: SourceFolder, store, start_date: dt.date, day: int 
 
 
 def ingest_day(source: SourceFolder, store, day: int, start_date: dt.date, seed: int,
-               negatives_per_click: int = NEGATIVES_PER_CLICK) -> Day:
-    """Normalise and publish day ``day``'s interactions; needs the catalogue (:func:`ingest_catalogue`) first."""
+               negatives_per_click: int = NEGATIVES_PER_CLICK, events: Events | None = None) -> Day:
+    """Normalise and publish day ``day``'s interactions; needs the catalogue (:func:`ingest_catalogue`) first.
+
+    Every event file is read (late events may sit in any of them); a backfill of several days in one process can
+    pass the ``events`` of one :func:`~recsys_assets.lib.sources.events.read_events` to each day instead.
+    """
     if not store.exists(paths.ITEM_ID_MAP) or not store.exists(paths.ITEMS):
         raise SourceError(f"day {day}: no item id map or items table under {store.root}: ingest the catalogue "
                           "(the items asset) before the days")
     item_map = load_id_map(store, paths.ITEM_ID_MAP, "item")
     items = store.read_parquet(paths.ITEMS, columns=["item_id", "available_from_day"])
-    events = read_events(source, start_date)
+    if events is None:
+        events = read_events(source, start_date)
     result = day_interactions(events, day, load_id_map(store, paths.USER_ID_MAP, "user"), item_map,
                               items.sort_values("item_id")["available_from_day"].to_numpy(), seed,
                               negatives_per_click)
