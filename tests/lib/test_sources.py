@@ -11,7 +11,8 @@ from recsys_assets.lib import paths
 from recsys_assets.lib import validation
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import day_start_timestamp
-from recsys_assets.lib.sources.events import SOURCE_CLICK_ONLY, SOURCE_SAMPLED, read_events, sample_negatives
+from recsys_assets.lib.sources.events import (SOURCE_CLICK_ONLY, SOURCE_SAMPLED, parse_timestamps, read_events,
+                                            sample_negatives)
 from recsys_assets.lib.sources.files import SourceError, SourceFolder
 from recsys_assets.lib.sources.id_maps import IdMap, IdMapError, load_id_map, save_id_map
 from recsys_assets.lib.sources.ingest import ingest_catalogue, ingest_day, ingest_users
@@ -305,3 +306,26 @@ def test_a_users_file_adds_its_attributes_and_quarantines_what_it_cannot_use(wor
                                                              [4, "duplicate user_id (the first row is kept)"]]
     metadata = report.metadata()
     assert metadata["users_age_unreadable"] == 1 and "segment" in metadata["notes"]
+
+
+NOON = day_start_timestamp(0, START) + 12 * 3600
+
+
+@pytest.mark.parametrize("values, seconds, reason", [
+    (["2026-01-01T14:00:00+02:00"], NOON, ""),
+    (["2026-01-01T12:00:00Z"], NOON, ""),
+    ([str(NOON)], NOON, ""),
+    ([str(NOON * 1000 + 999)], NOON, ""),  # milliseconds, the fraction floored
+    ([NOON * 1000], NOON, ""),
+    (pd.to_datetime([NOON * 10**6], unit="us", utc=True).as_unit("us"), NOON, ""),  # parquet keeps its unit
+    (pd.to_datetime([NOON * 1000], unit="ms").as_unit("ms"), NOON, ""),  # no time zone: UTC (noted by the reader)
+    (["2026-01-01T12:00:00"], 0, "timestamp without a UTC offset (add Z or +hh:mm)"),
+    (["2026-13-01T12:00:00Z"], 0, "unparseable timestamp"),
+    (["noon"], 0, "unparseable timestamp"),
+    ([""], 0, "missing value"),
+])
+def test_timestamps_in_every_accepted_form(values, seconds, reason):
+    parsed, reasons = parse_timestamps(pd.Series(values))
+    assert reasons[0] == reason
+    if not reason:
+        assert parsed[0] == seconds

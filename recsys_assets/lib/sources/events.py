@@ -97,7 +97,7 @@ def parse_timestamps(values):
     if pd.api.types.is_datetime64_any_dtype(values):
         stamp = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
         missing = stamp.isna().to_numpy()
-        seconds[~missing] = stamp[~missing].astype("int64").to_numpy() // 10**9 if len(stamp) else 0
+        seconds[~missing] = _epoch_seconds(stamp[~missing])
         reasons[missing] = "missing value"
         return seconds, reasons
     if pd.api.types.is_numeric_dtype(values):
@@ -116,13 +116,20 @@ def parse_timestamps(values):
         stamp = pd.to_datetime(text[usable_iso], format="ISO8601", utc=True, errors="coerce")
         bad = stamp.isna().to_numpy()
         parsed = np.flatnonzero(usable_iso)
-        seconds[parsed[~bad]] = stamp[~bad].astype("int64").to_numpy() // 10**9
+        seconds[parsed[~bad]] = _epoch_seconds(stamp[~bad])
         reasons[parsed[bad]] = "unparseable timestamp"
     reasons[is_iso & ~has_offset] = "timestamp without a UTC offset (add Z or +hh:mm)"
     empty = (text == "").to_numpy()
     reasons[empty] = "missing value"
     reasons[~is_number & ~is_iso & ~empty] = "unparseable timestamp"
     return seconds, reasons
+
+
+def _epoch_seconds(stamps) -> np.ndarray:
+    """Unix seconds of UTC datetimes, whatever their unit (parquet keeps us or ms; int64 casts would not)."""
+    import pandas as pd
+
+    return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
 def _text(frame, column: str):
