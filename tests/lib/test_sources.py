@@ -10,12 +10,12 @@ import pytest
 from recsys_assets.lib import paths
 from recsys_assets.lib import validation
 from recsys_assets.lib.artifacts import ArtifactStore
-from recsys_assets.lib.settings import day_start_timestamp
+from recsys_assets.lib.settings import Settings, day_start_timestamp
 from recsys_assets.lib.sources.events import (SOURCE_CLICK_ONLY, SOURCE_SAMPLED, parse_timestamps, read_events,
                                             sample_negatives)
 from recsys_assets.lib.sources.files import SourceError, SourceFolder
 from recsys_assets.lib.sources.id_maps import IdMap, IdMapError, load_id_map, save_id_map
-from recsys_assets.lib.sources.ingest import ingest_catalogue, ingest_day, ingest_users
+from recsys_assets.lib.sources.ingest import configured_source, ingest_catalogue, ingest_day, ingest_users
 
 START = dt.date(2026, 1, 1)
 SEED = 7
@@ -248,6 +248,12 @@ def test_errors_name_the_file_and_the_column(world, tmp_path, file, text, column
     with pytest.raises(SourceError) as error:
         ingest_catalogue(source, store, START) if file == "items.csv" else ingest_day(source, store, 0, START, SEED)
     assert file in str(error.value) and column in str(error.value)
+
+
+def test_the_setting_picks_the_source(tmp_path):
+    assert configured_source(Settings.from_env({})) is None
+    folder = configured_source(Settings.from_env({"RECSYS_SOURCE": str(_write_source(tmp_path / "shop"))}))
+    assert folder.event_files() == ["events/part-000.csv", "events/part-001.parquet"]
 
 
 def test_a_missing_folder_or_table_says_what_to_set(tmp_path):

@@ -26,6 +26,11 @@ from recsys_assets.lib.sources.id_maps import load_id_map, save_id_map
 from recsys_assets.lib.sources.report import QUARANTINE_COLUMNS, SourceReport
 
 
+def configured_source(settings) -> SourceFolder | None:
+    """The source folder ``RECSYS_SOURCE`` names (``lib.settings.Settings.source``); None for the generator."""
+    return None if settings.uses_generator else SourceFolder(settings.source)
+
+
 def ingest_catalogue(source: SourceFolder, store, start_date: dt.date, day: int = 0) -> Catalogue:
     """Normalise and publish the catalogue; new items first seen on ``day``."""
     previous = None
