@@ -335,3 +335,23 @@ def test_timestamps_in_every_accepted_form(values, seconds, reason):
     assert reasons[0] == reason
     if not reason:
         assert parsed[0] == seconds
+
+
+def test_item_images_are_copied_as_jpegs_and_a_missing_one_is_counted(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "shop"
+    (folder / "events").mkdir(parents=True)
+    (folder / "img").mkdir()
+    Image.new("RGBA", (8, 8), (200, 10, 10, 255)).save(folder / "img" / "kettle.png")
+    (folder / "items.csv").write_text("item_id,title,description,category,price,image\n"
+                                      "SKU-001,Kettle,,home/kitchen,1,img/kettle.png\n"
+                                      "SKU-002,Shirt,,apparel,2,img/missing.jpg\nSKU-003,Hose,,outdoors,3,\n")
+    store = ArtifactStore(tmp_path / "artifacts")
+    catalogue = ingest_catalogue(SourceFolder(str(folder)), store, START)
+    assert store.list(paths.ITEM_IMAGES) == [paths.item_image(0)]
+    with Image.open(store.local_path(paths.item_image(0))) as image:
+        assert (image.format, image.mode) == ("JPEG", "RGB")
+    report = catalogue.report.metadata()
+    assert report["has_images"] is True and report["images_written"] == 1 and report["images_unreadable"] == 1
+    assert report["items_without_image"] == 1 and "img/missing.jpg" in report["notes"]
