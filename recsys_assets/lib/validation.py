@@ -58,14 +58,21 @@ def check_unique(df, key: str, where: str) -> CheckOutcome:
                         {"duplicates": dupes})
 
 
-def check_interaction_ranges(df, where: str, n_users: int, available_from_day: np.ndarray, day: int) -> CheckOutcome:
-    """user ids in 0..n_users-1, item ids in the catalogue and available on ``day``, valid devices and labels."""
+def check_interaction_ranges(df, where: str, n_users: int, available_from_day: np.ndarray, day: int,
+                             unknown_allowed: bool = False) -> CheckOutcome:
+    """user ids in 0..n_users-1, item ids in the catalogue and available on ``day``, valid devices and labels.
+
+    ``unknown_allowed``: user id -1 (anonymous) and device -1 (unknown) are valid too; a shop's own logs have
+    them (``lib.sources``), the generator never writes them.
+    """
     problems = []
+    lowest = -1 if unknown_allowed else 0
+    devices = VALID_DEVICES + ((-1,) if unknown_allowed else ())
     if not set(INTERACTION_SCHEMA).issubset(df.columns):
         return CheckOutcome("id_ranges", False, f"{where}: cannot check ranges, columns missing")
     users = df["user_id"].to_numpy()
-    if len(users) and (users.min() < 0 or users.max() >= n_users):
-        problems.append(f"column 'user_id' outside 0..{n_users - 1} (min {users.min()}, max {users.max()})")
+    if len(users) and (users.min() < lowest or users.max() >= n_users):
+        problems.append(f"column 'user_id' outside {lowest}..{n_users - 1} (min {users.min()}, max {users.max()})")
     items = df["item_id"].to_numpy()
     n_items = len(available_from_day)
     if len(items) and (items.min() < 0 or items.max() >= n_items):
@@ -74,9 +81,9 @@ def check_interaction_ranges(df, where: str, n_users: int, available_from_day: n
         early = int((available_from_day[items] > day).sum())
         if early:
             problems.append(f"column 'item_id': {early} impressions of items not yet available on day {day}")
-    bad_dev = int((~df["device_type"].isin(VALID_DEVICES)).sum())
+    bad_dev = int((~df["device_type"].isin(devices)).sum())
     if bad_dev:
-        problems.append(f"column 'device_type': {bad_dev} values outside {VALID_DEVICES}")
+        problems.append(f"column 'device_type': {bad_dev} values outside {devices}")
     bad_click = int((~df["click"].isin((0, 1))).sum())
     if bad_click:
         problems.append(f"column 'click': {bad_click} values other than 0/1")
