@@ -27,7 +27,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check, check_specs, markdown_table
 from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items, raw_interactions
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, VALIDATION_DAYS
@@ -56,10 +56,6 @@ RAW_DEP = dg.AssetDep(raw_interactions, partition_mapping=dg.SpecificPartitionsP
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def _check(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
-                               description=description, metadata={"description": description, **metadata})
-
 
 def _blocked(problems: list, others: tuple) -> dg.MaterializeResult:
     """An asset whose inputs are missing: ``inputs_complete`` fails naming them, the other checks do not run."""
@@ -67,12 +63,8 @@ def _blocked(problems: list, others: tuple) -> dg.MaterializeResult:
     why = "not run: inputs_complete failed"
     return dg.MaterializeResult(
         metadata={"blocked_by": "inputs_complete", "problems": description},
-        check_results=[_check("inputs_complete", False, description), *(_check(n, False, why) for n in others)],
+        check_results=[check("inputs_complete", False, description), *(check(n, False, why) for n in others)],
     )
-
-
-def _specs(asset: str, names) -> list:
-    return [dg.AssetCheckSpec(n, asset=asset, blocking=True) for n in names]
 
 
 class _Resolved(types.SimpleNamespace):
@@ -197,7 +189,7 @@ TWO_TOWER_CHECKS = ("inputs_complete", "reload_identical")
 
 @dg.asset(group_name=GROUP, kinds={"tensorflow"}, op_tags=MERLIN_TAGS,
           deps=[TRANSFORMED_DEP, retrain_transformed_days, item_multimodal_embeddings, items],
-          check_specs=_specs("two_tower_model", TWO_TOWER_CHECKS))
+          check_specs=check_specs("two_tower_model", TWO_TOWER_CHECKS))
 def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, artifacts: ArtifactStoreResource,
                     merlin: MerlinRunner) -> dg.MaterializeResult:
     """Two-Tower retrieval (``TwoTowerModelV2``), one model per variant, under ``models/two_tower/<variant>/``.
@@ -238,7 +230,7 @@ def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, a
     return dg.MaterializeResult(
         metadata={**result.metadata, "summary": markdown_table(summary, ".4f"), "loss_curve": plot,
                   "train_days": str(config.train_days), "validation_days": str(config.validation_days)},
-        check_results=[_check("inputs_complete", True, f"transformed days {config.train_days} + "
+        check_results=[check("inputs_complete", True, f"transformed days {config.train_days} + "
                               f"{config.validation_days}, multimodal table and catalogue present"),
                        *result.check_results],
     )
@@ -272,7 +264,7 @@ DLRM_CHECKS = ("inputs_complete", "reload_identical")
 
 @dg.asset(group_name=GROUP, kinds={"tensorflow"}, op_tags=MERLIN_TAGS,
           deps=[TRANSFORMED_DEP, retrain_transformed_days, item_multimodal_embeddings, items],
-          check_specs=_specs("dlrm_model", DLRM_CHECKS))
+          check_specs=check_specs("dlrm_model", DLRM_CHECKS))
 def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts: ArtifactStoreResource,
                merlin: MerlinRunner) -> dg.MaterializeResult:
     """The DLRM ranker (``DLRMModel``) on every labelled impression of the train days (``models/dlrm/``).
@@ -300,7 +292,7 @@ def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts:
     return dg.MaterializeResult(
         metadata={**result.metadata, "loss_curve": plot, "train_ctr": report["train_ctr"],
                   "train_days": str(config.train_days), "validation_days": str(config.validation_days)},
-        check_results=[_check("inputs_complete", True, f"transformed days {config.train_days} + "
+        check_results=[check("inputs_complete", True, f"transformed days {config.train_days} + "
                               f"{config.validation_days}, multimodal table and catalogue present"),
                        *result.check_results],
     )
@@ -344,8 +336,8 @@ def _export(context, config: OnnxExportConfig, store: ArtifactStore, merlin: Mer
         metadata={**result.metadata, "parity": markdown_table(pd.DataFrame(rows), ".2e"),
                   "max_abs_diff": worst, **latency},
         check_results=[
-            _check("inputs_complete", True, "SavedModels and parity rows present"),
-            _check("onnx_parity", ok, f"onnxruntime vs TensorFlow on {config.parity_rows} real rows: max abs "
+            check("inputs_complete", True, "SavedModels and parity rows present"),
+            check("onnx_parity", ok, f"onnxruntime vs TensorFlow on {config.parity_rows} real rows: max abs "
                    f"difference {worst:.3e} (tolerance {config.tolerance:.0e})", max_abs_diff=worst)],
     )
 
@@ -366,7 +358,7 @@ def _onnx_latency(store: ArtifactStore, job: dict, repeats: int = 50) -> dict:
 
 
 @dg.asset(group_name=GROUP, kinds={"onnx", "tensorflow"}, op_tags=MERLIN_TAGS, deps=[two_tower_model],
-          check_specs=_specs("query_tower_onnx", EXPORT_CHECKS))
+          check_specs=check_specs("query_tower_onnx", EXPORT_CHECKS))
 def query_tower_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig, artifacts: ArtifactStoreResource,
                      merlin: MerlinRunner) -> dg.MaterializeResult:
     """Each trained query tower as ONNX (``models/onnx/query_tower_<variant>.onnx``), inputs = feature columns.
@@ -391,7 +383,7 @@ def query_tower_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig
 
 
 @dg.asset(group_name=GROUP, kinds={"onnx", "tensorflow"}, op_tags=MERLIN_TAGS, deps=[dlrm_model],
-          check_specs=_specs("dlrm_onnx", EXPORT_CHECKS))
+          check_specs=check_specs("dlrm_onnx", EXPORT_CHECKS))
 def dlrm_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig, artifacts: ArtifactStoreResource,
               merlin: MerlinRunner) -> dg.MaterializeResult:
     """The DLRM as ONNX (``models/onnx/dlrm.onnx``): user, item, context columns and the two multimodal vectors
@@ -493,7 +485,7 @@ RETRIEVAL_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
 @dg.asset(group_name=GROUP, kinds={"faiss", "onnx"},
           deps=[query_tower_onnx, dg.AssetKey("faiss_index"), serving_transforms, TRANSFORMED_DEP, retrain_transformed_days,
                 RAW_DEP, items],
-          check_specs=_specs("retrieval_evaluation", RETRIEVAL_CHECKS))
+          check_specs=check_specs("retrieval_evaluation", RETRIEVAL_CHECKS))
 def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEvaluationConfig,
                          artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
     """Recall@10/100/300 and NDCG@10 of the clicked items of validation sessions, per split, for each query
@@ -607,9 +599,9 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
             **timing,
             "path": store.uri(out),
         },
-        check_results=[_check("inputs_complete", True, f"{len(variants)} variant(s), validation days "
+        check_results=[check("inputs_complete", True, f"{len(variants)} variant(s), validation days "
                               f"{config.validation_days}, serving transforms present"),
-                       *[_check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
+                       *[check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
     )
 
 
@@ -649,7 +641,7 @@ RANKING_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
 @dg.asset(group_name=GROUP, kinds={"onnx"},
           deps=[dlrm_onnx, retrieval_evaluation, serving_transforms, item_multimodal_embeddings, TRANSFORMED_DEP,
                 retrain_transformed_days, RAW_DEP, items],
-          check_specs=_specs("ranking_evaluation", RANKING_CHECKS))
+          check_specs=check_specs("ranking_evaluation", RANKING_CHECKS))
 def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluationConfig,
                        artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
     """AUC and log-loss of the DLRM (ONNX, as served) on every validation impression, per split, beside
@@ -751,9 +743,9 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
             "fingerprint": fingerprint,
             "path": store.uri(out),
         },
-        check_results=[_check("inputs_complete", True, f"DLRM ONNX, retrieval evaluation and validation days "
+        check_results=[check("inputs_complete", True, f"DLRM ONNX, retrieval evaluation and validation days "
                               f"{config.validation_days} present"),
-                       *[_check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
+                       *[check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
     )
 
 

@@ -1,4 +1,4 @@
-"""Fine-tuning, release candidates, and the served release (promotion and rollback).
+"""Releases: the daily candidate (a fine-tune), the weekly candidate (a retrain) and the served release.
 
 - ``finetuned_models[day]`` (merlin env, Pipes; days >= ``first_day``, 12 by default; an earlier day, or any day
   before a release serves, is a no-op whose checks say "not applicable", so a backfill of days 00-13 passes): the
@@ -20,7 +20,7 @@
   old release serving and fails the check or the run with the reason.
 
 Releases are the only way models change in the live repository: ``served_release`` and ``triton_deployment``
-(``defs/serving``) both switch through ``lib.releases.serve_release``, so a deployment after a promotion neither
+(``defs/release/assets.py``) both switch through ``lib.releases.serve_release``, so a deployment after a promotion neither
 reloads plain model folders under it nor takes it back.
 
 Vocabularies: a fine-tune reads every day in the vocabulary its parent release was trained with
@@ -40,7 +40,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check, markdown_table
 from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items, raw_interactions
 from recsys_assets.defs.partitions import START_DATE, daily_partitions, partition_day
@@ -49,7 +49,7 @@ from recsys_assets.defs.resources import (
     DeploymentProfileResource,
     MerlinRunner,
 )
-from recsys_assets.defs.serving.resources import TritonResource
+from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.defs.training.assets import dlrm_onnx, query_tower_onnx, ranking_evaluation, retrieval_evaluation
 from recsys_assets.defs.transforms.assets import (
     MERLIN_POOL,
@@ -66,27 +66,21 @@ from recsys_assets.lib.daily import served_index
 from recsys_assets.lib.settings import day_name
 from recsys_assets.serving.repository import ENSEMBLE, Release, RepositoryError, ServingDefaults, TrainedArtifacts
 
-FINETUNE_GROUP = "finetune"
-RELEASES_GROUP = "releases"
+GROUP = "release"
 FINETUNE_CHECKS = ("inputs_complete", "item_vectors_unchanged", "onnx_parity", "beats_popularity", "no_regression")
 RETRAIN_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
 FINETUNED_MODELS = ("query_tower", "dlrm_ranking")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def _check(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
-                               description=description, metadata={"description": description, **metadata})
-
-
 def _not_run(names, why: str) -> list:
-    return [_check(n, False, f"not run: {why}") for n in names]
+    return [check(n, False, f"not run: {why}") for n in names]
 
 
 def _blocked(problems: list, checks: tuple, **metadata) -> dg.MaterializeResult:
     description = "; ".join(problems)
     return dg.MaterializeResult(metadata={"blocked_by": "inputs_complete", "problems": description, **metadata},
-                                check_results=[_check("inputs_complete", False, description),
+                                check_results=[check("inputs_complete", False, description),
                                                *_not_run(checks[1:], "inputs_complete failed")])
 
 
@@ -205,7 +199,7 @@ class FineTuneConfig(dg.Config):
 
 
 @dg.asset(
-    group_name=FINETUNE_GROUP,
+    group_name=GROUP,
     kinds={"tensorflow", "onnx", "triton"},
     partitions_def=daily_partitions,
     op_tags=MERLIN_TAGS,
@@ -235,7 +229,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
         # A backfill of days 00-13 through the day job runs this asset for every day, before any release exists:
         # a no-op that says why, not a failure.
         return dg.MaterializeResult(metadata={"day": day, "skipped": why},
-                                    check_results=[_check(n, True, f"not applicable: {why}") for n in FINETUNE_CHECKS])
+                                    check_results=[check(n, True, f"not applicable: {why}") for n in FINETUNE_CHECKS])
     problems = []
     served = lineage = None
     try:
@@ -290,7 +284,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     }).get_materialize_result()
     merlin_seconds = time.perf_counter() - t0
     here = sorted(d for d, src in sources.items() if "masked" in src)
-    inputs_ok = _check("inputs_complete", True, f"partition {key}: every day read in the vocabulary release "
+    inputs_ok = check("inputs_complete", True, f"partition {key}: every day read in the vocabulary release "
                        f"{served.release} was trained with ({vocabulary[:16]}; workflows {store.uri(workflows)}; "
                        f"transformed in the fine-tune: {', '.join(f'{d:02d}' for d in here) or 'none'}), "
                        f"{lineage['variant']} query tower, replay days "
@@ -302,7 +296,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
                                 store.local_path(f"{output}/onnx/{name}.parity.npz"))
               for name in ("query_tower", "dlrm")}
     worst = max(p["max_abs_diff"] for p in parity.values())
-    parity_check = _check("onnx_parity", worst <= config.onnx_tolerance,
+    parity_check = check("onnx_parity", worst <= config.onnx_tolerance,
                           f"onnxruntime vs TensorFlow on held-out rows: max abs difference {worst:.2e} (tolerance "
                           f"{config.onnx_tolerance:.0e})", max_abs_diff=worst)
     metadata = {**result.metadata, "day": day, "parent_release": served.release, "variant": lineage["variant"],
@@ -365,7 +359,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
             "seconds": round(time.perf_counter() - t_all, 1),
             "manifest": store.uri(paths.triton_release(number)),
         },
-        check_results=[inputs_ok, *frozen, parity_check, *[_check(n, ok, d) for n, ok, d in outcomes]],
+        check_results=[inputs_ok, *frozen, parity_check, *[check(n, ok, d) for n, ok, d in outcomes]],
     )
 
 
@@ -384,7 +378,7 @@ class RetrainedReleaseConfig(dg.Config):
 
 
 @dg.asset(
-    group_name=RELEASES_GROUP,
+    group_name=GROUP,
     kinds={"triton"},
     deps=[query_tower_onnx, dlrm_onnx, "faiss_index", "item_embeddings", serving_transforms, "nvt_workflows",
           item_multimodal_embeddings, items, retrieval_evaluation, ranking_evaluation],
@@ -503,9 +497,9 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
                   "build_seconds": round(build_seconds, 2), "evaluation_seconds": round(eval_seconds, 2),
                   "seconds": round(time.perf_counter() - t_all, 1),
                   "manifest": store.uri(paths.triton_release(number))},
-        check_results=[_check("inputs_complete", True, f"{variant} query tower, DLRM, FAISS index, transforms and "
+        check_results=[check("inputs_complete", True, f"{variant} query tower, DLRM, FAISS index, transforms and "
                               f"the held-out sessions of day {day:02d} present"),
-                       *[_check(n, ok, d) for n, ok, d in outcomes]],
+                       *[check(n, ok, d) for n, ok, d in outcomes]],
     )
 
 
@@ -540,7 +534,7 @@ def _target(store: ArtifactStore, config: PromotionConfig, state) -> int:
     return passing[-1]
 
 
-@dg.asset(group_name=RELEASES_GROUP, kinds={"triton"},
+@dg.asset(group_name=GROUP, kinds={"triton"},
           deps=[dg.AssetDep(finetuned_models, partition_mapping=dg.AllPartitionMapping()), retrained_release])
 def served_release(context: dg.AssetExecutionContext, config: PromotionConfig, artifacts: ArtifactStoreResource,
                    profile: DeploymentProfileResource, triton: TritonResource) -> dg.MaterializeResult:
