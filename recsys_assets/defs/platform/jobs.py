@@ -1,10 +1,12 @@
-"""``full_build_job``: everything a fresh platform builds, from the merlin env check to the served release.
+"""``full_build_job``: everything a fresh platform builds, from the merlin env check to the served release;
+``backfill_days_job``: the history days alone (``dagster job backfill -j backfill_days_job --from .. --to ..``).
 
 The job holds the daily-partitioned assets (raw interactions, top_category, masking, transformed days) and the
 unpartitioned ones that read many days at once, so a build runs in the layers of :data:`BUILD_LAYERS`: a layer
 with ``days`` runs once per day of the backfill (00-13), the others once. ``python -m recsys_assets.demo`` runs
 the layers in order; from the UI, materializing the job's assets over days 00-13 is one asset backfill that
-orders the same way. The last layer holds the evaluation gates with the release they judge
+orders the same way. ``backfill_days_job`` is the build's days layer as a job of its own, because a job backfill
+(the CLI's, the daemon's) runs every asset of its job in each partition's run. The last layer holds the evaluation gates with the release they judge
 (``retrieval_evaluation``, ``ranking_evaluation`` -> ``triton_model_repository`` -> ``triton_deployment``), so a
 failed gate stops the build before anything is served.
 """
@@ -54,4 +56,13 @@ full_build_job = dg.define_asset_job(
     description="A fresh build, layer by layer (python -m recsys_assets.demo, or an asset backfill of days 00-13): "
                 "catalogue, days, NVTabular workflows, embeddings, feature store, models, evaluation gates, the "
                 "Triton repository and its deployment.",
+)
+
+DAYS_LAYER = next(layer for layer in BUILD_LAYERS if layer.name == "days")
+backfill_days_job = dg.define_asset_job(
+    "backfill_days_job",
+    selection=dg.AssetSelection.assets(*DAYS_LAYER.assets),
+    partitions_def=daily_partitions,
+    description="One day of history in the pipeline env: raw interactions, point-in-time top_category, cold-start "
+                "masking (backfill days 00-13 with it before the NVTabular workflows are fit).",
 )
