@@ -46,6 +46,7 @@ import dagster as dg
 import numpy as np
 
 from recsys_assets.defs.checks_util import check, markdown_table
+from recsys_assets.defs.params import config_from_params, params_of
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
@@ -76,29 +77,10 @@ UPSTREAM = ["items", "serving_transforms", "item_multimodal_embeddings", "query_
             *GATES]
 
 
-class RepositoryConfig(dg.Config):
-    """Serving defaults injected into the repository as config parameters (requests may override top_k/diversity)."""
+class RepositoryConfig(config_from_params(ServingDefaults)):
+    """The serving defaults injected into the repository as config parameters (``ServingDefaults``, declared there;
+    requests may override top_k/diversity), and what to package."""
 
-    retrieval_topk: int = 300
-    """RETRIEVAL_TOPK: candidates FAISS hands on (after the seen filter) to the ranker."""
-    retrieval_margin: int = 100
-    """Extra neighbours FAISS fetches so padding, unreleased and seen items can be dropped."""
-    ranking_topk: int = 100
-    """RANKING_TOPK: the most a request may ask for, and the pool diversity sampling draws from."""
-    default_top_k: int = 10
-    diversity_mode: bool = False
-    """DIVERSITY_MODE: sample instead of greedy when a request does not say."""
-    diversity_temperature: float = 0.5
-    sampling_seed: int = -1
-    bloom_capacity: int = 1000
-    bloom_error_rate: float = 0.01
-    bloom_ttl_days: int = 7
-    bloom_mode: str = "auto"
-    item_cache_refresh_s: float = 300.0
-    instances: int = 1
-    """Instances of every python model (one each suits 2 cores)."""
-    instance_counts: Dict[str, int] = {}
-    """Per-model overrides, e.g. a second instance of an I/O-bound lookup: {"feast_user_lookup": 2}."""
     keep_releases: int = 3
     variant: str = ""
     """The query tower (and its index) to serve: "" = the one retrieval_evaluation selected."""
@@ -106,14 +88,7 @@ class RepositoryConfig(dg.Config):
     dlrm_input_map: Dict[str, str] = {}
 
     def defaults(self) -> ServingDefaults:
-        return ServingDefaults(
-            retrieval_topk=self.retrieval_topk, retrieval_margin=self.retrieval_margin,
-            ranking_topk=self.ranking_topk, default_top_k=self.default_top_k, diversity_mode=self.diversity_mode,
-            diversity_temperature=self.diversity_temperature, sampling_seed=self.sampling_seed,
-            bloom_capacity=self.bloom_capacity, bloom_error_rate=self.bloom_error_rate,
-            bloom_ttl_s=self.bloom_ttl_days * 86400, bloom_mode=self.bloom_mode,
-            item_cache_refresh_s=self.item_cache_refresh_s, instances=self.instances,
-            instance_counts=dict(self.instance_counts))
+        return ServingDefaults(**params_of(self, ServingDefaults))
 
 
 def releases(store: ArtifactStore) -> list[Release]:

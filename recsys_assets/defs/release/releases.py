@@ -43,6 +43,7 @@ import pandas as pd
 from recsys_assets.defs.checks_util import check, markdown_table
 from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items, raw_interactions
+from recsys_assets.defs.params import config_from_params, params_of
 from recsys_assets.defs.partitions import START_DATE, daily_partitions, partition_day
 from recsys_assets.defs.resources import (
     ArtifactStoreResource,
@@ -64,6 +65,7 @@ from recsys_assets.lib import retrain
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.daily import served_index
 from recsys_assets.lib.settings import day_name
+from recsys_assets.ml.finetune import FineTuneParams
 from recsys_assets.serving.repository import ENSEMBLE, Release, RepositoryError, ServingDefaults, TrainedArtifacts
 
 GROUP = "release"
@@ -168,26 +170,17 @@ def _ensemble_text(store: ArtifactStore, live, release: int) -> str:
 
 
 # -- finetuned_models ------------------------------------------------------------------------------------------
-class FineTuneConfig(dg.Config):
+class FineTuneConfig(config_from_params(FineTuneParams, exclude=("variant",))):
+    """The fine-tune's training hyperparameters (``ml.finetune.FineTuneParams``, declared there), the days it
+    reads, its hold-out and its gate."""
+
     first_day: int = 12
     """Days before it are training/validation days (00-11): nothing to fine-tune on."""
     replay_days: int = 14
     """The replay sample is drawn from at most this many days before the new one (0: no replay)."""
-    replay_fraction: float = 0.2
-    """Share of the replay days' rows added to the new day's (keeps the models from forgetting)."""
     holdout_share: float = 0.3
     """Share of the new day's sessions held out of training; the gate scores candidate and served on them."""
     holdout_seed: int = 20260101
-    two_tower_epochs: int = 1
-    two_tower_learning_rate: float = 1e-3
-    """A third of the full training's rate: the query tower moves, it does not start over."""
-    two_tower_batch_size: int = 256
-    dlrm_epochs: int = 1
-    """Fewer than the full training's 2."""
-    dlrm_learning_rate: float = 1e-4
-    """A tenth of the full training's rate; every layer trains."""
-    dlrm_batch_size: int = 1024
-    parity_rows: int = 512
     onnx_tolerance: float = 1e-5
     recall_k: int = 100
     tolerance: float = 0.005
@@ -195,7 +188,6 @@ class FineTuneConfig(dg.Config):
     popularity_days: int = 7
     """The popularity reference counts the clicks of this many days before the new day."""
     keep_releases: int = 3
-    seed: int = 0
 
 
 @dg.asset(
@@ -269,11 +261,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     held_rel = f"{paths.FINETUNED}/held_out/{day_name(day)}.parquet"
     store.write_parquet(held_rel, held_ids)
     output = f"{paths.finetuned(day)}/{context.run.run_id[:8]}"
-    params = {"variant": lineage["variant"], "replay_fraction": config.replay_fraction,
-              "two_tower_epochs": config.two_tower_epochs, "two_tower_learning_rate": config.two_tower_learning_rate,
-              "two_tower_batch_size": config.two_tower_batch_size, "dlrm_epochs": config.dlrm_epochs,
-              "dlrm_learning_rate": config.dlrm_learning_rate, "dlrm_batch_size": config.dlrm_batch_size,
-              "parity_rows": config.parity_rows, "seed": config.seed}
+    params = {**params_of(config, FineTuneParams, exclude=("variant",)), "variant": lineage["variant"]}
     t0 = time.perf_counter()
     result = merlin.run(context, "recsys_assets.ml.finetune", extras={
         "root": store.root, "params": params, "new_day": sources[day], "replay": [sources[d] for d in replay],

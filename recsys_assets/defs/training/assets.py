@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_assets.defs.checks_util import check, check_specs, markdown_table
+from recsys_assets.defs.params import config_from_params, params_of
 from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items, raw_interactions
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, VALIDATION_DAYS
@@ -43,6 +44,8 @@ from recsys_assets.lib import paths, retrain
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.transform_spec import ITEM_INPUTS
+from recsys_assets.ml.dlrm import DlrmParams
+from recsys_assets.ml.two_tower import TwoTowerParams
 
 GROUP = "training"
 MERLIN_TAGS = {"recsys/merlin": "true"}
@@ -149,37 +152,14 @@ def _days_config_problems(train_days, validation_days) -> list:
 
 
 # -- two_tower_model -------------------------------------------------------------------------------------------
-class TwoTowerConfig(dg.Config):
+class TwoTowerConfig(config_from_params(TwoTowerParams, exclude=("variant",))):
+    """The Two-Tower's hyperparameters (``ml.two_tower.TwoTowerParams``, declared there) and what the asset reads."""
+
     window: bool = False
     """Read the weekly retrain's window (days and transformed copies, ``retrain_transformed_days``) instead of
     the configured days; ``full_retrain_job`` sets it."""
     variants: list[str] = list(VARIANTS)  # noqa: RUF012 (pydantic copies field defaults)
     """``plain``: query tower on user features; ``context``: user + request context (context-aware retrieval)."""
-    user_id_embedding_dim: int = 32
-    item_id_embedding_dim: int = 8
-    """Small id tables: ~3 clicks per user at demo scale; wide ones memorize the training pairs."""
-    feature_embedding_dim: int = 16
-    """Width of the other categorical embeddings (gender, top_category, category_l1/l2, device ...)."""
-    mlp: list[int] = [128, 64]  # noqa: RUF012 (pydantic copies field defaults)
-    """Both towers' MLP; the last width is the retrieval embedding size."""
-    dropout: float = 0.2
-    batch_size: int = 256
-    learning_rate: float = 3e-3
-    """256 / 3e-3 learns at demo scale (1024 / 1e-3 did not learn in one short epoch, ENVIRONMENT.md s.6)."""
-    epochs: int = 2
-    """Full-catalogue recall peaks at 2 epochs on impression positives at demo scale (3 epochs: warm recall@300
-    0.570 vs 0.581); later epochs memorize the training pairs."""
-    positives: str = "impressions"
-    """``impressions``: every logged impression is a positive pair, each click ``click_weight`` times (a user has
-    ~40 impressions but ~3 clicks in the train days, and the impressions follow the hidden persona); ``clicks``:
-    clicked rows only. Warm recall@300 0.44 -> 0.58 at demo scale (ml.two_tower.positive_pairs)."""
-    click_weight: int = 5
-    """Copies of each clicked row among the impression positives (1: 0.568, 5: 0.581, 10: 0.525 warm recall@300)."""
-    logq_correction: float = 1.0
-    """Weight of the logQ correction of the in-batch softmax (0 turns it off; see ml.two_tower.build_model)."""
-    user_oov_rate: float = 0.1
-    """Share of training user ids sent to the OOV row, so new users (OOV at serving) meet a trained row."""
-    seed: int = 0
     train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
 
@@ -209,8 +189,7 @@ def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, a
                          [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")], where)
     if problems:
         return _blocked(problems, TWO_TOWER_CHECKS[1:])
-    params = {k: v for k, v in config.dict().items()
-              if k not in ("variants", "train_days", "validation_days")}
+    params = params_of(config, TwoTowerParams, exclude=("variant",))
     result = merlin.run(context, "recsys_assets.ml.two_tower", extras={
         "root": store.root, "output": paths.TWO_TOWER, "variants": list(config.variants), "params": params,
         "train": [where(d) for d in config.train_days],
@@ -237,24 +216,12 @@ def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, a
 
 
 # -- dlrm_model ------------------------------------------------------------------------------------------------
-class DlrmConfig(dg.Config):
+class DlrmConfig(config_from_params(DlrmParams)):
+    """The DLRM's hyperparameters (``ml.dlrm.DlrmParams``, declared there) and what the asset reads."""
+
     window: bool = False
     """Read the weekly retrain's window (days and transformed copies, ``retrain_transformed_days``) instead of
     the configured days; ``full_retrain_job`` sets it."""
-    embedding_dim: int = 64
-    """Width of every categorical embedding and of the projected multimodal vectors (the interaction width)."""
-    bottom_mlp: list[int] = [128, 64]  # noqa: RUF012 (pydantic copies field defaults)
-    top_mlp: list[int] = [128, 64, 32]  # noqa: RUF012 (pydantic copies field defaults)
-    dropout: float = 0.0
-    id_l2: float = 1e-4
-    """L2 weight decay on the user_id / item_id tables: at ~40 impressions per user they memorize pairs."""
-    oov_rate: float = 0.1
-    """Share of training user/item ids sent to the OOV row (new users and cold items use it at serving)."""
-    batch_size: int = 1024
-    learning_rate: float = 1e-3
-    epochs: int = 2
-    """Validation AUC peaks after 2 epochs at demo scale; later epochs memorize the training impressions."""
-    seed: int = 0
     train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
 
@@ -279,7 +246,7 @@ def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts:
                          [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")], where)
     if problems:
         return _blocked(problems, DLRM_CHECKS[1:])
-    params = {k: v for k, v in config.dict().items() if k not in ("train_days", "validation_days")}
+    params = params_of(config, DlrmParams)
     result = merlin.run(context, "recsys_assets.ml.dlrm", extras={
         "root": store.root, "output": paths.DLRM, "params": params,
         "train": [where(d) for d in config.train_days],
