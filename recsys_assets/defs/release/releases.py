@@ -170,24 +170,30 @@ def _ensemble_text(store: ArtifactStore, live, release: int) -> str:
 
 
 # -- finetuned_models ------------------------------------------------------------------------------------------
-class FineTuneConfig(config_from_params(FineTuneParams, exclude=("variant",))):
+class GateConfig(dg.Config):
+    """How a candidate release (fine-tuned or retrained) is gated against the served one."""
+
+    holdout_share: float = 0.3
+    """Share of the gate day's sessions held out (of training, for a fine-tune); the gate scores candidate and
+    served release on them."""
+    holdout_seed: int = 20260101
+    recall_k: int = 100
+    tolerance: float = 0.005
+    """The gate: the candidate may not fall more than this below the served release (recall@k and AUC)."""
+    popularity_days: int = 7
+    """The popularity reference counts the clicks of this many days before the gate day."""
+    keep_releases: int = 3
+
+
+class FineTuneConfig(config_from_params(FineTuneParams, exclude=("variant",)), GateConfig):
     """The fine-tune's training hyperparameters (``ml.finetune.FineTuneParams``, declared there), the days it
-    reads, its hold-out and its gate."""
+    reads and its gate."""
 
     first_day: int = 12
     """Days before it are training/validation days (00-11): nothing to fine-tune on."""
     replay_days: int = 14
     """The replay sample is drawn from at most this many days before the new one (0: no replay)."""
-    holdout_share: float = 0.3
-    """Share of the new day's sessions held out of training; the gate scores candidate and served on them."""
-    holdout_seed: int = 20260101
     onnx_tolerance: float = 1e-5
-    recall_k: int = 100
-    tolerance: float = 0.005
-    """The gate: the candidate may not fall more than this below the served release (recall@k and AUC)."""
-    popularity_days: int = 7
-    """The popularity reference counts the clicks of this many days before the new day."""
-    keep_releases: int = 3
 
 
 @dg.asset(
@@ -352,17 +358,11 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
 
 
 # -- retrained_release -----------------------------------------------------------------------------------------
-class RetrainedReleaseConfig(dg.Config):
+class RetrainedReleaseConfig(GateConfig):
     variant: str = ""
     """The query tower served: "" = the one retrieval_evaluation selected."""
     eval_day: int = -1
     """The day whose held-out sessions gate the release: -1 = the newest day with raw and masked interactions."""
-    holdout_share: float = 0.3
-    holdout_seed: int = 20260101
-    recall_k: int = 100
-    tolerance: float = 0.005
-    popularity_days: int = 7
-    keep_releases: int = 3
 
 
 @dg.asset(
