@@ -55,7 +55,8 @@ def test_a_deployment_after_a_promotion_neither_mixes_versions_nor_undoes_it(tmp
     live = root / paths.TRITON_REPOSITORY
     try:
         # the pipeline's path: the first release, served through its aliases like any promoted release
-        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment], resources=resources)
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["action"].value == "started" and meta["release"].value == 1
         assert rl.served_release_of(live) == 1 and rl.served_state(store).release == 1

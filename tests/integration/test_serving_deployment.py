@@ -35,7 +35,8 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
     resources = {"artifacts": ArtifactStoreResource(root=str(root)), "world": WorldResource(seed=7, scale="tiny"),
                  "profile": DeploymentProfileResource(profile="local"), "triton": TritonResource(**ports)}
     try:
-        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment], resources=resources)
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["action"].value == "started" and meta["release"].value == 1
         assert len(meta["smoke_test"].value["ids"]) == 10
@@ -49,7 +50,8 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         assert "-1 (anonymous) is the only negative id" in capsys.readouterr().err
 
         config = {"ops": {"triton_model_repository": {"config": {"default_top_k": 5}}}}
-        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment], resources=resources,
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources,
                                 run_config=config)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["action"].value == "reloaded" and meta["release"].value == 2
@@ -69,7 +71,8 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         write_onnx_models(retrained, _sizes(tiny, seed=8))
         store.write_bytes(release_assets.QUERY_TOWER_ONNX, (retrained / "query_tower.onnx").read_bytes())
         store.write_bytes(release_assets.DLRM_ONNX, (retrained / "dlrm.onnx").read_bytes())
-        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment], resources=resources,
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources,
                                 run_config=config)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["release"].value == 3 and meta["loaded"].value == "query_tower, dlrm_ranking"
@@ -85,7 +88,8 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         broken = tmp_path_factory.mktemp("broken")
         write_onnx_models(broken, _sizes(tiny, seed=9, users=1))
         store.write_bytes(release_assets.DLRM_ONNX, (broken / "dlrm.onnx").read_bytes())
-        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment], resources=resources,
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources,
                                 run_config=config, raise_on_error=False)
         assert not result.success
         [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]

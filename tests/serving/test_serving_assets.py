@@ -26,7 +26,8 @@ def place_trained_artifacts(root, tiny):
     store = ArtifactStore(root)
     with store.writing(paths.SERVING_TRANSFORMS) as tmp:
         shutil.copytree(tiny.trained.transforms_dir, tmp)
-    for rel, source in ((release_assets.QUERY_TOWER_ONNX, tiny.trained.query_tower), (release_assets.DLRM_ONNX, tiny.trained.dlrm),
+    for rel, source in ((release_assets.QUERY_TOWER_ONNX, tiny.trained.query_tower),
+                        (release_assets.DLRM_ONNX, tiny.trained.dlrm),
                         (paths.faiss_index(release_assets.DEFAULT_VARIANT), tiny.trained.faiss_index),
                         (paths.MULTIMODAL_EMBEDDINGS, tiny.trained.multimodal), (paths.ITEMS, tiny.trained.items)):
         store.write_bytes(rel, source.read_bytes())

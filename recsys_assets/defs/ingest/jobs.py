@@ -25,8 +25,8 @@ DAILY_TAGS = {"recsys/daily": "true"}
 MAX_RUNTIME_S = 5400  # refresh ~1 min and fine-tune minutes at demo scale; the instance's cap is 2 h
 # The daily variants of the domains, in the order the day needs them (served_list_evaluation first: the refresh
 # writes the day's end-of-day state online, which would leak the day's clicks into the replay).
-REFRESH_ASSETS = ("served_list_evaluation", "daily_online_features", "daily_popularity_tables", "daily_item_content",
-                  "daily_retrieval_index")
+REFRESH_ASSETS = ("served_list_evaluation", "daily_online_features", "daily_popularity_tables",
+                  "daily_item_content", "daily_retrieval_index")
 REFRESH_SELECTION = dg.AssetSelection.assets("raw_interactions", "user_top_category", *REFRESH_ASSETS)
 DAILY_SELECTION = REFRESH_SELECTION | dg.AssetSelection.assets("masked_interactions", "transformed_interactions",
                                                                "finetuned_models")
@@ -36,7 +36,7 @@ daily_job = dg.define_asset_job(
     selection=DAILY_SELECTION,
     partitions_def=daily_partitions,
     tags={**DAILY_TAGS, **MERLIN_TAGS, "dagster/max_runtime": str(MAX_RUNTIME_S)},
-    description="One new day: raw interactions, top_category, masking and transform, the list as served (replayed), "
-                "the daily refresh (online features, popularity window, new items' content and retrieval index) "
+    description="One new day: raw interactions, top_category, masking and transform, the list as served "
+                "(replayed), the daily refresh (online features, popularity window, new items' content and retrieval index) "
                 "and the fine-tuned candidate release.",
 )

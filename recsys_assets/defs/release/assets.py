@@ -73,8 +73,8 @@ VARIANTS = ("plain", "context")
 # The evaluation gates are upstream on purpose: their blocking checks stop the repository in the run that holds
 # them (the repository also reads the variant retrieval_evaluation selected).
 GATES = ["retrieval_evaluation", "ranking_evaluation"]
-UPSTREAM = ["items", "serving_transforms", "item_multimodal_embeddings", "query_tower_onnx", "dlrm_onnx", "faiss_index",
-            *GATES]
+UPSTREAM = ["items", "serving_transforms", "item_multimodal_embeddings", "query_tower_onnx", "dlrm_onnx",
+            "faiss_index", *GATES]
 
 
 class RepositoryConfig(config_from_params(ServingDefaults)):

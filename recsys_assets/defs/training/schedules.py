@@ -12,8 +12,8 @@ from recsys_assets.defs.training.jobs import full_retrain_job
 
 @dg.schedule(job=full_retrain_job, cron_schedule="0 3 * * 0", execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.STOPPED,
-             description="Weekly full retrain: workflows refit on a sliding window, new towers, ranker and FAISS index "
-                         "as one gated candidate release")
+             description="Weekly full retrain: workflows refit on a sliding window, new towers, ranker and "
+                         "FAISS index as one gated candidate release")
 def weekly_retrain_schedule(context: dg.ScheduleEvaluationContext):
     date = context.scheduled_execution_time.date().isoformat()
     return dg.RunRequest(run_key=f"weekly-retrain-{date}", tags={"recsys/requested_by": "weekly_retrain_schedule"})
