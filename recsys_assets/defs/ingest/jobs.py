@@ -37,6 +37,6 @@ daily_job = dg.define_asset_job(
     partitions_def=daily_partitions,
     tags={**DAILY_TAGS, **MERLIN_TAGS, "dagster/max_runtime": str(MAX_RUNTIME_S)},
     description="One new day: raw interactions, top_category, masking and transform, the list as served "
-                "(replayed), the daily refresh (online features, popularity window, new items' content and retrieval index) "
-                "and the fine-tuned candidate release.",
+                "(replayed), the daily refresh (online features, popularity window, new items' content and "
+                "retrieval index) and the fine-tuned candidate release.",
 )
