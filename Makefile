@@ -15,7 +15,7 @@ setup:  ## create .venv and .venv-merlin from the lock files (only what changed)
 	@scripts/setup.sh
 
 demo: setup  ## the whole pipeline on the embedded defaults, then a summary
-	@$(PY) -m recsys_assets.defs.demo
+	@$(PY) -m recsys_assets.demo
 
 test: setup  ## the whole test suite (starts and stops its own services)
 	@$(PY) -m pytest

@@ -88,7 +88,8 @@ def stand_ins(store, catalogue, seed: int = 0) -> None:
 def set_up(root: Path, scale: str, valkey_port: int, tiny_url: str, raw: Path | None):
     import dagster as dg
 
-    from recsys_assets.defs.daily.resources import NewDaySource, ServedEnsemble
+    from recsys_assets.defs.ingest.resources import NewDaySource
+    from recsys_assets.defs.release.resources import ServedEnsemble
     from recsys_assets.defs.feature_store.assets import offline_features, online_features, popularity_tables
     from recsys_assets.defs.feature_store.resources import FeastResource, ValkeyResource
     from recsys_assets.defs.features.assets import user_top_category
@@ -136,7 +137,7 @@ def run_days(resources, days: list[int], requests: int) -> None:
     import dagster as dg
 
     from recsys_assets.definitions import build_definitions
-    from recsys_assets.defs.daily.jobs import REFRESH_SELECTION
+    from recsys_assets.defs.ingest.jobs import REFRESH_SELECTION
     from recsys_assets.lib.settings import Settings
 
     # The project's own definitions, on this scratch root, its Valkey and the tiny release.

@@ -156,8 +156,11 @@ def main(argv=None) -> int:
             # for this code's serving stages (a root built by older code has older model configs), and deployed
             # through the release path (triton_deployment starts the server on it).
             # The root's online store as the backfill leaves it (a copied root's Valkey files need not hold it all).
-            runner.run("offline + online features, popularity (setup)", "feature_store_job")
-            runner.run("triton_model_repository + triton_deployment (setup)", "serving_job")
+            runner.run("offline + online features, popularity (setup)", "full_build_job",
+                       assets=["offline_features", "online_features", "popularity_tables"])
+            # the root's models were judged when they were built: the setup deploys them without re-running the gates
+            runner.run("triton_model_repository + triton_deployment (setup)", "serving_job",
+                       assets=["triton_model_repository", "triton_deployment"])
             state = rl.served_state(store)
             serving = state.release
             runner.run(f"raw day {args.eval_day:02d} for the replay (setup)", "daily_job",

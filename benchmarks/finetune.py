@@ -163,14 +163,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from recsys_assets.defs.finetune import assets as finetune
+    from recsys_assets.defs.release import releases
     from recsys_assets.defs.resources import (
         ArtifactStoreResource,
         DeploymentProfileResource,
         MerlinRunner,
         WorldResource,
     )
-    from recsys_assets.defs.serving.resources import TritonResource
+    from recsys_assets.defs.release.resources import TritonResource
     from recsys_assets.lib import paths
     from recsys_assets.lib import releases as rl
     from recsys_assets.lib.artifacts import ArtifactStore
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
                                                     "save_seconds") if k in m}
     if not rl.records(store):
         timed("retrained_release (release 1)", timings, lambda: materialize(
-            [finetune.retrained_release], resources, run_config={"ops": {"retrained_release": {"config": {
+            [releases.retrained_release], resources, run_config={"ops": {"retrained_release": {"config": {
                 "variant": "plain", "eval_day": args.day}}}}))
 
     valkey = EmbeddedValkey(root / "bench-valkey", port=free_port()).start()
@@ -222,11 +222,11 @@ def main(argv=None) -> int:
         if state is None or deploy.running_server(root) is None:
             first = state.release if state else 1
             timed("promote release 1 (server start)", timings, lambda: materialize(
-                [finetune.served_release], resources, run_config={"ops": {"served_release": {"config": {
+                [releases.served_release], resources, run_config={"ops": {"served_release": {"config": {
                     "release": first, "force": True}}}}))
         finetune_config = {"first_day": min(12, args.day), **json.loads(args.finetune_config)}
         result = timed(f"finetuned_models day {args.day:02d}", timings, lambda: materialize(
-            [finetune.finetuned_models], resources, partition_key=partition_key(args.day, START_DATE),
+            [releases.finetuned_models], resources, partition_key=partition_key(args.day, START_DATE),
             run_config={"ops": {"finetuned_models": {"config": finetune_config}}}, allow_failed_checks=True))
         ft = meta(result, "finetuned_models")
         report["finetune"] = {k: v for k, v in ft.items() if isinstance(v, (int, float, str)) and "\n" not in str(v)}
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
             t_switch = time.monotonic()
             # a candidate that failed its gate is promoted with force (a person's decision) to time the switch
             promotion = timed(f"promote release {candidate} under load", timings, lambda: materialize(
-                [finetune.served_release], resources, run_config={"ops": {"served_release": {"config": {
+                [releases.served_release], resources, run_config={"ops": {"served_release": {"config": {
                     "release": candidate, "force": not gate_passed}}}}))
             t_done = time.monotonic()
             time.sleep(3.0)

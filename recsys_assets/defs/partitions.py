@@ -6,9 +6,11 @@ loads, because it defines the partition set itself; day index <-> key conversion
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
-from recsys_assets.lib.settings import Settings, day_index
+from recsys_assets.lib.settings import Settings, day_index, partition_key
 
 TRAIN_DAYS = range(0, 9)        # days 00-08
 VALIDATION_DAYS = range(9, 12)  # days 09-11; 12+ arrive daily
@@ -21,3 +23,18 @@ daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE.isoformat(
 def partition_day(context) -> int:
     """The day index of the partition an asset or op is materializing."""
     return day_index(context.partition_key, START_DATE)
+
+
+def partition_keys(days) -> list[str]:
+    """The partition keys of day indices."""
+    return [partition_key(d, START_DATE) for d in days]
+
+
+def window_dep(asset, days_before: int) -> dg.AssetDep:
+    """``asset`` over the ``days_before`` days before the partition and the partition's own day; the window is
+    clipped at day 00 (``allow_nonexistent_upstream_partitions``, a beta flag of Dagster 1.13)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        mapping = dg.TimeWindowPartitionMapping(start_offset=-days_before, end_offset=0,
+                                                allow_nonexistent_upstream_partitions=True)
+    return dg.AssetDep(asset, partition_mapping=mapping)

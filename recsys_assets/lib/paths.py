@@ -127,7 +127,7 @@ def workflows_archive(transforms_digest: str) -> str:
     return f"transforms/archive/{transforms_digest[:16]}/workflows"
 
 
-# -- serving (recsys_assets.defs.serving) -------------------------------------------------------------------------
+# -- serving (recsys_assets.defs.release) -------------------------------------------------------------------------
 TRITON_REPOSITORY = "serving/triton_repository"  # the live Triton model repository (recsys_assets.serving.repository)
 TRITON_RELEASES = "serving/releases"             # one manifest per release: <n>.json (model -> version, inputs)
 

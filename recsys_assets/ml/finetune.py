@@ -41,13 +41,21 @@ INTERACTION_ID = "interaction_id"
 
 @dataclasses.dataclass
 class FineTuneParams:
+    """The daily fine-tune's training hyperparameters, declared once: ``finetuned_models``'s Dagster config
+    derives from them (``defs.params``) and adds what the pipeline side needs (days, gate, hold-out)."""
+
     variant: str = "plain"
+    """The parent release's query-tower variant (set from the release's lineage)."""
     replay_fraction: float = 0.2
+    """Share of the replay days' rows added to the new day's (keeps the models from forgetting)."""
     two_tower_epochs: int = 1
     two_tower_learning_rate: float = 1e-3
+    """A third of the full training's rate: the query tower moves, it does not start over."""
     two_tower_batch_size: int = 256
     dlrm_epochs: int = 1
+    """Fewer than the full training's 2."""
     dlrm_learning_rate: float = 1e-4
+    """A tenth of the full training's rate; every layer trains."""
     dlrm_batch_size: int = 1024
     parity_rows: int = 512
     seed: int = 0

@@ -127,10 +127,14 @@ class ServingDefaults:
     """Defaults of the served behaviour, injected as config parameters (requests may override top_k, diversity)."""
 
     retrieval_topk: int = 300
+    """RETRIEVAL_TOPK: candidates FAISS hands on (after the seen filter) to the ranker."""
     retrieval_margin: int = 100
+    """Extra neighbours FAISS fetches so padding, unreleased and seen items can be dropped."""
     ranking_topk: int = 100
+    """RANKING_TOPK: the most a request may ask for, and the pool diversity sampling draws from."""
     default_top_k: int = 10
     diversity_mode: bool = False
+    """DIVERSITY_MODE: sample instead of greedy when a request does not say."""
     diversity_temperature: float = 0.5
     sampling_seed: int = -1
     bloom_capacity: int = 1000
@@ -138,9 +142,12 @@ class ServingDefaults:
     bloom_ttl_s: int = 7 * 24 * 3600
     bloom_mode: str = "auto"
     item_cache_refresh_s: float = 300.0
-    feast_read: str = "provider"  # feast_user_lookup: "provider" (online_read) or "sdk" (get_online_features)
+    feast_read: str = "provider"
+    """feast_user_lookup: "provider" (online_read) or "sdk" (get_online_features)."""
     instances: int = 1
-    instance_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)  # per-model overrides
+    """Instances of every python model (one each suits 2 cores)."""
+    instance_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Per-model overrides, e.g. a second instance of an I/O-bound lookup: {"feast_user_lookup": 2}."""
 
     def __post_init__(self) -> None:
         unknown = set(self.instance_counts) - set(MODELS)

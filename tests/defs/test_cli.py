@@ -44,7 +44,10 @@ def test_materialize_one_partition_from_the_cli(cli_env):
 
 
 def test_backfill_from_the_cli_runs_through_the_daemon(cli_env, monkeypatch):
-    out = _dagster(cli_env, "job", "backfill", "-w", "workspace.yaml", "-j", "daily_ingest_job",
+    # the days need the catalogue and users (top_category and masking read them): materialized first, as a build does
+    out = _dagster(cli_env, "asset", "materialize", "-m", "recsys_assets.definitions", "--select", "items,users")
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = _dagster(cli_env, "job", "backfill", "-w", "workspace.yaml", "-j", "backfill_days_job",
                    "--from", "2026-01-01", "--to", "2026-01-02", "--noprompt")
     assert out.returncode == 0, out.stderr[-2000:]
     daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=ROOT, env=cli_env,
@@ -56,7 +59,7 @@ def test_backfill_from_the_cli_runs_through_the_daemon(cli_env, monkeypatch):
         instance = DagsterInstance.get()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            runs = instance.get_runs(RunsFilter(job_name="daily_ingest_job"))
+            runs = instance.get_runs(RunsFilter(job_name="backfill_days_job"))
             done = [r for r in runs if r.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)]
             if len(runs) == 2 and len(done) == 2:
                 break
@@ -65,6 +68,8 @@ def test_backfill_from_the_cli_runs_through_the_daemon(cli_env, monkeypatch):
         assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
         files = sorted(p.name for p in (Path(cli_env["RECSYS_ARTIFACTS"]) / "raw/interactions").iterdir())
         assert files == ["day_00.parquet", "day_01.parquet"]
+        masked = sorted(p.name for p in (Path(cli_env["RECSYS_ARTIFACTS"]) / "transforms/masked").glob("day_*.parquet"))
+        assert masked == ["day_00.parquet", "day_01.parquet"]
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait(timeout=60)

@@ -15,11 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_assets.defs.daily import assets as daily_assets
-from recsys_assets.defs.daily.jobs import DAILY_JOB, daily_job
-from recsys_assets.defs.daily.resources import NewDaySource, ServedEnsemble
-from recsys_assets.defs.daily.runs import daily_run_exists
-from recsys_assets.defs.daily.sensors import new_day_sensor
+from recsys_assets.defs.embeddings.daily import daily_item_content
+from recsys_assets.defs.feature_store.daily import daily_online_features, daily_popularity_tables
+from recsys_assets.defs.index.daily import daily_retrieval_index
+from recsys_assets.defs.ingest.jobs import DAILY_JOB, daily_job
+from recsys_assets.defs.ingest.resources import NewDaySource
+from recsys_assets.defs.ingest.runs import daily_run_exists
+from recsys_assets.defs.ingest.sensors import new_day_sensor
+from recsys_assets.defs.release.evaluation import served_list_evaluation
+from recsys_assets.defs.release.resources import ServedEnsemble
 from recsys_assets.defs.feature_store.resources import FeastResource, ValkeyResource
 from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest import assets as ingest
@@ -180,15 +184,19 @@ def test_the_instance_config_queues_merlin_and_daily_runs_and_retries_transient_
 
 
 def test_the_new_day_source_is_the_generator_locally_and_the_landing_on_kubernetes():
-    from recsys_assets.defs.daily.resources import build_resources
+    from recsys_assets.defs.ingest.resources import build_resources
+    from recsys_assets.defs.release.resources import build_resources as build_release_resources
     from recsys_assets.lib.settings import Settings, SettingsError
 
     local = build_resources(Settings(), environ={})
     assert local["new_day_source"].mode == "generator" and local["new_day_source"].seconds_per_day == 600
-    assert local["served_ensemble"].url == "127.0.0.1:8000"
+    assert build_release_resources(Settings(), environ={})["served_ensemble"].url == "127.0.0.1:8000"
+    assert build_release_resources(Settings(), environ={"RECSYS_TRITON_HTTP_PORT": "9100"})[
+        "served_ensemble"].url == "127.0.0.1:9100"
     k8s = build_resources(Settings(profile="k8s", triton_url="http://triton:8000"), environ={})
     assert k8s["new_day_source"].mode == "landing" and k8s["new_day_source"].seconds_per_day == 0
-    assert k8s["served_ensemble"].url == "http://triton:8000"
+    assert build_release_resources(Settings(profile="k8s", triton_url="http://triton:8000"), environ={})[
+        "served_ensemble"].url == "http://triton:8000"
     with pytest.raises(SettingsError, match="RECSYS_NEW_DAY_MODE"):
         build_resources(Settings(), environ={"RECSYS_NEW_DAY_MODE": "s3"})
 
@@ -253,10 +261,10 @@ def test_a_day_the_schedule_already_ran_is_passed_not_run_again(tmp_path):
     land(root, 14)
     land(root, 15)
     with dg.instance_for_test() as instance:
-        # the daily schedule (defs/finetune) launched day 14's daily_job with the same run-key convention
+        # the daily schedule launched day 14's daily_job with the same run-key convention
         instance.add_run(dg.DagsterRun(job_name=DAILY_JOB, run_id=str(uuid.uuid4()), tags={
             "dagster/partition": key(14), "dagster/run_key": key(14),
-            "dagster/schedule_name": "daily_finetune_schedule"}))
+            "dagster/schedule_name": "daily_schedule"}))
         # a failed run of day 15 does not count: the sensor gives the day its second chance
         instance.add_run(dg.DagsterRun(job_name=DAILY_JOB, run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.FAILURE,
                                        tags={"dagster/partition": key(15), "dagster/run_key": key(15)}))
@@ -311,7 +319,7 @@ def test_a_new_item_becomes_recommendable_without_a_retrain(resources, item_arti
     assert not np.isin(new, fx.id_map(trained)).any()
     assert daily.served_index(store, "plain") == paths.faiss_index("plain")
 
-    result = dg.materialize([daily_assets.daily_item_content, daily_assets.daily_retrieval_index],
+    result = dg.materialize([daily_item_content, daily_retrieval_index],
                             resources=resources, partition_key=key(day))
     assert result.success and all(e.passed for e in checks(result).values()), \
         {n: e.description for n, e in checks(result).items()}
@@ -323,7 +331,7 @@ def test_a_new_item_becomes_recommendable_without_a_retrain(resources, item_arti
     assert np.isin(fx.id_map(trained), fx.id_map(grown)).all()            # nothing indexed before is gone
     assert grown.ntotal == trained.ntotal + meta(result, "daily_retrieval_index")["items_added"]
 
-    again = dg.materialize([daily_assets.daily_retrieval_index], resources=resources, partition_key=key(day))
+    again = dg.materialize([daily_retrieval_index], resources=resources, partition_key=key(day))
     assert meta(again, "daily_retrieval_index")["items_added"] == 0       # a re-run adds nothing
 
     # a full retrain replaces the trained index: the growth no longer applies
@@ -338,7 +346,7 @@ def test_new_items_content_rows_are_projected_with_the_saved_pca(resources, item
     day = int(catalogue["available_from_day"].max())
     with store.writing(paths.MULTIMODAL_EMBEDDINGS) as tmp, open(tmp, "wb") as fh:
         np.save(fh, table[:-40])                       # the table lags the encoders by 40 items
-    result = dg.materialize([daily_assets.daily_item_content], resources=resources, partition_key=key(day))
+    result = dg.materialize([daily_item_content], resources=resources, partition_key=key(day))
     assert result.success and all(e.passed for e in checks(result).values())
     assert meta(result, "daily_item_content")["rows_added"] == 40
     assert np.allclose(np.load(store.local_path(paths.MULTIMODAL_EMBEDDINGS)), table, atol=1e-6)
@@ -348,7 +356,7 @@ def test_new_items_content_rows_are_projected_with_the_saved_pca(resources, item
     bad[new] += 0.5
     with store.writing(paths.MULTIMODAL_EMBEDDINGS) as tmp, open(tmp, "wb") as fh:
         np.save(fh, bad)
-    result = dg.materialize([daily_assets.daily_item_content], resources=resources, partition_key=key(day),
+    result = dg.materialize([daily_item_content], resources=resources, partition_key=key(day),
                             raise_on_error=False)
     assert not checks(result)["projected_with_saved_pca"].passed
 
@@ -359,7 +367,7 @@ def test_the_served_evaluation_without_a_running_server_warns_and_lets_the_refre
     dataset.write_items(store, world)
     dataset.write_users(store, world, 3)
     dataset.write_day(store, world, 3)
-    result = dg.materialize([daily_assets.served_list_evaluation], partition_key=key(3), resources={
+    result = dg.materialize([served_list_evaluation], partition_key=key(3), resources={
         **resources, "served_ensemble": ServedEnsemble(url="127.0.0.1:1", timeout_s=1)})
     assert result.success and meta(result, "served_list_evaluation")["evaluated"] is False
     assert not checks(result)["replayed"].passed
@@ -380,7 +388,7 @@ def test_new_users_get_online_features_popularity_slides_and_the_item_cache_refr
                               partition_key=key(d)).success
     assert store.read_parquet(paths.USERS)["signup_day"].max() == day - 1   # the day's users are not known yet
 
-    result = dg.materialize([daily_assets.daily_online_features], resources=resources, partition_key=key(day))
+    result = dg.materialize([daily_online_features], resources=resources, partition_key=key(day))
     assert result.success and all(e.passed for e in checks(result).values()), \
         {n: e.description for n, e in checks(result).items()}
     users = store.read_parquet(paths.USERS)
@@ -410,7 +418,7 @@ def test_new_users_get_online_features_popularity_slides_and_the_item_cache_refr
     layout = KeyLayout.make()
 
     def published(day_, window_days, force=False):
-        res = dg.materialize([daily_assets.daily_popularity_tables], resources=resources, partition_key=key(day_),
+        res = dg.materialize([daily_popularity_tables], resources=resources, partition_key=key(day_),
                              run_config={"ops": {"daily_popularity_tables": {"config": {
                                  "window_days": window_days, "force": force}}}})
         assert res.success and all(e.passed for e in checks(res).values())
@@ -484,7 +492,7 @@ def test_the_replay_evaluation_runs_on_a_tiny_release(tmp_path_factory, resource
         server = TritonServer(work / "repo", env=environ, exit_timeout=2, workdir=work / "triton")
         server.start(models=["ensemble_model"], timeout=900)
         result = dg.materialize(
-            [daily_assets.served_list_evaluation], partition_key=key(day),
+            [served_list_evaluation], partition_key=key(day),
             resources={"artifacts": ArtifactStoreResource(root=str(root)), "world": WorldResource(seed=7, scale="tiny"),
                        "served_ensemble": ServedEnsemble(url=server.http_url)},
             run_config={"ops": {"served_list_evaluation": {"config": {"requests_per_split": 12}}}})

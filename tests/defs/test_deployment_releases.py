@@ -14,8 +14,8 @@ import dagster as dg
 import pytest
 
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
-from recsys_assets.defs.serving import assets as serving
-from recsys_assets.defs.serving.resources import TritonResource
+from recsys_assets.defs.release import assets as release_assets
+from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
 from recsys_assets.lib import releases as rl
 from recsys_assets.serving import deploy
@@ -55,7 +55,8 @@ def test_a_deployment_after_a_promotion_neither_mixes_versions_nor_undoes_it(tmp
     live = root / paths.TRITON_REPOSITORY
     try:
         # the pipeline's path: the first release, served through its aliases like any promoted release
-        result = dg.materialize([serving.triton_model_repository, serving.triton_deployment], resources=resources)
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["action"].value == "started" and meta["release"].value == 1
         assert rl.served_release_of(live) == 1 and rl.served_state(store).release == 1
@@ -72,7 +73,7 @@ def test_a_deployment_after_a_promotion_neither_mixes_versions_nor_undoes_it(tmp
         # a deployment with no newer repository build: nothing reloaded, the promotion stands
         with Traffic(http, requests) as traffic:
             time.sleep(0.5)
-            result = dg.materialize([serving.triton_deployment], resources=resources)
+            result = dg.materialize([release_assets.triton_deployment], resources=resources)
             time.sleep(0.5)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["action"].value == "unchanged" and meta["release"].value == 2
@@ -86,7 +87,7 @@ def test_a_deployment_after_a_promotion_neither_mixes_versions_nor_undoes_it(tmp
         config = {"ops": {"triton_model_repository": {"config": {"default_top_k": 5}}}}
         with Traffic(http, requests) as traffic:
             time.sleep(0.5)
-            result = dg.materialize([serving.triton_model_repository, serving.triton_deployment],
+            result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
                                     resources=resources, run_config=config)
             time.sleep(0.5)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
@@ -98,7 +99,7 @@ def test_a_deployment_after_a_promotion_neither_mixes_versions_nor_undoes_it(tmp
         assert rl.served_state(store).release == 3 and rl.served_state(store).stack[-3:] == [1, 2, 3]
 
         # and again with nothing new: unchanged, release 3 still answers
-        result = dg.materialize([serving.triton_deployment], resources=resources)
+        result = dg.materialize([release_assets.triton_deployment], resources=resources)
         assert result.asset_materializations_for_node("triton_deployment")[0].metadata["action"].value == "unchanged"
         assert answers_of(http, requests) == (3, expected_3)
     finally:

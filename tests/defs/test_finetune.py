@@ -20,15 +20,15 @@ import time
 import dagster as dg
 import pytest
 
-from recsys_assets.defs.finetune import assets as finetune
-from recsys_assets.defs.finetune import jobs, schedules, sensors
+from recsys_assets.defs.ingest import schedules
+from recsys_assets.defs.release import jobs, releases, sensors
 from recsys_assets.defs.resources import (
     ArtifactStoreResource,
     DeploymentProfileResource,
     MerlinRunner,
     WorldResource,
 )
-from recsys_assets.defs.serving.resources import TritonResource
+from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
 from recsys_assets.lib import releases as rl
 from recsys_assets.lib.artifacts import ArtifactStore
@@ -61,7 +61,7 @@ def add_release(store: ArtifactStore, trained, number: int, kind: str = "full", 
     served_text = ""
     if served is not None:
         served_text = rl.record(store, served.release).ensemble_config
-    with finetune._repository_target(store, live) as target:  # in place, as the release assets build
+    with releases._repository_target(store, live) as target:  # in place, as the release assets build
         manifest, text = rl.assemble_candidate(target, live, trained, ServingDefaults(sampling_seed=5), start_date,
                                                number, history, served=served, served_ensemble=served_text)
     store.write_bytes(paths.triton_release(number), manifest.to_json().encode())
@@ -152,7 +152,7 @@ def _promote(root, ports, run_config=None, job=jobs.promote_release_job, raise_o
     """Run the promotion (or rollback) job's asset with the given run config."""
     if job is jobs.rollback_release_job:
         run_config = {"ops": {"served_release": {"config": {"rollback": True}}}}
-    return dg.materialize([finetune.served_release], resources=_resources(root, ports), run_config=run_config or {},
+    return dg.materialize([releases.served_release], resources=_resources(root, ports), run_config=run_config or {},
                           raise_on_error=raise_on_error)
 
 
@@ -264,10 +264,10 @@ def test_sensor_skips_failed_gates_and_promotes_the_newest_passing_candidate(tmp
 
 def test_daily_schedule_requests_the_day_job_once_per_partition_whoever_asks():
     from recsys_assets.definitions import defs
-    from recsys_assets.defs.daily.jobs import daily_job
+    from recsys_assets.defs.ingest.jobs import daily_job
 
     # the schedule has no job of its own: it requests the day's run, the job the new-day sensor requests
-    assert schedules.daily_finetune_schedule.job_name == daily_job.name == "daily_job"
+    assert schedules.daily_schedule.job_name == daily_job.name == "daily_job"
     assert defs.resolve_sensor_def("new_day_sensor").job_name == "daily_job"
     assert dg.AssetKey("finetuned_models") in daily_job.selection.resolve(defs.resolve_asset_graph())
     assert defs.resolve_schedule_def("weekly_retrain_schedule").job_name == "full_retrain_job"
@@ -276,7 +276,7 @@ def test_daily_schedule_requests_the_day_job_once_per_partition_whoever_asks():
         # the context is a context manager: it disposes the instance it opens from the ref
         with dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime(
                 2026, 1, day, 2, 0, tzinfo=dt.timezone.utc)) as context:
-            return schedules.daily_finetune_schedule(context)
+            return schedules.daily_schedule(context)
 
     with dg.instance_for_test() as instance:
         request = tick(instance, 14)
@@ -298,7 +298,7 @@ def test_finetuning_skips_days_without_work_and_blocks_on_missing_inputs(tmp_pat
     resources = {"artifacts": ArtifactStoreResource(root=store.root), "merlin": MerlinRunner()}
 
     def run(key):
-        return dg.materialize([finetune.finetuned_models], resources=resources, partition_key=key,
+        return dg.materialize([releases.finetuned_models], resources=resources, partition_key=key,
                               raise_on_error=False)
 
     # A training day, or any day before a release serves (a backfill of days 00-13 runs the asset for each):
@@ -375,7 +375,7 @@ def _checks(result, asset: str) -> dict:
 
 def _finetune(root, ports, **overrides):
     resources = {**_resources(root, ports), "merlin": MerlinRunner()}
-    return dg.materialize([finetune.finetuned_models], resources=resources, partition_key=NEW_KEY,
+    return dg.materialize([releases.finetuned_models], resources=resources, partition_key=NEW_KEY,
                           run_config={"ops": {"finetuned_models": {"config": {**FINETUNE, **overrides}}}},
                           raise_on_error=False)
 
@@ -395,7 +395,7 @@ def trained_world(tmp_path_factory):
                              training.dlrm_onnx, index_assets.item_embeddings, index_assets.faiss_index],
                             resources=resources, run_config=TRAIN_CONFIG)
     assert result.success
-    result = dg.materialize([finetune.retrained_release], resources=resources, run_config={"ops": {
+    result = dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
         "retrained_release": {"config": {"variant": "plain", "eval_day": NEW_DAY}}}}, raise_on_error=False)
     assert rl.record(store, 1) is not None and rl.record(store, 1).kind == "full"
     return root, store

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_assets.defs.finetune import assets as finetune
-from recsys_assets.defs.finetune import jobs
 from recsys_assets.defs.index import assets as index_assets
+from recsys_assets.defs.release import releases
 from recsys_assets.defs.resources import MerlinRunner
 from recsys_assets.defs.training import assets as training
+from recsys_assets.defs.training import jobs
 from recsys_assets.defs.transforms import assets as transforms
 from recsys_assets.lib import paths, retrain
 from recsys_assets.lib import releases as rl
@@ -85,7 +85,7 @@ WINDOW = {"window_train_days": 6, "window_validation_days": 2, "window_newest_da
 RETRAIN_ASSETS = [transforms.nvt_workflows, transforms.serving_transforms, transforms.retrain_transformed_days,
                   training.two_tower_model, training.dlrm_model, training.query_tower_onnx, training.dlrm_onnx,
                   index_assets.item_embeddings, index_assets.faiss_index, training.retrieval_evaluation,
-                  training.ranking_evaluation, finetune.retrained_release]
+                  training.ranking_evaluation, releases.retrained_release]
 
 
 def _first_seen_after_fit(store, column: str, fit_days, later_days) -> int:
@@ -116,7 +116,7 @@ def _release_transforms(store, release: int) -> CompiledTransforms:
 
 def _finetune_day_9(resources):
     """Fine-tune the serving release on day 09; the checks that do not depend on the tiny gate must pass."""
-    result = dg.materialize([finetune.finetuned_models], resources=resources, partition_key="2026-01-10",
+    result = dg.materialize([releases.finetuned_models], resources=resources, partition_key="2026-01-10",
                             run_config={"ops": {"finetuned_models": {"config": {
                                 **FINETUNE, "first_day": 9, "two_tower_learning_rate": 1e-5}}}},
                             raise_on_error=False)
@@ -143,7 +143,7 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
                              training.dlrm_onnx, index_assets.item_embeddings, index_assets.faiss_index],
                             resources=resources, run_config=TRAIN_CONFIG)
     assert result.success
-    dg.materialize([finetune.retrained_release], resources=resources, run_config={"ops": {
+    dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
         "retrained_release": {"config": {"variant": "plain", "eval_day": 9}}}}, raise_on_error=False)
     assert rl.manifest(store, 1) is not None
     original_vectors = np.load(store.local_path(paths.item_embeddings("plain")))

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_assets.defs.serving import assets as serving
+from recsys_assets.defs.release import assets as release_assets
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.triton_server import TritonServer
@@ -26,8 +26,8 @@ from recsys_assets.serving.runtime import server_environ
 pytestmark = pytest.mark.integration
 ROOT = Path(os.environ.get("RECSYS_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
 NEEDED = {"compiled transforms (serving_transforms)": paths.SERVING_TRANSFORMS,
-          "query tower ONNX": serving.QUERY_TOWER_ONNX, "DLRM ONNX": serving.DLRM_ONNX,
-          "FAISS index": serving.FAISS_INDEX, "multimodal embeddings": paths.MULTIMODAL_EMBEDDINGS,
+          "query tower ONNX": release_assets.QUERY_TOWER_ONNX, "DLRM ONNX": release_assets.DLRM_ONNX,
+          "FAISS index": release_assets.FAISS_INDEX, "multimodal embeddings": paths.MULTIMODAL_EMBEDDINGS,
           "catalogue": paths.ITEMS, "users": paths.USERS, "Feast registry (online_features)": paths.FEAST_REGISTRY,
           "Valkey data (online_features, popularity_tables)": paths.VALKEY_DATA}
 
@@ -51,7 +51,7 @@ def served_release(tmp_path_factory):
     valkey = EmbeddedValkey(work / "valkey", port=free_port()).start()
     server = None
     try:
-        trained = serving.trained_artifacts(store, serving.RepositoryConfig())
+        trained = release_assets.trained_artifacts(store, release_assets.RepositoryConfig())
         start_date = os.environ.get("RECSYS_START_DATE", "2026-01-01")
         build_repository(work / "repo", trained, ServingDefaults(sampling_seed=1), start_date, release=1)
         environ = server_environ(f"redis://127.0.0.1:{valkey.port}", str(ROOT / paths.FEAST_REGISTRY))

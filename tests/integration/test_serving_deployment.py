@@ -7,8 +7,8 @@ import dagster as dg
 import pytest
 
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
-from recsys_assets.defs.serving import assets as serving
-from recsys_assets.defs.serving.resources import TritonResource
+from recsys_assets.defs.release import assets as release_assets
+from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
 from recsys_assets.lib import releases as rl
 from recsys_assets.lib.transform_spec import FIRST_INDEX
@@ -35,7 +35,8 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
     resources = {"artifacts": ArtifactStoreResource(root=str(root)), "world": WorldResource(seed=7, scale="tiny"),
                  "profile": DeploymentProfileResource(profile="local"), "triton": TritonResource(**ports)}
     try:
-        result = dg.materialize([serving.triton_model_repository, serving.triton_deployment], resources=resources)
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["action"].value == "started" and meta["release"].value == 1
         assert len(meta["smoke_test"].value["ids"]) == 10
@@ -49,7 +50,8 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         assert "-1 (anonymous) is the only negative id" in capsys.readouterr().err
 
         config = {"ops": {"triton_model_repository": {"config": {"default_top_k": 5}}}}
-        result = dg.materialize([serving.triton_model_repository, serving.triton_deployment], resources=resources,
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources,
                                 run_config=config)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["action"].value == "reloaded" and meta["release"].value == 2
@@ -67,9 +69,10 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         before = _answers(http)
         retrained = tmp_path_factory.mktemp("retrained")
         write_onnx_models(retrained, _sizes(tiny, seed=8))
-        store.write_bytes(serving.QUERY_TOWER_ONNX, (retrained / "query_tower.onnx").read_bytes())
-        store.write_bytes(serving.DLRM_ONNX, (retrained / "dlrm.onnx").read_bytes())
-        result = dg.materialize([serving.triton_model_repository, serving.triton_deployment], resources=resources,
+        store.write_bytes(release_assets.QUERY_TOWER_ONNX, (retrained / "query_tower.onnx").read_bytes())
+        store.write_bytes(release_assets.DLRM_ONNX, (retrained / "dlrm.onnx").read_bytes())
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources,
                                 run_config=config)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["release"].value == 3 and meta["loaded"].value == "query_tower, dlrm_ranking"
@@ -84,8 +87,9 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         # deployment restores release 3 by itself and says so; release 3's answers come back
         broken = tmp_path_factory.mktemp("broken")
         write_onnx_models(broken, _sizes(tiny, seed=9, users=1))
-        store.write_bytes(serving.DLRM_ONNX, (broken / "dlrm.onnx").read_bytes())
-        result = dg.materialize([serving.triton_model_repository, serving.triton_deployment], resources=resources,
+        store.write_bytes(release_assets.DLRM_ONNX, (broken / "dlrm.onnx").read_bytes())
+        result = dg.materialize([release_assets.triton_model_repository, release_assets.triton_deployment],
+                                resources=resources,
                                 run_config=config, raise_on_error=False)
         assert not result.success
         [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -93,7 +97,7 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         assert "release 4 was taken back out" in message and "Release 3 serves again" in message, message
         assert "out of data bounds" in message
         assert _answers(http) == retrained_answers
-        assert rl.served_state(store).release == 3 and serving.releases(store)[-1].release == 4
+        assert rl.served_state(store).release == 3 and release_assets.releases(store)[-1].release == 4
         config_text = (store.local_path(paths.TRITON_REPOSITORY) / "dlrm_ranking" / "config.pbtxt").read_text()
         assert f"versions: {rl.manifest(store, 3).models['dlrm_ranking']}" in config_text
 

@@ -35,7 +35,7 @@ import time
 import httpx
 import pytest
 
-from recsys_assets.defs.serving import assets as serving
+from recsys_assets.defs.release import assets as release_assets
 from recsys_assets.lib import paths
 from recsys_assets.lib import releases as rl
 from recsys_assets.lib.artifacts import ArtifactStore
@@ -174,8 +174,8 @@ def _failures(records) -> collections.Counter:
 
 def _publish(stack, models: dict) -> None:
     """What a training run does: new ONNX files at the trained artifact paths."""
-    stack.write_trained(serving.QUERY_TOWER_ONNX, models["query_tower"])
-    stack.write_trained(serving.DLRM_ONNX, models["dlrm"])
+    stack.write_trained(release_assets.QUERY_TOWER_ONNX, models["query_tower"])
+    stack.write_trained(release_assets.DLRM_ONNX, models["dlrm"])
 
 
 def _roll_back_to_served(stack, models: list[str]) -> None:
@@ -199,7 +199,7 @@ def _make_next_release_live_unverified(stack):
     import dagster as dg
 
     with stack._deployment_environ():
-        dg.materialize([serving.triton_model_repository], resources=stack.resources())
+        dg.materialize([release_assets.triton_model_repository], resources=stack.resources())
     release, live = stack.releases()[-1], stack.repository()
     rl.write_served(live, release, rl.canonical_ensemble(live))
     stack.triton().load([rl.alias(m, release.models[m]) for m in release.changed] + ["ensemble_model"])
@@ -303,7 +303,7 @@ def test_a_dlrm_that_fails_to_load_leaves_the_old_version_serving_and_readiness_
     stack.wait_ready()
     served = _served(stack)
     before = _probe(stack)
-    stack.write_trained(serving.DLRM_ONNX, models["corrupt_dlrm"])
+    stack.write_trained(release_assets.DLRM_ONNX, models["corrupt_dlrm"])
     load = _load(stack, seed=22)
     try:
         with Sampler(f"{stack.api_url}/readyz", load.now) as ready:
@@ -363,7 +363,7 @@ def runtime_fault(stack, models) -> RuntimeFault:
     stack.wait_ready()
     _served(stack)  # known before the deployment writes a newer manifest
     before = _probe(stack)
-    stack.write_trained(serving.DLRM_ONNX, models["too_small"]["dlrm"])
+    stack.write_trained(release_assets.DLRM_ONNX, models["too_small"]["dlrm"])
     load = _load(stack, seed=23)
     try:
         with Sampler(f"{stack.api_url}/readyz", load.now) as ready:
@@ -434,7 +434,7 @@ def test_readiness_says_not_ready_while_every_recommendation_fails(stack, models
     loaded), not through the deployment, whose smoke test decides on its own what happens to a failing release."""
     stack.wait_ready()
     before = _probe(stack)
-    stack.write_trained(serving.DLRM_ONNX, models["too_small"]["dlrm"])
+    stack.write_trained(release_assets.DLRM_ONNX, models["too_small"]["dlrm"])
     with httpx.Client(base_url=stack.api_url, timeout=30) as api:
         ready_before = api.get("/readyz")
         try:

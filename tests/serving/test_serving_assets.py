@@ -7,8 +7,8 @@ import dagster as dg
 import pytest
 
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
-from recsys_assets.defs.serving import assets as serving
-from recsys_assets.defs.serving.resources import TritonResource, build_resources
+from recsys_assets.defs.release import assets as release_assets
+from recsys_assets.defs.release.resources import TritonResource, build_resources
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import Settings
@@ -26,8 +26,9 @@ def place_trained_artifacts(root, tiny):
     store = ArtifactStore(root)
     with store.writing(paths.SERVING_TRANSFORMS) as tmp:
         shutil.copytree(tiny.trained.transforms_dir, tmp)
-    for rel, source in ((serving.QUERY_TOWER_ONNX, tiny.trained.query_tower), (serving.DLRM_ONNX, tiny.trained.dlrm),
-                        (paths.faiss_index(serving.DEFAULT_VARIANT), tiny.trained.faiss_index),
+    for rel, source in ((release_assets.QUERY_TOWER_ONNX, tiny.trained.query_tower),
+                        (release_assets.DLRM_ONNX, tiny.trained.dlrm),
+                        (paths.faiss_index(release_assets.DEFAULT_VARIANT), tiny.trained.faiss_index),
                         (paths.MULTIMODAL_EMBEDDINGS, tiny.trained.multimodal), (paths.ITEMS, tiny.trained.items)):
         store.write_bytes(rel, source.read_bytes())
     return store
@@ -39,7 +40,7 @@ def resources(root):
 
 def test_repository_asset_writes_a_servable_release_and_bumps_only_changed_models(tmp_path, tiny):
     store = place_trained_artifacts(tmp_path / "artifacts", tiny)
-    result = dg.materialize([serving.triton_model_repository], resources=resources(tmp_path / "artifacts"))
+    result = dg.materialize([release_assets.triton_model_repository], resources=resources(tmp_path / "artifacts"))
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert [(c.check_name, c.passed) for c in checks] == [("configs_valid", True)]
@@ -50,18 +51,18 @@ def test_repository_asset_writes_a_servable_release_and_bumps_only_changed_model
     assert manifest["parameters"]["faiss_retrieval"]["RETRIEVAL_TOPK"] == "300"
 
     config = {"ops": {"triton_model_repository": {"config": {"default_top_k": 5, "retrieval_topk": 200}}}}
-    result = dg.materialize([serving.triton_model_repository], resources=resources(tmp_path / "artifacts"),
+    result = dg.materialize([release_assets.triton_model_repository], resources=resources(tmp_path / "artifacts"),
                             run_config=config)
     manifest = json.loads(store.read_bytes(paths.triton_release(2)))
     assert sorted(manifest["changed"]) == ["context_preprocessor", "faiss_retrieval", "filter_seen_items"]
     assert manifest["models"]["faiss_retrieval"] == 2 and manifest["models"]["dlrm_ranking"] == 1
-    assert [r.release for r in serving.releases(store)] == [1, 2]
+    assert [r.release for r in release_assets.releases(store)] == [1, 2]
 
 
 def test_a_missing_trained_artifact_fails_the_blocking_check_and_publishes_nothing(tmp_path, tiny):
     store = place_trained_artifacts(tmp_path / "artifacts", tiny)
-    store.delete(serving.DLRM_ONNX)
-    result = dg.materialize([serving.triton_model_repository], resources=resources(tmp_path / "artifacts"),
+    store.delete(release_assets.DLRM_ONNX)
+    result = dg.materialize([release_assets.triton_model_repository], resources=resources(tmp_path / "artifacts"),
                             raise_on_error=False)
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and "a trained artifact is missing" in check.description
@@ -70,11 +71,11 @@ def test_a_missing_trained_artifact_fails_the_blocking_check_and_publishes_nothi
 
 def test_deployment_on_k8s_runs_helm_with_the_release_repository(tmp_path, tiny):
     store = place_trained_artifacts(tmp_path / "artifacts", tiny)
-    dg.materialize([serving.triton_model_repository], resources=resources(tmp_path / "artifacts"))
+    dg.materialize([release_assets.triton_model_repository], resources=resources(tmp_path / "artifacts"))
     fake_helm = tmp_path / "helm"
     fake_helm.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'helm-args'}\n")  # no cluster here
     fake_helm.chmod(0o755)
-    result = dg.materialize([serving.triton_deployment], resources={
+    result = dg.materialize([release_assets.triton_deployment], resources={
         **resources(tmp_path / "artifacts"), "profile": DeploymentProfileResource(profile="k8s"),
         "triton": TritonResource(helm=str(fake_helm), helm_values=["infra/helm/triton/values-cpu.yaml"])})
     assert result.success
@@ -110,13 +111,13 @@ def test_the_release_serves_the_selected_variant_and_the_daily_grown_index(tmp_p
     root = tmp_path / "artifacts"
     store = place_trained_artifacts(root, tiny)
     # one trained variant only: that one is served
-    assert serving.served_variant(store) == "plain"
+    assert release_assets.served_variant(store) == "plain"
     # both trained, retrieval_evaluation selected "context": its tower and its index
     store.write_bytes(paths.query_tower_onnx("context"), tiny.trained.query_tower.read_bytes())
     store.write_bytes(paths.faiss_index("context"), tiny.trained.faiss_index.read_bytes())
     summary = json.dumps({"selected_variant": "context"}).encode()
     store.write_bytes(f"{paths.RETRIEVAL_EVALUATION}/summary.json", summary)
-    assert serving.served_variant(store) == "context" and serving.served_variant(store, "plain") == "plain"
+    assert release_assets.served_variant(store) == "context" and release_assets.served_variant(store, "plain") == "plain"
     # the daily refresh grew the context index by one new item: the release packages the grown index
     index = fx.load(store.local_path(paths.faiss_index("context")))
     index.add_with_ids(np.zeros((1, index.d), np.float32), np.array([10**6], np.int64))
@@ -126,17 +127,17 @@ def test_the_release_serves_the_selected_variant_and_the_daily_grown_index(tmp_p
         faiss.write_index(index, str(tmp))
     store.write_bytes(daily.daily_index_manifest("context"), json.dumps(
         {"base_digest": daily.file_digest(store.local_path(paths.faiss_index("context")))}).encode())
-    trained = serving.trained_artifacts(store, serving.RepositoryConfig())
+    trained = release_assets.trained_artifacts(store, release_assets.RepositoryConfig())
     assert trained.faiss_index == store.local_path(paths.daily_index("context"))
     assert trained.query_tower == store.local_path(paths.query_tower_onnx("context"))
-    result = dg.materialize([serving.triton_model_repository], resources=resources(root))
+    result = dg.materialize([release_assets.triton_model_repository], resources=resources(root))
     assert result.success
-    manifest = serving.releases(store)[-1]
+    manifest = release_assets.releases(store)[-1]
     assert manifest.inputs["faiss_index"] == _input_digest(store.local_path(paths.daily_index("context")))
     # a full retrain replaced the trained index since: the old growth no longer applies
     index = fx.load(store.local_path(paths.faiss_index("context")))
     index.add_with_ids(np.ones((1, index.d), np.float32), np.array([10**6 + 1], np.int64))
     with store.writing(paths.faiss_index("context")) as tmp:
         faiss.write_index(index, str(tmp))
-    assert serving.trained_artifacts(store, serving.RepositoryConfig()).faiss_index == \
+    assert release_assets.trained_artifacts(store, release_assets.RepositoryConfig()).faiss_index == \
         store.local_path(paths.faiss_index("context"))

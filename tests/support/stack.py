@@ -242,7 +242,7 @@ class Stack:
     # -- Triton through the serving assets ------------------------------------------------------------------
     def resources(self) -> dict:
         from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
-        from recsys_assets.defs.serving.resources import TritonResource
+        from recsys_assets.defs.release.resources import TritonResource
 
         return {"artifacts": ArtifactStoreResource(root=str(self.root)), "world": WorldResource(seed=7, scale="tiny"),
                 "profile": DeploymentProfileResource(profile="local"),
@@ -266,10 +266,10 @@ class Stack:
         ``triton_deployment`` (start the server, or hot-swap the running one); returns Dagster's result."""
         import dagster as dg
 
-        from recsys_assets.defs.serving import assets as serving
+        from recsys_assets.defs.release import assets as release_assets
 
-        selection = [serving.triton_model_repository, serving.triton_deployment] if repository \
-            else [serving.triton_deployment]
+        selection = [release_assets.triton_model_repository, release_assets.triton_deployment] if repository \
+            else [release_assets.triton_deployment]
         with self._deployment_environ():
             result = dg.materialize(selection, resources=self.resources(), run_config=run_config,
                                     raise_on_error=raise_on_error)
@@ -298,7 +298,7 @@ class Stack:
         return self.root / paths.TRITON_REPOSITORY
 
     def releases(self) -> list:
-        from recsys_assets.defs.serving.assets import releases
+        from recsys_assets.defs.release.assets import releases
         from recsys_assets.lib.artifacts import ArtifactStore
 
         return releases(ArtifactStore(self.root))

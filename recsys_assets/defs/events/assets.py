@@ -20,7 +20,7 @@ import numpy as np
 
 from recsys_assets.api import landing
 from recsys_assets.api import stream as click_stream
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check, check_specs, markdown_table
 from recsys_assets.defs.events.resources import EventStreamResource
 from recsys_assets.defs.feature_store.resources import ValkeyResource
 from recsys_assets.defs.partitions import START_DATE, daily_partitions, partition_day
@@ -47,17 +47,13 @@ class LiveInteractionsConfig(dg.Config):
 
 
 def _checks(frame, day: int, where: str) -> list[dg.AssetCheckResult]:
-    def result(name, passed, description, **metadata):
-        return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
-                                   description=description, metadata={"description": description, **metadata})
-
     wrong = {c: str(frame[c].dtype) for c, t in landing.COLUMNS.items() if c in frame and str(frame[c].dtype) != t}
     missing = sorted(set(landing.COLUMNS) - set(frame.columns))
     schema_ok = not wrong and not missing
-    schema = result("schema", schema_ok, f"{where}: columns and dtypes as expected" if schema_ok else
+    schema = check("schema", schema_ok, f"{where}: columns and dtypes as expected" if schema_ok else
                     f"{where}: missing columns {missing}, wrong dtypes {wrong}")
     duplicated = int(frame["event_id"].duplicated().sum()) if "event_id" in frame else -1
-    unique = result("unique_event_ids", duplicated == 0,
+    unique = check("unique_event_ids", duplicated == 0,
                     f"{where}: every event once" if duplicated == 0 else
                     f"{where}: {duplicated} duplicated event_id values", duplicates=duplicated)
     problems = []
@@ -71,14 +67,14 @@ def _checks(frame, day: int, where: str) -> list[dg.AssetCheckResult]:
                           ((days != day).sum(), f"timestamp not on day {day:02d}")):
             if int(bad):
                 problems.append(f"{int(bad)} rows with {what}")
-    ranges = result("value_ranges", schema_ok and not problems,
+    ranges = check("value_ranges", schema_ok and not problems,
                     f"{where}: ids, devices, clicks and days in range" if schema_ok and not problems else
                     f"{where}: " + ("; ".join(problems) or "schema is wrong, ranges not checked"))
     return [schema, unique, ranges]
 
 
 @dg.asset(group_name=GROUP, kinds={"valkey", "parquet"}, partitions_def=daily_partitions,
-          check_specs=[dg.AssetCheckSpec(name, asset="live_interactions", blocking=True) for name in CHECKS])
+          check_specs=check_specs("live_interactions", CHECKS))
 def live_interactions(context: dg.AssetExecutionContext, config: LiveInteractionsConfig,
                       artifacts: ArtifactStoreResource, valkey: ValkeyResource,
                       event_stream: EventStreamResource) -> dg.MaterializeResult:

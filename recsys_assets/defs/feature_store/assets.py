@@ -19,17 +19,16 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check, check_specs, markdown_table
 from recsys_assets.defs.feature_store import tables as t
 from recsys_assets.defs.feature_store.resources import FeastResource, ValkeyResource
 from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest.assets import items, raw_interactions, users
-from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS
+from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, partition_keys
 from recsys_assets.defs.resources import ArtifactStoreResource
 from recsys_assets.lib import paths
 from recsys_assets.lib import popularity as pop
 from recsys_assets.lib.artifacts import ArtifactNotFound
-from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.top_category import CATEGORIES
 
 GROUP = "feature_store"
@@ -37,19 +36,6 @@ USER_FEATURE_SERVICE = "user_features"
 ITEM_FEATURES = ["item_features:price", "item_features:category_l1", "item_features:category_l2",
                  "item_features:item_gender"]
 _DAY_FILE = re.compile(r"day_(\d+)\.parquet$")
-
-
-def _specs(asset: str, *names: str) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(n, asset=asset, blocking=True) for n in names]
-
-
-def _result(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=name, passed=passed, severity=dg.AssetCheckSeverity.ERROR,
-                               description=description, metadata={"description": description, **metadata})
-
-
-def _partition_keys(days) -> list[str]:
-    return [partition_key(d, START_DATE) for d in days]
 
 
 # -- offline ----------------------------------------------------------------------------------------------------
@@ -62,7 +48,7 @@ OFFLINE_CHECKS = ("top_category_days", "covers_all_ids", "feature_values")
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "feast"}, deps=[users, items, user_top_category],
-          check_specs=_specs("offline_features", *OFFLINE_CHECKS), output_required=False)
+          check_specs=check_specs("offline_features", OFFLINE_CHECKS), output_required=False)
 def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesConfig,
                      artifacts: ArtifactStoreResource):
     """Feast's offline sources: users (age, gender), the user_top_category history, items; event timestamps in UTC.
@@ -78,12 +64,12 @@ def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesC
     missing = [] if last is None else sorted(set(range(last + 1)) - set(present))
     if last is None or missing:
         description = (
-            f"user_top_category partitions {_partition_keys(missing)} (days {missing}) are missing; the history "
+            f"user_top_category partitions {partition_keys(missing)} (days {missing}) are missing; the history "
             f"needs days 00..{last:02d}: materialize them first" if missing else
             "no user_top_category partition is materialized: materialize at least day 00 (2026-01-01 by default)")
-        yield _result("top_category_days", False, description, missing_days=str(missing))
+        yield check("top_category_days", False, description, missing_days=str(missing))
         for name in OFFLINE_CHECKS[1:]:
-            yield _result(name, False, "not evaluated: the top_category history is incomplete")
+            yield check(name, False, "not evaluated: the top_category history is incomplete")
         return
     days = list(range(last + 1))
     raw_users = store.read_parquet(paths.USERS)
@@ -107,10 +93,10 @@ def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesC
             .rename("users").rename_axis("top_category").reset_index())
     extra_users = np.setdiff1d(out["user_top_category"]["user_id"].unique(), raw_users["user_id"].to_numpy())
     checks = [
-        _result("top_category_days", True, f"user_top_category days 00..{last:02d} present", days=len(days)),
-        _result("covers_all_ids", not coverage,
+        check("top_category_days", True, f"user_top_category days 00..{last:02d} present", days=len(days)),
+        check("covers_all_ids", not coverage,
                 "; ".join(map(str, coverage)) or "every user and item id has a row in its tables"),
-        _result("feature_values", not values,
+        check("feature_values", not values,
                 "; ".join(map(str, values)) or "no nulls; every value inside its domain"),
     ]
     yield dg.MaterializeResult(
@@ -150,7 +136,7 @@ def _missing_online(fs, features, entity: str, ids: np.ndarray, batch: int) -> d
 
 
 @dg.asset(group_name=GROUP, kinds={"feast", "valkey"}, deps=[offline_features],
-          check_specs=_specs("online_features", "online_coverage"))
+          check_specs=check_specs("online_features", ("online_coverage",)))
 def online_features(context: dg.AssetExecutionContext, config: OnlineFeaturesConfig,
                     artifacts: ArtifactStoreResource, valkey: ValkeyResource,
                     feast: FeastResource) -> dg.MaterializeResult:
@@ -181,8 +167,8 @@ def online_features(context: dg.AssetExecutionContext, config: OnlineFeaturesCon
     sample = fs.get_online_features(features=fs.get_feature_service(USER_FEATURE_SERVICE),
                                     entity_rows={"user_id": user_ids[:5].tolist()}).to_df()
     problems = [f"{name}: {len(ids)} ids have no online value (first: {ids[:5]})" for name, ids in missing.items()]
-    check = _result("online_coverage", not problems,
-                    "; ".join(problems) or f"all {len(user_ids)} users and {len(item_ids)} items read back online")
+    coverage = check("online_coverage", not problems,
+                     "; ".join(problems) or f"all {len(user_ids)} users and {len(item_ids)} items read back online")
     return dg.MaterializeResult(
         metadata={
             "users": len(user_ids),
@@ -201,7 +187,7 @@ def online_features(context: dg.AssetExecutionContext, config: OnlineFeaturesCon
                 for k, v in repo.environ().items() if k.startswith("RECSYS_FEAST_"))),
             "sample_users": markdown_table(sample),
         },
-        check_results=[check],
+        check_results=[coverage],
     )
 
 
@@ -217,8 +203,8 @@ class PopularityConfig(dg.Config):
     group_name=GROUP,
     kinds={"valkey"},
     deps=[items, dg.AssetDep(raw_interactions,
-                             partition_mapping=dg.SpecificPartitionsPartitionMapping(_partition_keys(TRAIN_DAYS)))],
-    check_specs=_specs("popularity_tables", "window_complete", "read_back"),
+                             partition_mapping=dg.SpecificPartitionsPartitionMapping(partition_keys(TRAIN_DAYS)))],
+    check_specs=check_specs("popularity_tables", ("window_complete", "read_back")),
     output_required=False,
 )
 def popularity_tables(context: dg.AssetExecutionContext, config: PopularityConfig, artifacts: ArtifactStoreResource,
@@ -244,12 +230,12 @@ def popularity_tables(context: dg.AssetExecutionContext, config: PopularityConfi
         frames.append(df)
     if missing or empty or not config.days:
         description = "; ".join(filter(None, [
-            f"raw_interactions partitions {_partition_keys(missing)} (days {missing}) are missing" if missing else "",
-            f"raw_interactions partitions {_partition_keys(empty)} (days {empty}) are empty" if empty else "",
+            f"raw_interactions partitions {partition_keys(missing)} (days {missing}) are missing" if missing else "",
+            f"raw_interactions partitions {partition_keys(empty)} (days {empty}) are empty" if empty else "",
             "the window holds no days" if not config.days else "",
         ])) + ": materialize them before popularity_tables"
-        yield _result("window_complete", False, description, missing_days=str(missing), empty_days=str(empty))
-        yield _result("read_back", False, "not evaluated: the window is incomplete")
+        yield check("window_complete", False, description, missing_days=str(missing), empty_days=str(empty))
+        yield check("read_back", False, "not evaluated: the window is incomplete")
         return
     clicks = pd.concat(frames, ignore_index=True)
     tables = pop.build_tables(clicks.loc[clicks["click"] == 1, "item_id"].to_numpy(), catalogue, config.days)
@@ -285,8 +271,8 @@ def popularity_tables(context: dg.AssetExecutionContext, config: PopularityConfi
             "top_10": markdown_table(top),
         },
         check_results=[
-            _result("window_complete", True, f"raw_interactions days {config.days} present and non-empty"),
-            _result("read_back", not mismatches,
+            check("window_complete", True, f"raw_interactions days {config.days} present and non-empty"),
+            check("read_back", not mismatches,
                     f"Valkey order differs from the computed one for {mismatches}" if mismatches
                     else "the global and every category_l1 table read back in the computed order"),
         ],

@@ -17,7 +17,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check, markdown_table
 from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items
 from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner
@@ -29,10 +29,6 @@ from recsys_assets.lib.artifacts import ArtifactStore
 
 GROUP = "index"
 
-
-def _check(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
-                               description=description, metadata={"description": description, **metadata})
 
 
 def _trained_variants(store: ArtifactStore) -> list:
@@ -67,9 +63,9 @@ def item_embeddings(context: dg.AssetExecutionContext, artifacts: ArtifactStoreR
         metadata={**result.metadata, "variants": ", ".join(variants),
                   **{f"{v}/shape": str(s) for v, s in shapes.items()}},
         check_results=[
-            _check("row_per_item", all(s[0] == n_items for s in shapes.values()),
+            check("row_per_item", all(s[0] == n_items for s in shapes.values()),
                    f"rows per variant { {v: s[0] for v, s in shapes.items()} } for {n_items} catalogue items"),
-            _check("finite", all(finite.values()), f"all values finite: {finite}"),
+            check("finite", all(finite.values()), f"all values finite: {finite}"),
         ],
     )
 
@@ -133,7 +129,7 @@ def faiss_index(config: FaissIndexConfig, artifacts: ArtifactStoreResource) -> d
                   **{f"{v}/recall_vs_exact": m[f"recall_at_{config.recall_k}_vs_exact"] for v, m in meta.items()},
                   **{f"{v}/kind": m["kind"] for v, m in meta.items()},
                   "path": store.uri(paths.FAISS_INDEX)},
-        check_results=[_check("ids_are_raw_items", ok, "; ".join(problems) if problems else
+        check_results=[check("ids_are_raw_items", ok, "; ".join(problems) if problems else
                               f"every index holds exactly the raw ids 0..{n_items - 1}; searches returned no "
                               "padding and no id outside the catalogue")],
     )

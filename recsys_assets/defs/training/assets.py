@@ -27,7 +27,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check, check_specs, markdown_table
+from recsys_assets.defs.params import config_from_params, params_of
 from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items, raw_interactions
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, VALIDATION_DAYS
@@ -43,6 +44,8 @@ from recsys_assets.lib import paths, retrain
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.transform_spec import ITEM_INPUTS
+from recsys_assets.ml.dlrm import DlrmParams
+from recsys_assets.ml.two_tower import TwoTowerParams
 
 GROUP = "training"
 MERLIN_TAGS = {"recsys/merlin": "true"}
@@ -56,10 +59,6 @@ RAW_DEP = dg.AssetDep(raw_interactions, partition_mapping=dg.SpecificPartitionsP
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def _check(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
-                               description=description, metadata={"description": description, **metadata})
-
 
 def _blocked(problems: list, others: tuple) -> dg.MaterializeResult:
     """An asset whose inputs are missing: ``inputs_complete`` fails naming them, the other checks do not run."""
@@ -67,12 +66,8 @@ def _blocked(problems: list, others: tuple) -> dg.MaterializeResult:
     why = "not run: inputs_complete failed"
     return dg.MaterializeResult(
         metadata={"blocked_by": "inputs_complete", "problems": description},
-        check_results=[_check("inputs_complete", False, description), *(_check(n, False, why) for n in others)],
+        check_results=[check("inputs_complete", False, description), *(check(n, False, why) for n in others)],
     )
-
-
-def _specs(asset: str, names) -> list:
-    return [dg.AssetCheckSpec(n, asset=asset, blocking=True) for n in names]
 
 
 class _Resolved(types.SimpleNamespace):
@@ -157,37 +152,14 @@ def _days_config_problems(train_days, validation_days) -> list:
 
 
 # -- two_tower_model -------------------------------------------------------------------------------------------
-class TwoTowerConfig(dg.Config):
+class TwoTowerConfig(config_from_params(TwoTowerParams, exclude=("variant",))):
+    """The Two-Tower's hyperparameters (``ml.two_tower.TwoTowerParams``, declared there) and what the asset reads."""
+
     window: bool = False
     """Read the weekly retrain's window (days and transformed copies, ``retrain_transformed_days``) instead of
     the configured days; ``full_retrain_job`` sets it."""
     variants: list[str] = list(VARIANTS)  # noqa: RUF012 (pydantic copies field defaults)
     """``plain``: query tower on user features; ``context``: user + request context (context-aware retrieval)."""
-    user_id_embedding_dim: int = 32
-    item_id_embedding_dim: int = 8
-    """Small id tables: ~3 clicks per user at demo scale; wide ones memorize the training pairs."""
-    feature_embedding_dim: int = 16
-    """Width of the other categorical embeddings (gender, top_category, category_l1/l2, device ...)."""
-    mlp: list[int] = [128, 64]  # noqa: RUF012 (pydantic copies field defaults)
-    """Both towers' MLP; the last width is the retrieval embedding size."""
-    dropout: float = 0.2
-    batch_size: int = 256
-    learning_rate: float = 3e-3
-    """256 / 3e-3 learns at demo scale (1024 / 1e-3 did not learn in one short epoch, ENVIRONMENT.md s.6)."""
-    epochs: int = 2
-    """Full-catalogue recall peaks at 2 epochs on impression positives at demo scale (3 epochs: warm recall@300
-    0.570 vs 0.581); later epochs memorize the training pairs."""
-    positives: str = "impressions"
-    """``impressions``: every logged impression is a positive pair, each click ``click_weight`` times (a user has
-    ~40 impressions but ~3 clicks in the train days, and the impressions follow the hidden persona); ``clicks``:
-    clicked rows only. Warm recall@300 0.44 -> 0.58 at demo scale (ml.two_tower.positive_pairs)."""
-    click_weight: int = 5
-    """Copies of each clicked row among the impression positives (1: 0.568, 5: 0.581, 10: 0.525 warm recall@300)."""
-    logq_correction: float = 1.0
-    """Weight of the logQ correction of the in-batch softmax (0 turns it off; see ml.two_tower.build_model)."""
-    user_oov_rate: float = 0.1
-    """Share of training user ids sent to the OOV row, so new users (OOV at serving) meet a trained row."""
-    seed: int = 0
     train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
 
@@ -197,7 +169,7 @@ TWO_TOWER_CHECKS = ("inputs_complete", "reload_identical")
 
 @dg.asset(group_name=GROUP, kinds={"tensorflow"}, op_tags=MERLIN_TAGS,
           deps=[TRANSFORMED_DEP, retrain_transformed_days, item_multimodal_embeddings, items],
-          check_specs=_specs("two_tower_model", TWO_TOWER_CHECKS))
+          check_specs=check_specs("two_tower_model", TWO_TOWER_CHECKS))
 def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, artifacts: ArtifactStoreResource,
                     merlin: MerlinRunner) -> dg.MaterializeResult:
     """Two-Tower retrieval (``TwoTowerModelV2``), one model per variant, under ``models/two_tower/<variant>/``.
@@ -217,8 +189,7 @@ def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, a
                          [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")], where)
     if problems:
         return _blocked(problems, TWO_TOWER_CHECKS[1:])
-    params = {k: v for k, v in config.dict().items()
-              if k not in ("variants", "train_days", "validation_days")}
+    params = params_of(config, TwoTowerParams, exclude=("variant",))
     result = merlin.run(context, "recsys_assets.ml.two_tower", extras={
         "root": store.root, "output": paths.TWO_TOWER, "variants": list(config.variants), "params": params,
         "train": [where(d) for d in config.train_days],
@@ -238,31 +209,19 @@ def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, a
     return dg.MaterializeResult(
         metadata={**result.metadata, "summary": markdown_table(summary, ".4f"), "loss_curve": plot,
                   "train_days": str(config.train_days), "validation_days": str(config.validation_days)},
-        check_results=[_check("inputs_complete", True, f"transformed days {config.train_days} + "
+        check_results=[check("inputs_complete", True, f"transformed days {config.train_days} + "
                               f"{config.validation_days}, multimodal table and catalogue present"),
                        *result.check_results],
     )
 
 
 # -- dlrm_model ------------------------------------------------------------------------------------------------
-class DlrmConfig(dg.Config):
+class DlrmConfig(config_from_params(DlrmParams)):
+    """The DLRM's hyperparameters (``ml.dlrm.DlrmParams``, declared there) and what the asset reads."""
+
     window: bool = False
     """Read the weekly retrain's window (days and transformed copies, ``retrain_transformed_days``) instead of
     the configured days; ``full_retrain_job`` sets it."""
-    embedding_dim: int = 64
-    """Width of every categorical embedding and of the projected multimodal vectors (the interaction width)."""
-    bottom_mlp: list[int] = [128, 64]  # noqa: RUF012 (pydantic copies field defaults)
-    top_mlp: list[int] = [128, 64, 32]  # noqa: RUF012 (pydantic copies field defaults)
-    dropout: float = 0.0
-    id_l2: float = 1e-4
-    """L2 weight decay on the user_id / item_id tables: at ~40 impressions per user they memorize pairs."""
-    oov_rate: float = 0.1
-    """Share of training user/item ids sent to the OOV row (new users and cold items use it at serving)."""
-    batch_size: int = 1024
-    learning_rate: float = 1e-3
-    epochs: int = 2
-    """Validation AUC peaks after 2 epochs at demo scale; later epochs memorize the training impressions."""
-    seed: int = 0
     train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
 
@@ -272,7 +231,7 @@ DLRM_CHECKS = ("inputs_complete", "reload_identical")
 
 @dg.asset(group_name=GROUP, kinds={"tensorflow"}, op_tags=MERLIN_TAGS,
           deps=[TRANSFORMED_DEP, retrain_transformed_days, item_multimodal_embeddings, items],
-          check_specs=_specs("dlrm_model", DLRM_CHECKS))
+          check_specs=check_specs("dlrm_model", DLRM_CHECKS))
 def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts: ArtifactStoreResource,
                merlin: MerlinRunner) -> dg.MaterializeResult:
     """The DLRM ranker (``DLRMModel``) on every labelled impression of the train days (``models/dlrm/``).
@@ -287,7 +246,7 @@ def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts:
                          [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items")], where)
     if problems:
         return _blocked(problems, DLRM_CHECKS[1:])
-    params = {k: v for k, v in config.dict().items() if k not in ("train_days", "validation_days")}
+    params = params_of(config, DlrmParams)
     result = merlin.run(context, "recsys_assets.ml.dlrm", extras={
         "root": store.root, "output": paths.DLRM, "params": params,
         "train": [where(d) for d in config.train_days],
@@ -300,7 +259,7 @@ def dlrm_model(context: dg.AssetExecutionContext, config: DlrmConfig, artifacts:
     return dg.MaterializeResult(
         metadata={**result.metadata, "loss_curve": plot, "train_ctr": report["train_ctr"],
                   "train_days": str(config.train_days), "validation_days": str(config.validation_days)},
-        check_results=[_check("inputs_complete", True, f"transformed days {config.train_days} + "
+        check_results=[check("inputs_complete", True, f"transformed days {config.train_days} + "
                               f"{config.validation_days}, multimodal table and catalogue present"),
                        *result.check_results],
     )
@@ -344,8 +303,8 @@ def _export(context, config: OnnxExportConfig, store: ArtifactStore, merlin: Mer
         metadata={**result.metadata, "parity": markdown_table(pd.DataFrame(rows), ".2e"),
                   "max_abs_diff": worst, **latency},
         check_results=[
-            _check("inputs_complete", True, "SavedModels and parity rows present"),
-            _check("onnx_parity", ok, f"onnxruntime vs TensorFlow on {config.parity_rows} real rows: max abs "
+            check("inputs_complete", True, "SavedModels and parity rows present"),
+            check("onnx_parity", ok, f"onnxruntime vs TensorFlow on {config.parity_rows} real rows: max abs "
                    f"difference {worst:.3e} (tolerance {config.tolerance:.0e})", max_abs_diff=worst)],
     )
 
@@ -366,7 +325,7 @@ def _onnx_latency(store: ArtifactStore, job: dict, repeats: int = 50) -> dict:
 
 
 @dg.asset(group_name=GROUP, kinds={"onnx", "tensorflow"}, op_tags=MERLIN_TAGS, deps=[two_tower_model],
-          check_specs=_specs("query_tower_onnx", EXPORT_CHECKS))
+          check_specs=check_specs("query_tower_onnx", EXPORT_CHECKS))
 def query_tower_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig, artifacts: ArtifactStoreResource,
                      merlin: MerlinRunner) -> dg.MaterializeResult:
     """Each trained query tower as ONNX (``models/onnx/query_tower_<variant>.onnx``), inputs = feature columns.
@@ -391,7 +350,7 @@ def query_tower_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig
 
 
 @dg.asset(group_name=GROUP, kinds={"onnx", "tensorflow"}, op_tags=MERLIN_TAGS, deps=[dlrm_model],
-          check_specs=_specs("dlrm_onnx", EXPORT_CHECKS))
+          check_specs=check_specs("dlrm_onnx", EXPORT_CHECKS))
 def dlrm_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig, artifacts: ArtifactStoreResource,
               merlin: MerlinRunner) -> dg.MaterializeResult:
     """The DLRM as ONNX (``models/onnx/dlrm.onnx``): user, item, context columns and the two multimodal vectors
@@ -493,7 +452,7 @@ RETRIEVAL_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
 @dg.asset(group_name=GROUP, kinds={"faiss", "onnx"},
           deps=[query_tower_onnx, dg.AssetKey("faiss_index"), serving_transforms, TRANSFORMED_DEP, retrain_transformed_days,
                 RAW_DEP, items],
-          check_specs=_specs("retrieval_evaluation", RETRIEVAL_CHECKS))
+          check_specs=check_specs("retrieval_evaluation", RETRIEVAL_CHECKS))
 def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEvaluationConfig,
                          artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
     """Recall@10/100/300 and NDCG@10 of the clicked items of validation sessions, per split, for each query
@@ -607,9 +566,9 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
             **timing,
             "path": store.uri(out),
         },
-        check_results=[_check("inputs_complete", True, f"{len(variants)} variant(s), validation days "
+        check_results=[check("inputs_complete", True, f"{len(variants)} variant(s), validation days "
                               f"{config.validation_days}, serving transforms present"),
-                       *[_check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
+                       *[check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
     )
 
 
@@ -649,7 +608,7 @@ RANKING_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
 @dg.asset(group_name=GROUP, kinds={"onnx"},
           deps=[dlrm_onnx, retrieval_evaluation, serving_transforms, item_multimodal_embeddings, TRANSFORMED_DEP,
                 retrain_transformed_days, RAW_DEP, items],
-          check_specs=_specs("ranking_evaluation", RANKING_CHECKS))
+          check_specs=check_specs("ranking_evaluation", RANKING_CHECKS))
 def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluationConfig,
                        artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
     """AUC and log-loss of the DLRM (ONNX, as served) on every validation impression, per split, beside
@@ -751,9 +710,9 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
             "fingerprint": fingerprint,
             "path": store.uri(out),
         },
-        check_results=[_check("inputs_complete", True, f"DLRM ONNX, retrieval evaluation and validation days "
+        check_results=[check("inputs_complete", True, f"DLRM ONNX, retrieval evaluation and validation days "
                               f"{config.validation_days} present"),
-                       *[_check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
+                       *[check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
     )
 
 

@@ -28,7 +28,7 @@ import time
 import dagster as dg
 import numpy as np
 
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check, markdown_table
 from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest.assets import items, raw_interactions, users
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, daily_partitions, partition_day
@@ -50,17 +50,13 @@ _ARROW_TYPES = {"int64": ("int64",), "float64": ("double",), "bool": ("bool",),
                 "object": ("string", "large_string")}
 
 
-def _check(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
-                               description=description, metadata={"description": description, **metadata})
-
 
 def _blocked(failed: dg.AssetCheckResult, others: tuple[str, ...], **metadata) -> dg.MaterializeResult:
     """The result of an asset whose inputs failed: the failed check, the others marked as not run."""
     why = f"not run: {failed.check_name} failed"
     return dg.MaterializeResult(
         metadata={"blocked_by": failed.check_name, **metadata},
-        check_results=[failed, *(_check(name, False, why) for name in others)],
+        check_results=[failed, *(check(name, False, why) for name in others)],
     )
 
 
@@ -163,7 +159,7 @@ def masked_interactions(context: dg.AssetExecutionContext, config: MaskingConfig
     if problems:
         store.delete(out)  # a stale file must not reach the workflows
         description = "; ".join(problems)
-        return _blocked(_check("inputs_complete", False, description), ("masking_recorded",), day=day)
+        return _blocked(check("inputs_complete", False, description), ("masking_recorded",), day=day)
 
     train = day in TRAIN_DAYS
     if train:
@@ -207,9 +203,9 @@ def masked_interactions(context: dg.AssetExecutionContext, config: MaskingConfig
             "sentinel_shares": markdown_table(pd.DataFrame(coverage, columns=["value", "share of rows"]), ".4f"),
         },
         check_results=[
-            _check("inputs_complete", True, f"partition {key}: raw day, users, items and top_category joined "
+            check("inputs_complete", True, f"partition {key}: raw day, users, items and top_category joined "
                    f"({n} rows, {cold_rows} rows of users not in the user table got cold-start defaults)"),
-            _check("masking_recorded", recorded,
+            check("masking_recorded", recorded,
                    f"partition {key}: {stats.masked_users} user-masked rows ({stats.user_rate:.4f}, want "
                    f"{want_user}), {stats.masked_devices} device-masked ({stats.device_rate:.4f}, want "
                    f"{want_device}); user sentinels set together: {together}"),
@@ -277,7 +273,7 @@ def nvt_workflows(context: dg.AssetExecutionContext, config: WorkflowFitConfig, 
                                 f"masked rows is {ages.iloc[0]}, the training mean age is {mean_age}: the user "
                                 "table changed since it was masked; re-materialize the train days")
     if problems:
-        return _blocked(_check("train_days_complete", False, "; ".join(problems)), ("null_and_oov_rows",))
+        return _blocked(check("train_days_complete", False, "; ".join(problems)), ("null_and_oov_rows",))
 
     invocation = merlin.run(
         context, "recsys_assets.ml.nvt_workflows",
@@ -288,7 +284,7 @@ def nvt_workflows(context: dg.AssetExecutionContext, config: WorkflowFitConfig, 
     keys = [partition_key(d, START_DATE) for d in days]
     return dg.MaterializeResult(
         metadata={**result.metadata, "train_partitions": ", ".join(keys)},
-        check_results=[_check("train_days_complete", True,
+        check_results=[check("train_days_complete", True,
                               f"masked_interactions partitions {', '.join(keys)} present, non-empty, "
                               "with the expected columns"),
                        *result.check_results],
@@ -313,10 +309,10 @@ def _fit_window(context, store: ArtifactStore, merlin, config: "WorkflowFitConfi
         train, validation = retrain.window_days(_available_masked_days(store), config.window_newest_day,
                                                 config.window_train_days, config.window_validation_days)
     except retrain.WindowError as exc:
-        return _blocked(_check("train_days_complete", False, str(exc)), ("null_and_oov_rows",))
+        return _blocked(check("train_days_complete", False, str(exc)), ("null_and_oov_rows",))
     problems += [p for d in train + validation for p in masked_table_problems(store, d)]
     if problems:
-        return _blocked(_check("train_days_complete", False, "; ".join(problems)), ("null_and_oov_rows",))
+        return _blocked(check("train_days_complete", False, "; ".join(problems)), ("null_and_oov_rows",))
     meta_rel = f"{paths.NVT_WORKFLOWS}/meta.json"
     if store.exists(meta_rel):  # the cold-start default age stays the one serving already gives unknown users
         mean_age = float(json.loads(store.read_bytes(meta_rel))["mean_age"])
@@ -367,7 +363,7 @@ def _fit_window(context, store: ArtifactStore, merlin, config: "WorkflowFitConfi
                   "window_days": markdown_table(pd.DataFrame(rows)),
                   "replaced_fit": replaced[:16] or "-", "archived_to": store.uri(archived) if archived else "-",
                   "days_recorded_with_replaced_fit": len(recorded or [])},
-        check_results=[_check("train_days_complete", True,
+        check_results=[check("train_days_complete", True,
                               f"retrain window: train days {train[0]:02d}-{train[-1]:02d} (masked like the original "
                               f"train days), validation days {validation[0]:02d}-{validation[-1]:02d}"),
                        *result.check_results],
@@ -409,7 +405,7 @@ def transformed_interactions(context: dg.AssetExecutionContext, config: Transfor
         problems.append(f"nvt_workflows not found ({store.uri(paths.NVT_WORKFLOWS)}): materialize it first")
     if problems:
         store.delete(out)
-        return _blocked(_check("input_valid", False, "; ".join(problems)), ("rows_preserved",), day=day)
+        return _blocked(check("input_valid", False, "; ".join(problems)), ("rows_preserved",), day=day)
 
     invocation = merlin.run(
         context, "recsys_assets.ml.nvt_transform",
@@ -426,7 +422,7 @@ def transformed_interactions(context: dg.AssetExecutionContext, config: Transfor
     return dg.MaterializeResult(
         metadata={**result.metadata, "day": day, "split": "train (masked)" if day in TRAIN_DAYS else "unmasked",
                   "vocabulary": fit[:16] or "unknown (workflows newer than the compiled transforms)"},
-        check_results=[_check("input_valid", True, f"masked_interactions partition {context.partition_key}: "
+        check_results=[check("input_valid", True, f"masked_interactions partition {context.partition_key}: "
                               "present, non-empty, expected columns"),
                        *result.check_results],
     )
@@ -500,7 +496,7 @@ def retrain_transformed_days(context: dg.AssetExecutionContext, config: RetrainT
         if not fit:
             problems.append("the compiled transforms are older than the workflows: materialize serving_transforms")
     if problems:
-        return _blocked(_check("input_valid", False, "; ".join(problems)), ("rows_preserved",))
+        return _blocked(check("input_valid", False, "; ".join(problems)), ("rows_preserved",))
     invocation = merlin.run(context, "recsys_assets.ml.nvt_transform", extras={
         "root": store.root, "workflow": f"{paths.NVT_WORKFLOWS}/full", "part_size": config.part_size,
         "output_files": config.output_files,
@@ -513,7 +509,7 @@ def retrain_transformed_days(context: dg.AssetExecutionContext, config: RetrainT
         metadata={**result.metadata, "train_days": str(window.train_days),
                   "validation_days": str(window.validation_days), "vocabulary": fit[:16],
                   "path": store.uri(paths.RETRAIN)},
-        check_results=[_check("input_valid", True, f"window days {window.days[0]:02d}-{window.days[-1]:02d} "
+        check_results=[check("input_valid", True, f"window days {window.days[0]:02d}-{window.days[-1]:02d} "
                               "masked and present, compiled transforms current"), *result.check_results])
 
 

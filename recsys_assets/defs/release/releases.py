@@ -1,4 +1,4 @@
-"""Fine-tuning, release candidates, and the served release (promotion and rollback).
+"""Releases: the daily candidate (a fine-tune), the weekly candidate (a retrain) and the served release.
 
 - ``finetuned_models[day]`` (merlin env, Pipes; days >= ``first_day``, 12 by default; an earlier day, or any day
   before a release serves, is a no-op whose checks say "not applicable", so a backfill of days 00-13 passes): the
@@ -20,7 +20,7 @@
   old release serving and fails the check or the run with the reason.
 
 Releases are the only way models change in the live repository: ``served_release`` and ``triton_deployment``
-(``defs/serving``) both switch through ``lib.releases.serve_release``, so a deployment after a promotion neither
+(``defs/release/assets.py``) both switch through ``lib.releases.serve_release``, so a deployment after a promotion neither
 reloads plain model folders under it nor takes it back.
 
 Vocabularies: a fine-tune reads every day in the vocabulary its parent release was trained with
@@ -40,16 +40,17 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check, markdown_table
 from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items, raw_interactions
+from recsys_assets.defs.params import config_from_params, params_of
 from recsys_assets.defs.partitions import START_DATE, daily_partitions, partition_day
 from recsys_assets.defs.resources import (
     ArtifactStoreResource,
     DeploymentProfileResource,
     MerlinRunner,
 )
-from recsys_assets.defs.serving.resources import TritonResource
+from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.defs.training.assets import dlrm_onnx, query_tower_onnx, ranking_evaluation, retrieval_evaluation
 from recsys_assets.defs.transforms.assets import (
     MERLIN_POOL,
@@ -64,29 +65,24 @@ from recsys_assets.lib import retrain
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.daily import served_index
 from recsys_assets.lib.settings import day_name
+from recsys_assets.ml.finetune import FineTuneParams
 from recsys_assets.serving.repository import ENSEMBLE, Release, RepositoryError, ServingDefaults, TrainedArtifacts
 
-FINETUNE_GROUP = "finetune"
-RELEASES_GROUP = "releases"
+GROUP = "release"
 FINETUNE_CHECKS = ("inputs_complete", "item_vectors_unchanged", "onnx_parity", "beats_popularity", "no_regression")
 RETRAIN_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
 FINETUNED_MODELS = ("query_tower", "dlrm_ranking")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def _check(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=name, passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
-                               description=description, metadata={"description": description, **metadata})
-
-
 def _not_run(names, why: str) -> list:
-    return [_check(n, False, f"not run: {why}") for n in names]
+    return [check(n, False, f"not run: {why}") for n in names]
 
 
 def _blocked(problems: list, checks: tuple, **metadata) -> dg.MaterializeResult:
     description = "; ".join(problems)
     return dg.MaterializeResult(metadata={"blocked_by": "inputs_complete", "problems": description, **metadata},
-                                check_results=[_check("inputs_complete", False, description),
+                                check_results=[check("inputs_complete", False, description),
                                                *_not_run(checks[1:], "inputs_complete failed")])
 
 
@@ -174,38 +170,34 @@ def _ensemble_text(store: ArtifactStore, live, release: int) -> str:
 
 
 # -- finetuned_models ------------------------------------------------------------------------------------------
-class FineTuneConfig(dg.Config):
-    first_day: int = 12
-    """Days before it are training/validation days (00-11): nothing to fine-tune on."""
-    replay_days: int = 14
-    """The replay sample is drawn from at most this many days before the new one (0: no replay)."""
-    replay_fraction: float = 0.2
-    """Share of the replay days' rows added to the new day's (keeps the models from forgetting)."""
+class GateConfig(dg.Config):
+    """How a candidate release (fine-tuned or retrained) is gated against the served one."""
+
     holdout_share: float = 0.3
-    """Share of the new day's sessions held out of training; the gate scores candidate and served on them."""
+    """Share of the gate day's sessions held out (of training, for a fine-tune); the gate scores candidate and
+    served release on them."""
     holdout_seed: int = 20260101
-    two_tower_epochs: int = 1
-    two_tower_learning_rate: float = 1e-3
-    """A third of the full training's rate: the query tower moves, it does not start over."""
-    two_tower_batch_size: int = 256
-    dlrm_epochs: int = 1
-    """Fewer than the full training's 2."""
-    dlrm_learning_rate: float = 1e-4
-    """A tenth of the full training's rate; every layer trains."""
-    dlrm_batch_size: int = 1024
-    parity_rows: int = 512
-    onnx_tolerance: float = 1e-5
     recall_k: int = 100
     tolerance: float = 0.005
     """The gate: the candidate may not fall more than this below the served release (recall@k and AUC)."""
     popularity_days: int = 7
-    """The popularity reference counts the clicks of this many days before the new day."""
+    """The popularity reference counts the clicks of this many days before the gate day."""
     keep_releases: int = 3
-    seed: int = 0
+
+
+class FineTuneConfig(config_from_params(FineTuneParams, exclude=("variant",)), GateConfig):
+    """The fine-tune's training hyperparameters (``ml.finetune.FineTuneParams``, declared there), the days it
+    reads and its gate."""
+
+    first_day: int = 12
+    """Days before it are training/validation days (00-11): nothing to fine-tune on."""
+    replay_days: int = 14
+    """The replay sample is drawn from at most this many days before the new one (0: no replay)."""
+    onnx_tolerance: float = 1e-5
 
 
 @dg.asset(
-    group_name=FINETUNE_GROUP,
+    group_name=GROUP,
     kinds={"tensorflow", "onnx", "triton"},
     partitions_def=daily_partitions,
     op_tags=MERLIN_TAGS,
@@ -235,7 +227,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
         # A backfill of days 00-13 through the day job runs this asset for every day, before any release exists:
         # a no-op that says why, not a failure.
         return dg.MaterializeResult(metadata={"day": day, "skipped": why},
-                                    check_results=[_check(n, True, f"not applicable: {why}") for n in FINETUNE_CHECKS])
+                                    check_results=[check(n, True, f"not applicable: {why}") for n in FINETUNE_CHECKS])
     problems = []
     served = lineage = None
     try:
@@ -275,11 +267,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     held_rel = f"{paths.FINETUNED}/held_out/{day_name(day)}.parquet"
     store.write_parquet(held_rel, held_ids)
     output = f"{paths.finetuned(day)}/{context.run.run_id[:8]}"
-    params = {"variant": lineage["variant"], "replay_fraction": config.replay_fraction,
-              "two_tower_epochs": config.two_tower_epochs, "two_tower_learning_rate": config.two_tower_learning_rate,
-              "two_tower_batch_size": config.two_tower_batch_size, "dlrm_epochs": config.dlrm_epochs,
-              "dlrm_learning_rate": config.dlrm_learning_rate, "dlrm_batch_size": config.dlrm_batch_size,
-              "parity_rows": config.parity_rows, "seed": config.seed}
+    params = {**params_of(config, FineTuneParams, exclude=("variant",)), "variant": lineage["variant"]}
     t0 = time.perf_counter()
     result = merlin.run(context, "recsys_assets.ml.finetune", extras={
         "root": store.root, "params": params, "new_day": sources[day], "replay": [sources[d] for d in replay],
@@ -290,7 +278,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     }).get_materialize_result()
     merlin_seconds = time.perf_counter() - t0
     here = sorted(d for d, src in sources.items() if "masked" in src)
-    inputs_ok = _check("inputs_complete", True, f"partition {key}: every day read in the vocabulary release "
+    inputs_ok = check("inputs_complete", True, f"partition {key}: every day read in the vocabulary release "
                        f"{served.release} was trained with ({vocabulary[:16]}; workflows {store.uri(workflows)}; "
                        f"transformed in the fine-tune: {', '.join(f'{d:02d}' for d in here) or 'none'}), "
                        f"{lineage['variant']} query tower, replay days "
@@ -302,7 +290,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
                                 store.local_path(f"{output}/onnx/{name}.parity.npz"))
               for name in ("query_tower", "dlrm")}
     worst = max(p["max_abs_diff"] for p in parity.values())
-    parity_check = _check("onnx_parity", worst <= config.onnx_tolerance,
+    parity_check = check("onnx_parity", worst <= config.onnx_tolerance,
                           f"onnxruntime vs TensorFlow on held-out rows: max abs difference {worst:.2e} (tolerance "
                           f"{config.onnx_tolerance:.0e})", max_abs_diff=worst)
     metadata = {**result.metadata, "day": day, "parent_release": served.release, "variant": lineage["variant"],
@@ -365,26 +353,20 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
             "seconds": round(time.perf_counter() - t_all, 1),
             "manifest": store.uri(paths.triton_release(number)),
         },
-        check_results=[inputs_ok, *frozen, parity_check, *[_check(n, ok, d) for n, ok, d in outcomes]],
+        check_results=[inputs_ok, *frozen, parity_check, *[check(n, ok, d) for n, ok, d in outcomes]],
     )
 
 
 # -- retrained_release -----------------------------------------------------------------------------------------
-class RetrainedReleaseConfig(dg.Config):
+class RetrainedReleaseConfig(GateConfig):
     variant: str = ""
     """The query tower served: "" = the one retrieval_evaluation selected."""
     eval_day: int = -1
     """The day whose held-out sessions gate the release: -1 = the newest day with raw and masked interactions."""
-    holdout_share: float = 0.3
-    holdout_seed: int = 20260101
-    recall_k: int = 100
-    tolerance: float = 0.005
-    popularity_days: int = 7
-    keep_releases: int = 3
 
 
 @dg.asset(
-    group_name=RELEASES_GROUP,
+    group_name=GROUP,
     kinds={"triton"},
     deps=[query_tower_onnx, dlrm_onnx, "faiss_index", "item_embeddings", serving_transforms, "nvt_workflows",
           item_multimodal_embeddings, items, retrieval_evaluation, ranking_evaluation],
@@ -503,9 +485,9 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
                   "build_seconds": round(build_seconds, 2), "evaluation_seconds": round(eval_seconds, 2),
                   "seconds": round(time.perf_counter() - t_all, 1),
                   "manifest": store.uri(paths.triton_release(number))},
-        check_results=[_check("inputs_complete", True, f"{variant} query tower, DLRM, FAISS index, transforms and "
+        check_results=[check("inputs_complete", True, f"{variant} query tower, DLRM, FAISS index, transforms and "
                               f"the held-out sessions of day {day:02d} present"),
-                       *[_check(n, ok, d) for n, ok, d in outcomes]],
+                       *[check(n, ok, d) for n, ok, d in outcomes]],
     )
 
 
@@ -540,7 +522,7 @@ def _target(store: ArtifactStore, config: PromotionConfig, state) -> int:
     return passing[-1]
 
 
-@dg.asset(group_name=RELEASES_GROUP, kinds={"triton"},
+@dg.asset(group_name=GROUP, kinds={"triton"},
           deps=[dg.AssetDep(finetuned_models, partition_mapping=dg.AllPartitionMapping()), retrained_release])
 def served_release(context: dg.AssetExecutionContext, config: PromotionConfig, artifacts: ArtifactStoreResource,
                    profile: DeploymentProfileResource, triton: TritonResource) -> dg.MaterializeResult:

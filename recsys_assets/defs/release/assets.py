@@ -1,9 +1,9 @@
-"""Serving: the versioned Triton model repository and its deployment (local tritonserver or Helm release).
+"""The release build: the versioned Triton model repository and its deployment (local tritonserver or Helm).
 
 **One owner of the live repository: releases.** Models change in the live repository (``serving/
 triton_repository``) only as whole releases, through one code path, :func:`recsys_assets.lib.releases.serve_release`
 (promote into the running server, or start one on the release), which both ``triton_deployment`` and the
-promotion jobs (``served_release`` in ``defs/finetune``) call. Every served model is an alias
+promotion jobs (``served_release`` in ``release/releases.py``) call. Every served model is an alias
 ``<model>_v<version>`` and the ensemble's version is the release number, so no request mixes two releases and a
 deployment never reloads the plain model folders under a promoted release.
 
@@ -16,7 +16,10 @@ deployment never reloads the plain model folders under a promoted release.
   release serves, the new one is built as a *candidate* beside it (``lib.releases.assemble_candidate``: in place,
   the served configs untouched), exactly like a fine-tuned or retrained release. Blocking check ``configs_valid``:
   every config parses with Triton's protobufs, name == directory, the ensemble's tensors exist on both ends,
-  required parameters are set. Runtime endpoints are never written into it (they come from the server's
+  required parameters are set. **Gated**: the evaluation assets (``retrieval_evaluation``, ``ranking_evaluation``)
+  are upstream of it, so in a run that holds them (``serving_job``, the build's last layer) a failed blocking
+  ``beats_popularity`` or ``no_regression`` skips it and ``triton_deployment``: nothing new is served, and the
+  failed check's description says why. Runtime endpoints are never written into it (they come from the server's
   environment). What it serves: the query tower of the variant ``retrieval_evaluation`` selected
   (``RepositoryConfig.variant`` overrides; with a single trained variant, that one), the DLRM, and the FAISS index
   of that variant that ``lib.daily.served_index`` names (the daily-grown index when it grew the trained one, else
@@ -42,9 +45,10 @@ from typing import Dict
 import dagster as dg
 import numpy as np
 
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check, markdown_table
+from recsys_assets.defs.params import config_from_params, params_of
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
-from recsys_assets.defs.serving.resources import TritonResource
+from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
 from recsys_assets.lib import releases as rl
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
@@ -58,7 +62,7 @@ from recsys_assets.serving.repository import (
     build_repository,
 )
 
-GROUP = "serving"
+GROUP = "release"
 # Trained artifacts of the models stage, relative to the artifact root. The query tower and the index exist per
 # variant (plain, context); DEFAULT_VARIANT is served when nothing selected one and both exist.
 DEFAULT_VARIANT = "plain"
@@ -66,32 +70,17 @@ QUERY_TOWER_ONNX = paths.query_tower_onnx(DEFAULT_VARIANT)
 DLRM_ONNX = paths.DLRM_ONNX
 FAISS_INDEX = paths.FAISS_INDEX  # the folder: <variant>.faiss (+ meta.json)
 VARIANTS = ("plain", "context")
-UPSTREAM = ["items", "serving_transforms", "item_multimodal_embeddings", "query_tower_onnx", "dlrm_onnx", "faiss_index"]
+# The evaluation gates are upstream on purpose: their blocking checks stop the repository in the run that holds
+# them (the repository also reads the variant retrieval_evaluation selected).
+GATES = ["retrieval_evaluation", "ranking_evaluation"]
+UPSTREAM = ["items", "serving_transforms", "item_multimodal_embeddings", "query_tower_onnx", "dlrm_onnx",
+            "faiss_index", *GATES]
 
 
-class RepositoryConfig(dg.Config):
-    """Serving defaults injected into the repository as config parameters (requests may override top_k/diversity)."""
+class RepositoryConfig(config_from_params(ServingDefaults)):
+    """The serving defaults injected into the repository as config parameters (``ServingDefaults``, declared there;
+    requests may override top_k/diversity), and what to package."""
 
-    retrieval_topk: int = 300
-    """RETRIEVAL_TOPK: candidates FAISS hands on (after the seen filter) to the ranker."""
-    retrieval_margin: int = 100
-    """Extra neighbours FAISS fetches so padding, unreleased and seen items can be dropped."""
-    ranking_topk: int = 100
-    """RANKING_TOPK: the most a request may ask for, and the pool diversity sampling draws from."""
-    default_top_k: int = 10
-    diversity_mode: bool = False
-    """DIVERSITY_MODE: sample instead of greedy when a request does not say."""
-    diversity_temperature: float = 0.5
-    sampling_seed: int = -1
-    bloom_capacity: int = 1000
-    bloom_error_rate: float = 0.01
-    bloom_ttl_days: int = 7
-    bloom_mode: str = "auto"
-    item_cache_refresh_s: float = 300.0
-    instances: int = 1
-    """Instances of every python model (one each suits 2 cores)."""
-    instance_counts: Dict[str, int] = {}
-    """Per-model overrides, e.g. a second instance of an I/O-bound lookup: {"feast_user_lookup": 2}."""
     keep_releases: int = 3
     variant: str = ""
     """The query tower (and its index) to serve: "" = the one retrieval_evaluation selected."""
@@ -99,14 +88,7 @@ class RepositoryConfig(dg.Config):
     dlrm_input_map: Dict[str, str] = {}
 
     def defaults(self) -> ServingDefaults:
-        return ServingDefaults(
-            retrieval_topk=self.retrieval_topk, retrieval_margin=self.retrieval_margin,
-            ranking_topk=self.ranking_topk, default_top_k=self.default_top_k, diversity_mode=self.diversity_mode,
-            diversity_temperature=self.diversity_temperature, sampling_seed=self.sampling_seed,
-            bloom_capacity=self.bloom_capacity, bloom_error_rate=self.bloom_error_rate,
-            bloom_ttl_s=self.bloom_ttl_days * 86400, bloom_mode=self.bloom_mode,
-            item_cache_refresh_s=self.item_cache_refresh_s, instances=self.instances,
-            instance_counts=dict(self.instance_counts))
+        return ServingDefaults(**params_of(self, ServingDefaults))
 
 
 def releases(store: ArtifactStore) -> list[Release]:
@@ -151,11 +133,10 @@ def trained_artifacts(store: ArtifactStore, config: RepositoryConfig) -> Trained
     )
 
 
-def _failed(check: str, description: str) -> dg.MaterializeResult:
+def _failed(name: str, description: str) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={"problem": description},
-        check_results=[dg.AssetCheckResult(check_name=check, passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                           description=description, metadata={"description": description})])
+        check_results=[check(name, False, description)])
 
 
 @dg.asset(group_name=GROUP, kinds={"triton"}, deps=UPSTREAM,
@@ -229,9 +210,7 @@ def triton_model_repository(context: dg.AssetExecutionContext, config: Repositor
             "versions": markdown_table(table),
             "parameters": markdown_table(params),
         },
-        check_results=[dg.AssetCheckResult(check_name="configs_valid", passed=True,
-                                           severity=dg.AssetCheckSeverity.ERROR, description=description,
-                                           metadata={"description": description})],
+        check_results=[check("configs_valid", True, description)],
     )
 
 

@@ -1,11 +1,13 @@
 """``make demo``: build everything on the embedded defaults, layer by layer, and show what it produced.
 
-Runs are recorded in the Dagster instance at ``$DAGSTER_HOME`` (default ``artifacts/dagster_home``), so
-``make dev`` afterwards shows them, with their metadata and checks, in the UI. Each step is one job run
-(per partition for daily jobs); a failed run or a failed check stops the demo with what went wrong.
+    python -m recsys_assets.demo
+
+Runs ``full_build_job`` layer by layer (``defs.platform.jobs.BUILD_LAYERS``): each layer is one run of the job's
+assets in that layer (one per partition for a layer of days). Runs are recorded in the Dagster instance at
+``$DAGSTER_HOME`` (default ``artifacts/dagster_home``), so ``make dev`` afterwards shows them, with their metadata
+and checks, in the UI. A failed run or a failed check stops the demo with what went wrong.
 """
 
-import dataclasses
 import os
 import shutil
 import sys
@@ -15,29 +17,10 @@ from pathlib import Path
 import dagster as dg
 
 from recsys_assets.defs.partitions import BACKFILL_DAYS, START_DATE, TRAIN_DAYS
+from recsys_assets.defs.platform.jobs import BUILD_LAYERS, FULL_BUILD_JOB
 from recsys_assets.lib.settings import Settings, partition_key
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclasses.dataclass(frozen=True)
-class Step:
-    job: str
-    days: range | None = None  # None: an unpartitioned job
-    what: str = ""
-
-
-PLAN = (
-    Step("platform_job", what="merlin env reachable through Pipes"),
-    Step("catalogue_job", what="catalogue, descriptions, product images, users"),
-    Step("daily_data_job", BACKFILL_DAYS, "raw interactions, top_category, masking"),
-    Step("workflows_job", what="NVTabular workflows fit on the train days, compiled serving transforms"),
-    Step("daily_transformed_job", BACKFILL_DAYS, "transformed interactions"),
-    Step("embeddings_job", what="CLIP + Sentence-BERT item embeddings, PCA 64"),
-    Step("feature_store_job", what="Feast offline/online features in Valkey, popularity tables"),
-    Step("models_job", what="Two-Tower, DLRM, ONNX, item embeddings + FAISS, evaluation gates"),
-    Step("serving_job", what="versioned Triton repository, local Triton started"),
-)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _instance(settings: Settings) -> dg.DagsterInstance:
@@ -48,10 +31,13 @@ def _instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
+def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, assets=None,
+            **kwargs) -> dg.ExecuteInProcessResult:
+    """One in-process run of ``job`` (of its ``assets`` only, when given); a failed run or check ends the demo."""
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    selection = [dg.AssetKey(a) for a in assets] if assets else None
     result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False,
-                                                          run_config=quiet, **kwargs)
+                                                          run_config=quiet, asset_selection=selection, **kwargs)
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if not result.success or failed_checks:
         for event in result.all_events:
@@ -60,7 +46,8 @@ def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, **kwar
         for check in failed_checks:
             print(f"check failed: {check.asset_key.to_user_string()}.{check.check_name}: "
                   f"{check.metadata.get('description')}", file=sys.stderr)
-        raise SystemExit(f"demo: job {job} {kwargs.get('partition_key', '')} failed (see above)")
+        raise SystemExit(f"demo: job {job} {kwargs.get('partition_key', '')} ({', '.join(assets or [])}) failed "
+                         "(see above)")
     return result
 
 
@@ -75,19 +62,20 @@ def _summary(result: dg.ExecuteInProcessResult) -> str:
     return "; ".join(parts)
 
 
-def run_plan(defs: dg.Definitions, instance: dg.DagsterInstance, plan=PLAN) -> dict[str, float]:
+def run_plan(defs: dg.Definitions, instance: dg.DagsterInstance, layers=BUILD_LAYERS,
+             job: str = FULL_BUILD_JOB) -> dict[str, float]:
     timings: dict[str, float] = {}
-    for step in plan:
+    for layer in layers:
         t0 = time.perf_counter()
-        if step.days is None:
-            result = run_job(defs, step.job, instance)
-            print(f"[demo] {step.job:<24} {time.perf_counter() - t0:6.1f} s  {_summary(result)}")
+        if layer.days is None:
+            result = run_job(defs, job, instance, layer.assets)
+            print(f"[demo] {layer.name:<24} {time.perf_counter() - t0:6.1f} s  {_summary(result)}")
         else:
-            for day in step.days:
-                result = run_job(defs, step.job, instance, partition_key=partition_key(day, START_DATE))
-            print(f"[demo] {step.job:<24} {time.perf_counter() - t0:6.1f} s  days {step.days.start:02d}-"
-                  f"{step.days.stop - 1:02d}; last: {_summary(result)}")
-        timings[step.job] = time.perf_counter() - t0
+            for day in layer.days:
+                result = run_job(defs, job, instance, layer.assets, partition_key=partition_key(day, START_DATE))
+            print(f"[demo] {layer.name:<24} {time.perf_counter() - t0:6.1f} s  days {layer.days.start:02d}-"
+                  f"{layer.days.stop - 1:02d}; last: {_summary(result)}")
+        timings[layer.name] = time.perf_counter() - t0
     return timings
 
 

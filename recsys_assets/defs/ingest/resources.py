@@ -1,4 +1,4 @@
-"""The daily stage's resources: where new days come from (and when one is due), and which Triton is served.
+"""Where new days come from, and when one is due (the new-day sensor's resource).
 
 | variable                | default (local / k8s)   | meaning                                                    |
 |-------------------------|-------------------------|------------------------------------------------------------|
@@ -8,8 +8,6 @@
 | RECSYS_NEW_DAY_SECONDS  | 600 / 0                 | generator mode: wall seconds per simulated day (0: the     |
 |                         |                         | wall clock, a day is due once it has ended in UTC)         |
 | RECSYS_NEW_DAY_FIRST    | 14                      | the first day the sensor requests (00-13: the backfill)    |
-| RECSYS_TRITON_URL       | 127.0.0.1:<HTTP port>   | the running ensemble the served-list evaluation replays    |
-|                         | (RECSYS_TRITON_HTTP_PORT)| requests through                                          |
 
 Read by :func:`build_resources` when the code location loads, never at import time.
 """
@@ -50,18 +48,6 @@ class NewDaySource(dg.ConfigurableResource):
             raise dg.Failure(f"seconds_per_day={self.seconds_per_day}: expected >= 0 (0 = the wall clock)")
 
 
-class ServedEnsemble(dg.ConfigurableResource):
-    """The running Triton whose lists the served-list evaluation scores (HTTP, ``host:port``)."""
-
-    url: str = "127.0.0.1:8000"
-    timeout_s: float = 30.0
-
-    def client(self):
-        from recsys_assets.serving.client import RecommendationClient
-
-        return RecommendationClient(self.url, protocol="http", timeout_s=self.timeout_s)
-
-
 def _float(env, name: str, default: float) -> float:
     raw = env.get(name) or str(default)
     try:
@@ -81,10 +67,7 @@ def build_resources(settings: Settings, environ=None) -> dict:
         first = int(raw_first)
     except ValueError as exc:
         raise SettingsError(f"RECSYS_NEW_DAY_FIRST={raw_first!r}: expected a day index such as 14") from exc
-    port = env.get("RECSYS_TRITON_HTTP_PORT") or "8000"
-    url = settings.triton_url or f"127.0.0.1:{port}"
     return {
         "new_day_source": NewDaySource(mode=mode, first_day=first,
                                        seconds_per_day=_float(env, "RECSYS_NEW_DAY_SECONDS", 0.0 if k8s else 600.0)),
-        "served_ensemble": ServedEnsemble(url=url),
     }

@@ -9,7 +9,7 @@ promoted (a person may still run the promotion job with ``force: true``).
 
 import dagster as dg
 
-from recsys_assets.defs.finetune.jobs import promote_release_job
+from recsys_assets.defs.release.jobs import promote_release_job
 from recsys_assets.defs.resources import ArtifactStoreResource
 from recsys_assets.lib import releases as rl
 

@@ -8,8 +8,8 @@
   sensor's first tick and ends one day every ``seconds_per_day`` wall seconds.
 
 The cursor holds the last day requested (and the simulated clock's start). Each request has ``run_key`` = the
-partition key, and a day that already has a ``daily_job`` run (from the daily schedule, say) is skipped and
-passed (``runs.day_run``: a run of ``daily_job`` or of the fine-tune stage's day job that has not failed), so a
+partition key, and a day that already has a ``daily_job`` run (from ``daily_schedule``, say) is skipped and
+passed (``runs.day_run``: a run of ``daily_job`` that has not failed), so a
 partition never runs twice whichever trigger saw it first. Days whose Dagster partition does not
 exist yet (today's) wait. At most ``max_runs_per_tick`` days per tick: a clock far ahead catches up gradually.
 """
@@ -19,9 +19,9 @@ import time
 
 import dagster as dg
 
-from recsys_assets.defs.daily.jobs import daily_job
-from recsys_assets.defs.daily.resources import NewDaySource
-from recsys_assets.defs.daily.runs import day_run
+from recsys_assets.defs.ingest.jobs import daily_job
+from recsys_assets.defs.ingest.resources import NewDaySource
+from recsys_assets.defs.ingest.runs import day_run
 from recsys_assets.defs.partitions import START_DATE, daily_partitions
 from recsys_assets.defs.resources import ArtifactStoreResource
 from recsys_assets.lib import daily

@@ -8,10 +8,10 @@ does not count (the other trigger may give the day its second chance; the instan
 
 import dagster as dg
 
-from recsys_assets.defs.daily.jobs import DAILY_JOB
+from recsys_assets.defs.ingest.jobs import DAILY_JOB
 
 PARTITION_TAG = "dagster/partition"
-# Jobs that run a whole new day: daily_job is the only one (the daily schedule of defs/finetune requests it too).
+# Jobs that run a whole new day: daily_job is the only one (the new-day sensor and the daily schedule request it).
 DAY_JOBS = (DAILY_JOB,)
 NOT_COUNTED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 

@@ -1,1 +1,0 @@
-"""Serving stage: the Triton model repository and its deployment (assets.py, resources.py)."""
