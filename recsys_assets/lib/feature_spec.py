@@ -81,11 +81,10 @@ ID = (TO_NULL, CATEGORIFY)  # an int column whose -1 means unknown
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A raw input column: its group and pandas dtype."""
+    """A raw input column (a column of ``masked_interactions``: :data:`MASKED_SCHEMA` has its dtype) and its group."""
 
     name: str
     group: str
-    dtype: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,15 +108,16 @@ class Feature:
             raise ValueError(f"categorical feature {self.name!r} must end with categorify")
         if CATEGORIFY in self.steps[:-1] or (self.kind != CATEGORICAL and CATEGORIFY in self.steps):
             raise ValueError(f"feature {self.name!r}: categorify must be the last step of a categorical feature")
+        if self.kind != EMBEDDING and self.width != 1:
+            raise ValueError(f"feature {self.name!r}: a {self.kind} feature is one column of its group's matrix "
+                             f"(width 1), got width {self.width}")
 
 
 SOURCES = (
-    Source("user_id", "user", "int64"), Source("age", "user", "float64"), Source("gender", "user", "int64"),
-    Source("top_category", "user", "int64"),
-    Source("item_id", "item", "int64"), Source("category_l1", "item", "object"),
-    Source("category_l2", "item", "object"), Source("item_gender", "item", "object"),
-    Source("price", "item", "float64"),
-    Source("device_type", "context", "int64"), Source("timestamp", "context", "int64"),
+    Source("user_id", "user"), Source("age", "user"), Source("gender", "user"), Source("top_category", "user"),
+    Source("item_id", "item"), Source("category_l1", "item"), Source("category_l2", "item"),
+    Source("item_gender", "item"), Source("price", "item"),
+    Source("device_type", "context"), Source("timestamp", "context"),
 )
 
 _USER_MODELS = frozenset({QUERY, DLRM})
@@ -169,6 +169,9 @@ def group_id(group: str) -> str | None:
 
 def _check() -> None:
     seen, sources = set(), {s.name: s for s in SOURCES}
+    unknown = [name for name in sources if name not in MASKED_SCHEMA]
+    if unknown:
+        raise ValueError(f"raw columns {unknown} are not in MASKED_SCHEMA: add them there (masking writes them)")
     for f in FEATURES:
         if f.name in seen:
             raise ValueError(f"feature {f.name!r} is declared twice")
@@ -177,8 +180,6 @@ def _check() -> None:
             raise ValueError(f"feature {f.name!r} reads {f.source!r}, which is no raw {f.group} column "
                              f"({', '.join(s.name for s in SOURCES if s.group == f.group)})")
 
-
-_check()
 
 WORKFLOW_INPUTS = {g: tuple(s.name for s in SOURCES if s.group == g) for g in GROUPS}
 WORKFLOW_OUTPUTS = {g: names(g) for g in GROUPS}
@@ -197,6 +198,7 @@ MASKED_SCHEMA = {
     "category_l1": "object", "category_l2": "object", "item_gender": "object", "price": "float64",
     "masked_user": "bool", "masked_device": "bool",
 }
+_check()
 # What the full NVTabular workflow reads from it (the mask flags are bookkeeping, not features).
 FULL_WORKFLOW_INPUTS = (*USER_INPUTS, *ITEM_INPUTS, *CONTEXT_INPUTS, TARGET, *PASSTHROUGH)
 

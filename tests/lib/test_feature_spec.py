@@ -48,3 +48,8 @@ def test_the_device_vocabulary_is_declared_once():
     assert validation.VALID_DEVICES == tuple(spec.DEVICES) == (0, 1, 2)
     assert context_preprocessor.DEVICE_TYPES == (-1, 0, 1, 2)
     assert events.DEVICES is spec.DEVICE_NAMES
+
+
+def test_a_scalar_feature_wider_than_one_column_is_refused():
+    with pytest.raises(ValueError, match="one column of its group's matrix"):
+        Feature("x", "user", CONTINUOUS, "age", (Step("normalize"),), frozenset(), width=3)
