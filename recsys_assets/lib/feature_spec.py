@@ -76,7 +76,7 @@ OPS = ("sentinel_to_null", "fill_mean_age", "fill_median", "log1p", "normalize",
 CYCLES = {"hour": {"unit": 3600, "period": 24, "offset": 0}, "weekday": {"unit": 86400, "period": 7, "offset": 3}}
 
 TO_NULL, CATEGORIFY = Step("sentinel_to_null"), Step("categorify")
-ID = (TO_NULL, CATEGORIFY)  # an int column whose -1 means unknown
+CODE = (TO_NULL, CATEGORIFY)  # an int id or code whose -1 means unknown: to the null row, then a vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,19 +124,19 @@ _USER_MODELS = frozenset({QUERY, DLRM})
 _ITEM_MODELS = frozenset({CANDIDATE, DLRM})
 _CONTEXT_MODELS = frozenset({QUERY, DLRM})  # the query tower's "context" variant only
 FEATURES = (
-    Feature("user_id", "user", CATEGORICAL, "user_id", ID, _USER_MODELS, is_id=True),
-    Feature("gender", "user", CATEGORICAL, "gender", ID, _USER_MODELS),
-    Feature("top_category", "user", CATEGORICAL, "top_category", ID, _USER_MODELS),
+    Feature("user_id", "user", CATEGORICAL, "user_id", CODE, _USER_MODELS, is_id=True),
+    Feature("gender", "user", CATEGORICAL, "gender", CODE, _USER_MODELS),
+    Feature("top_category", "user", CATEGORICAL, "top_category", CODE, _USER_MODELS),
     Feature("age_norm", "user", CONTINUOUS, "age", (Step("fill_mean_age"), Step("normalize")), _USER_MODELS),
     Feature("age_binned", "user", CATEGORICAL, "age",
             (Step("fill_mean_age"), Step("bucketize", edges=AGE_BUCKETS), CATEGORIFY), _USER_MODELS),
-    Feature("item_id", "item", CATEGORICAL, "item_id", ID, _ITEM_MODELS, is_id=True),
+    Feature("item_id", "item", CATEGORICAL, "item_id", CODE, _ITEM_MODELS, is_id=True),
     Feature("category_l1", "item", CATEGORICAL, "category_l1", (CATEGORIFY,), _ITEM_MODELS),
     Feature("category_l2", "item", CATEGORICAL, "category_l2", (CATEGORIFY,), _ITEM_MODELS),
     Feature("item_gender", "item", CATEGORICAL, "item_gender", (CATEGORIFY,), _ITEM_MODELS),
     Feature("price_log_norm", "item", CONTINUOUS, "price",
             (Step("fill_median"), Step("log1p"), Step("normalize")), _ITEM_MODELS),
-    Feature("device_type", "context", CATEGORICAL, "device_type", ID, _CONTEXT_MODELS),
+    Feature("device_type", "context", CATEGORICAL, "device_type", CODE, _CONTEXT_MODELS),
     *[Feature(f"{cycle}_{fn}", "context", CONTINUOUS, "timestamp", (Step("cyclical", cycle=cycle, fn=fn),),
               _CONTEXT_MODELS) for cycle in CYCLES for fn in ("sin", "cos")],
     # [image PCA | text PCA] halves of the multimodal table (``item_multimodal_embeddings``), by raw item id.
