@@ -66,7 +66,7 @@ def _steps_to_ops(feature, mean_age: float) -> list:
             out.append(ops.LambdaOp(Cyclical(fn=step.fn, **CYCLES[step.cycle]), dtype=np.float32,
                                     tags=[Tags.CONTINUOUS]))
         elif step.op == "categorify":
-            out.append(None)  # placed after the rename, so the vocabulary is named after the feature
+            continue  # feature_node adds it after the rename, so the vocabulary is named after the feature
         else:
             raise ValueError(f"feature {feature.name!r}: no NVTabular operator for step {step.op!r}")
     return out
@@ -79,8 +79,7 @@ def feature_node(feature, mean_age: float, categories_dir: str):
 
     node = [feature.source]
     for op in _steps_to_ops(feature, mean_age):
-        if op is not None:
-            node = node >> op
+        node = node >> op
     if feature.name != feature.source:
         node = node >> ops.Rename(name=feature.name)
     if feature.kind == CATEGORICAL:
