@@ -50,7 +50,7 @@ def prepare(args) -> int:
     from recsys_assets.lib.popularity import tie_broken_scores
     from recsys_assets.ml.model_inputs import CONTEXT_FEATURES, DLRM_FEATURES, USER_FEATURES
     from recsys_assets.serving.transforms import CompiledTransforms
-    from recsys_assets.lib.transform_spec import ITEM_INPUTS
+    from recsys_assets.lib.feature_spec import ITEM_INPUTS
 
     store = ArtifactStore(args.artifacts)
     out = Path(args.refs)
@@ -134,7 +134,7 @@ def _ranking(scores: np.ndarray, valid_rows, refs: Path) -> dict:
     import pandas as pd
 
     from recsys_assets.lib.metrics import auc
-    from recsys_assets.lib.transform_spec import FIRST_INDEX, OOV_INDEX
+    from recsys_assets.lib.feature_spec import FIRST_INDEX, OOV_INDEX
 
     ref = pd.read_parquet(refs / "ranking.parquet").set_index("interaction_id")
     ref = ref.loc[valid_rows["interaction_id"].to_numpy()]

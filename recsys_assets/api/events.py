@@ -32,6 +32,7 @@ import dataclasses
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from recsys_assets.lib.feature_spec import DEVICE_NAMES
 from recsys_assets.lib.top_category import (
     CATEGORIES,
     NONE,
@@ -40,7 +41,7 @@ from recsys_assets.lib.top_category import (
     top_category_of_window,
 )
 
-DEVICES = {-1: "unknown", 0: "desktop", 1: "mobile", 2: "tablet"}
+DEVICES = DEVICE_NAMES
 MAX_TIMESTAMP = 2**32 - 1
 MAX_ID = 2**63 - 1
 RANKING_TOPK = 100  # the most the ensemble returns (DESIGN.md Contracts "Sizes of K")

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from recsys_assets.lib.metrics import auc, log_loss, ndcg_at_k, recall_at_k
-from recsys_assets.lib.transform_spec import FIRST_INDEX, NULL_INDEX, OOV_INDEX
+from recsys_assets.lib.feature_spec import FIRST_INDEX, NULL_INDEX, OOV_INDEX
 
 SPLITS = ("all", "warm", "new", "anonymous", "cold_items")
 RETRIEVAL_KS = (10, 100, 300)

@@ -33,7 +33,6 @@ from functools import cached_property
 
 import numpy as np
 
-DEVICES = {0: "desktop", 1: "mobile", 2: "tablet"}
 PERSONA_WEIGHTS = np.array([0.6, 0.25, 0.15])
 IMPRESSION_SOURCES = ("popular", "persona", "explore")
 SOURCE_MIX = np.array([0.40, 0.35, 0.25])

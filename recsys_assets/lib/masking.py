@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from recsys_assets.lib.transform_spec import MASKED_SCHEMA, SENTINEL, encode_gender
+from recsys_assets.lib.feature_spec import MASKED_SCHEMA, SENTINEL, encode_gender
 
 RAW_COLUMNS = ("interaction_id", "user_id", "item_id", "timestamp", "device_type", "click")
 USER_COLUMNS = ("user_id", "age", "gender", "signup_day")

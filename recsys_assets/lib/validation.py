@@ -9,6 +9,8 @@ import dataclasses
 
 import numpy as np
 
+from recsys_assets.lib.feature_spec import DEVICES
+
 INTERACTION_SCHEMA = {
     "interaction_id": "int64", "session_id": "int64", "user_id": "int64", "item_id": "int64",
     "timestamp": "int64", "device_type": "int64", "position": "int64", "impression_source": "object",
@@ -20,7 +22,7 @@ ITEM_SCHEMA = {
 }
 USER_SCHEMA = {"user_id": "int64", "age": "int64", "gender": "object", "signup_day": "int64",
                "signup_timestamp": "int64"}
-VALID_DEVICES = (0, 1, 2)
+VALID_DEVICES = tuple(DEVICES)
 
 
 @dataclasses.dataclass(frozen=True)

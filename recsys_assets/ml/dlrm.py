@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys_assets.lib.metrics import auc, log_loss
-from recsys_assets.lib.transform_spec import TARGET
+from recsys_assets.lib.feature_spec import TARGET
 from recsys_assets.ml import model_inputs as mi
 
 MODEL, META, SCORES = "model", "meta.json", "validation_scores.parquet"

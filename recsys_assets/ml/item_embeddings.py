@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_assets.lib.transform_spec import ITEM_INPUTS, OOV_INDEX, RAW_ITEM_ID
+from recsys_assets.lib.feature_spec import ITEM_INPUTS, OOV_INDEX, RAW_ITEM_ID
 from recsys_assets.ml import model_inputs as mi
 
 

@@ -2,13 +2,9 @@
 
 Shared by the Two-Tower, DLRM, item-embedding and export entry points, so every model sees the same features
 under the same names, and those names are what serving feeds (the compiled transforms' outputs plus the
-multimodal vectors):
-
-| model               | input features                                                                  |
-|---------------------|---------------------------------------------------------------------------------|
-| query tower         | user: user_id, gender, top_category, age_norm, age_binned (+ context, context variant) |
-| candidate tower     | item: item_id, category_l1, category_l2, item_gender, price_log_norm, image_pca, text_pca |
-| DLRM                | user + item + context + image_pca, text_pca                                    |
+multimodal vectors). Which model reads which feature is the feature spec's ``models``
+(:mod:`recsys_assets.lib.feature_spec`): the query tower the user features (+ the context features in its
+``context`` variant), the candidate tower the item and multimodal features, the DLRM all of them.
 
 Multimodal vectors are looked up by the RAW item id (``item_id_raw``, row r of ``embeddings/multimodal.npy`` =
 item r), never by the NVTabular index: cold items share the OOV index but keep their own content vectors.
@@ -26,30 +22,26 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_assets.lib.transform_spec import (
-    CONTEXT_OUTPUTS,
-    ITEM_OUTPUTS,
-    OOV_INDEX,
-    RAW_ITEM_ID,
-    TARGET,
-    USER_OUTPUTS,
-)
+from recsys_assets.lib import feature_spec as spec
+from recsys_assets.lib.feature_spec import OOV_INDEX, RAW_ITEM_ID, TARGET
 
-MULTIMODAL_FEATURES = ("image_pca", "text_pca")  # [image PCA | text PCA] halves of the multimodal table
-USER_FEATURES = tuple(USER_OUTPUTS)
-ITEM_FEATURES = tuple(ITEM_OUTPUTS)
-CONTEXT_FEATURES = tuple(CONTEXT_OUTPUTS)
+MULTIMODAL_FEATURES = spec.names(spec.MULTIMODAL)  # [image PCA | text PCA] halves of the multimodal table
+USER_FEATURES = spec.names("user")
+ITEM_FEATURES = spec.names("item")
+CONTEXT_FEATURES = spec.names("context")
 VARIANTS = ("plain", "context")  # query tower on user features only, or user + request context
 
 
 def query_features(variant: str) -> tuple[str, ...]:
     if variant not in VARIANTS:
         raise ValueError(f"unknown two-tower variant {variant!r}: expected one of {', '.join(VARIANTS)}")
-    return USER_FEATURES + (CONTEXT_FEATURES if variant == "context" else ())
+    return tuple(f.name for f in spec.features(model=spec.QUERY) if variant == "context" or f.group != "context")
 
 
-CANDIDATE_FEATURES = ITEM_FEATURES + MULTIMODAL_FEATURES
-DLRM_FEATURES = USER_FEATURES + ITEM_FEATURES + CONTEXT_FEATURES + MULTIMODAL_FEATURES
+CANDIDATE_FEATURES = spec.names(model=spec.CANDIDATE)
+# In the order the DLRM has always been fed (user, item, context, multimodal): its tables follow it.
+DLRM_FEATURES = tuple(f.name for g in ("user", "item", "context", spec.MULTIMODAL)
+                      for f in spec.features(g, model=spec.DLRM))
 
 
 # -- the multimodal table ------------------------------------------------------------------------------------

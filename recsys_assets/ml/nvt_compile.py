@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_assets.lib.transform_spec import (
+from recsys_assets.lib import feature_spec as spec
+from recsys_assets.lib.feature_spec import (
     FIRST_INDEX,
     GENDER_CODES,
+    GROUPS,
     NULL_INDEX,
     OOV_INDEX,
     PAD_INDEX,
@@ -29,7 +31,8 @@ from recsys_assets.lib.transform_spec import (
 from recsys_assets.ml.nvt_ops import Cyclical, SentinelToNull
 from recsys_assets.serving import transforms as compiled
 
-GROUPS = ("user", "item", "context")
+# The compiled step each spec step becomes (both fills are a fill_missing with the fitted value).
+COMPILED_OP = {"fill_mean_age": "fill_missing", "fill_median": "fill_missing"}
 
 
 class CompileError(RuntimeError):
@@ -117,6 +120,20 @@ def _trace(node, column: str, group: str, vocabularies: dict) -> tuple[str, list
     return root, steps + ([step] if step else [])
 
 
+def _check_against_spec(group: str, outputs: list[dict]) -> None:
+    """The fitted workflow computes what the feature spec declares: same features, sources and steps."""
+    declared = spec.features(group)
+    if [o["name"] for o in outputs] != [f.name for f in declared]:
+        raise CompileError(f"the {group} workflow produces {[o['name'] for o in outputs]}, the feature spec "
+                           f"declares {[f.name for f in declared]}: refit nvt_workflows with this code version")
+    for out, feature in zip(outputs, declared):
+        wanted = [COMPILED_OP.get(s.op, s.op) for s in feature.steps]
+        got = [s["op"] for s in out["steps"]]
+        if out["input"] != feature.source or got != wanted:
+            raise CompileError(f"{group}.{feature.name}: the workflow computes {out['input']} -> {got}, the "
+                               f"feature spec declares {feature.source} -> {wanted}: refit nvt_workflows")
+
+
 def compile_workflows(workflows_dir, out_dir) -> dict:
     """Write the compiled description of the saved workflows into ``out_dir``; returns the description."""
     import nvtabular as nvt
@@ -132,6 +149,7 @@ def compile_workflows(workflows_dir, out_dir) -> dict:
             source, steps = _trace(wf.output_node, col.name, group, vocabularies)
             outputs.append({"name": col.name, "input": source, "dtype": np.dtype(col.dtype.to_numpy).name,
                             "tags": sorted(getattr(t, "value", str(t)) for t in col.tags), "steps": steps})
+        _check_against_spec(group, outputs)
         inputs = list(wf.input_schema.column_names)
         if sorted(inputs) != sorted(WORKFLOW_INPUTS[group]):
             raise CompileError(f"the {group} workflow reads {inputs}, expected {list(WORKFLOW_INPUTS[group])}")

@@ -35,7 +35,7 @@ class Cyclical:
     """Timestamp (Unix s, UTC) -> sin or cos of its position in a cycle, as float32.
 
     ``k = (timestamp // unit + offset) % period``; out = ``fn(2 pi k / period)``. Hour of day: unit 3600,
-    period 24, offset 0. Weekday (Monday 0): unit 86400, period 7, offset 3 (1970-01-01 was a Thursday).
+    period 24, offset 0. Weekday (Monday 0): unit 86400, period 7, offset 3 (``lib.feature_spec.CYCLES``).
     """
 
     def __init__(self, unit: int, period: int, offset: int, fn: str):
@@ -50,6 +50,3 @@ class Cyclical:
         out = np.sin(angle) if self.fn == "sin" else np.cos(angle)
         return out.astype("float32")
 
-
-HOUR = {"unit": 3600, "period": 24, "offset": 0}
-WEEKDAY = {"unit": 86400, "period": 7, "offset": 3}

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_assets.lib.transform_spec import (
+from recsys_assets.lib.feature_spec import (
     FULL_WORKFLOW_INPUTS,
+    GROUPS,
     PASSTHROUGH,
     TARGET,
     WORKFLOW_INPUTS,
 )
 
-GROUPS = ("user", "item", "context")
 ATOL = 1e-6
 AGES = [0, 17, 18, 24, 25, 34, 35, 49, 50, 64, 65, 99, 100, 130, -5]
 PRICES = [0.0, 0.01, 0.99, 1.0, 9.99, 79.99, 499.0, 24999.99, 1e6]

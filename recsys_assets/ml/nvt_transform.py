@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from recsys_assets.lib.transform_spec import NULL_INDEX, OOV_INDEX
+from recsys_assets.lib.feature_spec import NULL_INDEX, OOV_INDEX
 
 
 def transform_day(workflow_dir, input_file, out_dir, part_size: str = "128MB", output_files: int = 1) -> dict:

@@ -1,16 +1,11 @@
 """Fits the NVTabular workflows on the masked training days (runs in the merlin env through Dagster Pipes).
 
 Three workflows, fit separately on the same training rows and saved side by side, plus the full workflow
-composed from the three fitted graphs (no second fit) with the target and the pass-through columns:
-
-* ``user/``: ``user_id``, ``gender``, ``top_category`` -> -1 to null, Categorify (null row 1, OOV row 2, real
-  values from 3); ``age`` -> fill with the training mean age -> ``age_norm`` (Normalize) and ``age_binned``
-  (Bucketize at 18/25/35/50/65, Categorify).
-* ``item/``: ``item_id`` (-1 to null) and ``category_l1``, ``category_l2``, ``item_gender`` Categorify;
-  ``price`` -> fill with the median -> log(1 + x) -> ``price_log_norm`` (Normalize).
-* ``context/``: ``device_type`` (-1 to null) Categorify; ``timestamp`` -> hour and weekday (UTC) ->
-  ``hour_sin``, ``hour_cos``, ``weekday_sin``, ``weekday_cos``.
-* ``full/``: ``click`` (TARGET), the three, and, untagged, ``interaction_id`` and ``item_id_raw``.
+composed from the three fitted graphs (no second fit) with the target and the pass-through columns. Each
+workflow holds one graph per feature of its group in the feature spec (:mod:`recsys_assets.lib.feature_spec`):
+``[source] >> operators of its steps >> Rename(feature) >> Categorify (categorical features) >> AddTags``, e.g.
+``age`` -> fill with the training mean age -> Normalize -> ``age_norm``; ``full/`` adds ``click`` (TARGET) and,
+untagged, ``interaction_id`` and ``item_id_raw``.
 
 Columns are tagged USER_ID / ITEM_ID / USER / ITEM / CONTEXT / TARGET so merlin-models builds its towers from
 the schema. ``meta.json`` records the training mean age (the cold-start default), the train files and the fit.
@@ -28,9 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_assets.lib.transform_spec import (
+from recsys_assets.lib import feature_spec as spec
+from recsys_assets.lib.feature_spec import (
     AGE_BUCKETS,
+    CATEGORICAL,
+    CYCLES,
     FULL_WORKFLOW_INPUTS,
+    GROUPS,
     NULL_INDEX,
     OOV_INDEX,
     PASSTHROUGH,
@@ -39,51 +38,74 @@ from recsys_assets.lib.transform_spec import (
     TARGET,
     WORKFLOW_OUTPUTS,
 )
-from recsys_assets.ml.nvt_ops import HOUR, WEEKDAY, Cyclical, SentinelToNull
+from recsys_assets.ml.nvt_ops import Cyclical, SentinelToNull
 
-GROUPS = ("user", "item", "context")
 META_FILE = "meta.json"
 
 
-def build_graphs(mean_age: float, categories_dir: str) -> dict:
-    """The unfitted output nodes of the three workflows (keyed by group) and of the extra full-workflow columns."""
+def _steps_to_ops(feature, mean_age: float) -> list:
+    """The NVTabular operators of one spec feature, in order (``lib.feature_spec.Step`` -> operator)."""
     from merlin.schema import Tags
     from nvtabular import ops
 
-    def categorify():
-        return ops.Categorify(out_path=categories_dir)
+    out = []
+    for step in feature.steps:
+        if step.op == "sentinel_to_null":
+            out.append(ops.LambdaOp(SentinelToNull(SENTINEL), dtype=np.float64))
+        elif step.op == "fill_mean_age":
+            out.append(ops.FillMissing(fill_val=float(mean_age)))
+        elif step.op == "fill_median":
+            out.append(ops.FillMedian())
+        elif step.op == "log1p":
+            out.append(ops.LogOp())
+        elif step.op == "normalize":
+            out.append(ops.Normalize(out_dtype=np.float32))
+        elif step.op == "bucketize":
+            out.append(ops.Bucketize(list(step.edges)))
+        elif step.op == "cyclical":
+            out.append(ops.LambdaOp(Cyclical(fn=step.fn, **CYCLES[step.cycle]), dtype=np.float32,
+                                    tags=[Tags.CONTINUOUS]))
+        elif step.op == "categorify":
+            continue  # feature_node adds it after the rename, so the vocabulary is named after the feature
+        else:
+            raise ValueError(f"feature {feature.name!r}: no NVTabular operator for step {step.op!r}")
+    return out
 
-    def to_null():
-        return ops.LambdaOp(SentinelToNull(SENTINEL), dtype=np.float64)
 
-    user_id = ["user_id"] >> to_null() >> categorify() >> ops.AddTags([Tags.USER_ID, Tags.USER])
-    user_cats = ["gender", "top_category"] >> to_null() >> categorify() >> ops.AddTags([Tags.USER])
-    age = ["age"] >> ops.FillMissing(fill_val=float(mean_age))
-    age_norm = age >> ops.Normalize(out_dtype=np.float32) >> ops.Rename(name="age_norm") >> ops.AddTags([Tags.USER])
-    age_binned = (age >> ops.Bucketize(list(AGE_BUCKETS)) >> ops.Rename(name="age_binned") >> categorify()
-                  >> ops.AddTags([Tags.USER]))
+def feature_node(feature, mean_age: float, categories_dir: str):
+    """``[source] >> operators >> Rename(feature) >> Categorify >> AddTags``: one spec feature's graph."""
+    from merlin.schema import Tags
+    from nvtabular import ops
 
-    item_id = ["item_id"] >> to_null() >> categorify() >> ops.AddTags([Tags.ITEM_ID, Tags.ITEM])
-    item_cats = ["category_l1", "category_l2", "item_gender"] >> categorify() >> ops.AddTags([Tags.ITEM])
-    price = (["price"] >> ops.FillMedian() >> ops.LogOp() >> ops.Normalize(out_dtype=np.float32)
-             >> ops.Rename(name="price_log_norm") >> ops.AddTags([Tags.ITEM]))
+    node = [feature.source]
+    for op in _steps_to_ops(feature, mean_age):
+        node = node >> op
+    if feature.name != feature.source:
+        node = node >> ops.Rename(name=feature.name)
+    if feature.kind == CATEGORICAL:
+        node = node >> ops.Categorify(out_path=categories_dir)
+    group_tag = {"user": Tags.USER, "item": Tags.ITEM, "context": Tags.CONTEXT}[feature.group]
+    id_tag = {"user": [Tags.USER_ID], "item": [Tags.ITEM_ID]}.get(feature.group, []) if feature.is_id else []
+    return node >> ops.AddTags([*id_tag, group_tag])
 
-    device = ["device_type"] >> to_null() >> categorify() >> ops.AddTags([Tags.CONTEXT])
-    cyclical = None
-    for name, params in (("hour", HOUR), ("weekday", WEEKDAY)):
-        for fn in ("sin", "cos"):
-            node = (["timestamp"] >> ops.LambdaOp(Cyclical(fn=fn, **params), dtype=np.float32,
-                                                  tags=[Tags.CONTINUOUS])
-                    >> ops.Rename(name=f"{name}_{fn}") >> ops.AddTags([Tags.CONTEXT]))
-            cyclical = node if cyclical is None else cyclical + node
 
-    return {
-        "user": user_id + user_cats + age_norm + age_binned,
-        "item": item_id + item_cats + price,
-        "context": device + cyclical,
-        "target": [TARGET] >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION]),
-        "passthrough": [*PASSTHROUGH] + (["item_id"] >> ops.Rename(name=RAW_ITEM_ID)),
-    }
+def build_graphs(mean_age: float, categories_dir: str) -> dict:
+    """The unfitted output nodes of the three workflows (keyed by group) and of the extra full-workflow columns,
+    built from the feature spec."""
+    from merlin.schema import Tags
+    from nvtabular import ops
+
+    graphs = {}
+    for group in GROUPS:
+        nodes = [feature_node(f, mean_age, categories_dir) for f in spec.features(group)]
+        # `a + b` returns a new concatenation node for two plain nodes, then appends to it in place: ours.
+        combined = nodes[0]
+        for node in nodes[1:]:
+            combined = combined + node
+        graphs[group] = combined
+    graphs["target"] = [TARGET] >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
+    graphs["passthrough"] = [*PASSTHROUGH] + (["item_id"] >> ops.Rename(name=RAW_ITEM_ID))
+    return graphs
 
 
 def dataset(paths, part_size: str):

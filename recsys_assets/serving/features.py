@@ -1,7 +1,7 @@
 """Feature groups: how transformed features travel between the serving stages.
 
 A transform stage hands its features on as two matrices per group, rows = entities (1 for the request's user and
-context, N for the candidates), columns in the fixed order below: ``<group>_categorical`` INT64 [rows, C] (vocabulary
+context, N for the candidates), columns in the feature spec's order (:mod:`recsys_assets.lib.feature_spec`): ``<group>_categorical`` INT64 [rows, C] (vocabulary
 rows) and ``<group>_continuous`` FP32 [rows, F]. The consumers (``query_tower``, ``unroll_features``,
 ``dlrm_ranking``) read the columns back by feature name (:meth:`FeatureGroup.unpack`), so the ONNX models are
 still fed by name. The item's own vocabulary row travels alone as ``item_index`` (the sampler and the decoder
@@ -19,6 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
+from recsys_assets.lib import feature_spec as spec
 from recsys_assets.serving.executor import BadRequest
 
 
@@ -74,9 +75,16 @@ class FeatureGroup:
         return {self.categorical_tensor: len(self.categorical), self.continuous_tensor: len(self.continuous)}
 
 
-USER = FeatureGroup("user", ("user_id", "gender", "top_category", "age_binned"), ("age_norm",))
-CONTEXT = FeatureGroup("context", ("device_type",), ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos"))
-ITEM = FeatureGroup("item", ("category_l1", "category_l2", "item_gender"), ("price_log_norm",))
+def spec_group(group: str) -> FeatureGroup:
+    """The feature group of one transform group of the spec; the group's id (``item_id``) travels alone."""
+    keep = [f for f in spec.features(group) if not (group == "item" and f.is_id)]
+    return FeatureGroup(group, tuple(f.name for f in keep if f.kind == spec.CATEGORICAL),
+                        tuple(f.name for f in keep if f.kind == spec.CONTINUOUS))
+
+
+USER, CONTEXT, ITEM = spec_group("user"), spec_group("context"), spec_group("item")
 ITEM_INDEX = "item_index"  # the item_id feature: the candidate's row in the item vocabulary
 # The request's user and context features repeated once per candidate (unroll_features -> dlrm_ranking).
 UNROLLED = FeatureGroup("unrolled", USER.categorical + CONTEXT.categorical, USER.continuous + CONTEXT.continuous)
+# {tensor: number of columns} of every feature-group tensor: its last dimension in every Triton config.
+TENSOR_WIDTHS = {tensor: width for group in (USER, CONTEXT, ITEM, UNROLLED) for tensor, width in group.widths().items()}

@@ -2,7 +2,8 @@
 
 Layout (a folder; under the artifact root at ``serving/triton_repository``)::
 
-    <model>/config.pbtxt        the template's config, trained values and defaults injected as parameters,
+    <model>/config.pbtxt        the template's config, trained values and defaults injected as parameters, the
+                                feature-group widths written from the feature spec (``serving.features``),
                                 ``version_policy { specific { versions: [v] } }`` = the version the release serves
     <model>/<v>/model.py        the template's shim (plus its precompiled __pycache__)
     <model>/<v>/<artifacts>     what the stage loads: model.onnx, index.faiss, transforms/, multimodal.npy ...
@@ -25,7 +26,8 @@ Validation (:func:`validate_repository`): every config parses with Triton's own 
 (``tritonclient.grpc.model_config_pb2``); ``name`` equals the directory; python models have ``<v>/model.py``
 and their stage declares exactly the config's tensors; required parameters are set; every ensemble step names a
 model of the repository with tensors it has, every tensor a step reads is an ensemble input or produced by an
-earlier step with the same dtype, and the ensemble's outputs are produced.
+earlier step with the same dtype, and the ensemble's outputs are produced; a feature-group tensor with a fixed
+width has the feature spec's (open, -1, in the templates).
 """
 
 from __future__ import annotations
@@ -93,6 +95,16 @@ def write_config_if_changed(config, path: Path, header: str = "") -> bool:
         return False
     path.write_text(text)
     return True
+
+
+def apply_feature_widths(config) -> None:
+    """Write the feature spec's widths into the last dimension of the config's feature-group tensors."""
+    from recsys_assets.serving.features import TENSOR_WIDTHS
+
+    for tensor in [*config.input, *config.output]:
+        width = TENSOR_WIDTHS.get(tensor.name)
+        if width is not None:
+            tensor.dims[-1] = width
 
 
 def _header(template: Path) -> str:
@@ -300,6 +312,7 @@ def build_repository(target: Path, trained: TrainedArtifacts, defaults: ServingD
         for model in (*MODELS, ENSEMBLE):
             template_dir = Path(templates) / model
             config = parse_config(template_dir / "config.pbtxt")
+            apply_feature_widths(config)
             params = {k: str(v) for k, v in _parameters(model, trained, defaults, mean_age, start_date).items()}
             for key, value in params.items():
                 config.parameters[key].string_value = value
@@ -404,6 +417,7 @@ def _served_versions(config, model_dir: Path) -> list[int]:
 def validate_repository(root: Path, require_parameters: bool = True) -> list[str]:
     """Every problem that would keep the repository from serving (empty list: servable). See the module doc."""
     from recsys_assets.serving.executor import TRITON_DTYPES
+    from recsys_assets.serving.features import TENSOR_WIDTHS
     from recsys_assets.serving.stages import STAGE_CLASSES, stage_class
 
     root = Path(root)
@@ -435,6 +449,10 @@ def validate_repository(root: Path, require_parameters: bool = True) -> list[str
 
             if model_config_pb2.DataType.Name(tensor.data_type) not in TRITON_DTYPES:
                 problems.append(f"{model}: tensor {tensor.name!r} has an unsupported dtype")
+            width = TENSOR_WIDTHS.get(tensor.name)
+            if width is not None and tensor.dims and tensor.dims[-1] not in (-1, width):
+                problems.append(f"{model}: tensor {tensor.name!r} is {list(tensor.dims)} wide, the feature spec says "
+                                f"{width}: rebuild the repository with this code version")
         if model == ENSEMBLE:
             if config.platform != "ensemble":
                 problems.append(f"{model}: platform must be 'ensemble'")

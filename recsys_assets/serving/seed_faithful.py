@@ -54,7 +54,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MERLIN_ENV = PROJECT_ROOT / ".venv-merlin"
 MERLIN_ENV_VAR = "RECSYS_MERLIN_ENV"  # an unpacked environment directory (a venv, a conda env) with NVTabular
 WORKFLOW_DIR = "workflow"              # <model>/<version>/workflow/: the saved NVTabular workflow of the group
-SENTINEL = -1                          # transform_spec.SENTINEL: "unknown" in the raw id/code columns
+SENTINEL = -1                          # feature_spec.SENTINEL: "unknown" in the raw id/code columns
 ITEM_COLUMNS = ("category_l1", "category_l2", "item_gender", "price")
 DEFAULT_ITEM_FEATURES = ",".join(f"item_features:{c}" for c in ("price", "category_l1", "category_l2",
                                                                  "item_gender"))
@@ -268,7 +268,7 @@ def tiny_training_rows(tiny, seed: int = 7):
     sentinel), in the ``masked_interactions`` columns the workflows are fit on."""
     import pandas as pd
 
-    from recsys_assets.lib.transform_spec import SENTINEL, encode_gender
+    from recsys_assets.lib.feature_spec import SENTINEL, encode_gender
 
     rng = np.random.default_rng(seed)
     items = tiny.items[tiny.items["available_from_day"] == 0].reset_index(drop=True)

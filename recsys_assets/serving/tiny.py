@@ -2,8 +2,9 @@
 
 Everything has the format of the real thing, only the values are made up (seeded):
 
-- ``transforms/``: a compiled-transforms description (:mod:`recsys_assets.serving.transforms` format) with
-  vocabularies over the catalogue (held-back items left out, so they land on the OOV row like cold items),
+- ``transforms/``: a compiled-transforms description (:mod:`recsys_assets.serving.transforms` format), one output
+  per feature of the feature spec (:mod:`recsys_assets.lib.feature_spec`), its statistics and vocabularies taken
+  from the tiny world: the catalogue (held-back items left out, so they land on the OOV row like cold items),
   a few users, genders, categories, devices and age buckets;
 - ``query_tower.onnx`` / ``dlrm.onnx``: ONNX graphs built with ``onnx.helper`` with the inputs a Merlin export
   has (one [N, 1] tensor per feature, the two embeddings [N, 64]): the query is a sum of user, top-category and
@@ -26,13 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_assets.lib.transform_spec import (
+from recsys_assets.lib import feature_spec as spec
+from recsys_assets.lib.feature_spec import (
     AGE_BUCKETS,
+    CYCLES,
+    DEVICES,
     FIRST_INDEX,
     GENDER_CODES,
+    GROUPS,
     NULL_INDEX,
     OOV_INDEX,
     PAD_INDEX,
+    SENTINEL,
+    WORKFLOW_INPUTS,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -162,63 +169,67 @@ def _categorify(values) -> tuple[np.ndarray, np.ndarray]:
     return values, np.arange(FIRST_INDEX, FIRST_INDEX + len(values), dtype=np.int64)
 
 
-def _cat_step(name):
-    return {"op": "categorify", "vocab": name}
+def _source_values(items, users) -> dict[str, np.ndarray]:
+    """The tiny world's values of every raw column: what its transforms are "fit" on. Vocabularies cover every
+    user, gender, top category and device; of the items only the warm ones (held-back items land on the OOV row,
+    like cold items)."""
+    warm = items.loc[items["available_from_day"] == 0, "item_id"].to_numpy(np.int64)
+    values = {
+        "user_id": users["user_id"].to_numpy(np.int64), "age": users["age"].to_numpy(np.float64),
+        "gender": np.array(sorted(GENDER_CODES.values()), np.int64), "top_category": np.arange(20, dtype=np.int64),
+        "item_id": warm, "price": items["price"].to_numpy(np.float64),
+        "device_type": np.array(sorted(DEVICES), np.int64), "timestamp": np.zeros(1, np.int64),
+    }
+    for column in ("category_l1", "category_l2", "item_gender"):
+        values[column] = items[column].to_numpy().astype(str)
+    return values
+
+
+def _fit_feature(feature, x: np.ndarray, mean_age: float, vocabularies: dict) -> list[dict]:
+    """The compiled steps of one spec feature, their statistics taken from ``x`` (a numpy stand-in for the fit)."""
+    from recsys_assets.serving.transforms import _build_step
+
+    indices = {"null": NULL_INDEX, "oov": OOV_INDEX}
+    steps = []
+    for step in feature.steps:
+        if step.op == "categorify":
+            name = f"{feature.group}.{feature.name}"
+            vocabularies[name] = _categorify(np.unique(x))
+            steps.append({"op": "categorify", "vocab": name})
+            continue
+        compiled = {
+            "sentinel_to_null": lambda: {"op": "sentinel_to_null", "value": SENTINEL},
+            "fill_mean_age": lambda: {"op": "fill_missing", "value": mean_age},
+            "fill_median": lambda: {"op": "fill_missing", "value": float(np.median(x))},
+            "log1p": lambda: {"op": "log1p"},
+            "normalize": lambda: {"op": "normalize", "mean": float(x.mean()), "std": float(x.std()),
+                                  "dtype": "float32"},
+            "bucketize": lambda: {"op": "bucketize", "edges": list(step.edges)},
+            "cyclical": lambda: {"op": "cyclical", **CYCLES[step.cycle], "fn": step.fn, "dtype": "float32"},
+        }[step.op]()
+        steps.append(compiled)
+        # A bucketized column's vocabulary is every bucket, whichever the tiny users happen to fall in.
+        x = (np.arange(len(step.edges) + 1, dtype=np.int64) if step.op == "bucketize"
+             else _build_step(compiled, {}, indices)(x))
+    return steps
 
 
 def transforms_description(items, users, mean_age: float) -> tuple[dict, dict]:
-    """A compiled-transforms description over the tiny world (format of ``serving.transforms``)."""
+    """A compiled-transforms description over the tiny world (format of ``serving.transforms``), one output per
+    feature of the feature spec."""
     import pandas as pd
 
-    warm = items.loc[items["available_from_day"] == 0, "item_id"].to_numpy(np.int64)
-    log_price = np.log(items["price"].to_numpy(np.float32) + 1)
-    vocabularies = {
-        "user.user_id": _categorify(np.sort(users["user_id"].to_numpy(np.float64))),
-        "user.gender": _categorify(np.array(sorted(GENDER_CODES.values()), np.float64)),
-        "user.top_category": _categorify(np.arange(20, dtype=np.float64)),
-        "user.age_binned": _categorify(np.arange(len(AGE_BUCKETS) + 1, dtype=np.int64)),
-        "item.item_id": _categorify(np.sort(warm).astype(np.float64)),
-        "item.category_l1": _categorify(np.array(sorted(items["category_l1"].unique()), dtype=str)),
-        "item.category_l2": _categorify(np.array(sorted(items["category_l2"].unique()), dtype=str)),
-        "item.item_gender": _categorify(np.array(sorted(items["item_gender"].unique()), dtype=str)),
-        "context.device_type": _categorify(np.array([0.0, 1.0, 2.0])),
-    }
-    null = {"op": "sentinel_to_null", "value": -1}
-
-    def out(name, source, dtype, steps):
-        return {"name": name, "input": source, "dtype": dtype, "tags": [], "steps": steps}
-
-    ages = users["age"].to_numpy(np.float64)
-    cyc = [(n, {"unit": 3600, "period": 24, "offset": 0} if n.startswith("hour") else
-            {"unit": 86400, "period": 7, "offset": 3}) for n in ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos")]
-    groups = {
-        "user": {"inputs": ["user_id", "age", "gender", "top_category"], "outputs": [
-            out("user_id", "user_id", "int64", [null, _cat_step("user.user_id")]),
-            out("gender", "gender", "int64", [null, _cat_step("user.gender")]),
-            out("top_category", "top_category", "int64", [null, _cat_step("user.top_category")]),
-            out("age_norm", "age", "float32", [{"op": "fill_missing", "value": mean_age},
-                                               {"op": "normalize", "mean": float(ages.mean()),
-                                                "std": float(ages.std()), "dtype": "float32"}]),
-            out("age_binned", "age", "int64", [{"op": "fill_missing", "value": mean_age},
-                                               {"op": "bucketize", "edges": list(AGE_BUCKETS)},
-                                               _cat_step("user.age_binned")]),
-        ]},
-        "item": {"inputs": ["item_id", "category_l1", "category_l2", "item_gender", "price"], "outputs": [
-            out("item_id", "item_id", "int64", [null, _cat_step("item.item_id")]),
-            out("category_l1", "category_l1", "int64", [_cat_step("item.category_l1")]),
-            out("category_l2", "category_l2", "int64", [_cat_step("item.category_l2")]),
-            out("item_gender", "item_gender", "int64", [_cat_step("item.item_gender")]),
-            out("price_log_norm", "price", "float32", [
-                {"op": "fill_missing", "value": float(items["price"].median())}, {"op": "log1p"},
-                {"op": "normalize", "mean": float(log_price.mean()), "std": float(log_price.std()),
-                 "dtype": "float32"}]),
-        ]},
-        "context": {"inputs": ["device_type", "timestamp"], "outputs": [
-            out("device_type", "device_type", "int64", [null, _cat_step("context.device_type")]),
-            *[out(n, "timestamp", "float32", [{"op": "cyclical", **p, "fn": n.split("_")[1], "dtype": "float32"}])
-              for n, p in cyc],
-        ]},
-    }
+    values = _source_values(items, users)
+    vocabularies: dict = {}
+    groups = {}
+    for group in GROUPS:
+        outputs = []
+        for feature in spec.features(group):
+            steps = _fit_feature(feature, values[feature.source], mean_age, vocabularies)
+            dtype = "int64" if feature.kind == spec.CATEGORICAL else "float32"
+            outputs.append({"name": feature.name, "input": feature.source, "dtype": dtype, "tags": [],
+                            "steps": steps})
+        groups[group] = {"inputs": list(WORKFLOW_INPUTS[group]), "outputs": outputs}
     from recsys_assets.serving import transforms as compiled
 
     description = {

@@ -31,7 +31,6 @@ FORMAT = "recsys-compiled-transforms"
 VERSION = 1
 DESCRIPTION_FILE = "transforms.json"
 VOCAB_DIR = "vocab"
-GROUPS = ("user", "item", "context")
 
 
 class TransformInputError(ValueError):

@@ -25,7 +25,7 @@ from recsys_assets.defs.training import jobs
 from recsys_assets.defs.transforms import assets as transforms
 from recsys_assets.lib import paths, retrain
 from recsys_assets.lib import releases as rl
-from recsys_assets.lib.transform_spec import FIRST_INDEX, OOV_INDEX
+from recsys_assets.lib.feature_spec import FIRST_INDEX, OOV_INDEX
 from recsys_assets.serving import deploy
 from recsys_assets.serving.repository import ENSEMBLE, MODELS
 from recsys_assets.serving.transforms import CompiledTransforms
@@ -102,7 +102,7 @@ def _user_index(transforms: CompiledTransforms, user_id: int) -> int:
 
 
 def _item_index(transforms: CompiledTransforms, catalogue: pd.DataFrame, item_id: int) -> int:
-    from recsys_assets.lib.transform_spec import ITEM_INPUTS
+    from recsys_assets.lib.feature_spec import ITEM_INPUTS
 
     row = catalogue.set_index("item_id").loc[[item_id]].reset_index()
     out = transforms.transform_item(*(row[c].to_numpy() for c in ITEM_INPUTS))

@@ -17,7 +17,7 @@ from recsys_assets.lib import dataset, paths
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.generator import World
 from recsys_assets.lib.settings import partition_key
-from recsys_assets.lib.transform_spec import NULL_INDEX, OOV_INDEX
+from recsys_assets.lib.feature_spec import NULL_INDEX, OOV_INDEX
 from recsys_assets.serving.transforms import CompiledTransforms
 
 START = tf.START_DATE

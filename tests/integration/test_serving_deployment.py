@@ -11,7 +11,7 @@ from recsys_assets.defs.release import assets as release_assets
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
 from recsys_assets.lib import releases as rl
-from recsys_assets.lib.transform_spec import FIRST_INDEX
+from recsys_assets.lib.feature_spec import FIRST_INDEX
 from recsys_assets.lib.triton_server import free_port
 from recsys_assets.serving import client as client_cli
 from recsys_assets.serving import deploy

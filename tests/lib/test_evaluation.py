@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from recsys_assets.lib import evaluation as ev
-from recsys_assets.lib.transform_spec import NULL_INDEX, OOV_INDEX
+from recsys_assets.lib.feature_spec import NULL_INDEX, OOV_INDEX
 
 
 def _rows():

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsys_assets.lib import masking
-from recsys_assets.lib.transform_spec import MASKED_SCHEMA, encode_gender
+from recsys_assets.lib.feature_spec import MASKED_SCHEMA, encode_gender
 
 MEAN_AGE = 33.25
 

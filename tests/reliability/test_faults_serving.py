@@ -39,7 +39,7 @@ from recsys_assets.defs.release import assets as release_assets
 from recsys_assets.lib import paths
 from recsys_assets.lib import releases as rl
 from recsys_assets.lib.artifacts import ArtifactStore
-from recsys_assets.lib.transform_spec import FIRST_INDEX
+from recsys_assets.lib.feature_spec import FIRST_INDEX
 from recsys_assets.serving.client import RecommendationClient
 from recsys_assets.serving.tiny import TinySizes, write_onnx_models
 from tests.support import report

@@ -98,3 +98,29 @@ def test_bad_defaults_and_unservable_builds_are_refused(tiny, tmp_path):
     (tmp_path / "busy" / "x").write_text("")
     with pytest.raises(RepositoryError, match="not empty"):
         build_repository(tmp_path / "busy", tiny.trained, ServingDefaults(), tiny.start_date, release=1)
+
+
+def test_a_build_writes_the_feature_group_widths_of_the_spec(first):
+    from recsys_assets.serving.features import TENSOR_WIDTHS, USER
+
+    repo, _ = first
+    seen = {}
+    for model in MODELS:
+        config = parse_config(repo / model / "config.pbtxt")
+        seen.update({(model, t.name): t.dims[-1] for t in [*config.input, *config.output] if t.name in TENSOR_WIDTHS})
+    assert set(name for _, name in seen) == set(TENSOR_WIDTHS)
+    assert all(width == TENSOR_WIDTHS[name] for (_, name), width in seen.items()), seen
+    assert seen[("query_tower", "user_categorical")] == len(USER.categorical)
+
+
+def test_a_width_that_differs_from_the_spec_is_named(first):
+    repo, _ = first
+    path = repo / "unroll_features" / "config.pbtxt"
+    config = parse_config(path)
+    next(t for t in config.output if t.name == "unrolled_continuous").dims[-1] = 4
+    from recsys_assets.serving.repository import write_config
+
+    write_config(config, path)
+    problems = validate_repository(repo)
+    assert any("unroll_features: tensor 'unrolled_continuous'" in p and "the feature spec says 5" in p
+               for p in problems), problems

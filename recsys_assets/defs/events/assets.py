@@ -25,10 +25,10 @@ from recsys_assets.defs.events.resources import EventStreamResource
 from recsys_assets.defs.feature_store.resources import ValkeyResource
 from recsys_assets.defs.partitions import START_DATE, daily_partitions, partition_day
 from recsys_assets.defs.resources import ArtifactStoreResource
+from recsys_assets.lib.feature_spec import DEVICE_NAMES
 
 GROUP = "events"
 CHECKS = ("schema", "unique_event_ids", "value_ranges")
-DEVICE_NAMES = {-1: "unknown", 0: "desktop", 1: "mobile", 2: "tablet"}
 
 
 def start_epoch() -> int:

@@ -43,7 +43,7 @@ from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib import paths, retrain
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import partition_key
-from recsys_assets.lib.transform_spec import ITEM_INPUTS
+from recsys_assets.lib.feature_spec import ITEM_INPUTS
 from recsys_assets.ml.dlrm import DlrmParams
 from recsys_assets.ml.two_tower import TwoTowerParams
 
@@ -653,7 +653,7 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     item = rows["item_id"].to_numpy(np.int64)
     labels = rows["click"].to_numpy()
     user_index = rows["user_index"].to_numpy()
-    from recsys_assets.lib.transform_spec import FIRST_INDEX, OOV_INDEX
+    from recsys_assets.lib.feature_spec import FIRST_INDEX, OOV_INDEX
 
     masks = {"all": np.ones(len(rows), bool), "warm": user_index >= FIRST_INDEX, "new": user_index == OOV_INDEX,
              "cold_items": rows["item_index"].to_numpy() == OOV_INDEX}

@@ -36,7 +36,7 @@ from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner
 from recsys_assets.lib import masking, paths, retrain
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
 from recsys_assets.lib.settings import partition_key
-from recsys_assets.lib.transform_spec import MASKED_SCHEMA, SENTINEL
+from recsys_assets.lib.feature_spec import MASKED_SCHEMA, SENTINEL
 
 GROUP = "transforms"
 # The run tag the instance's run queue limits (dagster.yaml: one merlin-env run at a time), and the op

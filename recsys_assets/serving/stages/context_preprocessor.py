@@ -13,10 +13,11 @@ import time
 
 import numpy as np
 
+from recsys_assets.lib.feature_spec import DEVICE_NAMES
 from recsys_assets.serving.common import scalar
 from recsys_assets.serving.executor import BadRequest, Stage, StageConfigError, StageContext
 
-DEVICE_TYPES = (-1, 0, 1, 2)
+DEVICE_TYPES = tuple(DEVICE_NAMES)
 
 
 class ContextPreprocessor(Stage):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys_assets.lib.transform_spec import encode_gender
+from recsys_assets.lib.feature_spec import encode_gender
 from recsys_assets.serving.common import scalar
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
 from recsys_assets.serving.runtime import Breaker, Runtime, ValkeyUnavailable

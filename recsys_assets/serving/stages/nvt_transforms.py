@@ -3,9 +3,9 @@ compiled numpy lookups (:mod:`recsys_assets.serving.transforms`, loaded from ``<
 
 Inputs are the raw columns prefixed ``raw_`` (``raw_user_id``, ``raw_age`` ...). Outputs are the workflows' own
 columns (``user_id``, ``age_norm``, ``hour_sin`` ..., also the ONNX models' input names) packed per feature group
-(:mod:`recsys_assets.serving.features`): ``user_categorical`` INT64 [1, 4] and ``user_continuous`` FP32 [1, 1];
-``context_categorical`` [1, 1] and ``context_continuous`` [1, 4]; for the candidates ``item_index`` INT64 [N] (the
-``item_id`` column), ``item_categorical`` [N, 3] and ``item_continuous`` [N, 1].
+(:mod:`recsys_assets.serving.features`, widths from the feature spec): ``user_categorical`` INT64 [1, C] and
+``user_continuous`` FP32 [1, F]; ``context_categorical`` and ``context_continuous`` [1, .]; for the candidates
+``item_index`` INT64 [N] (the ``item_id`` column), ``item_categorical`` [N, .] and ``item_continuous`` [N, .].
 Categorify follows NVTabular: -1 sentinels land on row 1, values unseen at fit time (new users, cold items) on
 row 2. The item text columns (``raw_category_l1``, ``raw_category_l2``, ``raw_item_gender``) arrive as fixed-width
 UTF-8 UINT8 [N, W] tensors (:func:`recsys_assets.serving.common.pack_text`) and are categorified without a
@@ -14,6 +14,7 @@ Python loop.
 
 from __future__ import annotations
 
+from recsys_assets.lib.feature_spec import WORKFLOW_INPUTS
 from recsys_assets.serving.common import unpack_text
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
 from recsys_assets.serving.features import CONTEXT, ITEM, ITEM_INDEX, USER, FeatureGroup
@@ -72,14 +73,14 @@ class _Transform(GroupOutputs, Stage):
 class UserTransform(_Transform):
     group = "user"
     features = USER
-    inputs = ("raw_user_id", "raw_age", "raw_gender", "raw_top_category")
+    inputs = tuple(f"raw_{c}" for c in WORKFLOW_INPUTS["user"])
     outputs = USER.tensors
 
 
 class ContextTransform(_Transform):
     group = "context"
     features = CONTEXT
-    inputs = ("raw_device_type", "raw_timestamp")
+    inputs = tuple(f"raw_{c}" for c in WORKFLOW_INPUTS["context"])
     outputs = CONTEXT.tensors
 
 
@@ -87,5 +88,5 @@ class ItemTransform(_Transform):
     group = "item"
     features = ITEM
     index = ITEM_INDEX
-    inputs = ("raw_item_id", "raw_category_l1", "raw_category_l2", "raw_item_gender", "raw_price")
+    inputs = tuple(f"raw_{c}" for c in WORKFLOW_INPUTS["item"])
     outputs = (ITEM_INDEX,) + ITEM.tensors

@@ -2,7 +2,7 @@
 
 Inputs: ``user_categorical`` / ``user_continuous`` and ``context_categorical`` / ``context_continuous`` (one row
 each, :mod:`recsys_assets.serving.features`) and ``item_ids`` INT64 [-1] (only its length is used). Outputs:
-``unrolled_categorical`` INT64 [N, 5] (user then context columns) and ``unrolled_continuous`` FP32 [N, 5], one row
+``unrolled_categorical`` INT64 [N, .] (user then context columns) and ``unrolled_continuous`` FP32 [N, .], one row
 per candidate (the ranker scores N rows of user x context x item).
 """
 
