@@ -40,6 +40,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from recsys_assets.lib.digests import file_sha256
+
 SECONDS_PER_DAY = 86_400
 LANDING_DAY = re.compile(r"(?:^|/)day=(\d{4}-\d{2}-\d{2})(?:/|$)")
 DEFAULT_WINDOW_DAYS = 7
@@ -202,16 +204,6 @@ def extend_index(index, vectors: np.ndarray, ids: Sequence[int]) -> IndexGrowth:
 
 
 # -- which index serving should package ---------------------------------------------------------------------
-def file_digest(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def daily_index_manifest(variant: str) -> str:
     from recsys_assets.lib import paths
 
@@ -234,4 +226,4 @@ def served_index(store, variant: str) -> str:
     if not (store.exists(grown) and store.exists(manifest) and store.exists(trained)):
         return trained
     meta = json.loads(store.read_bytes(manifest))
-    return grown if meta.get("base_digest") == file_digest(store.local_path(trained)) else trained
+    return grown if meta.get("base_digest") == file_sha256(store.local_path(trained)) else trained

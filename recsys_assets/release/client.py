@@ -1,6 +1,6 @@
 """Ask the running ensemble for recommendations, over HTTP or gRPC, and print them with product names.
 
-    python -m recsys_assets.serving.client --user 12 --device 1 [--timestamp 1767600000] [--k 10] [--diversity]
+    python -m recsys_assets.release.client --user 12 --device 1 [--timestamp 1767600000] [--k 10] [--diversity]
         [--url 127.0.0.1:8000 | --grpc [--url 127.0.0.1:8001]]
 
 The server address defaults to ``RECSYS_TRITON_URL`` (``host:port`` or ``http://host:port``), else the local
@@ -98,7 +98,7 @@ def format_table(ids: Sequence[int], scores: Sequence[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recsys_assets.serving.client",
+    parser = argparse.ArgumentParser(prog="python -m recsys_assets.release.client",
                                      description="Recommendations from the running Triton ensemble.")
     parser.add_argument("--user", type=int, required=True, help="user id (-1: anonymous)")
     parser.add_argument("--device", type=int, default=None, help="0 desktop, 1 mobile, 2 tablet (default: unknown)")

@@ -9,9 +9,9 @@ column, axis 1), ``Unsqueeze`` and ``Cast`` nodes produces every original input 
 rest of the graph is untouched. Feature names resolve as the python stage resolves them (``INPUT_MAP``, the
 ``image_pca``/``text_pca`` aliases, ``multimodal_embedding`` = [image | text]).
 
-    .venv/bin/python -m recsys_assets.serving.onnx_groups dlrm_ranking model.onnx model_groups.onnx
+    .venv/bin/python -m recsys_assets.release.onnx_groups dlrm_ranking model.onnx model_groups.onnx
 
-The rewritten graph gives the python stage's scores exactly (``tests/serving/test_onnx_groups.py``); serving it
+The rewritten graph gives the python stage's scores exactly (``tests/release/test_onnx_groups.py``); serving it
 with the onnxruntime backend is not exercised here (the local server has only the python backend).
 """
 

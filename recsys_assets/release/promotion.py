@@ -1,8 +1,8 @@
 """Whole releases: candidates, their evaluation as served, promotion into a running Triton, rollback.
 
-A *release* is a manifest (:class:`recsys_assets.serving.repository.Release`, ``serving/releases/<n>.json``) naming
+A *release* is a manifest (:class:`recsys_assets.release.repository.Release`, ``serving/releases/<n>.json``) naming
 one version of every model. This module adds what a release needs to be served as one unit, built on the versioned
-repository of :mod:`recsys_assets.serving.repository` (composed, not duplicated):
+repository of :mod:`recsys_assets.release.repository` (composed, not duplicated):
 
 Served names (the switch is atomic per request)
     Every served (model, version) pair is a Triton model of its own, ``<model>_v<version>``
@@ -109,12 +109,12 @@ def answer(client, request: Mapping) -> dict:
 def promote(server, repository: Path, target: Release, target_ensemble: str, current: Release | None = None,
             current_ensemble: str = "", smoke: Sequence[Mapping] = ({"user_id": -1, "device_type": 1},),
             timeout: float = 300.0) -> SwitchReport:
-    """Switch the running ``server`` (a :class:`~recsys_assets.lib.triton_server.TritonServer`) to ``target``.
+    """Switch the running ``server`` (a :class:`~recsys_assets.release.triton_server.TritonServer`) to ``target``.
 
     See the module doc for the steps. On any failure the ensemble keeps (or is put back on) ``current`` and
     :class:`PromotionError` says what failed; the repository's served config is left describing what serves.
     """
-    from recsys_assets.lib.triton_server import TritonError
+    from recsys_assets.release.triton_server import TritonError
 
     repository = Path(repository)
     serving = current.release if current is not None else None
@@ -168,7 +168,7 @@ def serve_release(root: Path, live: Path, target: Release, target_ensemble: str,
     jobs (``served_release``) and ``triton_deployment`` call this. Returns ``(server, report)``; report
     ``action`` is ``reloaded`` or ``started``; raises :class:`PromotionError`.
     """
-    from recsys_assets.serving import deploy
+    from recsys_assets.release import deploy
 
     server = deploy.running_server(root)
     if server is not None and Path(server.model_repository).resolve() == Path(live).resolve():

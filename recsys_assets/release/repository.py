@@ -278,7 +278,7 @@ def build_repository(target: Path, trained: TrainedArtifacts, defaults: ServingD
         if target.exists() and any(target.iterdir()):
             raise RepositoryError(f"{target} is not empty: build into a fresh folder")
         if previous is not None and Path(previous).exists():
-            # symlinks=True: served alias folders (recsys_assets.lib.releases) link to version folders
+            # symlinks=True: served alias folders (recsys_assets.release) link to version folders
             shutil.copytree(previous, target, dirs_exist_ok=True, symlinks=True,
                             ignore=shutil.ignore_patterns(".tmp-*"))
     target.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ pins 1.23.5).
 The standard and seed-faithful repositories are interchangeable for a client: same inputs and outputs, same
 ranking (the compiled transforms equal NVTabular, the cache equals Feast), which the integration test checks.
 
-Tiny artifacts (:mod:`recsys_assets.serving.tiny`) have a hand-written transforms description and no workflows;
+Tiny artifacts (:mod:`recsys_assets.release.tiny`) have a hand-written transforms description and no workflows;
 :func:`fit_tiny_workflows` fits real NVTabular workflows on rows of the tiny world (in the merlin env) and compiles
 them, so both configurations serve the same fitted workflows, one compiled, one live.
 """

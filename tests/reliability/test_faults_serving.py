@@ -37,11 +37,11 @@ import pytest
 
 from recsys_assets.defs.serving import assets as serving
 from recsys_assets.lib import paths
-from recsys_assets.lib import releases as rl
+from recsys_assets.release import records as release_records, repository as rl
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.transform_spec import FIRST_INDEX
-from recsys_assets.serving.client import RecommendationClient
-from recsys_assets.serving.tiny import TinySizes, write_onnx_models
+from recsys_assets.release.client import RecommendationClient
+from recsys_assets.release.tiny import TinySizes, write_onnx_models
 from tests.support import report
 from tests.support.harness import BackgroundLoad, Mix, Target, summarize
 from tests.support.stack import DAY13, wait_for
@@ -55,7 +55,7 @@ HOT_SWAP: dict = {}    # what the deployment's hot swap reloaded
 
 # -- helpers --------------------------------------------------------------------------------------------------------
 def _sizes(tiny, seed: int, users: int | None = None) -> TinySizes:
-    """The tiny models' table sizes (as serving.tiny builds them); ``users`` overrides the user table's rows."""
+    """The tiny models' table sizes (as release.tiny builds them); ``users`` overrides the user table's rows."""
     items = tiny.items
     return TinySizes(users=users if users is not None else FIRST_INDEX + len(tiny.users),
                      items=FIRST_INDEX + len(items), categories=FIRST_INDEX + items["category_l1"].nunique(),
@@ -187,9 +187,9 @@ def _roll_back_to_served(stack, models: list[str]) -> None:
 
 def _mark_failed(stack, release: int) -> None:
     store = ArtifactStore(stack.root)
-    record = rl.record(store, release)
+    record = release_records.record(store, release)
     record.status = "load_failed"
-    rl.write_record(store, record)
+    release_records.write_record(store, record)
 
 
 def _make_next_release_live_unverified(stack):

@@ -42,7 +42,7 @@ from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest.assets import items, raw_interactions, users
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, daily_partitions, partition_day
 from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
-from recsys_assets.lib import daily, dataset, paths
+from recsys_assets.lib import daily, dataset, digests, paths
 from recsys_assets.lib import embeddings as emb
 from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib import popularity as pop
@@ -540,7 +540,7 @@ def daily_retrieval_index(context: dg.AssetExecutionContext, config: DailyRetrie
     for variant in variants:
         t0 = time.perf_counter()
         trained = store.local_path(paths.faiss_index(variant))
-        base_digest = daily.file_digest(trained)
+        base_digest = digests.file_sha256(trained)
         source = daily.served_index(store, variant)
         index = fx.load(store.local_path(source))
         before = fx.id_map(index)

@@ -57,7 +57,7 @@ class ServedEnsemble(dg.ConfigurableResource):
     timeout_s: float = 30.0
 
     def client(self):
-        from recsys_assets.serving.client import RecommendationClient
+        from recsys_assets.release.client import RecommendationClient
 
         return RecommendationClient(self.url, protocol="http", timeout_s=self.timeout_s)
 

@@ -16,7 +16,7 @@ from typing import List
 import dagster as dg
 
 from recsys_assets.lib.settings import Settings
-from recsys_assets.serving.deploy import HELM_CHART, PROJECT_ROOT, Ports
+from recsys_assets.release.deploy import HELM_CHART, PROJECT_ROOT, Ports
 
 
 class TritonResource(dg.ConfigurableResource):

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from recsys_assets.serving.repository import (
+from recsys_assets.release.repository import (
     ENSEMBLE,
     MODELS,
     Release,
@@ -15,8 +15,8 @@ from recsys_assets.serving.repository import (
     restore_release,
     validate_repository,
 )
-from recsys_assets.serving.tiny import TinySizes, write_onnx_models
-from tests.serving.tiny_serving import tiny_artifacts
+from recsys_assets.release.tiny import TinySizes, write_onnx_models
+from tests.release.tiny_serving import tiny_artifacts
 
 
 @pytest.fixture(scope="session")
