@@ -49,24 +49,34 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from recsys_assets.release import records
+from recsys_assets.release.records import ServedState
 from recsys_assets.release.repository import (
     ENSEMBLE,
     MODELS,
     Release,
     ReleaseError,
+    RepositoryError,
     alias,
+    repository_lock,
+    restore_release,
     write_aliases,
     write_served,
     write_served_ensemble,
 )
 
+ACTIONS = ("promotion", "rollback", "restart", "deployment")
+HISTORY_KEPT = 20  # promoted releases the served state remembers (the rollback targets)
+EVENTS_KEPT = 50
+
 
 class PromotionError(ReleaseError):
     """A switch did not happen; the release named in :attr:`serving` still serves."""
 
-    def __init__(self, message: str, serving: int | None) -> None:
+    def __init__(self, message: str, serving: int | None, restored: int | None = None) -> None:
         super().__init__(message)
         self.serving = serving
+        self.restored = restored  # the release the model folders' configs were put back on, if any
 
 
 # -- the switch -------------------------------------------------------------------------------------------------
@@ -219,3 +229,90 @@ def _unload(server, names: Sequence[str]) -> None:
 def _short(exc: BaseException, limit: int = 600) -> str:
     text = str(exc).split("; log:")[0]
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+# -- the release state machine ---------------------------------------------------------------------------------
+def served_after(state: ServedState | None, release: int, action: str, event: Mapping) -> ServedState:
+    """The served state once ``release`` serves after ``action`` (pure).
+
+    ``rollback``: the serving release leaves the top of the stack, so a second rollback goes further back;
+    ``restart``: the stack stays as it is; ``promotion`` and ``deployment``: ``release`` moves to the top (once).
+    Only the last :data:`HISTORY_KEPT` releases and :data:`EVENTS_KEPT` events are kept.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"release action {action!r}: expected one of {ACTIONS}")
+    stack = list(state.stack) if state is not None else []
+    if action == "rollback" and state is not None and stack and stack[-1] == state.release:
+        stack.pop()
+    if action != "restart" or not stack:
+        stack = [r for r in stack if r != release] + [release]
+    events = [*(state.events if state is not None else []), {"action": action, "release": release, **event}]
+    return ServedState(release=release, stack=stack[-HISTORY_KEPT:], events=events[-EVENTS_KEPT:])
+
+
+@dataclasses.dataclass
+class Switched:
+    server: object          # the TritonServer now serving
+    report: dict            # serve_release's report (action ``reloaded`` or ``started``, loaded, unloaded, smoke)
+    state: ServedState      # the served state written
+    record: object          # the target's ReleaseRecord (None for a release without one)
+
+
+def switch_release(store, root: Path, live: Path, target: Release, current: Release | None,
+                   state: ServedState | None, action: str, smoke: Sequence[Mapping], ports, run_id: str = "",
+                   timeout: float = 300.0, redact=str, serve=None) -> Switched:
+    """The one release state machine: serve ``target`` in place of ``current`` and record what happened.
+
+    Every way a release comes to serve goes through here (``served_release``: promotion, rollback, restart;
+    ``triton_deployment``: deployment), under the repository lock:
+
+    1. :func:`serve_release` (promote into the running server, or start one on the release);
+    2. success: the served state moves on (:func:`served_after`), the target's record becomes ``promoted``, and a
+       rollback marks the release it left ``rolled_back``;
+    3. failure (a model that does not load, a smoke request not answered by the target): the target's record
+       becomes ``load_failed`` with the reason, the model folders' configs are restored to ``current`` (the ensemble
+       already serves it again), and :class:`PromotionError` says what failed, which release serves and which one
+       the configs were restored to. The served state is left as it was.
+
+    ``redact`` cleans a message before it is recorded (credentials in URLs). ``serve`` replaces
+    :func:`serve_release` (same signature), for tests of the bookkeeping without a server.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"release action {action!r}: expected one of {ACTIONS}")
+    record = records.record(store, target.release)
+    with repository_lock(root):
+        target_text = records.ensemble_config(store, live, target.release)
+        current_text = records.ensemble_config(store, live, current.release) if current is not None else ""
+        try:
+            server, report = (serve or serve_release)(root, live, target, target_text, current, current_text,
+                                                      smoke, ports, timeout=timeout)
+        except PromotionError as exc:
+            reason = redact(str(exc))[:1500]
+            if record is not None:
+                record.status = "load_failed"
+                record.reasons = [*record.reasons, reason]
+                record.event(f"{action}_failed", run_id=run_id, error=reason)
+                records.write_record(store, record)
+            restored = None
+            if current is not None:
+                try:  # the model folders' own configs describe the release that serves
+                    restore_release(live, current)
+                    restored = current.release
+                except RepositoryError as back:
+                    reason = f"{reason}; restoring the configs of release {current.release} failed too: {back}"
+            raise PromotionError(reason, exc.serving, restored) from exc
+    new_state = served_after(state, target.release, action, {
+        "previous": current.release if current is not None else None, "at": records.now(), "run_id": run_id,
+        "seconds": report["seconds"], "how": report["action"]})
+    records.write_served_state(store, new_state)
+    if record is not None:
+        record.status = "promoted"
+        record.event(action, run_id=run_id, seconds=report["seconds"])
+        records.write_record(store, record)
+    if action == "rollback" and current is not None:
+        left = records.record(store, current.release)
+        if left is not None:
+            left.status = "rolled_back"
+            left.event("rolled_back", run_id=run_id, to=target.release)
+            records.write_record(store, left)
+    return Switched(server=server, report=report, state=new_state, record=record)

@@ -164,3 +164,11 @@ def pending_candidates(store, serving: int | None, limit: int = 2) -> list[Relea
         with contextlib.suppress(ReleaseError):
             out.append(manifest(store, number))
     return out
+
+
+def ensemble_config(store, live: Path, release: int) -> str:
+    """The canonical ensemble config ``release`` was built with (its record's), else the live repository's."""
+    from recsys_assets.release.repository import canonical_ensemble
+
+    found = record(store, release)
+    return found.ensemble_config if found is not None and found.ensemble_config else canonical_ensemble(live)

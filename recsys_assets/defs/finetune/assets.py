@@ -169,8 +169,7 @@ def _history(store: ArtifactStore, state) -> list:
 
 
 def _ensemble_text(store: ArtifactStore, live, release: int) -> str:
-    found = records.record(store, release)
-    return found.ensemble_config if found is not None and found.ensemble_config else repository.canonical_ensemble(live)
+    return records.ensemble_config(store, live, release)
 
 
 # -- finetuned_models ------------------------------------------------------------------------------------------
@@ -566,44 +565,17 @@ def served_release(context: dg.AssetExecutionContext, config: PromotionConfig, a
     current = records.manifest(store, state.release) if state and not restart else None
     smoke = [{"user_id": u, "device_type": config.smoke_device_type} for u in config.smoke_user_ids]
     action = "restart" if restart else ("rollback" if config.rollback else "promotion")
-    with repository.repository_lock(root):
-        live = store.local_path(paths.TRITON_REPOSITORY)
-        target_text = _ensemble_text(store, live, number)
-        current_text = _ensemble_text(store, live, current.release) if current else ""
-        try:
-            _, report = promotion.serve_release(root, live, target, target_text, current, current_text, smoke,
-                                         triton.ports(), timeout=triton.load_timeout_s)
-        except promotion.PromotionError as exc:
-            if target_record is not None:
-                target_record.status = "load_failed"
-                target_record.reasons = [*target_record.reasons, str(exc)]
-                target_record.event(f"{action}_failed", run_id=context.run.run_id, error=str(exc))
-                records.write_record(store, target_record)
-            raise dg.Failure(description=str(exc), metadata={"release": number, "serving": exc.serving,
-                                                             "action": action}) from exc
-    stack = list(state.stack) if state else []
-    if config.rollback:
-        if stack and stack[-1] == state.release:
-            stack.pop()
-    elif not restart:
-        stack.append(number)
-    new_state = records.ServedState(release=number, stack=stack, events=[*(state.events if state else []), {
-        "action": action, "release": number, "previous": current.release if current else None, "at": records.now(),
-        "run_id": context.run.run_id, "seconds": report["seconds"]}])
-    records.write_served_state(store, new_state)
-    if target_record is not None:
-        target_record.status = "promoted"
-        target_record.event(action, run_id=context.run.run_id, seconds=report["seconds"])
-        records.write_record(store, target_record)
-        offline = target_record.evaluation.get("offline") or {}
-        if config.write_deployed_evaluation and offline.get("retrieval") and offline.get("ranking"):
-            store.write_bytes(paths.DEPLOYED_EVALUATION, json.dumps(offline).encode())
-    if config.rollback and current is not None:
-        current_record = records.record(store, current.release)
-        if current_record is not None:
-            current_record.status = "rolled_back"
-            current_record.event("rolled_back", run_id=context.run.run_id, to=number)
-            records.write_record(store, current_record)
+    live = store.local_path(paths.TRITON_REPOSITORY)
+    try:
+        switched = promotion.switch_release(store, root, live, target, current, state, action, smoke, triton.ports(),
+                                            run_id=context.run.run_id, timeout=triton.load_timeout_s)
+    except promotion.PromotionError as exc:
+        raise dg.Failure(description=str(exc), metadata={"release": number, "serving": exc.serving,
+                                                         "restored": exc.restored, "action": action}) from exc
+    report, stack = switched.report, switched.state.stack
+    offline = (target_record.evaluation.get("offline") or {}) if target_record is not None else {}
+    if config.write_deployed_evaluation and offline.get("retrieval") and offline.get("ranking"):
+        store.write_bytes(paths.DEPLOYED_EVALUATION, json.dumps(offline).encode())
     versions = pd.DataFrame([{"model": m, "version": v, "served as": repository.alias(m, v) if m != ENSEMBLE else
                               f"{ENSEMBLE} v{number}"} for m, v in target.models.items()])
     return dg.MaterializeResult(metadata={

@@ -289,40 +289,19 @@ def triton_deployment(context: dg.AssetExecutionContext, config: DeploymentConfi
         target = records.manifest(store, state.release)
     current = records.manifest(store, state.release) if state is not None and on_live else None
     smoke = [{"user_id": config.smoke_user_id, "device_type": config.smoke_device_type}]
-    record = records.record(store, target.release)
-    with repository.repository_lock(root):
-        target_text = _ensemble_text(store, live, target.release)
-        current_text = _ensemble_text(store, live, current.release) if current is not None else ""
-        try:
-            server, report = promotion.serve_release(root, live, target, target_text, current, current_text, smoke,
-                                              triton.ports(), timeout=triton.load_timeout_s)
-        except promotion.PromotionError as exc:
-            reason = deploy.redact_text(str(exc))[:1500]
-            if record is not None:
-                record.status = "load_failed"
-                record.reasons = [*record.reasons, reason]
-                record.event("deployment_failed", run_id=context.run.run_id, error=reason)
-                records.write_record(store, record)
-            if current is None:
-                raise dg.Failure(description=f"release {target.release} failed and no earlier release served to go "
-                                             f"back to: {reason}", metadata={"release": target.release}) from exc
-            from recsys_assets.release.repository import restore_release
-
-            restore_release(live, current)  # the model folders' own configs describe the release that serves
-            context.log.warning(f"release {target.release} failed; release {current.release} serves")
-            raise dg.Failure(description=f"release {target.release} was taken back out: {reason}. Release "
-                                         f"{current.release} serves again (configs restored)",
-                             metadata={"release": target.release, "restored": current.release}) from exc
-    stack = [r for r in (state.stack if state else []) if r != target.release] + [target.release]
-    events = [*(state.events if state else []), {"action": f"triton_deployment ({report['action']})", "release":
-                                                 target.release, "previous": current.release if current else None,
-                                                 "at": records.now(), "run_id": context.run.run_id,
-                                                 "seconds": report["seconds"]}]
-    records.write_served_state(store, records.ServedState(release=target.release, stack=stack[-20:], events=events[-50:]))
-    if record is not None:
-        record.status = "promoted"
-        record.event("triton_deployment", run_id=context.run.run_id, seconds=report["seconds"])
-        records.write_record(store, record)
+    try:
+        switched = promotion.switch_release(store, root, live, target, current, state, "deployment", smoke,
+                                            triton.ports(), run_id=context.run.run_id,
+                                            timeout=triton.load_timeout_s, redact=deploy.redact_text)
+    except promotion.PromotionError as exc:
+        if exc.restored is None:
+            raise dg.Failure(description=f"release {target.release} failed and no earlier release served to go "
+                                         f"back to: {exc}", metadata={"release": target.release}) from exc
+        context.log.warning(f"release {target.release} failed; release {exc.restored} serves")
+        raise dg.Failure(description=f"release {target.release} was taken back out: {exc}. Release "
+                                     f"{exc.restored} serves again (configs restored)",
+                         metadata={"release": target.release, "restored": exc.restored}) from exc
+    server, report = switched.server, switched.report
     loaded = [parsed[0] for parsed in map(repository.parse_alias, report["loaded"]) if parsed is not None]
     return dg.MaterializeResult(metadata={
         "release": target.release,
@@ -353,7 +332,3 @@ def _repository_release(store: ArtifactStore, history: list) -> Release:
     built = [m for m in history if records.record(store, m.release) is None]
     return built[-1] if built else history[-1]
 
-
-def _ensemble_text(store: ArtifactStore, live: Path, release: int) -> str:
-    found = records.record(store, release)
-    return found.ensemble_config if found is not None and found.ensemble_config else repository.canonical_ensemble(live)
