@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-ENSEMBLE = "ensemble_model"
+from recsys_assets.lib.ensemble_request import ENSEMBLE, infer_inputs, requested_outputs
 
 
 class RecommendationClient:
@@ -41,20 +41,11 @@ class RecommendationClient:
 
     def inputs(self, user_id: int, device_type: int | None = None, timestamp: int | None = None,
                top_k: int | None = None, diversity: bool | None = None) -> list:
-        out = []
-        for name, value, dtype in (("user_id", user_id, "INT64"), ("device_type", device_type, "INT64"),
-                                   ("timestamp", timestamp, "INT64"), ("top_k", top_k, "INT64"),
-                                   ("diversity", diversity, "BOOL")):
-            if value is None:
-                continue
-            tensor = self._module.InferInput(name, [1], dtype)
-            tensor.set_data_from_numpy(np.array([value], dtype=np.bool_ if dtype == "BOOL" else np.int64))
-            out.append(tensor)
-        return out
+        return infer_inputs(self._module, user_id, device_type, timestamp, top_k, diversity)
 
     def recommend(self, user_id: int, device_type: int | None = None, timestamp: int | None = None,
                   top_k: int | None = None, diversity: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        outputs = [self._module.InferRequestedOutput(n) for n in ("ordered_ids", "ordered_scores")]
+        outputs = requested_outputs(self._module)
         result = self._client.infer(ENSEMBLE, self.inputs(user_id, device_type, timestamp, top_k, diversity),
                                     outputs=outputs)
         return result.as_numpy("ordered_ids"), result.as_numpy("ordered_scores")

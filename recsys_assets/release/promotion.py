@@ -47,8 +47,6 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
-
 from recsys_assets.release import records
 from recsys_assets.release.records import ServedState
 from recsys_assets.release.repository import (
@@ -100,18 +98,15 @@ def _ready_models(client) -> set[str]:
 
 
 def answer(client, request: Mapping) -> dict:
-    """One ensemble request (``user_id`` and optional ``device_type``, ``timestamp``, ``top_k``): the ids, scores
-    and the ensemble version (= release) that answered."""
+    """One ensemble request (``user_id`` and optional ``device_type``, ``timestamp``, ``top_k``, ``diversity``): the
+    ids, scores and the ensemble version (= release) that answered."""
     import tritonclient.http as httpclient
 
-    inputs = []
-    for name in ("user_id", "device_type", "timestamp", "top_k"):
-        if request.get(name) is not None:
-            tensor = httpclient.InferInput(name, [1], "INT64")
-            tensor.set_data_from_numpy(np.array([int(request[name])], np.int64))
-            inputs.append(tensor)
-    result = client.infer(ENSEMBLE, inputs, outputs=[httpclient.InferRequestedOutput("ordered_ids"),
-                                                     httpclient.InferRequestedOutput("ordered_scores")])
+    from recsys_assets.lib.ensemble_request import infer_inputs, requested_outputs
+
+    fields = ("user_id", "device_type", "timestamp", "top_k", "diversity")
+    inputs = infer_inputs(httpclient, **{name: request.get(name) for name in fields})
+    result = client.infer(ENSEMBLE, inputs, outputs=requested_outputs(httpclient))
     return {"ids": result.as_numpy("ordered_ids").tolist(), "scores": result.as_numpy("ordered_scores").tolist(),
             "release": int(result.get_response()["model_version"])}
 
