@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 
+from recsys_assets.lib.onnx_model import ALIASES
 from recsys_assets.serving.features import CONTEXT, ITEM, ITEM_INDEX, UNROLLED, USER, FeatureGroup
 
 # stage -> the groups its tensors carry, and the plain tensors it takes as they are ([N] or [N, D])
@@ -30,7 +31,6 @@ LAYOUTS: dict[str, tuple[tuple[FeatureGroup, ...], dict[str, str]]] = {
     "dlrm_ranking": ((UNROLLED, ITEM), {"item_id": ITEM_INDEX, "image_embedding": "image_embedding",
                                         "text_embedding": "text_embedding"}),
 }
-ALIASES = {"image_pca": "image_embedding", "text_pca": "text_embedding"}
 
 
 def group_inputs(model, stage: str, input_map: dict[str, str] | None = None):

@@ -24,7 +24,8 @@ class ReleaseScorer:
 
     def __init__(self, repository: Path, release: Release) -> None:
         from recsys_assets.lib import faiss_index as fx
-        from recsys_assets.serving.stages.onnx_models import DlrmRanking, OnnxModel, QueryTower
+        from recsys_assets.lib.onnx_model import OnnxModel
+        from recsys_assets.serving.stages.onnx_models import DlrmRanking, QueryTower
         from recsys_assets.serving.transforms import CompiledTransforms
 
         self.release = release.release
