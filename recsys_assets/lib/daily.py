@@ -40,9 +40,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from recsys_assets.lib import settings
 from recsys_assets.lib.digests import file_sha256
+from recsys_assets.lib.settings import day_of_timestamp
 
-SECONDS_PER_DAY = 86_400
 LANDING_DAY = re.compile(r"(?:^|/)day=(\d{4}-\d{2}-\d{2})(?:/|$)")
 DEFAULT_WINDOW_DAYS = 7
 
@@ -102,8 +103,7 @@ class DayClock:
         """The day in progress at wall time ``now`` (Unix seconds)."""
         if self.simulated:
             return self.first_day + int((now - float(self.started_at)) // self.seconds_per_day)
-        epoch = dt.datetime.combine(self.start_date, dt.time(), tzinfo=dt.timezone.utc).timestamp()
-        return int((now - epoch) // SECONDS_PER_DAY)
+        return day_of_timestamp(float(now), settings.start_epoch(self.start_date))
 
     def last_over(self, now: float) -> int:
         """The newest day that is over at ``now`` (-1 when none is)."""

@@ -19,6 +19,7 @@ import os
 from typing import Mapping
 
 PROFILES = ("local", "k8s")
+SECONDS_PER_DAY = 86_400
 
 
 class SettingsError(ValueError):
@@ -89,3 +90,27 @@ def partition_key(day: int, start_date: dt.date) -> str:
 def day_name(day: int) -> str:
     """The file stem of a day: ``day_00``, ``day_13``, ``day_120``."""
     return f"day_{day:02d}"
+
+
+def start_epoch(start_date: dt.date) -> int:
+    """Unix seconds of 00:00 UTC on ``start_date`` (the start of day 00)."""
+    return int(dt.datetime(start_date.year, start_date.month, start_date.day, tzinfo=dt.timezone.utc).timestamp())
+
+
+def day_start(day, epoch: int):
+    """Unix seconds of 00:00 UTC on day index ``day`` (an int or an array of them), day 00 starting at ``epoch``."""
+    if isinstance(day, (int, float)):
+        return int(epoch) + int(day) * SECONDS_PER_DAY
+    import numpy as np
+
+    return int(epoch) + np.asarray(day, dtype=np.int64) * SECONDS_PER_DAY
+
+
+def day_of_timestamp(timestamp, epoch: int):
+    """The day index of Unix ``timestamp`` (an int or an array; whole UTC days since ``epoch``, negative before
+    day 00)."""
+    if isinstance(timestamp, (int, float)):
+        return int((timestamp - epoch) // SECONDS_PER_DAY)
+    import numpy as np
+
+    return (np.asarray(timestamp, dtype=np.int64) - int(epoch)) // SECONDS_PER_DAY

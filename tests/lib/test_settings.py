@@ -1,7 +1,9 @@
 import datetime as dt
 
+import numpy as np
 import pytest
 
+from recsys_assets.lib import settings
 from recsys_assets.lib.settings import Settings, SettingsError, day_index, day_name, partition_key
 
 
@@ -36,3 +38,17 @@ def test_partition_day_round_trip(day, key, name):
 def test_partition_before_start_is_rejected():
     with pytest.raises(ValueError, match="before the start date"):
         day_index("2025-12-31", dt.date(2026, 1, 1))
+
+
+@pytest.mark.parametrize("timestamp, day", [
+    (1767225600, 0),            # 2026-01-01T00:00:00Z
+    (1767225600 + 86_399, 0),
+    (1767225600 + 86_400, 1),
+    (1767225600 - 1, -1),       # before day 00: negative, never rounded towards 0
+])
+def test_day_of_timestamp_counts_whole_utc_days_for_ints_and_arrays(timestamp, day):
+    epoch = settings.start_epoch(dt.date(2026, 1, 1))
+    assert epoch == 1767225600
+    assert settings.day_of_timestamp(timestamp, epoch) == day
+    assert settings.day_of_timestamp(np.array([timestamp]), epoch).tolist() == [day]
+    assert settings.day_start(day, epoch) <= timestamp < settings.day_start(day + 1, epoch)
