@@ -1,4 +1,4 @@
-"""Whole releases: candidates, their evaluation as served, promotion into a running Triton, rollback.
+"""Promotion of a whole release into a running Triton, rollback, and the one state machine that records them.
 
 A *release* is a manifest (:class:`recsys_assets.release.repository.Release`, ``serving/releases/<n>.json``) naming
 one version of every model. This module adds what a release needs to be served as one unit, built on the versioned
@@ -26,17 +26,12 @@ Promotion (:func:`promote`)
     4. unload every model the target does not use.
     Rollback is a promotion of the previous release of the promotion stack (:class:`ServedState`).
 
-Records (``releases/records/<n>.json``, :class:`ReleaseRecord`): what a release was built from (kind
-``full`` or ``finetune``, parent release, day, the SavedModels it can be fine-tuned from), its gate outcome and
-status (``candidate`` -> ``promoted`` | ``gate_failed`` | ``load_failed`` | ``rolled_back``). The served state
-(``releases/served.json``) holds the release serving now and the stack of promoted releases.
+The state machine around it (:func:`switch_release`): every way a release comes to serve (promotion, rollback,
+restart, deployment) switches through :func:`serve_release` and records the outcome the same way (the target's
+record, the served state and its trimmed history, the configs restored on failure). Records and the served state:
+:mod:`recsys_assets.release.records`; scoring a candidate: :mod:`recsys_assets.release.scoring`.
 
-Evaluation as served (:class:`ReleaseScorer`): a release is scored from its own repository versions (compiled
-transforms, ONNX towers through the serving stage's feeder, FAISS index, availability, multimodal table) on raw
-rows, so a candidate and the served release are compared on the same held-out rows even when their
-vocabularies differ.
-
-Pure: numpy/pandas, the serving package and Triton's client; no Dagster.
+Pure: the release package and Triton's client; no Dagster.
 """
 
 from __future__ import annotations

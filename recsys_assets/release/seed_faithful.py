@@ -2,9 +2,9 @@
 
 DESIGN.md: the seed spent ~195 ms of ~375 ms reading item features through Feast on every request and ~152 ms
 running three NVTabular workflows per request. Our ensemble reads items from an in-memory cache and applies the
-workflows *compiled* into numpy lookups. To measure that speed-up side by side (not claim it), this module (the builder; the stages are in
-:mod:`recsys_assets.serving.seed_faithful`) turns
-a built repository into its seed-faithful twin, same models and artifacts, different feature path:
+workflows *compiled* into numpy lookups. To measure that speed-up side by side (not claim it), this module (the
+builder; the stages are in :mod:`recsys_assets.serving.seed_faithful`) turns a built repository into its
+seed-faithful twin, same models and artifacts, different feature path:
 
 * ``feast_item_lookup`` -> :class:`FeastItemsPerRequest`: ``FeatureStore.get_online_features`` for the request's
   candidates, every request (no cache);

@@ -174,7 +174,7 @@ def rewrite_python(text: str) -> str:
                     groups.setdefault(new_module.rpartition(".")[0], []).append(
                         (name, None if mapping[new_module] == name else mapping[new_module]))
                     continue
-                if new_module == home:
+                if new_module == home and (full in MODULES or home == full):  # moved whole, or stays: same name
                     as_name = item.asname
                 elif len(homes) == 1 and home not in homes and item.asname is None and name == item.name:
                     as_name = None  # the only new home has the old name: keep it

@@ -24,7 +24,7 @@ from recsys_assets.defs.resources import MerlinRunner
 from recsys_assets.defs.training import assets as training
 from recsys_assets.defs.transforms import assets as transforms
 from recsys_assets.lib import paths, retrain
-from recsys_assets.release import records, repository as rl
+from recsys_assets.release import records, repository
 from recsys_assets.lib.transform_spec import FIRST_INDEX, OOV_INDEX
 from recsys_assets.release import deploy
 from recsys_assets.release.repository import ENSEMBLE, MODELS
@@ -111,7 +111,7 @@ def _item_index(transforms: CompiledTransforms, catalogue: pd.DataFrame, item_id
 
 def _release_transforms(store, release: int) -> CompiledTransforms:
     live = store.local_path(paths.TRITON_REPOSITORY)
-    return CompiledTransforms.load(rl.version_dir(live, records.manifest(store, release), "nvt_user_transform") / "transforms")
+    return CompiledTransforms.load(repository.version_dir(live, records.manifest(store, release), "nvt_user_transform") / "transforms")
 
 
 def _finetune_day_9(resources):
@@ -204,8 +204,8 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
                                                                                        "force": True}}}}).success
         release, answers_2 = answers_of(http, requests)
         assert release == 2 and answers_2 != answers_1
-        served = rl.parse_config(store.local_path(paths.TRITON_REPOSITORY) / ENSEMBLE / "config.pbtxt")
-        steps = {rl.parse_alias(s.model_name) for s in served.ensemble_scheduling.step}
+        served = repository.parse_config(store.local_path(paths.TRITON_REPOSITORY) / ENSEMBLE / "config.pbtxt")
+        steps = {repository.parse_alias(s.model_name) for s in served.ensemble_scheduling.step}
         assert steps == {(m, manifest_2.models[m]) for m in MODELS if (m, manifest_2.models[m]) in steps}
         assert {m for m, _ in steps} >= changed
         assert all(v == manifest_2.models[m] for m, v in steps)

@@ -10,7 +10,7 @@ from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfil
 from recsys_assets.defs.serving import assets as serving
 from recsys_assets.defs.serving.resources import TritonResource
 from recsys_assets.lib import paths
-from recsys_assets.release import records, repository as rl
+from recsys_assets.release import records, repository
 from recsys_assets.lib.transform_spec import FIRST_INDEX
 from recsys_assets.release.triton_server import free_port
 from recsys_assets.release import client as client_cli
@@ -126,7 +126,7 @@ def _stub_pids(server) -> dict:
         for part in cmdline:
             if "/triton_repository/" in part:
                 folder = part.split("/triton_repository/")[1].split("/")[0]
-                alias = rl.parse_alias(folder)  # releases serve <model>_v<n>
+                alias = repository.parse_alias(folder)  # releases serve <model>_v<n>
                 out.setdefault(alias[0] if alias else folder, set()).add(child.pid)
     return out
 

@@ -318,12 +318,14 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     t1 = time.perf_counter()
     with repository.repository_lock(root):
         number = records.next_release(store)
-        trained = repository.trained_from_release(live, served, query_tower=store.local_path(f"{output}/onnx/query_tower.onnx"),
-                                          dlrm=store.local_path(f"{output}/onnx/dlrm.onnx"))
+        trained = repository.trained_from_release(
+            live, served, query_tower=store.local_path(f"{output}/onnx/query_tower.onnx"),
+            dlrm=store.local_path(f"{output}/onnx/dlrm.onnx"))
         try:
             with _repository_target(store, live) as target:
                 candidate, ensemble_text = repository.assemble_candidate(
-                    target, live, trained, repository.defaults_from_release(live, served), repository.start_date_of(served), number,
+                    target, live, trained, repository.defaults_from_release(live, served),
+                    repository.start_date_of(served), number,
                     _history(store, state), config.keep_releases, served=served,
                     served_ensemble=_ensemble_text(store, live, served.release), expected_changes=FINETUNED_MODELS,
                     pending=records.pending_candidates(store, served.release))

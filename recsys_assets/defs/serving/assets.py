@@ -1,8 +1,9 @@
 """Serving: the versioned Triton model repository and its deployment (local tritonserver or Helm release).
 
 **One owner of the live repository: releases.** Models change in the live repository (``serving/
-triton_repository``) only as whole releases, through one code path, :func:`recsys_assets.release.promotion.serve_release`
-(promote into the running server, or start one on the release), which both ``triton_deployment`` and the
+triton_repository``) only as whole releases, through one state machine,
+:func:`recsys_assets.release.promotion.switch_release` (promote into the running server, or start one on the
+release, then record it), which both ``triton_deployment`` and the
 promotion jobs (``served_release`` in ``defs/finetune``) call. Every served model is an alias
 ``<model>_v<version>`` and the ensemble's version is the release number, so no request mixes two releases and a
 deployment never reloads the plain model folders under a promoted release.
