@@ -25,9 +25,8 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from recsys_assets.lib.ensemble_request import request_body
+from recsys_assets.lib.ensemble_request import ENSEMBLE, request_body
 
-ENSEMBLE = "ensemble_model"
 _NOT_SERVING = ("unknown model", "is not found", "not ready", "no available version", "unavailable",
                 "is not loaded", "failed to load")
 

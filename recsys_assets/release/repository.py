@@ -45,9 +45,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from recsys_assets.lib.digests import file_sha256, path_sha256
+from recsys_assets.lib.ensemble_request import ENSEMBLE
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "triton_repo"
-ENSEMBLE = "ensemble_model"
 MODELS = (
     "context_preprocessor", "feast_user_lookup", "nvt_user_transform", "nvt_context_transform", "query_tower",
     "faiss_retrieval", "filter_seen_items", "feast_item_lookup", "nvt_item_transform",
