@@ -1,6 +1,6 @@
 """The daily run: how long a new day's refresh takes, and what the list as served scores.
 
-Part 1, a running release. The tiny serving artifacts (``recsys_assets.serving.tiny``: real formats, the full
+Part 1, a running release. The tiny serving artifacts (``recsys_assets.release.tiny``: real formats, the full
 2,465-item catalogue, small random towers) on a real tritonserver with its own Valkey and Feast registry.
 
 Part 2, the daily refresh at ``--scale`` (default demo), in a scratch artifact root with its own embedded Valkey:
@@ -39,10 +39,10 @@ def key(day: int) -> str:
 
 
 def start_tiny_release(work: Path):
-    from recsys_assets.lib.triton_server import TritonServer
+    from recsys_assets.release.triton_server import TritonServer
     from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
-    from recsys_assets.serving.repository import ServingDefaults, build_repository
-    from recsys_assets.serving.tiny import build_tiny_artifacts, publish_online_state, serving_environ
+    from recsys_assets.release.repository import ServingDefaults, build_repository
+    from recsys_assets.release.tiny import build_tiny_artifacts, publish_online_state, serving_environ
 
     tiny = build_tiny_artifacts(work / "tiny")
     valkey = EmbeddedValkey(work / "tiny-valkey", port=free_port()).start()
@@ -177,7 +177,7 @@ def served_metrics(tiny, url: str, day: int, requests: int) -> None:
     from recsys_assets.lib import served_evaluation as se
     from recsys_assets.lib.artifacts import ArtifactStore
     from recsys_assets.lib.generator import World
-    from recsys_assets.serving.client import RecommendationClient
+    from recsys_assets.release.client import RecommendationClient
 
     root = Path(tempfile.mkdtemp(prefix="served-eval-"))
     store = ArtifactStore(root)

@@ -91,9 +91,9 @@ def served_table(store, day: int):
 
 
 def promote(runner: Runner, store, release: int, label: str) -> dict:
-    from recsys_assets.lib import releases as rl
+    from recsys_assets.release import records
 
-    record = rl.record(store, release)
+    record = records.record(store, release)
     force = record is not None and record.gate_passed is False
     entry = runner.run(f"{label}{' (forced: gate failed)' if force else ''}", "promote_release_job",
                        run_config={"ops": {"served_release": {"config": {"release": release, "force": force}}}})
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     import dagster as dg
 
-    from recsys_assets.lib.triton_server import free_port
+    from recsys_assets.release.triton_server import free_port
     from recsys_assets.lib.valkey_server import EmbeddedValkey
 
     valkey = EmbeddedValkey(root / "valkey", port=free_port()).start()
@@ -126,10 +126,10 @@ def main(argv=None) -> int:
         "RECSYS_TRITON_HTTP_PORT": str(free_port()), "RECSYS_TRITON_GRPC_PORT": str(free_port()),
         "RECSYS_TRITON_METRICS_PORT": str(free_port()), "HF_HUB_OFFLINE": "1"})
     from recsys_assets.definitions import build_definitions
-    from recsys_assets.lib import releases as rl
+    from recsys_assets.release import records
     from recsys_assets.lib.artifacts import ArtifactStore
     from recsys_assets.lib.settings import Settings
-    from recsys_assets.serving import deploy
+    from recsys_assets.release import deploy
 
     store = ArtifactStore(root)
     defs = build_definitions(Settings.from_env())
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         entry = runner.run(f"served list, {label}", "daily_job", partition_key=key(args.eval_day),
                            run_config=served_config, assets=["served_list_evaluation"])
         table, record = served_table(store, args.eval_day)
-        state = rl.served_state(store)
+        state = records.served_state(store)
         report["served"][label] = {"release": state.release if state else None, "fingerprint": record["fingerprint"],
                                    "p50_ms": meta(entry["result"], "served_list_evaluation").get("p50_ms"),
                                    "table": table.drop(columns=["mean_length"], errors="ignore").to_dict("records")}
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
             # the root's models were judged when they were built: the setup deploys them without re-running the gates
             runner.run("triton_model_repository + triton_deployment (setup)", "serving_job",
                        assets=["triton_model_repository", "triton_deployment"])
-            state = rl.served_state(store)
+            state = records.served_state(store)
             serving = state.release
             runner.run(f"raw day {args.eval_day:02d} for the replay (setup)", "daily_job",
                        partition_key=key(args.eval_day), assets=["raw_interactions"])
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
                 "promotion_forced": promotion["forced"] if promotion else None,
                 "gate": {k: ft.get(k) for k in ft if k.startswith(("recall_at", "auc/"))},
                 "finetune_phases": {k: v for k, v in ft.items() if k.startswith("phase_seconds/")},
-                "finetune_release": candidate, "status": rl.record(store, candidate).status if candidate else None}
+                "finetune_release": candidate, "status": records.record(store, candidate).status if candidate else None}
             print(f"\n[day {args.day:02d} + promotion] {report['day_sequence']}", flush=True)
             evaluate(f"release {candidate} (after the fine-tune of day {args.day:02d})", runner)
 

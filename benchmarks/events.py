@@ -1,6 +1,6 @@
 """The click path over HTTP, and the time from a click to changed recommendations.
 
-Sets up the tiny serving world in a temporary root (``recsys_assets.serving.tiny``: catalogue, 60 users, Feast
+Sets up the tiny serving world in a temporary root (``recsys_assets.release.tiny``: catalogue, 60 users, Feast
 apply + materialize into an embedded Valkey on a free port, popularity tables), starts Triton with the tiny
 ensemble (``--no-triton`` skips it) and the API as its own process (``python -m recsys_assets.api``, uvicorn, one
 worker), then measures from a client on the same machine:
@@ -127,10 +127,10 @@ def main(argv=None) -> int:
 
     from recsys_assets.lib import paths
     from recsys_assets.lib.artifacts import ArtifactStore
-    from recsys_assets.lib.triton_server import TritonServer, free_port
+    from recsys_assets.release.triton_server import TritonServer, free_port
     from recsys_assets.lib.valkey_server import EmbeddedValkey
-    from recsys_assets.serving.repository import ServingDefaults, build_repository
-    from recsys_assets.serving.tiny import build_tiny_artifacts, publish_online_state, serving_environ
+    from recsys_assets.release.repository import ServingDefaults, build_repository
+    from recsys_assets.release.tiny import build_tiny_artifacts, publish_online_state, serving_environ
 
     with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp, \
             EmbeddedValkey(Path(tmp) / "valkey", port=free_port()) as valkey:

@@ -125,14 +125,14 @@ class Load:
     def _run(self, offset: int) -> None:
         import tritonclient.http as httpclient
 
-        from recsys_assets.lib import releases as rl
+        from recsys_assets.release import promotion as release_promotion
 
         client = httpclient.InferenceServerClient(self.url, network_timeout=60.0)
         i = offset
         while not self._stop.is_set():
             t0 = time.perf_counter()
             try:
-                got = rl.answer(client, self.requests[i % len(self.requests)])
+                got = release_promotion.answer(client, self.requests[i % len(self.requests)])
                 self.samples.append((time.monotonic(), (time.perf_counter() - t0) * 1e3, got["release"]))
             except Exception as exc:
                 self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -172,14 +172,14 @@ def main(argv=None) -> int:
     )
     from recsys_assets.defs.release.resources import TritonResource
     from recsys_assets.lib import paths
-    from recsys_assets.lib import releases as rl
+    from recsys_assets.release import records
     from recsys_assets.lib.artifacts import ArtifactStore
     from recsys_assets.lib.settings import partition_key
-    from recsys_assets.lib.triton_server import free_port
+    from recsys_assets.release.triton_server import free_port
     from recsys_assets.lib.valkey_server import EmbeddedValkey
     from recsys_assets.defs.partitions import START_DATE
-    from recsys_assets.serving import deploy
-    from recsys_assets.serving.tiny import TinyArtifacts, publish_online_state, serving_environ
+    from recsys_assets.release import deploy
+    from recsys_assets.release.tiny import TinyArtifacts, publish_online_state, serving_environ
 
     root = Path(args.root)
     if root.exists() and not args.reuse:
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
                 m = json.loads(store.read_bytes(rel))
                 training[name] = {k: m[k] for k in ("fit_seconds", "train_rows", "validation_auc", "load_seconds",
                                                     "save_seconds") if k in m}
-    if not rl.records(store):
+    if not records.records(store):
         timed("retrained_release (release 1)", timings, lambda: materialize(
             [releases.retrained_release], resources, run_config={"ops": {"retrained_release": {"config": {
                 "variant": "plain", "eval_day": args.day}}}}))
@@ -218,7 +218,7 @@ def main(argv=None) -> int:
                               trained=None, start_date=START_DATE.isoformat())
         timed("feast apply + materialize (bench Valkey)", timings, lambda: publish_online_state(
             world, serving_environ(url, root)))
-        state = rl.served_state(store)
+        state = records.served_state(store)
         if state is None or deploy.running_server(root) is None:
             first = state.release if state else 1
             timed("promote release 1 (server start)", timings, lambda: materialize(
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         report["finetune"]["gate"] = {e.check_name: (e.passed, str(e.metadata.get("description").value)[:300])
                                       for e in result.get_asset_check_evaluations()}
         candidate = ft["release"]
-        gate_passed = rl.record(store, candidate).gate_passed
+        gate_passed = records.record(store, candidate).gate_passed
         users = world.users["user_id"].sample(50, random_state=0).tolist()
         day_start = 1767225600 + args.day * 86400
         requests = [{"user_id": int(u), "device_type": int(i % 3), "timestamp": day_start + (i % 24) * 3600}

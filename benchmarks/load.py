@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = start_stack(work)
         targets = [Target("api", stack.api_url), Target("triton", stack.triton_url)]
         users, items = tuple(stack.known_users), tuple(stack.warm_items())
-        source = ("tiny serving artifacts (serving.tiny: real catalogue, 60 users, small ONNX towers), "
+        source = ("tiny serving artifacts (release.tiny: real catalogue, 60 users, small ONNX towers), "
                   "tests/support/stack")
     mix = Mix(known_users=users, items=items, click_share=args.click_share)
     results: dict = {"source": source, "cpu_count": os.cpu_count(), "mode": args.mode,

@@ -51,7 +51,7 @@ def served_recommend(root: str, k: int):
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("recsys_assets.release"):
             raise
-        from recsys_assets.serving.pipeline import InProcessPipeline
+        from recsys_assets.release.pipeline import InProcessPipeline
     repository = Path(root) / paths.TRITON_REPOSITORY
     if not repository.is_dir():
         raise SystemExit(f"no built release at {repository}: materialize triton_model_repository (make demo) "

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recsys_assets.lib.triton_server import TritonServer  # noqa: E402
+from recsys_assets.release.triton_server import TritonServer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import tree_cpu_s  # noqa: E402  (benchmarks/serving.py)

@@ -18,13 +18,13 @@ What it measures, in one run on one machine (client included, as a caller of the
    windows (standard 3 s, seed-faithful 6 s each), so the p50 ratio (target >= 20x) is taken under the same
    background load; the ratio of the two level runs is printed too.
 3. **in-process floor**: the same stages, configs and artifacts called directly in this process
-   (``serving.pipeline.InProcessPipeline``), same request mix: what the work costs without IPC and scheduling.
+   (``release.pipeline.InProcessPipeline``), same request mix: what the work costs without IPC and scheduling.
 4. **Feast SDK per request** (the seed's item path, in part): ``get_online_features`` for one user and for the
    300 candidates, timed alone, next to the in-memory item cache the ensemble uses.
 
 Artifacts: ``--artifacts DIR`` uses a built repository under that artifact root
 (``serving/triton_repository``, with its Feast registry, Valkey and the saved workflows ``transforms/workflows``:
-run ``make demo`` first); without it the benchmark builds the tiny artifacts (``serving.tiny``: real formats, the
+run ``make demo`` first); without it the benchmark builds the tiny artifacts (``release.tiny``: real formats, the
 full 2,465-item catalogue, small models) with their own Valkey and Feast registry in a temporary folder, and fits
 real NVTabular workflows on the tiny world in the merlin env (``seed_faithful.fit_tiny_workflows``) whose compiled
 form the standard repository serves, so both configurations run the same fitted workflows. Numbers only: nothing
@@ -48,8 +48,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recsys_assets.lib.triton_server import TritonServer  # noqa: E402
-from recsys_assets.serving.client import RecommendationClient  # noqa: E402
+from recsys_assets.release.triton_server import TritonServer  # noqa: E402
+from recsys_assets.release.client import RecommendationClient  # noqa: E402
 
 DAY0 = 1767225600
 
@@ -160,9 +160,9 @@ def setup_tiny(work: Path, instance_counts: dict):
     """Tiny artifacts (with fitted NVTabular workflows) + Valkey + Feast + popularity + a built repository;
     returns (repository, environ, users, stop, workflows directory)."""
     from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
-    from recsys_assets.serving.repository import ServingDefaults, build_repository
-    from recsys_assets.serving.seed_faithful import fit_tiny_workflows
-    from recsys_assets.serving.tiny import build_tiny_artifacts, publish_online_state, serving_environ
+    from recsys_assets.release.repository import ServingDefaults, build_repository
+    from recsys_assets.release.seed_faithful import fit_tiny_workflows
+    from recsys_assets.release.tiny import build_tiny_artifacts, publish_online_state, serving_environ
 
     tiny, workflows = fit_tiny_workflows(build_tiny_artifacts(work / "tiny"), work / "nvt")
     valkey = EmbeddedValkey(work / "valkey", port=free_port()).start()
@@ -177,7 +177,7 @@ def setup_artifacts(root: Path):
     import pandas as pd
 
     from recsys_assets.lib import paths
-    from recsys_assets.serving.deploy import local_environ
+    from recsys_assets.release.deploy import local_environ
 
     repository = root / paths.TRITON_REPOSITORY
     if not (repository / "ensemble_model" / "config.pbtxt").exists():
@@ -217,7 +217,7 @@ def interleaved_c1(urls: dict, protocol: str, rounds: int, seconds: dict, mix: l
 
 def make_seed_faithful_repository(repository: Path, workflows: Path, environ: dict, work: Path):
     """The same repository rewritten to the seed's per-request Feast + NVTabular paths; (path, environ, info)."""
-    from recsys_assets.serving import seed_faithful
+    from recsys_assets.release import seed_faithful
 
     t0 = time.perf_counter()
     merlin = seed_faithful.make_seed_faithful(repository, work / "repo-seed", workflows)
@@ -247,7 +247,7 @@ def feast_sdk_per_request(environ: dict, users: list[int], repeats: int = 50) ->
 
 
 def in_process(repository: Path, environ: dict, mix: list, n: int) -> dict:
-    from recsys_assets.serving.pipeline import InProcessPipeline
+    from recsys_assets.release.pipeline import InProcessPipeline
 
     with InProcessPipeline(repository, environ=environ) as pipeline:
         for user, device, ts in mix[:50]:
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         counts = {k: int(v) for k, v in (item.split("=") for item in args.instances)}
         repository, environ, users, stop_valkey, workflows = setup_tiny(work, counts)
-        source = "tiny artifacts (serving.tiny: full catalogue, small models)"
+        source = "tiny artifacts (release.tiny: full catalogue, small models)"
     print(f"# serving benchmark: {source}; setup {time.perf_counter() - t0:.0f} s", flush=True)
     protocol = "grpc" if args.grpc else "http"
     mix = request_mix(users, 5000)

@@ -134,7 +134,7 @@ def main() -> int:
           f"train days {TRAIN_DAYS.start:02d}-{TRAIN_DAYS.stop - 1:02d}")
     run_plan(defs, instance)
     print(f"\n[demo] pipeline built in {time.perf_counter() - t0:.1f} s")
-    from recsys_assets.serving import deploy
+    from recsys_assets.release import deploy
     from recsys_assets.lib.generator import World
 
     root = Path(settings.artifacts).resolve()

@@ -33,6 +33,7 @@ from recsys_assets.api import events as ev
 from recsys_assets.api import stream
 from recsys_assets.api.config import ApiConfig
 from recsys_assets.api.online import OnlineStoreUnavailable, TopCategoryStore, push_time
+from recsys_assets.lib.valkey_server import is_unavailable
 
 LOCK_STRIPES = 64
 log = logging.getLogger("recsys_assets.api")
@@ -44,25 +45,6 @@ class ServiceUnavailable(RuntimeError):
     def __init__(self, message: str, event_id: str | None = None) -> None:
         super().__init__(message)
         self.event_id = event_id
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """Connection refused/reset, timeouts, a server loading or shutting down (valkey or redis clients)."""
-    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-        return True
-    for module in ("valkey.exceptions", "redis.exceptions"):
-        try:
-            errors = __import__(module, fromlist=["ConnectionError"])
-        except ImportError:
-            continue
-        kinds = tuple(getattr(errors, n) for n in ("ConnectionError", "TimeoutError", "BusyLoadingError",
-                                                   "ClusterDownError", "ReadOnlyError") if hasattr(errors, n))
-        if isinstance(exc, kinds):
-            return True
-        if isinstance(exc, getattr(errors, "ResponseError", ())) and any(
-                word in str(exc).lower() for word in ("shutdown", "loading", "masterdown", "tryagain")):
-            return True
-    return False
 
 
 class Backends:

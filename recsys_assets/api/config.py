@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_API_PORT = 8080  # Triton's local HTTP port is 8000 (recsys_assets.serving.deploy.Ports)
+DEFAULT_API_PORT = 8080  # Triton's local HTTP port is 8000 (recsys_assets.release.deploy.Ports)
 DEFAULT_TRITON_PORT = 8000
 DURABILITY_MODES = ("auto", "fsync", "replica", "async")
 TRITON_REPOSITORY = "serving/triton_repository"  # = recsys_assets.lib.paths.TRITON_REPOSITORY

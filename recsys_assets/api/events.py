@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from recsys_assets.lib.feature_spec import DEVICE_NAMES
+from recsys_assets.lib.settings import day_of_timestamp
 from recsys_assets.lib.top_category import (
     CATEGORIES,
     NONE,
@@ -170,7 +171,7 @@ class Catalogue:
 
 def check_click_day(timestamp: int, start_epoch: int, start_date) -> int:
     """The click's day index; refuses a click before day 00 (it would belong to no partition)."""
-    day = (int(timestamp) - int(start_epoch)) // 86_400
+    day = day_of_timestamp(int(timestamp), int(start_epoch))
     if day < 0:
         raise InvalidRequest(f"timestamp {timestamp} is before day 00 ({start_date.isoformat()}, "
                              "RECSYS_START_DATE): such an event belongs to no daily partition")
@@ -179,7 +180,7 @@ def check_click_day(timestamp: int, start_epoch: int, start_date) -> int:
 
 def check_recommendation_day(timestamp: int, start_epoch: int, start_date) -> int:
     """The day a recommendation is asked for; refuses a time before day 00 (nothing is released then)."""
-    day = (int(timestamp) - int(start_epoch)) // 86_400
+    day = day_of_timestamp(int(timestamp), int(start_epoch))
     if day < 0:
         raise InvalidRequest(f"timestamp {timestamp} is before day 00 ({start_date.isoformat()}, "
                              "RECSYS_START_DATE): no item is available before then; ask for a time from day 00 on, "

@@ -17,11 +17,11 @@ open it is reported as :class:`OnlineStoreUnavailable` with the reason, and the 
 from __future__ import annotations
 
 import datetime as dt
-import re
-import string
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+
+from recsys_assets.lib import feast_store
 
 PUSH_SOURCE = "user_top_category_push"
 FEATURE_VIEW = "user_top_category"
@@ -34,20 +34,10 @@ class OnlineStoreUnavailable(RuntimeError):
 
 def open_feature_store(repo_dir: Path, yaml_file: str, environ: Mapping[str, str]):
     """A ``FeatureStore`` over ``repo_dir/yaml_file`` with ``${VAR}`` expanded from ``environ`` (not os.environ)."""
-    import yaml
-    from feast import FeatureStore
-    from feast.repo_config import RepoConfig
-
-    path = Path(repo_dir) / yaml_file
-    if not path.exists():
-        raise OnlineStoreUnavailable(f"Feast repository yaml {path} not found: set RECSYS_FEAST_REPO / _YAML")
-    values = yaml.safe_load(string.Template(path.read_text()).safe_substitute(environ))
-    missing = sorted({name for leaf in _leaves(values) for name in re.findall(r"\$\{(\w+)\}", leaf)})
-    if missing:
-        raise OnlineStoreUnavailable(f"{path} needs {', '.join(missing)} set")
-    config = RepoConfig(**values)
-    config.repo_path = Path(repo_dir)
-    return FeatureStore(repo_path=str(repo_dir), config=config)
+    try:
+        return feast_store.open_feature_store(repo_dir, yaml_file, environ)
+    except feast_store.FeastRepoError as exc:
+        raise OnlineStoreUnavailable(str(exc)) from exc
 
 
 class TopCategoryStore:
@@ -107,14 +97,6 @@ class TopCategoryStore:
         frame = pd.DataFrame({"user_id": [int(user_id)], FEATURE: [int(top_category)],
                               "event_timestamp": [pd.Timestamp(int(timestamp), unit="s", tz="UTC")]})
         store.push(PUSH_SOURCE, frame)
-
-
-def _leaves(value) -> list[str]:
-    if isinstance(value, dict):
-        return [leaf for v in value.values() for leaf in _leaves(v)]
-    if isinstance(value, list):
-        return [leaf for v in value for leaf in _leaves(v)]
-    return [value] if isinstance(value, str) else []
 
 
 def _seconds(ts) -> int | None:

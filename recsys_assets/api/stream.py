@@ -26,12 +26,13 @@ import dataclasses
 import re
 from collections.abc import Iterator
 
+from recsys_assets.lib.settings import day_of_timestamp
+
 STREAM_KEY = "recsys:events:{clicks}"
 IDEMPOTENCY_PREFIX = "recsys:events:{clicks}:key:"
 IDEMPOTENCY_TTL_S = 24 * 3600
 FIELDS = ("user_id", "item_id", "timestamp", "device_type")
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-DAY_SECONDS = 86_400
 
 # KEYS[1] stream, KEYS[2] idempotency key; ARGV[1] its TTL, ARGV[2..] the entry's field/value pairs.
 _APPEND_ONCE = """
@@ -66,7 +67,7 @@ class Event:
 
 def day_of(timestamp: int, start_epoch: int) -> int:
     """The day index (days since day 00, UTC) of a Unix timestamp; negative before day 00."""
-    return (int(timestamp) - int(start_epoch)) // DAY_SECONDS
+    return day_of_timestamp(int(timestamp), int(start_epoch))
 
 
 def parse_id(stream_id: str | bytes) -> tuple[int, int]:

@@ -25,7 +25,8 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-ENSEMBLE = "ensemble_model"
+from recsys_assets.lib.ensemble_request import ENSEMBLE, request_body
+
 _NOT_SERVING = ("unknown model", "is not found", "not ready", "no available version", "unavailable",
                 "is not loaded", "failed to load")
 
@@ -75,20 +76,6 @@ class InferenceHealth:
     @property
     def suspect(self) -> bool:
         return self.last_failure is not None and (self.last_ok is None or self.last_failure >= self.last_ok)
-
-
-def request_body(user_id: int, device_type: int | None = None, timestamp: int | None = None,
-                 top_k: int | None = None, diversity: bool | None = None) -> dict:
-    """The KServe v2 JSON body of one ensemble request (optional inputs left out when None)."""
-    inputs = []
-    for name, value, dtype in (("user_id", user_id, "INT64"), ("device_type", device_type, "INT64"),
-                               ("timestamp", timestamp, "INT64"), ("top_k", top_k, "INT64"),
-                               ("diversity", diversity, "BOOL")):
-        if value is None:
-            continue
-        inputs.append({"name": name, "shape": [1], "datatype": dtype,
-                       "data": [bool(value) if dtype == "BOOL" else int(value)]})
-    return {"inputs": inputs, "outputs": [{"name": "ordered_ids"}, {"name": "ordered_scores"}]}
 
 
 def parse_response(body: dict) -> Recommendations:

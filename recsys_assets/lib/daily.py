@@ -40,7 +40,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-SECONDS_PER_DAY = 86_400
+from recsys_assets.lib import settings
+from recsys_assets.lib.digests import file_sha256
+from recsys_assets.lib.settings import day_of_timestamp
+
 LANDING_DAY = re.compile(r"(?:^|/)day=(\d{4}-\d{2}-\d{2})(?:/|$)")
 DEFAULT_WINDOW_DAYS = 7
 
@@ -100,8 +103,7 @@ class DayClock:
         """The day in progress at wall time ``now`` (Unix seconds)."""
         if self.simulated:
             return self.first_day + int((now - float(self.started_at)) // self.seconds_per_day)
-        epoch = dt.datetime.combine(self.start_date, dt.time(), tzinfo=dt.timezone.utc).timestamp()
-        return int((now - epoch) // SECONDS_PER_DAY)
+        return day_of_timestamp(float(now), settings.start_epoch(self.start_date))
 
     def last_over(self, now: float) -> int:
         """The newest day that is over at ``now`` (-1 when none is)."""
@@ -202,16 +204,6 @@ def extend_index(index, vectors: np.ndarray, ids: Sequence[int]) -> IndexGrowth:
 
 
 # -- which index serving should package ---------------------------------------------------------------------
-def file_digest(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def daily_index_manifest(variant: str) -> str:
     from recsys_assets.lib import paths
 
@@ -234,4 +226,4 @@ def served_index(store, variant: str) -> str:
     if not (store.exists(grown) and store.exists(manifest) and store.exists(trained)):
         return trained
     meta = json.loads(store.read_bytes(manifest))
-    return grown if meta.get("base_digest") == file_digest(store.local_path(trained)) else trained
+    return grown if meta.get("base_digest") == file_sha256(store.local_path(trained)) else trained

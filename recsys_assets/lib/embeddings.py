@@ -44,6 +44,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from recsys_assets.lib import digests
+
 log = logging.getLogger(__name__)
 
 # Bump when preprocessing or pooling code here changes what an encoder returns for the same input:
@@ -105,11 +107,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _FILE_DIGESTS:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_DIGESTS[key] = h.hexdigest()
+        _FILE_DIGESTS[key] = digests.file_sha256(p)
     return _FILE_DIGESTS[key]
 
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from recsys_assets.lib.onnx_model import OnnxModel  # the one feeder (serving stages, scorer, gates)
 from recsys_assets.lib.metrics import auc, log_loss, ndcg_at_k, recall_at_k
 from recsys_assets.lib.feature_spec import FIRST_INDEX, NULL_INDEX, OOV_INDEX
 
@@ -326,36 +327,6 @@ def history_plot(histories: Mapping[str, Sequence[Mapping]], path, key: str = "l
 
 
 # -- ONNX models in the pipeline env --------------------------------------------------------------------------
-_ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32,
-                "tensor(double)": np.float64}
-
-
-class OnnxModel:
-    """An exported tower or ranker run with onnxruntime: inputs by feature name, cast to the graph's dtypes."""
-
-    def __init__(self, path, threads: int = 1):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name: _ONNX_DTYPES[i.type] for i in self.session.get_inputs()}
-        self.output = self.session.get_outputs()[0].name
-
-    def __call__(self, features: Mapping[str, np.ndarray], batch_size: int = 16384) -> np.ndarray:
-        missing = [n for n in self.inputs if n not in features]
-        if missing:
-            raise ValueError(f"the ONNX model needs inputs {list(self.inputs)}; missing {missing}")
-        n = len(next(iter(features[name] for name in self.inputs)))
-        outs = []
-        for s in range(0, n, batch_size):
-            feed = {name: np.ascontiguousarray(np.asarray(features[name][s:s + batch_size]), dtype=dtype)
-                    for name, dtype in self.inputs.items()}
-            outs.append(self.session.run([self.output], feed)[0])
-        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
-
-
 def onnx_parity(onnx_path, parity_npz) -> dict:
     """onnxruntime on the rows the merlin env saved, against TensorFlow's outputs on them."""
     data = np.load(parity_npz)

@@ -6,8 +6,8 @@ env, in the merlin env and inside Triton's python models under Python 3.10 / num
 * the NVTabular workflows (``ml/nvt_workflows.py`` maps each :class:`Step` to an NVTabular operator), and so the
   compiled serving transforms (``ml/nvt_compile.py`` traces the fitted workflows) and the transformed days;
 * the serving feature groups and the widths of their tensors in the Triton configs (``serving/features.py``;
-  ``serving/repository.py`` writes the widths when it builds a repository);
-* what each model reads (``ml/model_inputs.py``) and the tiny test world (``serving/tiny.py``).
+  ``release/repository.py`` writes the widths when it builds a repository);
+* what each model reads (``ml/model_inputs.py``) and the tiny test world (``release/tiny.py``).
 
 Adding a feature computed from an existing raw column is one :class:`Feature` line below. A feature over a new
 raw column also needs that column in :data:`SOURCES`, in ``masked_interactions`` and in the serving lookups.

@@ -33,11 +33,11 @@ from functools import cached_property
 
 import numpy as np
 
+from recsys_assets.lib.settings import SECONDS_PER_DAY, day_of_timestamp, day_start, start_epoch
 PERSONA_WEIGHTS = np.array([0.6, 0.25, 0.15])
 IMPRESSION_SOURCES = ("popular", "persona", "explore")
 SOURCE_MIX = np.array([0.40, 0.35, 0.25])
 TASTE_DIM = 8
-SECONDS_PER_DAY = 86_400
 
 # Click-model weights. Calibrated (tests/lib/test_generator.py, README "Data") so that impressions have a
 # CTR of 5-10%, the oracle AUC is 0.75-0.85, popularity alone is >= 0.08 AUC below the oracle, context alone
@@ -306,14 +306,13 @@ class World:
 
     # -- time ---------------------------------------------------------------------------------------------------------
     def day_start_ts(self, day):
-        epoch = dt.datetime(self.start_date.year, self.start_date.month, self.start_date.day, tzinfo=dt.timezone.utc)
-        return int(epoch.timestamp()) + np.asarray(day, dtype=np.int64) * SECONDS_PER_DAY
+        return day_start(np.asarray(day, dtype=np.int64), start_epoch(self.start_date))
 
     def weekday(self, day: int) -> int:
         return (self.start_date + dt.timedelta(days=int(day))).weekday()
 
     def day_of_ts(self, timestamp) -> np.ndarray:
-        return (np.asarray(timestamp, dtype=np.int64) - self.day_start_ts(0)) // SECONDS_PER_DAY
+        return day_of_timestamp(np.asarray(timestamp, dtype=np.int64), start_epoch(self.start_date))
 
     # -- the click model ----------------------------------------------------------------------------------------------
     def logit_components(self, user_ids, item_ids, device, timestamp) -> dict[str, np.ndarray]:

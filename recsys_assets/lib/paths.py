@@ -128,7 +128,7 @@ def workflows_archive(transforms_digest: str) -> str:
 
 
 # -- serving (recsys_assets.defs.release) -------------------------------------------------------------------------
-TRITON_REPOSITORY = "serving/triton_repository"  # the live Triton model repository (recsys_assets.serving.repository)
+TRITON_REPOSITORY = "serving/triton_repository"  # the live Triton model repository (recsys_assets.release.repository)
 TRITON_RELEASES = "serving/releases"             # one manifest per release: <n>.json (model -> version, inputs)
 
 
@@ -176,7 +176,7 @@ def faiss_index(variant: str) -> str:
     return f"{FAISS_INDEX}/{variant}.faiss"
 
 
-# -- fine-tuning and releases (recsys_assets.defs.finetune, recsys_assets.lib.releases) ---------------------------
+# -- fine-tuning and releases (recsys_assets.defs.finetune, recsys_assets.release) ---------------------------
 FINETUNED = "models/finetuned"                # day_XX/: fine-tuned SavedModels, ONNX (+ parity), held-out ids, meta
 RELEASE_RECORDS = "releases/records"          # <n>.json: kind, lineage, gate outcome and status of release n
 SERVED_RELEASE = "releases/served.json"       # the release the server answers with, and the promotion stack

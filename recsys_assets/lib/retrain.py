@@ -93,9 +93,9 @@ def transforms_digest(store) -> str:
     """The digest of the current compiled transforms (``""`` when there are none)."""
     if not store.exists(paths.SERVING_TRANSFORMS):
         return ""
-    from recsys_assets.serving.repository import _input_digest
+    from recsys_assets.lib.digests import path_sha256
 
-    return _input_digest(store.local_path(paths.SERVING_TRANSFORMS))
+    return path_sha256(store.local_path(paths.SERVING_TRANSFORMS))
 
 
 def record_day_vocabulary(store, day: int, digest: str) -> None:

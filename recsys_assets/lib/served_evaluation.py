@@ -305,7 +305,7 @@ def known_users(store, train_through_day: int) -> tuple[np.ndarray, str]:
     transforms, else (no transforms yet) the users registered by the last training day.
     """
     from recsys_assets.lib import paths
-    from recsys_assets.serving.transforms import read_description
+    from recsys_assets.lib.transform_files import read_description
 
     candidates = []
     releases = sorted(p for p in store.list(paths.TRITON_RELEASES) if p.endswith(".json"))

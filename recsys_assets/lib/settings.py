@@ -106,15 +106,25 @@ def day_name(day: int) -> str:
     return f"day_{day:02d}"
 
 
-def day_start_timestamp(day: int, start_date: dt.date) -> int:
-    """Unix seconds (UTC) of the first second of day index ``day``."""
-    start = dt.datetime.combine(start_date, dt.time(), tzinfo=dt.timezone.utc)
-    return int(start.timestamp()) + int(day) * SECONDS_PER_DAY
+def start_epoch(start_date: dt.date) -> int:
+    """Unix seconds of 00:00 UTC on ``start_date`` (the start of day 00)."""
+    return int(dt.datetime(start_date.year, start_date.month, start_date.day, tzinfo=dt.timezone.utc).timestamp())
 
 
-def day_of_timestamp(timestamps, start_date: dt.date):
-    """The day index of Unix-second UTC timestamps (an int or an array); negative before ``start_date``."""
-    import numpy as np  # local: keeps this module import-light
+def day_start(day, epoch: int):
+    """Unix seconds of 00:00 UTC on day index ``day`` (an int or an array of them), day 00 starting at ``epoch``."""
+    if isinstance(day, (int, float)):
+        return int(epoch) + int(day) * SECONDS_PER_DAY
+    import numpy as np
 
-    return np.floor_divide(np.asarray(timestamps, dtype=np.int64) - day_start_timestamp(0, start_date),
-                           SECONDS_PER_DAY)
+    return int(epoch) + np.asarray(day, dtype=np.int64) * SECONDS_PER_DAY
+
+
+def day_of_timestamp(timestamp, epoch: int):
+    """The day index of Unix ``timestamp`` (an int or an array; whole UTC days since ``epoch``, negative before
+    day 00)."""
+    if isinstance(timestamp, (int, float)):
+        return int((timestamp - epoch) // SECONDS_PER_DAY)
+    import numpy as np
+
+    return (np.asarray(timestamp, dtype=np.int64) - int(epoch)) // SECONDS_PER_DAY

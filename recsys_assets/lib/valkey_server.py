@@ -103,6 +103,33 @@ def parse_url(url: str, password: str | None = None) -> Endpoint:
     )
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means "Valkey cannot serve right now, retry" (the ``valkey`` client, ours, and the ``redis``
+    client, Feast's online store): connection refused/reset, timeouts, a server loading, shutting down or without
+    a primary (``MASTERDOWN``, ``TRYAGAIN``, ``CLUSTERDOWN``).
+
+    ``ReadOnlyError`` counts as unavailable: a write answered with ``READONLY`` reached a replica, which happens
+    when a failover (ElastiCache, a Sentinel switch) demoted the node this connection still talks to. The data is
+    fine and a new primary takes writes within seconds; dropping the connection and retrying reaches it, so the
+    caller should degrade and retry (503 / circuit breaker), not report a bug.
+    """
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    for module in ("valkey.exceptions", "redis.exceptions"):
+        try:
+            errors = __import__(module, fromlist=["ConnectionError"])
+        except ImportError:
+            continue
+        kinds = tuple(getattr(errors, n) for n in ("ConnectionError", "TimeoutError", "BusyLoadingError",
+                                                   "ClusterDownError", "ReadOnlyError") if hasattr(errors, n))
+        if isinstance(exc, kinds):
+            return True
+        if isinstance(exc, getattr(errors, "ResponseError", ())) and any(
+                word in str(exc).lower() for word in ("shutdown", "loading", "masterdown", "tryagain")):
+            return True
+    return False
+
+
 def _redact(url: str) -> str:
     parsed = urlparse(url)
     if parsed.password:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys_assets.lib.settings import day_of_timestamp, start_epoch
 from recsys_assets.serving.executor import BadRequest, StageConfigError
 
 AVAILABILITY_FILE = "availability.npy"  # int64 available_from_day per raw item id (row r = item r)
@@ -36,12 +37,12 @@ def epoch_of(start_date: str) -> int:
         day0 = dt.date.fromisoformat(start_date)
     except ValueError:
         raise StageConfigError(f"START_DATE={start_date!r} is not an ISO date such as 2026-01-01") from None
-    return int(dt.datetime(day0.year, day0.month, day0.day, tzinfo=dt.timezone.utc).timestamp())
+    return start_epoch(day0)
 
 
 def day_of(timestamp: int, start_epoch: int) -> int:
     """The day index of a Unix timestamp (negative before day 00)."""
-    return (int(timestamp) - start_epoch) // 86400
+    return day_of_timestamp(int(timestamp), start_epoch)
 
 
 class Availability:

@@ -12,7 +12,7 @@ A *stage* (one module per model in this package) is a plain class over numpy arr
 ``config.pbtxt``): at load time it checks that the configuration declares exactly the tensors the stage reads and
 writes; per request it checks every input's dtype and shape against the configuration, calls the stage, and casts
 and checks every output. So the same code path runs inside Triton (``serving.triton_model``), in the in-process
-pipeline (``serving.pipeline``) and in unit tests.
+pipeline (``release.pipeline``) and in unit tests.
 
 Errors: a stage raises :class:`BadRequest` for anything the client got wrong (Triton answers INVALID_ARG with the
 message and keeps serving); any other exception is a server fault (INTERNAL, logged with its traceback).

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
+
+from recsys_assets.lib.valkey_server import is_unavailable
 
 T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -77,24 +78,9 @@ class Runtime:
 
     def feature_store(self):
         """A Feast ``FeatureStore`` over the repository, its yaml's ``${VAR}`` expanded from this environment."""
-        import string
+        from recsys_assets.lib.feast_store import open_feature_store
 
-        import yaml
-        from feast import FeatureStore
-        from feast.repo_config import RepoConfig
-
-        path = self.feast_repo / self.feast_yaml
-        if not path.exists():
-            raise FileNotFoundError(f"Feast repository yaml {path} not found: set RECSYS_FEAST_REPO and "
-                                    "RECSYS_FEAST_YAML")
-        values = yaml.safe_load(string.Template(path.read_text()).safe_substitute(self.environ))
-        unresolved = sorted({m for v in _leaves(values) for m in re.findall(r"\$\{(\w+)\}", v)})
-        if unresolved:
-            raise KeyError(f"{path} needs {', '.join(unresolved)} in the server's environment (the serve command "
-                           "and the triton_deployment asset set them)")
-        config = RepoConfig(**values)
-        config.repo_path = self.feast_repo
-        return FeatureStore(repo_path=str(self.feast_repo), config=config)
+        return open_feature_store(self.feast_repo, self.feast_yaml, self.environ)
 
 
 def server_environ(valkey_url: str | None, feast_registry: str, feast_repo: Path | None = None,
@@ -117,14 +103,6 @@ def server_environ(valkey_url: str | None, feast_registry: str, feast_repo: Path
                                                               db=0 if cluster else feast_db, cluster=cluster) \
             + ",socket_timeout=0.5,socket_connect_timeout=0.5"
     return env
-
-
-def _leaves(value) -> list[str]:
-    if isinstance(value, dict):
-        return [leaf for v in value.values() for leaf in _leaves(v)]
-    if isinstance(value, list):
-        return [leaf for v in value for leaf in _leaves(v)]
-    return [value] if isinstance(value, str) else []
 
 
 class Breaker:
@@ -153,7 +131,7 @@ class Breaker:
         try:
             result = fn()
         except Exception as exc:
-            if not is_connection_error(exc):
+            if not is_unavailable(exc):
                 raise
             with self._lock:
                 if self._down_since is None:
@@ -239,23 +217,3 @@ class ValkeyLink:
     def close(self) -> None:
         self._drop_client()
 
-
-def is_connection_error(exc: BaseException) -> bool:
-    """Connection refused/reset, timeouts, a server loading or shutting down: all mean "unreachable".
-
-    Covers the ``valkey`` client (ours) and the ``redis`` client (Feast's online store).
-    """
-    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-        return True
-    for module in ("valkey.exceptions", "redis.exceptions"):
-        try:
-            ex = __import__(module, fromlist=["ConnectionError"])
-        except ImportError:
-            continue
-        kinds = tuple(getattr(ex, n) for n in ("ConnectionError", "TimeoutError", "BusyLoadingError",
-                                                 "ClusterDownError") if hasattr(ex, n))
-        if isinstance(exc, kinds):
-            return True
-        if isinstance(exc, getattr(ex, "ResponseError", ())) and "shutdown" in str(exc).lower():
-            return True
-    return False

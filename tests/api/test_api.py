@@ -19,7 +19,7 @@ from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.top_category import CATEGORIES
 from recsys_assets.lib.valkey_server import EmbeddedValkey, KeyLayout, free_port
 from recsys_assets.serving.bloom import SeenFilter
-from tests.serving.tiny_serving import tiny_artifacts
+from tests.release.tiny_serving import tiny_artifacts
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ class Online:
 @pytest.fixture(scope="module")
 def online(tmp_path_factory):
     from recsys_assets.lib.catalogue import render_item_image
-    from recsys_assets.serving.tiny import publish_online_state, serving_environ
+    from recsys_assets.release.tiny import publish_online_state, serving_environ
 
     root = tmp_path_factory.mktemp("api-root")
     tiny = tiny_artifacts(tmp_path_factory)
@@ -348,8 +348,8 @@ def test_durability_waits_for_the_append_only_file_where_there_is_one(online, mo
 # -- with the real Triton ensemble -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def triton(online, tmp_path_factory):
-    from recsys_assets.lib.triton_server import TritonServer
-    from recsys_assets.serving.repository import ServingDefaults, build_repository
+    from recsys_assets.release.triton_server import TritonServer
+    from recsys_assets.release.repository import ServingDefaults, build_repository
 
     repository = tmp_path_factory.mktemp("api-triton") / "repository"
     build_repository(repository, online.tiny.trained, ServingDefaults(), online.tiny.start_date, release=1)

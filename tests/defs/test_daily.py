@@ -466,11 +466,11 @@ def test_new_users_get_online_features_popularity_slides_and_the_item_cache_refr
 # -- the list as served, on a tiny release --------------------------------------------------------------------------
 @pytest.mark.integration
 def test_the_replay_evaluation_runs_on_a_tiny_release(tmp_path_factory, resources):
-    from recsys_assets.lib.triton_server import TritonServer
+    from recsys_assets.release.triton_server import TritonServer
     from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
-    from recsys_assets.serving.repository import ServingDefaults, build_repository
-    from recsys_assets.serving.tiny import publish_online_state, serving_environ
-    from tests.serving.tiny_serving import tiny_artifacts
+    from recsys_assets.release.repository import ServingDefaults, build_repository
+    from recsys_assets.release.tiny import publish_online_state, serving_environ
+    from tests.release.tiny_serving import tiny_artifacts
 
     work = tmp_path_factory.mktemp("served")
     tiny = tiny_artifacts(tmp_path_factory)

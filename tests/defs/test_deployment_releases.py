@@ -17,13 +17,13 @@ from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfil
 from recsys_assets.defs.release import assets as release_assets
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
-from recsys_assets.lib import releases as rl
-from recsys_assets.serving import deploy
-from recsys_assets.serving.repository import ENSEMBLE, MODELS
-from recsys_assets.serving.tiny import build_tiny_artifacts, publish_online_state, serving_environ
+from recsys_assets.release import records, repository
+from recsys_assets.release import deploy
+from recsys_assets.release.repository import ENSEMBLE, MODELS
+from recsys_assets.release.tiny import build_tiny_artifacts, publish_online_state, serving_environ
 from tests.defs.test_finetune import DAY5, Traffic, _ports, _promote, add_release, answers_of, assert_no_mixing
 from tests.serving.test_serving_assets import place_trained_artifacts
-from tests.serving.tiny_serving import tiny_artifacts
+from tests.release.tiny_serving import tiny_artifacts
 
 
 def _loaded(root) -> set:
@@ -32,8 +32,8 @@ def _loaded(root) -> set:
 
 
 def _aliases(store, release: int) -> set:
-    manifest = rl.manifest(store, release)
-    return {ENSEMBLE, *(rl.alias(m, manifest.models[m]) for m in MODELS)}
+    manifest = records.manifest(store, release)
+    return {ENSEMBLE, *(repository.alias(m, manifest.models[m]) for m in MODELS)}
 
 
 @pytest.mark.integration
@@ -59,7 +59,7 @@ def test_a_deployment_after_a_promotion_neither_mixes_versions_nor_undoes_it(tmp
                                 resources=resources)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["action"].value == "started" and meta["release"].value == 1
-        assert rl.served_release_of(live) == 1 and rl.served_state(store).release == 1
+        assert repository.served_release_of(live) == 1 and records.served_state(store).release == 1
         assert _loaded(root) == _aliases(store, 1)
         release, expected_1 = answers_of(http, requests)
         assert release == 1
@@ -80,7 +80,7 @@ def test_a_deployment_after_a_promotion_neither_mixes_versions_nor_undoes_it(tmp
         assert "not undone" in meta["why"].value
         assert assert_no_mixing(traffic, {2: expected_2}) == {2}
         assert answers_of(http, requests) == (2, expected_2)
-        assert _loaded(root) == _aliases(store, 2) and rl.served_state(store).release == 2
+        assert _loaded(root) == _aliases(store, 2) and records.served_state(store).release == 2
 
         # a new repository build (the trained artifacts, another top_k) goes out as release 3 through the same
         # promotion: loaded beside release 2, switched at once; no request mixes the two, no plain model loads
@@ -96,7 +96,7 @@ def test_a_deployment_after_a_promotion_neither_mixes_versions_nor_undoes_it(tmp
         assert release == 3 and all(len(ids) == 5 for ids in expected_3)
         assert assert_no_mixing(traffic, {2: expected_2, 3: expected_3}) <= {2, 3}
         assert _loaded(root) == _aliases(store, 3)
-        assert rl.served_state(store).release == 3 and rl.served_state(store).stack[-3:] == [1, 2, 3]
+        assert records.served_state(store).release == 3 and records.served_state(store).stack[-3:] == [1, 2, 3]
 
         # and again with nothing new: unchanged, release 3 still answers
         result = dg.materialize([release_assets.triton_deployment], resources=resources)

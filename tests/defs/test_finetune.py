@@ -30,13 +30,13 @@ from recsys_assets.defs.resources import (
 )
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
-from recsys_assets.lib import releases as rl
+from recsys_assets.release import promotion as release_promotion, records, repository
 from recsys_assets.lib.artifacts import ArtifactStore
-from recsys_assets.lib.triton_server import free_port
-from recsys_assets.serving import deploy
-from recsys_assets.serving.repository import ENSEMBLE, MODELS, ServingDefaults
-from recsys_assets.serving.tiny import build_tiny_artifacts, publish_online_state, serving_environ
-from tests.serving.tiny_serving import tiny_artifacts
+from recsys_assets.release.triton_server import free_port
+from recsys_assets.release import deploy
+from recsys_assets.release.repository import ENSEMBLE, MODELS, ServingDefaults
+from recsys_assets.release.tiny import build_tiny_artifacts, publish_online_state, serving_environ
+from tests.release.tiny_serving import tiny_artifacts
 
 DAY5 = 1767225600 + 5 * 86400
 
@@ -52,23 +52,23 @@ def _ports() -> dict:
 
 
 def add_release(store: ArtifactStore, trained, number: int, kind: str = "full", gate_passed: bool = True,
-                start_date: str = "2026-01-01") -> rl.ReleaseRecord:
+                start_date: str = "2026-01-01") -> records.ReleaseRecord:
     """Assemble a candidate release from ``trained`` the way the release assets do, with its record."""
-    state = rl.served_state(store)
-    served = rl.manifest(store, state.release) if state else None
+    state = records.served_state(store)
+    served = records.manifest(store, state.release) if state else None
     live = store.local_path(paths.TRITON_REPOSITORY) if store.exists(paths.TRITON_REPOSITORY) else None
-    history = [rl.manifest(store, r) for r in state.stack] if state else []
+    history = [records.manifest(store, r) for r in state.stack] if state else []
     served_text = ""
     if served is not None:
-        served_text = rl.record(store, served.release).ensemble_config
+        served_text = records.record(store, served.release).ensemble_config
     with releases._repository_target(store, live) as target:  # in place, as the release assets build
-        manifest, text = rl.assemble_candidate(target, live, trained, ServingDefaults(sampling_seed=5), start_date,
+        manifest, text = repository.assemble_candidate(target, live, trained, ServingDefaults(sampling_seed=5), start_date,
                                                number, history, served=served, served_ensemble=served_text)
     store.write_bytes(paths.triton_release(number), manifest.to_json().encode())
-    record = rl.ReleaseRecord(release=number, kind=kind, status="candidate" if gate_passed else "gate_failed",
+    record = records.ReleaseRecord(release=number, kind=kind, status="candidate" if gate_passed else "gate_failed",
                               gate_passed=gate_passed, ensemble_config=text,
                               reasons=[] if gate_passed else ["deliberately failed"])
-    rl.write_record(store, record)
+    records.write_record(store, record)
     return record
 
 
@@ -90,7 +90,7 @@ class Traffic:
             while not self._stop.is_set():
                 idx = i % len(self.requests)
                 try:
-                    got = rl.answer(client, self.requests[idx])
+                    got = release_promotion.answer(client, self.requests[idx])
                     self.answers.append((idx, got["release"], tuple(got["ids"])))
                 except Exception as exc:  # every failure counts: the test wants none
                     self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -131,7 +131,7 @@ def answers_of(url: str, requests: list) -> tuple[int, list]:
 
     client = httpclient.InferenceServerClient(url, network_timeout=60.0)
     try:
-        got = [rl.answer(client, r) for r in requests]
+        got = [release_promotion.answer(client, r) for r in requests]
     finally:
         client.close()
     releases = {g["release"] for g in got}
@@ -181,12 +181,12 @@ def test_whole_release_switch_under_load_sensor_rollback_and_failed_load(tmp_pat
     try:
         add_release(store, tiny_a.trained, 1)
         result = _promote(root, ports)  # no server yet: the promotion starts one on release 1
-        assert result.success and rl.served_state(store).release == 1
+        assert result.success and records.served_state(store).release == 1
         release, expected_1 = answers_of(http, requests)
         assert release == 1
 
         record_2 = add_release(store, tiny_b.trained, 2)
-        changed = set(rl.manifest(store, 2).changed) - {ENSEMBLE}
+        changed = set(records.manifest(store, 2).changed) - {ENSEMBLE}
         assert {"nvt_user_transform", "nvt_item_transform", "query_tower", "faiss_retrieval", "dlrm_ranking",
                 "feast_user_lookup"} <= changed  # vocabularies, towers, index, ranker and mean age together
         assert answers_of(http, requests) == (1, expected_1)  # a candidate is not served
@@ -205,11 +205,11 @@ def test_whole_release_switch_under_load_sensor_rollback_and_failed_load(tmp_pat
         assert seen == {1, 2}, seen  # the traffic did span the switch
         meta = result.asset_materializations_for_node("served_release")[0].metadata
         assert meta["release"].value == 2 and meta["previous"].value == 1
-        assert rl.record(store, 2).status == "promoted"
+        assert records.record(store, 2).status == "promoted"
         with deploy.running_server(root).client() as client:
             loaded = {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"}
-        assert loaded == {ENSEMBLE, *(rl.alias(m, rl.manifest(store, 2).models[m]) for m in MODELS)}
-        assert record_2.ensemble_config and rl.served_release_of(store.local_path(paths.TRITON_REPOSITORY)) == 2
+        assert loaded == {ENSEMBLE, *(repository.alias(m, records.manifest(store, 2).models[m]) for m in MODELS)}
+        assert record_2.ensemble_config and repository.served_release_of(store.local_path(paths.TRITON_REPOSITORY)) == 2
 
         with Traffic(http, requests) as traffic:
             time.sleep(0.5)
@@ -218,7 +218,7 @@ def test_whole_release_switch_under_load_sensor_rollback_and_failed_load(tmp_pat
         assert result.success
         assert answers_of(http, requests) == (1, expected_1)  # rollback restores the previous answers
         assert_no_mixing(traffic, {1: expected_1, 2: expected_2})
-        assert rl.served_state(store).release == 1 and rl.record(store, 2).status == "rolled_back"
+        assert records.served_state(store).release == 1 and records.record(store, 2).status == "rolled_back"
 
         # A release whose ranker cannot load is not promoted; release 1 keeps serving, the run says why.
         broken = tmp_path_factory.mktemp("broken") / "dlrm.onnx"
@@ -232,13 +232,13 @@ def test_whole_release_switch_under_load_sensor_rollback_and_failed_load(tmp_pat
         assert "release 3 was not promoted" in message and "dlrm_ranking_v" in message
         assert "release 1 keeps serving" in message
         assert answers_of(http, requests) == (1, expected_1)
-        assert rl.record(store, 3).status == "load_failed" and rl.served_state(store).release == 1
+        assert records.record(store, 3).status == "load_failed" and records.served_state(store).release == 1
 
         # the server stopped (a reboot, `serve stop`): promoting the recorded release starts one on it
         deploy.stop_local(root)
         result = _promote(root, ports, run_config={"ops": {"served_release": {"config": {"release": 1}}}})
         assert result.asset_materializations_for_node("served_release")[0].metadata["action"].value == "restart"
-        assert answers_of(http, requests) == (1, expected_1) and rl.served_state(store).stack == [1]
+        assert answers_of(http, requests) == (1, expected_1) and records.served_state(store).stack == [1]
     finally:
         deploy.stop_local(root)
 
@@ -247,9 +247,9 @@ def test_sensor_skips_failed_gates_and_promotes_the_newest_passing_candidate(tmp
     store = ArtifactStore(tmp_path / "artifacts")
     for number, status, passed in ((1, "promoted", True), (2, "gate_failed", False), (3, "candidate", True),
                                    (4, "candidate", True), (5, "gate_failed", False)):
-        rl.write_record(store, rl.ReleaseRecord(release=number, kind="finetune", status=status, gate_passed=passed,
+        records.write_record(store, records.ReleaseRecord(release=number, kind="finetune", status=status, gate_passed=passed,
                                                 reasons=[] if passed else [f"auc drops 0.03 (release {number})"]))
-    rl.write_served_state(store, rl.ServedState(release=1, stack=[1]))
+    records.write_served_state(store, records.ServedState(release=1, stack=[1]))
     result, _ = _sensor_request(tmp_path / "artifacts", "1")
     [request] = result.run_requests
     assert request.run_key == "promote-release-4"  # 4 supersedes 3
@@ -308,7 +308,7 @@ def test_finetuning_skips_days_without_work_and_blocks_on_missing_inputs(tmp_pat
         meta = result.asset_materializations_for_node("finetuned_models")[0].metadata
         assert why in meta["skipped"].value and all(e.passed for e in result.get_asset_check_evaluations())
     # a release serves but the day's inputs are missing: the blocking check names them, merlin does not start
-    rl.write_served_state(store, rl.ServedState(release=1, stack=[1]))
+    records.write_served_state(store, records.ServedState(release=1, stack=[1]))
     result = run("2026-01-13")
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "inputs_complete"]
     text = check.metadata["description"].value
@@ -397,14 +397,14 @@ def trained_world(tmp_path_factory):
     assert result.success
     result = dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
         "retrained_release": {"config": {"variant": "plain", "eval_day": NEW_DAY}}}}, raise_on_error=False)
-    assert rl.record(store, 1) is not None and rl.record(store, 1).kind == "full"
+    assert records.record(store, 1) is not None and records.record(store, 1).kind == "full"
     return root, store
 
 
 @pytest.mark.merlin
 @pytest.mark.integration
 def test_finetune_promote_under_load_gate_and_rollback(trained_world, valkey, monkeypatch):
-    from recsys_assets.serving.tiny import TinyArtifacts
+    from recsys_assets.release.tiny import TinyArtifacts
 
     root, store = trained_world
     url = f"redis://127.0.0.1:{valkey.port}"
@@ -434,10 +434,10 @@ def test_finetune_promote_under_load_gate_and_rollback(trained_world, valkey, mo
         failed = {n: c.metadata["description"].value for n, c in checks.items() if not c.passed}
         assert not failed, failed
         assert checks["item_vectors_unchanged"].metadata["max_abs_diff"].value == 0.0
-        manifest_2 = rl.manifest(store, 2)
+        manifest_2 = records.manifest(store, 2)
         assert sorted(set(manifest_2.changed) - {ENSEMBLE}) == ["dlrm_ranking", "query_tower"]
         assert manifest_2.models["query_tower"] == 2 and manifest_2.models["dlrm_ranking"] == 2
-        assert manifest_2.models["faiss_retrieval"] == rl.manifest(store, 1).models["faiss_retrieval"]
+        assert manifest_2.models["faiss_retrieval"] == records.manifest(store, 1).models["faiss_retrieval"]
         meta = {k: getattr(v, "value", v) for k, v in
                 result.asset_materializations_for_node("finetuned_models")[0].metadata.items()}
         assert meta["query_tower_max_abs_change"] > 0 and meta["dlrm_max_abs_change"] > 0
@@ -469,7 +469,7 @@ def test_finetune_promote_under_load_gate_and_rollback(trained_world, valkey, mo
         checks = _checks(result, "finetuned_models")
         assert checks["item_vectors_unchanged"].passed  # still frozen: only the gate stops it
         assert not (checks["no_regression"].passed and checks["beats_popularity"].passed)
-        assert rl.record(store, 3).status == "gate_failed" and rl.record(store, 3).parent == 2
+        assert records.record(store, 3).status == "gate_failed" and records.record(store, 3).parent == 2
         request_result, _ = _sensor_request(root, "2")
         assert not request_result.run_requests
         assert "release 3" in request_result.skip_reason.skip_message
@@ -481,6 +481,6 @@ def test_finetune_promote_under_load_gate_and_rollback(trained_world, valkey, mo
         # rollback restores release 1's answers
         assert _promote(root, ports, job=jobs.rollback_release_job).success
         assert answers_of(http, requests) == (1, expected_1)
-        assert rl.served_state(store).release == 1
+        assert records.served_state(store).release == 1
     finally:
         deploy.stop_local(root)

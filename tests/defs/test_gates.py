@@ -16,11 +16,11 @@ from recsys_assets.defs.release.sensors import promotion_request
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
-from recsys_assets.lib import releases as release_records
+from recsys_assets.release import records
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import Settings
 from tests.serving.test_serving_assets import place_trained_artifacts
-from tests.serving.tiny_serving import tiny_artifacts
+from tests.release.tiny_serving import tiny_artifacts
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -34,7 +34,7 @@ def _nothing_released(store: ArtifactStore) -> None:
     assert not store.exists(paths.TRITON_REPOSITORY)
     assert not [p for p in store.list(paths.TRITON_RELEASES) if p.endswith(".json")]
     assert not store.exists(paths.SERVED_RELEASE)
-    assert release_records.records(store) == {}
+    assert records.records(store) == {}
 
 
 def test_a_failed_evaluation_stops_serving_job_and_says_why(tmp_path, tiny):

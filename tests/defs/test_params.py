@@ -11,7 +11,7 @@ from recsys_assets.defs.training.assets import DlrmConfig, TwoTowerConfig
 from recsys_assets.ml.dlrm import DlrmParams
 from recsys_assets.ml.finetune import FineTuneParams
 from recsys_assets.ml.two_tower import TwoTowerParams
-from recsys_assets.serving.repository import ServingDefaults
+from recsys_assets.release.repository import ServingDefaults
 
 # (Dagster config, the dataclass it derives from, fields the asset sets itself)
 DERIVED = [(TwoTowerConfig, TwoTowerParams, ("variant",)), (DlrmConfig, DlrmParams, ()),

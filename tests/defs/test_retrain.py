@@ -24,10 +24,10 @@ from recsys_assets.defs.training import assets as training
 from recsys_assets.defs.training import jobs
 from recsys_assets.defs.transforms import assets as transforms
 from recsys_assets.lib import paths, retrain
-from recsys_assets.lib import releases as rl
+from recsys_assets.release import records, repository
 from recsys_assets.lib.feature_spec import FIRST_INDEX, OOV_INDEX
-from recsys_assets.serving import deploy
-from recsys_assets.serving.repository import ENSEMBLE, MODELS
+from recsys_assets.release import deploy
+from recsys_assets.release.repository import ENSEMBLE, MODELS
 from recsys_assets.serving.transforms import CompiledTransforms
 from tests.defs.test_finetune import FINETUNE, TRAIN_CONFIG, _checks, _ports, _promote, _resources, add_new_day, \
     answers_of
@@ -111,7 +111,7 @@ def _item_index(transforms: CompiledTransforms, catalogue: pd.DataFrame, item_id
 
 def _release_transforms(store, release: int) -> CompiledTransforms:
     live = store.local_path(paths.TRITON_REPOSITORY)
-    return CompiledTransforms.load(rl.version_dir(live, rl.manifest(store, release), "nvt_user_transform") / "transforms")
+    return CompiledTransforms.load(repository.version_dir(live, records.manifest(store, release), "nvt_user_transform") / "transforms")
 
 
 def _finetune_day_9(resources):
@@ -130,7 +130,7 @@ def _finetune_day_9(resources):
 @pytest.mark.integration
 def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_their_parents(
         tmp_path_factory, valkey, monkeypatch):
-    from recsys_assets.serving.tiny import TinyArtifacts, publish_online_state, serving_environ
+    from recsys_assets.release.tiny import TinyArtifacts, publish_online_state, serving_environ
     from tests.defs.test_training_assets import build_upstream
 
     root = tmp_path_factory.mktemp("retrain") / "artifacts"
@@ -145,7 +145,7 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
     assert result.success
     dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
         "retrained_release": {"config": {"variant": "plain", "eval_day": 9}}}}, raise_on_error=False)
-    assert rl.manifest(store, 1) is not None
+    assert records.manifest(store, 1) is not None
     original_vectors = np.load(store.local_path(paths.item_embeddings("plain")))
 
     url = f"redis://127.0.0.1:{valkey.port}"
@@ -179,12 +179,12 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
         for d in (6, 7):  # validation days before, train days now: cold-start masked like the original ones
             masked = store.read_parquet(window.masked_path(d))
             assert window.masked_path(d) == paths.retrain_masked(d) and masked["masked_user"].mean() > 0.02
-        assert retrain.parent_workflows(store, {}, rl.manifest(store, 1).inputs["transforms_dir"]) == \
-            paths.workflows_archive(rl.manifest(store, 1).inputs["transforms_dir"])
+        assert retrain.parent_workflows(store, {}, records.manifest(store, 1).inputs["transforms_dir"]) == \
+            paths.workflows_archive(records.manifest(store, 1).inputs["transforms_dir"])
 
-        record = rl.record(store, 2)
+        record = records.record(store, 2)
         assert record.kind == "full" and "retrain window" in record.lineage["trained_on"]
-        manifest_2 = rl.manifest(store, 2)
+        manifest_2 = records.manifest(store, 2)
         changed = set(manifest_2.changed) - {ENSEMBLE}
         assert {"nvt_user_transform", "nvt_item_transform", "query_tower", "dlrm_ranking",
                 "faiss_retrieval"} <= changed, changed
@@ -194,9 +194,9 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
 
         # release 1 still serves: its fine-tune reads every day in release 1's vocabulary (archived workflows)
         result = _finetune_day_9(resources)
-        assert rl.record(store, 3).parent == 1
-        assert set(rl.manifest(store, 3).changed) - {ENSEMBLE} == {"query_tower", "dlrm_ranking"}
-        assert np.array_equal(np.load(store.local_path(rl.record(store, 3).lineage["item_vectors"])),
+        assert records.record(store, 3).parent == 1
+        assert set(records.manifest(store, 3).changed) - {ENSEMBLE} == {"query_tower", "dlrm_ranking"}
+        assert np.array_equal(np.load(store.local_path(records.record(store, 3).lineage["item_vectors"])),
                               original_vectors)
 
         # the retrained release is promoted as a whole (forced: the tiny gate may go either way)
@@ -204,8 +204,8 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
                                                                                        "force": True}}}}).success
         release, answers_2 = answers_of(http, requests)
         assert release == 2 and answers_2 != answers_1
-        served = rl.parse_config(store.local_path(paths.TRITON_REPOSITORY) / ENSEMBLE / "config.pbtxt")
-        steps = {rl.parse_alias(s.model_name) for s in served.ensemble_scheduling.step}
+        served = repository.parse_config(store.local_path(paths.TRITON_REPOSITORY) / ENSEMBLE / "config.pbtxt")
+        steps = {repository.parse_alias(s.model_name) for s in served.ensemble_scheduling.step}
         assert steps == {(m, manifest_2.models[m]) for m in MODELS if (m, manifest_2.models[m]) in steps}
         assert {m for m, _ in steps} >= changed
         assert all(v == manifest_2.models[m] for m, v in steps)
@@ -215,7 +215,7 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
         meta = result.asset_materializations_for_node("finetuned_models")[0].metadata
         assert meta["days_transformed_in_finetune"].value == "[0, 1]"
         assert meta["workflows"].value.endswith("releases/models/0002/workflows")
-        assert rl.record(store, 4).parent == 2 and rl.record(store, 4).lineage["workflows"] == \
+        assert records.record(store, 4).parent == 2 and records.record(store, 4).lineage["workflows"] == \
             f"{paths.release_models(2)}/workflows"
     finally:
         deploy.stop_local(root)

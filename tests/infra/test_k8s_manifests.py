@@ -309,8 +309,8 @@ def test_model_repository_can_be_a_volume_instead_of_s3():
 
 @needs_helm
 def test_the_serving_stage_helm_command_renders():
-    """triton_deployment's command line (recsys_assets.serving.deploy.helm_command) as `helm template`."""
-    from recsys_assets.serving.deploy import HELM_CHART, helm_command
+    """triton_deployment's command line (recsys_assets.release.deploy.helm_command) as `helm template`."""
+    from recsys_assets.release.deploy import HELM_CHART, helm_command
 
     assert Path(HELM_CHART).resolve() == CHART
     cmd = helm_command("s3://recsys-prod-artifacts/recsys/serving/triton_repository",

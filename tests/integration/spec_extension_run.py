@@ -26,11 +26,11 @@ def main(work: Path) -> dict:
     from recsys_assets.defs.serving import assets as serving
     from recsys_assets.defs.training import assets as training
     from recsys_assets.lib import paths
-    from recsys_assets.lib.triton_server import TritonServer
+    from recsys_assets.release.triton_server import TritonServer
     from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
-    from recsys_assets.serving.client import RecommendationClient
-    from recsys_assets.serving.repository import ServingDefaults, build_repository, parse_config
-    from recsys_assets.serving.tiny import TinyArtifacts, publish_online_state, serving_environ
+    from recsys_assets.release.client import RecommendationClient
+    from recsys_assets.release.repository import ServingDefaults, build_repository, parse_config
+    from recsys_assets.release.tiny import TinyArtifacts, publish_online_state, serving_environ
     from recsys_assets.serving.transforms import CompiledTransforms
     from tests.defs.test_training_assets import SMALL, _resources, build_upstream
 

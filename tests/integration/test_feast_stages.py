@@ -10,8 +10,8 @@ from recsys_assets.serving.executor import StageContext
 from recsys_assets.serving.common import unpack_text
 from recsys_assets.serving.stages.feast_item_lookup import FeastItemLookup
 from recsys_assets.serving.stages.feast_user_lookup import FeastUserLookup
-from recsys_assets.serving.tiny import publish_online_state, serving_environ
-from tests.serving.tiny_serving import tiny_artifacts
+from recsys_assets.release.tiny import publish_online_state, serving_environ
+from tests.release.tiny_serving import tiny_artifacts
 
 pytestmark = pytest.mark.integration
 

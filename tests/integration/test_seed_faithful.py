@@ -8,19 +8,14 @@ process by ``InProcessPipeline`` (the executor and stages Triton's python models
 import numpy as np
 import pytest
 
-from recsys_assets.lib.triton_server import TritonServer
+from recsys_assets.release.triton_server import TritonServer
 from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
-from recsys_assets.serving.client import RecommendationClient
-from recsys_assets.serving.pipeline import InProcessPipeline
-from recsys_assets.serving.repository import ServingDefaults, build_repository
-from recsys_assets.serving.seed_faithful import (
-    fit_tiny_workflows,
-    make_seed_faithful,
-    probe_merlin_env,
-    server_environ,
-)
-from recsys_assets.serving.tiny import publish_online_state, serving_environ
-from tests.serving.tiny_serving import tiny_artifacts
+from recsys_assets.release.client import RecommendationClient
+from recsys_assets.release.pipeline import InProcessPipeline
+from recsys_assets.release.repository import ServingDefaults, build_repository
+from recsys_assets.release.seed_faithful import fit_tiny_workflows, make_seed_faithful, probe_merlin_env, server_environ
+from recsys_assets.release.tiny import publish_online_state, serving_environ
+from tests.release.tiny_serving import tiny_artifacts
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ import pytest
 from recsys_assets.defs.release import assets as release_assets
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
-from recsys_assets.lib.triton_server import TritonServer
+from recsys_assets.release.triton_server import TritonServer
 from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
-from recsys_assets.serving.client import RecommendationClient
-from recsys_assets.serving.repository import ServingDefaults, build_repository
+from recsys_assets.release.client import RecommendationClient
+from recsys_assets.release.repository import ServingDefaults, build_repository
 from recsys_assets.serving.runtime import server_environ
 
 pytestmark = pytest.mark.integration

@@ -10,16 +10,16 @@ from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfil
 from recsys_assets.defs.release import assets as release_assets
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
-from recsys_assets.lib import releases as rl
+from recsys_assets.release import records, repository
 from recsys_assets.lib.feature_spec import FIRST_INDEX
-from recsys_assets.lib.triton_server import free_port
-from recsys_assets.serving import client as client_cli
-from recsys_assets.serving import deploy
-from recsys_assets.serving import serve as serve_cli
-from recsys_assets.serving.client import RecommendationClient
-from recsys_assets.serving.tiny import TinySizes, publish_online_state, serving_environ, write_onnx_models
+from recsys_assets.release.triton_server import free_port
+from recsys_assets.release import client as client_cli
+from recsys_assets.release import deploy
+from recsys_assets.release import serve as serve_cli
+from recsys_assets.release.client import RecommendationClient
+from recsys_assets.release.tiny import TinySizes, publish_online_state, serving_environ, write_onnx_models
 from tests.serving.test_serving_assets import place_trained_artifacts
-from tests.serving.tiny_serving import tiny_artifacts
+from tests.release.tiny_serving import tiny_artifacts
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         assert sorted(m for m in after_stubs if after_stubs[m] - stubs.get(m, set())) == ["dlrm_ranking", "query_tower"]
         retrained_answers = _answers(http)
         assert retrained_answers != before
-        assert rl.served_state(store).release == 3
+        assert records.served_state(store).release == 3
 
         # a DLRM that loads but raises on every request (a user table of one row): the smoke test fails, the
         # deployment restores release 3 by itself and says so; release 3's answers come back
@@ -97,9 +97,9 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
         assert "release 4 was taken back out" in message and "Release 3 serves again" in message, message
         assert "out of data bounds" in message
         assert _answers(http) == retrained_answers
-        assert rl.served_state(store).release == 3 and release_assets.releases(store)[-1].release == 4
+        assert records.served_state(store).release == 3 and release_assets.releases(store)[-1].release == 4
         config_text = (store.local_path(paths.TRITON_REPOSITORY) / "dlrm_ranking" / "config.pbtxt").read_text()
-        assert f"versions: {rl.manifest(store, 3).models['dlrm_ranking']}" in config_text
+        assert f"versions: {records.manifest(store, 3).models['dlrm_ranking']}" in config_text
 
         assert serve_cli.main(["status", "--artifacts", str(root)]) == 0
         assert f"http://{http}" in capsys.readouterr().out
@@ -110,7 +110,7 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
 
 
 def _sizes(tiny, seed: int, users: int | None = None) -> TinySizes:
-    """The tiny models' table sizes (as serving.tiny builds them), other weights; ``users`` overrides a table."""
+    """The tiny models' table sizes (as release.tiny builds them), other weights; ``users`` overrides a table."""
     items = tiny.items
     return TinySizes(users=users if users is not None else FIRST_INDEX + len(tiny.users),
                      items=FIRST_INDEX + len(items), categories=FIRST_INDEX + items["category_l1"].nunique(),
@@ -130,7 +130,7 @@ def _stub_pids(server) -> dict:
         for part in cmdline:
             if "/triton_repository/" in part:
                 folder = part.split("/triton_repository/")[1].split("/")[0]
-                alias = rl.parse_alias(folder)  # releases serve <model>_v<n>
+                alias = repository.parse_alias(folder)  # releases serve <model>_v<n>
                 out.setdefault(alias[0] if alias else folder, set()).add(child.pid)
     return out
 

@@ -11,13 +11,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from recsys_assets.lib.triton_server import TritonServer
+from recsys_assets.release.triton_server import TritonServer
 from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
 from recsys_assets.serving.bloom import BloomParams, SeenFilter
-from recsys_assets.serving.client import RecommendationClient
-from recsys_assets.serving.repository import ServingDefaults, build_repository
-from recsys_assets.serving.tiny import publish_online_state, serving_environ
-from tests.serving.tiny_serving import tiny_artifacts
+from recsys_assets.release.client import RecommendationClient
+from recsys_assets.release.repository import ServingDefaults, build_repository
+from recsys_assets.release.tiny import publish_online_state, serving_environ
+from tests.release.tiny_serving import tiny_artifacts
 
 pytestmark = pytest.mark.integration
 

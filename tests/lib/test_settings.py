@@ -1,9 +1,10 @@
 import datetime as dt
 
+import numpy as np
 import pytest
 
-from recsys_assets.lib.settings import (Settings, SettingsError, day_index, day_name, day_of_timestamp,
-                                         day_start_timestamp, partition_key)
+from recsys_assets.lib import settings
+from recsys_assets.lib.settings import Settings, SettingsError, day_index, day_name, partition_key
 
 
 def test_defaults():
@@ -52,8 +53,15 @@ def test_an_s3_source_needs_a_bucket():
         Settings.from_env({"RECSYS_SOURCE": "s3://"})
 
 
-def test_day_of_timestamp_counts_utc_days_from_the_start():
-    start = dt.date(2026, 1, 1)
-    first = day_start_timestamp(0, start)
-    assert day_start_timestamp(2, start) == first + 2 * 86_400
-    assert day_of_timestamp([first - 1, first, first + 86_399, first + 86_400], start).tolist() == [-1, 0, 0, 1]
+@pytest.mark.parametrize("timestamp, day", [
+    (1767225600, 0),            # 2026-01-01T00:00:00Z
+    (1767225600 + 86_399, 0),
+    (1767225600 + 86_400, 1),
+    (1767225600 - 1, -1),       # before day 00: negative, never rounded towards 0
+])
+def test_day_of_timestamp_counts_whole_utc_days_for_ints_and_arrays(timestamp, day):
+    epoch = settings.start_epoch(dt.date(2026, 1, 1))
+    assert epoch == 1767225600
+    assert settings.day_of_timestamp(timestamp, epoch) == day
+    assert settings.day_of_timestamp(np.array([timestamp]), epoch).tolist() == [day]
+    assert settings.day_start(day, epoch) <= timestamp < settings.day_start(day + 1, epoch)

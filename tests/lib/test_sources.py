@@ -10,7 +10,7 @@ import pytest
 from recsys_assets.lib import paths
 from recsys_assets.lib import validation
 from recsys_assets.lib.artifacts import ArtifactStore
-from recsys_assets.lib.settings import Settings, day_start_timestamp
+from recsys_assets.lib.settings import Settings, day_start, start_epoch
 from recsys_assets.lib.sources.events import (SOURCE_CLICK_ONLY, SOURCE_SAMPLED, parse_timestamps, read_events,
                                             sample_negatives)
 from recsys_assets.lib.sources.files import SourceError, SourceFolder
@@ -52,7 +52,7 @@ def _write_source(folder):
     (folder / "items.csv").write_text(ITEMS_CSV)
     (folder / "events" / "part-000.csv").write_text(EVENTS_CSV)
     # A parquet part with a 0/1 click column, Unix milliseconds and no session ids.
-    ms = (day_start_timestamp(0, START) + 15 * 3600) * 1000
+    ms = (day_start(0, start_epoch(START)) + 15 * 3600) * 1000
     pd.DataFrame({"user_id": ["u-frank", "u-frank", "u-alice"], "item_id": ["SKU-002", "SKU-001", "SKU-005"],
                   "timestamp": [ms, ms + 20_000, ms + 40_000], "click": [0, 1, 0],
                   "device": ["phone", "desktop", "mobile"]}).to_parquet(folder / "events" / "part-001.parquet")
@@ -111,7 +111,7 @@ def test_events_become_a_labelled_day_with_everything_set_aside_counted(world):
     # The impression clicked 30 s later is the positive; the duplicate click is removed, not a second positive.
     assert alice.loc["SKU-001", "click"] == 1 and alice.loc["SKU-002", "click"] == 0
     assert alice.loc["SKU-005", "click"] == 0  # the parquet part's label
-    assert alice.loc["SKU-001", "timestamp"] == day_start_timestamp(0, START) + 8 * 3600  # 10:00+02:00
+    assert alice.loc["SKU-001", "timestamp"] == day_start(0, start_epoch(START)) + 8 * 3600  # 10:00+02:00
     anonymous = rows[rows["user"] == ""]
     assert (day0.loc[anonymous.index, "user_id"] == -1).all() and anonymous["click"].tolist() == [1]
     # A click without an impression becomes an impression with click=1; device "other" is unknown (-1).
@@ -211,7 +211,7 @@ def test_a_click_only_log_gets_seeded_sampled_negatives(tmp_path):
     (folder / "items.csv").write_text(ITEMS_CSV)
     (folder / "events" / "clicks.csv").write_text(
         "user_id,item_id,timestamp,event\n" + "".join(
-            f"u{k},SKU-00{1 + k % 2},{day_start_timestamp(0, START) + 60 * k},click\n" for k in range(6)))
+            f"u{k},SKU-00{1 + k % 2},{day_start(0, start_epoch(START)) + 60 * k},click\n" for k in range(6)))
     source, store = SourceFolder(str(folder)), ArtifactStore(tmp_path / "artifacts")
     ingest_catalogue(source, store, START)
     first = ingest_day(source, store, 0, START, SEED, negatives_per_click=3)
@@ -314,7 +314,7 @@ def test_a_users_file_adds_its_attributes_and_quarantines_what_it_cannot_use(wor
     assert metadata["users_age_unreadable"] == 1 and "segment" in metadata["notes"]
 
 
-NOON = day_start_timestamp(0, START) + 12 * 3600
+NOON = day_start(0, start_epoch(START)) + 12 * 3600
 
 
 @pytest.mark.parametrize("values, seconds, reason", [

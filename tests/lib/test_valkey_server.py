@@ -122,3 +122,27 @@ def test_detached_server_is_stopped_by_its_pidfile(tmp_path):
     assert stop_embedded(tmp_path / "vk", port=port) is True
     assert not ping("127.0.0.1", port)
     server._process.wait(5)  # reap the child this test process started
+
+
+def _valkey_errors():
+    import redis.exceptions
+    import valkey.exceptions
+
+    return valkey.exceptions, redis.exceptions
+
+
+@pytest.mark.parametrize("make, unavailable", [
+    (lambda errors: errors.ConnectionError("Connection refused"), True),
+    (lambda errors: errors.TimeoutError("Timeout reading from socket"), True),
+    (lambda errors: errors.BusyLoadingError("LOADING Valkey is loading the dataset in memory"), True),
+    (lambda errors: errors.ReadOnlyError("READONLY You can't write against a read only replica."), True),
+    (lambda errors: errors.ResponseError("MASTERDOWN Link with MASTER is down"), True),
+    (lambda errors: errors.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+    (lambda errors: errors.DataError("Invalid input of type: 'dict'"), False),
+])
+def test_is_unavailable_sorts_both_clients_errors_alike(make, unavailable):
+    from recsys_assets.lib.valkey_server import is_unavailable
+
+    for errors in _valkey_errors():
+        assert is_unavailable(make(errors)) is unavailable
+    assert is_unavailable(ValueError("a bug")) is False and is_unavailable(ConnectionResetError()) is True

@@ -15,7 +15,7 @@ def stack(tmp_path_factory):
     suite). Tests that break something put it back before they end (and check readiness first), so the order of
     the modules does not matter.
     """
-    from tests.serving.tiny_serving import tiny_artifacts
+    from tests.release.tiny_serving import tiny_artifacts
     from tests.support.stack import start_stack
 
     tiny = tiny_artifacts(tmp_path_factory)

@@ -37,11 +37,11 @@ import pytest
 
 from recsys_assets.defs.release import assets as release_assets
 from recsys_assets.lib import paths
-from recsys_assets.lib import releases as rl
+from recsys_assets.release import records as release_records, repository
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.feature_spec import FIRST_INDEX
-from recsys_assets.serving.client import RecommendationClient
-from recsys_assets.serving.tiny import TinySizes, write_onnx_models
+from recsys_assets.release.client import RecommendationClient
+from recsys_assets.release.tiny import TinySizes, write_onnx_models
 from tests.support import report
 from tests.support.harness import BackgroundLoad, Mix, Target, summarize
 from tests.support.stack import DAY13, wait_for
@@ -55,7 +55,7 @@ HOT_SWAP: dict = {}    # what the deployment's hot swap reloaded
 
 # -- helpers --------------------------------------------------------------------------------------------------------
 def _sizes(tiny, seed: int, users: int | None = None) -> TinySizes:
-    """The tiny models' table sizes (as serving.tiny builds them); ``users`` overrides the user table's rows."""
+    """The tiny models' table sizes (as release.tiny builds them); ``users`` overrides the user table's rows."""
     items = tiny.items
     return TinySizes(users=users if users is not None else FIRST_INDEX + len(tiny.users),
                      items=FIRST_INDEX + len(items), categories=FIRST_INDEX + items["category_l1"].nunique(),
@@ -98,7 +98,7 @@ def _versions(stack) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = collections.defaultdict(dict)
     for entry in stack.triton().repository_index():
         if entry.get("version"):
-            alias = rl.parse_alias(entry["name"])
+            alias = repository.parse_alias(entry["name"])
             model = alias[0] if alias else entry["name"]
             state = f"{entry.get('state', '')} {entry.get('reason', '')}".strip()
             if not out[model].get(entry["version"], "").startswith("READY"):
@@ -119,7 +119,7 @@ def _stub_pids(stack) -> dict[str, set[int]]:
         for part in cmdline:
             if "/triton_repository/" in part:
                 folder = part.split("/triton_repository/")[1].split("/")[0]
-                alias = rl.parse_alias(folder)  # releases serve <model>_v<n>
+                alias = repository.parse_alias(folder)  # releases serve <model>_v<n>
                 out[alias[0] if alias else folder].add(child.pid)
     return dict(out)
 
@@ -181,15 +181,15 @@ def _publish(stack, models: dict) -> None:
 def _roll_back_to_served(stack, models: list[str]) -> None:
     """Point the ensemble at the served release's aliases again (and load ``models``' aliases if they are not)."""
     served, live = _served(stack), stack.repository()
-    rl.write_served(live, served, rl.canonical_ensemble(live))
-    stack.triton().load([rl.alias(m, served.models[m]) for m in models] + ["ensemble_model"])
+    repository.write_served(live, served, repository.canonical_ensemble(live))
+    stack.triton().load([repository.alias(m, served.models[m]) for m in models] + ["ensemble_model"])
 
 
 def _mark_failed(stack, release: int) -> None:
     store = ArtifactStore(stack.root)
-    record = rl.record(store, release)
+    record = release_records.record(store, release)
     record.status = "load_failed"
-    rl.write_record(store, record)
+    release_records.write_record(store, record)
 
 
 def _make_next_release_live_unverified(stack):
@@ -201,8 +201,8 @@ def _make_next_release_live_unverified(stack):
     with stack._deployment_environ():
         dg.materialize([release_assets.triton_model_repository], resources=stack.resources())
     release, live = stack.releases()[-1], stack.repository()
-    rl.write_served(live, release, rl.canonical_ensemble(live))
-    stack.triton().load([rl.alias(m, release.models[m]) for m in release.changed] + ["ensemble_model"])
+    repository.write_served(live, release, repository.canonical_ensemble(live))
+    stack.triton().load([repository.alias(m, release.models[m]) for m in release.changed] + ["ensemble_model"])
     return release
 
 

@@ -227,7 +227,7 @@ def decoder(tmp_path_factory):
     """The decoder over the tiny world's compiled item vocabulary (written without the ONNX models)."""
     from recsys_assets.lib.generator import World
     from recsys_assets.serving import transforms as compiled
-    from recsys_assets.serving.tiny import transforms_description
+    from recsys_assets.release.tiny import transforms_description
 
     world = World(seed=7, scale="tiny")
     users = world.users(0).head(60)

@@ -84,7 +84,7 @@ def _proc_listening() -> dict[int, set[str]]:
 
 def test_the_defaults_bind_loopback():
     from recsys_assets.api.config import ApiConfig
-    from recsys_assets.lib.triton_server import TritonServer
+    from recsys_assets.release.triton_server import TritonServer
     from recsys_assets.lib.valkey_server import EmbeddedValkey
 
     assert ApiConfig().host == "127.0.0.1" and ApiConfig.from_environ({}).host == "127.0.0.1"

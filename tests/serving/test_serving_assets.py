@@ -12,8 +12,8 @@ from recsys_assets.defs.release.resources import TritonResource, build_resources
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import Settings
-from recsys_assets.serving import deploy
-from tests.serving.tiny_serving import tiny_artifacts
+from recsys_assets.release import deploy
+from tests.release.tiny_serving import tiny_artifacts
 
 
 @pytest.fixture(scope="session")
@@ -104,9 +104,9 @@ def test_ports_and_helm_values_come_from_the_environment(monkeypatch):
 def test_the_release_serves_the_selected_variant_and_the_daily_grown_index(tmp_path, tiny):
     import numpy as np
 
-    from recsys_assets.lib import daily
+    from recsys_assets.lib import daily, digests
     from recsys_assets.lib import faiss_index as fx
-    from recsys_assets.serving.repository import _input_digest
+    from recsys_assets.lib.digests import path_sha256
 
     root = tmp_path / "artifacts"
     store = place_trained_artifacts(root, tiny)
@@ -126,14 +126,14 @@ def test_the_release_serves_the_selected_variant_and_the_daily_grown_index(tmp_p
     with store.writing(paths.daily_index("context")) as tmp:
         faiss.write_index(index, str(tmp))
     store.write_bytes(daily.daily_index_manifest("context"), json.dumps(
-        {"base_digest": daily.file_digest(store.local_path(paths.faiss_index("context")))}).encode())
+        {"base_digest": digests.file_sha256(store.local_path(paths.faiss_index("context")))}).encode())
     trained = release_assets.trained_artifacts(store, release_assets.RepositoryConfig())
     assert trained.faiss_index == store.local_path(paths.daily_index("context"))
     assert trained.query_tower == store.local_path(paths.query_tower_onnx("context"))
     result = dg.materialize([release_assets.triton_model_repository], resources=resources(root))
     assert result.success
     manifest = release_assets.releases(store)[-1]
-    assert manifest.inputs["faiss_index"] == _input_digest(store.local_path(paths.daily_index("context")))
+    assert manifest.inputs["faiss_index"] == path_sha256(store.local_path(paths.daily_index("context")))
     # a full retrain replaced the trained index since: the old growth no longer applies
     index = fx.load(store.local_path(paths.faiss_index("context")))
     index.add_with_ids(np.ones((1, index.d), np.float32), np.array([10**6 + 1], np.int64))

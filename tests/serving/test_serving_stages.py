@@ -20,7 +20,7 @@ from recsys_assets.serving.stages.nvt_transforms import ContextTransform, ItemTr
 from recsys_assets.serving.stages.onnx_models import DlrmRanking, QueryTower
 from recsys_assets.serving.stages.softmax_sampling import SoftmaxSampling, greedy
 from recsys_assets.serving.stages.unroll_features import UnrollFeatures
-from tests.serving.tiny_serving import tiny_artifacts
+from tests.release.tiny_serving import tiny_artifacts
 
 
 @pytest.fixture(scope="session")

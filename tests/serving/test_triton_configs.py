@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from recsys_assets.serving.repository import ENSEMBLE, MODELS, TEMPLATES, parse_config, validate_repository
+from recsys_assets.release.repository import ENSEMBLE, MODELS, TEMPLATES, parse_config, validate_repository
 from recsys_assets.serving.stages import STAGE_CLASSES, stage_class
 
 ALL = (*MODELS, ENSEMBLE)

@@ -31,7 +31,7 @@ class Stack:
     root: Path
     valkey: object          # EmbeddedValkey
     environ: dict
-    tiny: object            # recsys_assets.serving.tiny.TinyArtifacts
+    tiny: object            # recsys_assets.release.tiny.TinyArtifacts
     top_category: dict      # user -> published top_category
     triton: object          # TritonServer
 
@@ -89,11 +89,11 @@ def stack(tmp_path_factory):
     from recsys_assets.lib.artifacts import ArtifactStore
     from recsys_assets.lib.dataset import write_images
     from recsys_assets.lib.generator import World
-    from recsys_assets.lib.triton_server import TritonServer
+    from recsys_assets.release.triton_server import TritonServer
     from recsys_assets.lib.valkey_server import EmbeddedValkey
-    from recsys_assets.serving.repository import ServingDefaults, build_repository
-    from recsys_assets.serving.tiny import publish_online_state, serving_environ
-    from tests.serving.tiny_serving import tiny_artifacts
+    from recsys_assets.release.repository import ServingDefaults, build_repository
+    from recsys_assets.release.tiny import publish_online_state, serving_environ
+    from tests.release.tiny_serving import tiny_artifacts
 
     root = tmp_path_factory.mktemp("store-root")
     tiny = tiny_artifacts(tmp_path_factory)

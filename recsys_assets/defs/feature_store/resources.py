@@ -17,7 +17,6 @@ runs the ``feast`` CLI with them, and opens a ``FeatureStore`` in-process with t
 import dataclasses
 import json
 import os
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -158,16 +157,10 @@ class FeastRepo:
 
     def store(self):
         """A ``FeatureStore`` over the same yaml, with the same variables expanded (without touching os.environ)."""
-        import yaml
-        from feast import FeatureStore
-        from feast.repo_config import RepoConfig
+        from recsys_assets.lib.feast_store import open_feature_store
 
-        text = (Path(self.repo_dir) / self.yaml_file).read_text()
-        # Feast itself expands with os.path.expandvars; Template does the same for ${VAR}, from our mapping.
-        text = string.Template(text).safe_substitute({**os.environ, **self.environ()})
-        config = RepoConfig(**yaml.safe_load(text))
-        config.repo_path = Path(self.repo_dir)
-        return FeatureStore(repo_path=self.repo_dir, config=config)
+        # Feast itself expands with os.path.expandvars: the process environment, then our own values over it.
+        return open_feature_store(Path(self.repo_dir), self.yaml_file, {**os.environ, **self.environ()})
 
 
 class FeastResource(dg.ConfigurableResource):

@@ -18,7 +18,7 @@ from recsys_assets.defs.embeddings.daily import daily_item_content
 from recsys_assets.defs.ingest.assets import items
 from recsys_assets.defs.partitions import daily_partitions, partition_day
 from recsys_assets.defs.resources import ArtifactStoreResource
-from recsys_assets.lib import daily, paths
+from recsys_assets.lib import daily, digests, paths
 from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib.artifacts import ArtifactStore
 
@@ -63,7 +63,7 @@ def daily_retrieval_index(context: dg.AssetExecutionContext, config: DailyRetrie
     for variant in variants:
         t0 = time.perf_counter()
         trained = store.local_path(paths.faiss_index(variant))
-        base_digest = daily.file_digest(trained)
+        base_digest = digests.file_sha256(trained)
         source = daily.served_index(store, variant)
         index = fx.load(store.local_path(source))
         before = fx.id_map(index)

@@ -1,9 +1,10 @@
 """The release build: the versioned Triton model repository and its deployment (local tritonserver or Helm).
 
 **One owner of the live repository: releases.** Models change in the live repository (``serving/
-triton_repository``) only as whole releases, through one code path, :func:`recsys_assets.lib.releases.serve_release`
-(promote into the running server, or start one on the release), which both ``triton_deployment`` and the
-promotion jobs (``served_release`` in ``release/releases.py``) call. Every served model is an alias
+triton_repository``) only as whole releases, through one state machine,
+:func:`recsys_assets.release.promotion.switch_release` (promote into the running server, or start one on the
+release, then record it), which both ``triton_deployment`` and the
+promotion jobs (``served_release`` in ``defs/release/releases.py``) call. Every served model is an alias
 ``<model>_v<version>`` and the ensemble's version is the release number, so no request mixes two releases and a
 deployment never reloads the plain model folders under a promoted release.
 
@@ -13,7 +14,7 @@ deployment never reloads the plain model folders under a promoted release.
   defaults of :class:`RepositoryConfig` as config parameters, and writes a release manifest
   (``serving/releases/<n>.json``: the version of every model) and its record (``releases/records/<n>.json``,
   kind ``full``, built by this asset; no gate, so the promotion sensor leaves it to ``triton_deployment``). When a
-  release serves, the new one is built as a *candidate* beside it (``lib.releases.assemble_candidate``: in place,
+  release serves, the new one is built as a *candidate* beside it (``release.repository.assemble_candidate``: in place,
   the served configs untouched), exactly like a fine-tuned or retrained release. Blocking check ``configs_valid``:
   every config parses with Triton's protobufs, name == directory, the ensemble's tensors exist on both ends,
   required parameters are set. **Gated**: the evaluation assets (``retrieval_evaluation``, ``ranking_evaluation``)
@@ -50,10 +51,10 @@ from recsys_assets.defs.params import config_from_params, params_of
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.lib import paths
-from recsys_assets.lib import releases as rl
+from recsys_assets.release import promotion, records, repository
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
-from recsys_assets.serving import deploy
-from recsys_assets.serving.repository import (
+from recsys_assets.release import deploy
+from recsys_assets.release.repository import (
     MODELS,
     Release,
     RepositoryError,
@@ -152,7 +153,7 @@ def triton_model_repository(context: dg.AssetExecutionContext, config: Repositor
     history = releases(store)
     release = (history[-1].release if history else 0) + 1
     previous = store.local_path(paths.TRITON_REPOSITORY) if store.exists(paths.TRITON_REPOSITORY) else None
-    state = rl.served_state(store) if store.exists(paths.SERVED_RELEASE) else None
+    state = records.served_state(store) if store.exists(paths.SERVED_RELEASE) else None
     ensemble_text = ""
     t0 = time.perf_counter()
     try:
@@ -160,18 +161,18 @@ def triton_model_repository(context: dg.AssetExecutionContext, config: Repositor
             # A release serves: build the new one as a candidate beside it (in place, unchanged models' folders
             # untouched, the served configs left as they are); triton_deployment then promotes it like any
             # release, so a deployment never reloads models under the serving release.
-            with rl.repository_lock(Path(store.root)):
-                served = rl.manifest(store, state.release)
-                found = rl.record(store, served.release)
-                manifest, ensemble_text = rl.assemble_candidate(
+            with repository.repository_lock(Path(store.root)):
+                served = records.manifest(store, state.release)
+                found = records.record(store, served.release)
+                manifest, ensemble_text = repository.assemble_candidate(
                     previous, previous, trained, config.defaults(), world.start_date, release,
-                    [rl.manifest(store, r) for r in state.stack], config.keep_releases, served=served,
+                    [records.manifest(store, r) for r in state.stack], config.keep_releases, served=served,
                     served_ensemble=found.ensemble_config if found is not None and found.ensemble_config
-                    else rl.canonical_ensemble(previous),
-                    pending=rl.pending_candidates(store, served.release))
+                    else repository.canonical_ensemble(previous),
+                    pending=records.pending_candidates(store, served.release))
         elif previous is not None and not store.is_s3:
             # In place, nothing served yet (the configs are the plain build's).
-            with rl.repository_lock(Path(store.root)):
+            with repository.repository_lock(Path(store.root)):
                 manifest = build_repository(previous, trained, config.defaults(), world.start_date, release,
                                             previous=previous, previous_releases=history,
                                             keep_releases=config.keep_releases)
@@ -187,10 +188,10 @@ def triton_model_repository(context: dg.AssetExecutionContext, config: Repositor
     if not store.is_s3:
         if not ensemble_text:
             ensemble_text = (store.local_path(paths.TRITON_REPOSITORY) / "ensemble_model" / "config.pbtxt").read_text()
-        record = rl.ReleaseRecord(release=release, kind="full", status="candidate",
+        record = records.ReleaseRecord(release=release, kind="full", status="candidate",
                                   parent=state.release if state else None, ensemble_config=ensemble_text)
         record.event("built", by="triton_model_repository", run_id=context.run.run_id)
-        rl.write_record(store, record)
+        records.write_record(store, record)
     import pandas as pd
 
     table = pd.DataFrame({"model": list(manifest.models), "version": list(manifest.models.values()),
@@ -243,14 +244,14 @@ def triton_deployment(context: dg.AssetExecutionContext, config: DeploymentConfi
         raise dg.Failure("the local profile serves a local artifact root; with s3:// use RECSYS_PROFILE=k8s")
     root = Path(store.root)
     live = store.local_path(paths.TRITON_REPOSITORY)
-    state = rl.served_state(store) if store.exists(paths.SERVED_RELEASE) else None
+    state = records.served_state(store) if store.exists(paths.SERVED_RELEASE) else None
     target = _repository_release(store, history)
-    built = rl.record(store, target.release)
+    built = records.record(store, target.release)
     if state is not None and state.release != target.release and built is not None \
             and built.status == "load_failed":
         # Its deployment failed once: it is not retried (a restart must come up on what served); rebuild it.
         context.log.warning(f"release {target.release} failed to deploy before; release {state.release} serves")
-        target = rl.manifest(store, state.release)
+        target = records.manifest(store, state.release)
     server = deploy.running_server(root)
     on_live = server is not None and Path(server.model_repository).resolve() == live.resolve()
     environ, valkey = deploy.local_environ(root)
@@ -265,44 +266,23 @@ def triton_deployment(context: dg.AssetExecutionContext, config: DeploymentConfi
             return dg.MaterializeResult(metadata={"release": state.release, "previous": state.release,
                                                   "action": "unchanged", "loaded": "-", "why": why,
                                                   "http": f"http://{server.http_url}", "valkey": valkey_url})
-        target = rl.manifest(store, state.release)
-    current = rl.manifest(store, state.release) if state is not None and on_live else None
+        target = records.manifest(store, state.release)
+    current = records.manifest(store, state.release) if state is not None and on_live else None
     smoke = [{"user_id": config.smoke_user_id, "device_type": config.smoke_device_type}]
-    record = rl.record(store, target.release)
-    with rl.repository_lock(root):
-        target_text = _ensemble_text(store, live, target.release)
-        current_text = _ensemble_text(store, live, current.release) if current is not None else ""
-        try:
-            server, report = rl.serve_release(root, live, target, target_text, current, current_text, smoke,
-                                              triton.ports(), timeout=triton.load_timeout_s)
-        except rl.PromotionError as exc:
-            reason = deploy.redact_text(str(exc))[:1500]
-            if record is not None:
-                record.status = "load_failed"
-                record.reasons = [*record.reasons, reason]
-                record.event("deployment_failed", run_id=context.run.run_id, error=reason)
-                rl.write_record(store, record)
-            if current is None:
-                raise dg.Failure(description=f"release {target.release} failed and no earlier release served to go "
-                                             f"back to: {reason}", metadata={"release": target.release}) from exc
-            from recsys_assets.serving.repository import restore_release
-
-            restore_release(live, current)  # the model folders' own configs describe the release that serves
-            context.log.warning(f"release {target.release} failed; release {current.release} serves")
-            raise dg.Failure(description=f"release {target.release} was taken back out: {reason}. Release "
-                                         f"{current.release} serves again (configs restored)",
-                             metadata={"release": target.release, "restored": current.release}) from exc
-    stack = [r for r in (state.stack if state else []) if r != target.release] + [target.release]
-    events = [*(state.events if state else []), {"action": f"triton_deployment ({report['action']})", "release":
-                                                 target.release, "previous": current.release if current else None,
-                                                 "at": rl.now(), "run_id": context.run.run_id,
-                                                 "seconds": report["seconds"]}]
-    rl.write_served_state(store, rl.ServedState(release=target.release, stack=stack[-20:], events=events[-50:]))
-    if record is not None:
-        record.status = "promoted"
-        record.event("triton_deployment", run_id=context.run.run_id, seconds=report["seconds"])
-        rl.write_record(store, record)
-    loaded = [parsed[0] for parsed in map(rl.parse_alias, report["loaded"]) if parsed is not None]
+    try:
+        switched = promotion.switch_release(store, root, live, target, current, state, "deployment", smoke,
+                                            triton.ports(), run_id=context.run.run_id,
+                                            timeout=triton.load_timeout_s, redact=deploy.redact_text)
+    except promotion.PromotionError as exc:
+        if exc.restored is None:
+            raise dg.Failure(description=f"release {target.release} failed and no earlier release served to go "
+                                         f"back to: {exc}", metadata={"release": target.release}) from exc
+        context.log.warning(f"release {target.release} failed; release {exc.restored} serves")
+        raise dg.Failure(description=f"release {target.release} was taken back out: {exc}. Release "
+                                     f"{exc.restored} serves again (configs restored)",
+                         metadata={"release": target.release, "restored": exc.restored}) from exc
+    server, report = switched.server, switched.report
+    loaded = [parsed[0] for parsed in map(repository.parse_alias, report["loaded"]) if parsed is not None]
     return dg.MaterializeResult(metadata={
         "release": target.release,
         "previous": current.release if current is not None else -1,
@@ -318,7 +298,7 @@ def triton_deployment(context: dg.AssetExecutionContext, config: DeploymentConfi
         "valkey": valkey_url + (" (embedded)" if valkey is not None else ""),
         "log": str(server.log_path),
         "smoke_test": dg.MetadataValue.json(report["smoke"][0] if report["smoke"] else {}),
-        "stop": "python -m recsys_assets.serving.serve stop",
+        "stop": "python -m recsys_assets.release.serve stop",
     })
 
 
@@ -326,13 +306,9 @@ def _repository_release(store: ArtifactStore, history: list) -> Release:
     """The newest release ``triton_model_repository`` built (its record says so); the newest manifest on a root
     whose releases predate records."""
     for manifest in reversed(history):
-        found = rl.record(store, manifest.release)
+        found = records.record(store, manifest.release)
         if found is not None and any(e.get("by") == "triton_model_repository" for e in found.events):
             return manifest
-    built = [m for m in history if rl.record(store, m.release) is None]
+    built = [m for m in history if records.record(store, m.release) is None]
     return built[-1] if built else history[-1]
 
-
-def _ensemble_text(store: ArtifactStore, live: Path, release: int) -> str:
-    found = rl.record(store, release)
-    return found.ensemble_config if found is not None and found.ensemble_config else rl.canonical_ensemble(live)

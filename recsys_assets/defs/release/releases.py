@@ -16,11 +16,11 @@
   and of its workflows (``releases/models/<n>/``) for its fine-tunes.
 - ``served_release``: the release the server answers with. Its jobs promote a candidate (``promote_release_job``,
   requested by ``release_promotion_sensor``) or roll back to the previous release (``rollback_release_job``),
-  switching the whole set at once (:mod:`recsys_assets.lib.releases`). A failed gate or a failed load keeps the
+  switching the whole set at once (:mod:`recsys_assets.release`). A failed gate or a failed load keeps the
   old release serving and fails the check or the run with the reason.
 
 Releases are the only way models change in the live repository: ``served_release`` and ``triton_deployment``
-(``defs/release/assets.py``) both switch through ``lib.releases.serve_release``, so a deployment after a promotion neither
+(``defs/release/assets.py``) both switch through ``release.promotion.serve_release``, so a deployment after a promotion neither
 reloads plain model folders under it nor takes it back.
 
 Vocabularies: a fine-tune reads every day in the vocabulary its parent release was trained with
@@ -60,13 +60,13 @@ from recsys_assets.defs.transforms.assets import (
     transformed_interactions,
 )
 from recsys_assets.lib import paths
-from recsys_assets.lib import releases as rl
+from recsys_assets.release import lineage as release_lineage, promotion, records, repository, scoring
 from recsys_assets.lib import retrain
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.daily import served_index
 from recsys_assets.lib.settings import day_name
 from recsys_assets.ml.finetune import FineTuneParams
-from recsys_assets.serving.repository import ENSEMBLE, Release, RepositoryError, ServingDefaults, TrainedArtifacts
+from recsys_assets.release.repository import ENSEMBLE, Release, RepositoryError, ServingDefaults, TrainedArtifacts
 
 GROUP = "release"
 FINETUNE_CHECKS = ("inputs_complete", "item_vectors_unchanged", "onnx_parity", "beats_popularity", "no_regression")
@@ -106,11 +106,11 @@ def _repository_target(store: ArtifactStore, live):
         yield tmp
 
 
-def _slice(store: ArtifactStore, day: int, share: float, seed: int) -> rl.EvaluationSlice:
+def _slice(store: ArtifactStore, day: int, share: float, seed: int) -> scoring.EvaluationSlice:
     raw = store.read_parquet(paths.raw_interactions(day), columns=["interaction_id", "session_id"])
     masked = store.read_parquet(paths.masked_interactions(day))
-    held = rl.held_out_sessions(raw["session_id"].to_numpy(), share, seed, day)
-    return rl.evaluation_slice(masked, raw, held, day)
+    held = scoring.held_out_sessions(raw["session_id"].to_numpy(), share, seed, day)
+    return scoring.evaluation_slice(masked, raw, held, day)
 
 
 def _clicked(store: ArtifactStore, day: int, window: int) -> np.ndarray:
@@ -121,17 +121,17 @@ def _clicked(store: ArtifactStore, day: int, window: int) -> np.ndarray:
         else np.zeros(0, np.int64)
 
 
-def _gate(live, candidate: Release, served, data: rl.EvaluationSlice, clicked: np.ndarray, k: int,
+def _gate(live, candidate: Release, served, data: scoring.EvaluationSlice, clicked: np.ndarray, k: int,
           tolerance: float) -> tuple:
     """Score candidate, served release and popularity on the slice; the gate outcomes and a metrics table."""
-    available = np.load(rl.version_dir(live, candidate, "faiss_retrieval") / "availability.npy")
-    popularity = rl.popularity_scores(clicked, len(available))
+    available = np.load(repository.version_dir(live, candidate, "faiss_retrieval") / "availability.npy")
+    popularity = scoring.popularity_scores(clicked, len(available))
     t0 = time.perf_counter()
-    metrics = {"candidate": rl.evaluate(rl.ReleaseScorer(live, candidate), data, k)}
+    metrics = {"candidate": scoring.evaluate(scoring.ReleaseScorer(live, candidate), data, k)}
     if served is not None:
-        metrics["served"] = rl.evaluate(rl.ReleaseScorer(live, served), data, k)
-    metrics["popularity"] = rl.evaluate(None, data, k, popularity=popularity, available_from=available)
-    outcomes = rl.gate(metrics["candidate"], metrics.get("served"), metrics["popularity"], data.fingerprint, k,
+        metrics["served"] = scoring.evaluate(scoring.ReleaseScorer(live, served), data, k)
+    metrics["popularity"] = scoring.evaluate(None, data, k, popularity=popularity, available_from=available)
+    outcomes = scoring.gate(metrics["candidate"], metrics.get("served"), metrics["popularity"], data.fingerprint, k,
                        tolerance)
     rows = [{"scored": name, "release": candidate.release if name == "candidate" else
              (served.release if name == "served" else "-"), **m} for name, m in metrics.items()]
@@ -161,12 +161,11 @@ def _versions_table(candidate: Release, served) -> dg.MetadataValue:
 
 
 def _history(store: ArtifactStore, state) -> list:
-    return [rl.manifest(store, r) for r in (state.stack if state else [])]
+    return [records.manifest(store, r) for r in (state.stack if state else [])]
 
 
 def _ensemble_text(store: ArtifactStore, live, release: int) -> str:
-    found = rl.record(store, release)
-    return found.ensemble_config if found is not None and found.ensemble_config else rl.canonical_ensemble(live)
+    return records.ensemble_config(store, live, release)
 
 
 # -- finetuned_models ------------------------------------------------------------------------------------------
@@ -215,7 +214,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     key = context.partition_key
     store = artifacts.store()
     root = _local_root(store)
-    state = rl.served_state(store)
+    state = records.served_state(store)
     why = None
     if day < config.first_day:
         why = (f"partition {key} is day {day:02d}: fine-tuning starts at day {config.first_day:02d} (first_day); "
@@ -231,9 +230,9 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     problems = []
     served = lineage = None
     try:
-        served = rl.manifest(store, state.release)
-        lineage = rl.lineage_of(store, served)
-    except rl.ReleaseError as exc:
+        served = records.manifest(store, state.release)
+        lineage = release_lineage.lineage_of(store, served)
+    except repository.ReleaseError as exc:
         problems.append(str(exc))
     for rel, what in ((paths.masked_interactions(day), f"masked_interactions {key}"),
                       (paths.raw_interactions(day), f"raw_interactions {key}"), (paths.ITEMS, "items"),
@@ -305,18 +304,20 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
 
     live = store.local_path(paths.TRITON_REPOSITORY)
     t1 = time.perf_counter()
-    with rl.repository_lock(root):
-        number = rl.next_release(store)
-        trained = rl.trained_from_release(live, served, query_tower=store.local_path(f"{output}/onnx/query_tower.onnx"),
-                                          dlrm=store.local_path(f"{output}/onnx/dlrm.onnx"))
+    with repository.repository_lock(root):
+        number = records.next_release(store)
+        trained = repository.trained_from_release(
+            live, served, query_tower=store.local_path(f"{output}/onnx/query_tower.onnx"),
+            dlrm=store.local_path(f"{output}/onnx/dlrm.onnx"))
         try:
             with _repository_target(store, live) as target:
-                candidate, ensemble_text = rl.assemble_candidate(
-                    target, live, trained, rl.defaults_from_release(live, served), rl.start_date_of(served), number,
+                candidate, ensemble_text = repository.assemble_candidate(
+                    target, live, trained, repository.defaults_from_release(live, served),
+                    repository.start_date_of(served), number,
                     _history(store, state), config.keep_releases, served=served,
                     served_ensemble=_ensemble_text(store, live, served.release), expected_changes=FINETUNED_MODELS,
-                    pending=rl.pending_candidates(store, served.release))
-        except (RepositoryError, rl.ReleaseError) as exc:
+                    pending=records.pending_candidates(store, served.release))
+        except (RepositoryError, repository.ReleaseError) as exc:
             raise dg.Failure(f"the candidate release could not be assembled: {exc}") from exc
         store.write_bytes(paths.triton_release(number), candidate.to_json().encode())
     build_seconds = time.perf_counter() - t1
@@ -324,7 +325,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
                                                    _clicked(store, day, config.popularity_days), config.recall_k,
                                                    config.tolerance)
     passed = all(ok for _, ok, _ in outcomes)
-    record = rl.ReleaseRecord(
+    record = records.ReleaseRecord(
         release=number, kind="finetune", status="candidate" if passed else "gate_failed", parent=served.release,
         day=day, lineage={"variant": lineage["variant"], "two_tower": f"{output}/two_tower/{lineage['variant']}",
                           "dlrm": f"{output}/dlrm", "item_vectors": lineage["item_vectors"],
@@ -335,7 +336,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
                                                              for n, ok, d in outcomes]},
         gate_passed=passed, reasons=[d for _, ok, d in outcomes if not ok], ensemble_config=ensemble_text)
     record.event("built", run_id=context.run.run_id, seconds=round(time.perf_counter() - t_all, 1))
-    rl.write_record(store, record)
+    records.write_record(store, record)
     k = config.recall_k
     return dg.MaterializeResult(
         metadata={
@@ -410,9 +411,9 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
     if problems:
         return _blocked(problems, RETRAIN_CHECKS)
 
-    state = rl.served_state(store)
-    served = rl.manifest(store, state.release) if state else None
-    number = rl.next_release(store)
+    state = records.served_state(store)
+    served = records.manifest(store, state.release) if state else None
+    number = records.next_release(store)
     # The release's own copy of what it can be fine-tuned from (the next full training overwrites models/).
     snapshot = paths.release_models(number)
     for rel, name in ((paths.two_tower(variant), "two_tower"), (paths.DLRM, "dlrm")):
@@ -436,17 +437,17 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
         multimodal=store.local_path(paths.MULTIMODAL_EMBEDDINGS), items=store.local_path(paths.ITEMS),
         image_dims=int(multimodal.shape[1]) // 2)
     live = store.local_path(paths.TRITON_REPOSITORY) if store.exists(paths.TRITON_REPOSITORY) else None
-    defaults = rl.defaults_from_release(live, served) if served is not None else ServingDefaults()
+    defaults = repository.defaults_from_release(live, served) if served is not None else ServingDefaults()
     t1 = time.perf_counter()
-    with rl.repository_lock(root):
+    with repository.repository_lock(root):
         try:
             with _repository_target(store, live) as target:
-                candidate, ensemble_text = rl.assemble_candidate(
+                candidate, ensemble_text = repository.assemble_candidate(
                     target, live, trained, defaults, START_DATE.isoformat(), number, _history(store, state),
                     config.keep_releases, served=served,
                     served_ensemble=_ensemble_text(store, live, served.release) if served else "",
-                    pending=rl.pending_candidates(store, served.release if served else None))
-        except (RepositoryError, rl.ReleaseError) as exc:
+                    pending=records.pending_candidates(store, served.release if served else None))
+        except (RepositoryError, repository.ReleaseError) as exc:
             raise dg.Failure(f"the candidate release could not be assembled: {exc}") from exc
         store.write_bytes(paths.triton_release(number), candidate.to_json().encode())
     build_seconds = time.perf_counter() - t1
@@ -460,7 +461,7 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
     for section, rel in (("retrieval", summary), ("ranking", f"{paths.RANKING_EVALUATION}/summary.json")):
         if store.exists(rel):
             offline[section] = json.loads(store.read_bytes(rel)).get("record")
-    record = rl.ReleaseRecord(
+    record = records.ReleaseRecord(
         release=number, kind="full", status="candidate" if passed else "gate_failed",
         parent=served.release if served else None, day=day,
         lineage={"variant": variant, "two_tower": f"{snapshot}/two_tower", "dlrm": f"{snapshot}/dlrm",
@@ -471,7 +472,7 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
                     "gates": [{"name": n, "passed": ok, "description": d} for n, ok, d in outcomes]},
         gate_passed=passed, reasons=[d for _, ok, d in outcomes if not ok], ensemble_config=ensemble_text)
     record.event("built", run_id=context.run.run_id, seconds=round(time.perf_counter() - t_all, 1))
-    rl.write_record(store, record)
+    records.write_record(store, record)
     k = config.recall_k
     return dg.MaterializeResult(
         metadata={"release": number, "status": record.status, "variant": variant, "gate_day": day,
@@ -515,7 +516,7 @@ def _target(store: ArtifactStore, config: PromotionConfig, state) -> int:
         return previous
     if config.release:
         return config.release
-    passing = [r.release for r in rl.records(store).values() if r.status == "candidate" and r.gate_passed
+    passing = [r.release for r in records.records(store).values() if r.status == "candidate" and r.gate_passed
                and (state is None or r.release > state.release)]
     if not passing:
         raise dg.Failure("no candidate release whose gate passed is newer than the serving one: nothing to promote")
@@ -527,17 +528,17 @@ def _target(store: ArtifactStore, config: PromotionConfig, state) -> int:
 def served_release(context: dg.AssetExecutionContext, config: PromotionConfig, artifacts: ArtifactStoreResource,
                    profile: DeploymentProfileResource, triton: TritonResource) -> dg.MaterializeResult:
     """The release the server answers with: a whole set of model versions switched at once (or rolled back)."""
-    from recsys_assets.serving import deploy
+    from recsys_assets.release import deploy
 
     store = artifacts.store()
     if profile.is_k8s:
         raise dg.Failure("on Kubernetes a release goes out as a Helm rollout of its repository (triton_deployment); "
                          "in-place promotion is for the local server")
     root = _local_root(store)
-    state = rl.served_state(store)
+    state = records.served_state(store)
     number = _target(store, config, state)
-    target = rl.manifest(store, number)
-    target_record = rl.record(store, number)
+    target = records.manifest(store, number)
+    target_record = records.record(store, number)
     if target_record is not None and target_record.gate_passed is False and not (config.force or config.rollback):
         raise dg.Failure(f"release {number} failed its gate and is not promoted: {'; '.join(target_record.reasons)} "
                          "(set force: true to promote it anyway)")
@@ -545,48 +546,21 @@ def served_release(context: dg.AssetExecutionContext, config: PromotionConfig, a
     if restart and deploy.running_server(root) is not None:
         raise dg.Failure(f"release {number} already serves")
     # restart: the recorded release, with no server running (a reboot, `serve stop`): start one on it
-    current = rl.manifest(store, state.release) if state and not restart else None
+    current = records.manifest(store, state.release) if state and not restart else None
     smoke = [{"user_id": u, "device_type": config.smoke_device_type} for u in config.smoke_user_ids]
     action = "restart" if restart else ("rollback" if config.rollback else "promotion")
-    with rl.repository_lock(root):
-        live = store.local_path(paths.TRITON_REPOSITORY)
-        target_text = _ensemble_text(store, live, number)
-        current_text = _ensemble_text(store, live, current.release) if current else ""
-        try:
-            _, report = rl.serve_release(root, live, target, target_text, current, current_text, smoke,
-                                         triton.ports(), timeout=triton.load_timeout_s)
-        except rl.PromotionError as exc:
-            if target_record is not None:
-                target_record.status = "load_failed"
-                target_record.reasons = [*target_record.reasons, str(exc)]
-                target_record.event(f"{action}_failed", run_id=context.run.run_id, error=str(exc))
-                rl.write_record(store, target_record)
-            raise dg.Failure(description=str(exc), metadata={"release": number, "serving": exc.serving,
-                                                             "action": action}) from exc
-    stack = list(state.stack) if state else []
-    if config.rollback:
-        if stack and stack[-1] == state.release:
-            stack.pop()
-    elif not restart:
-        stack.append(number)
-    new_state = rl.ServedState(release=number, stack=stack, events=[*(state.events if state else []), {
-        "action": action, "release": number, "previous": current.release if current else None, "at": rl.now(),
-        "run_id": context.run.run_id, "seconds": report["seconds"]}])
-    rl.write_served_state(store, new_state)
-    if target_record is not None:
-        target_record.status = "promoted"
-        target_record.event(action, run_id=context.run.run_id, seconds=report["seconds"])
-        rl.write_record(store, target_record)
-        offline = target_record.evaluation.get("offline") or {}
-        if config.write_deployed_evaluation and offline.get("retrieval") and offline.get("ranking"):
-            store.write_bytes(paths.DEPLOYED_EVALUATION, json.dumps(offline).encode())
-    if config.rollback and current is not None:
-        current_record = rl.record(store, current.release)
-        if current_record is not None:
-            current_record.status = "rolled_back"
-            current_record.event("rolled_back", run_id=context.run.run_id, to=number)
-            rl.write_record(store, current_record)
-    versions = pd.DataFrame([{"model": m, "version": v, "served as": rl.alias(m, v) if m != ENSEMBLE else
+    live = store.local_path(paths.TRITON_REPOSITORY)
+    try:
+        switched = promotion.switch_release(store, root, live, target, current, state, action, smoke, triton.ports(),
+                                            run_id=context.run.run_id, timeout=triton.load_timeout_s)
+    except promotion.PromotionError as exc:
+        raise dg.Failure(description=str(exc), metadata={"release": number, "serving": exc.serving,
+                                                         "restored": exc.restored, "action": action}) from exc
+    report, stack = switched.report, switched.state.stack
+    offline = (target_record.evaluation.get("offline") or {}) if target_record is not None else {}
+    if config.write_deployed_evaluation and offline.get("retrieval") and offline.get("ranking"):
+        store.write_bytes(paths.DEPLOYED_EVALUATION, json.dumps(offline).encode())
+    versions = pd.DataFrame([{"model": m, "version": v, "served as": repository.alias(m, v) if m != ENSEMBLE else
                               f"{ENSEMBLE} v{number}"} for m, v in target.models.items()])
     return dg.MaterializeResult(metadata={
         "release": number, "previous": current.release if current else -1, "action": action,

@@ -19,7 +19,7 @@ from typing import List
 import dagster as dg
 
 from recsys_assets.lib.settings import Settings
-from recsys_assets.serving.deploy import HELM_CHART, PROJECT_ROOT, Ports
+from recsys_assets.release.deploy import HELM_CHART, PROJECT_ROOT, Ports
 
 
 class TritonResource(dg.ConfigurableResource):
@@ -46,7 +46,7 @@ class ServedEnsemble(dg.ConfigurableResource):
     timeout_s: float = 30.0
 
     def client(self):
-        from recsys_assets.serving.client import RecommendationClient
+        from recsys_assets.release.client import RecommendationClient
 
         return RecommendationClient(self.url, protocol="http", timeout_s=self.timeout_s)
 

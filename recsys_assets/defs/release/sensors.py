@@ -11,14 +11,14 @@ import dagster as dg
 
 from recsys_assets.defs.release.jobs import promote_release_job
 from recsys_assets.defs.resources import ArtifactStoreResource
-from recsys_assets.lib import releases as rl
+from recsys_assets.release import records
 
 
 def promotion_request(store, cursor: int) -> tuple[dg.RunRequest | None, int, str]:
     """``(run request or None, new cursor, reason)`` for the records newer than ``cursor``."""
-    state = rl.served_state(store)
+    state = records.served_state(store)
     serving = state.release if state else 0
-    new = [r for r in rl.records(store).values() if r.release > cursor]
+    new = [r for r in records.records(store).values() if r.release > cursor]
     if not new:
         return None, cursor, f"no release newer than {cursor} (release {serving or '-'} serves)"
     cursor = max(r.release for r in new)

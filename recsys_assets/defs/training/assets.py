@@ -789,7 +789,6 @@ def _context_sensitivity(store: ArtifactStore, dlrm, transforms, item_features: 
 
 def world_day_start(day: int) -> int:
     """Unix seconds of 00:00 UTC on ``day`` (day 00 = RECSYS_START_DATE)."""
-    import datetime as dt
+    from recsys_assets.lib.settings import day_start, start_epoch
 
-    start = dt.datetime(START_DATE.year, START_DATE.month, START_DATE.day, tzinfo=dt.timezone.utc)
-    return int(start.timestamp()) + int(day) * 86_400
+    return day_start(int(day), start_epoch(START_DATE))

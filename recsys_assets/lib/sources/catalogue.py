@@ -29,7 +29,7 @@ import numpy as np
 
 from recsys_assets.lib.catalogue import dominant_colour
 from recsys_assets.lib.dataset import ITEM_COLUMNS
-from recsys_assets.lib.settings import day_start_timestamp
+from recsys_assets.lib.settings import day_start, start_epoch
 from recsys_assets.lib.sources.files import SourceError, SourceFolder
 from recsys_assets.lib.sources.id_maps import IdMap
 from recsys_assets.lib.sources.report import Quarantine, SourceReport
@@ -268,6 +268,6 @@ def users_table(user_map: IdMap, attributes, start_date: dt.date):
     signup = out["signup_day"].fillna(-1).astype("int64")
     out["signup_day"] = np.where(signup >= 0, signup, out["first_day"]).astype("int64")
     out["age"] = out["age"].astype("float64")
-    out["signup_timestamp"] = np.asarray([day_start_timestamp(d, start_date) for d in out["signup_day"]],
+    out["signup_timestamp"] = np.asarray([day_start(d, start_epoch(start_date)) for d in out["signup_day"]],
                                          dtype=np.int64)
     return out[["user_id", "age", "gender", "signup_day", "signup_timestamp"]]

@@ -35,8 +35,8 @@ import re
 
 import numpy as np
 
-from recsys_assets.lib.generator import DEVICES
-from recsys_assets.lib.settings import day_of_timestamp
+from recsys_assets.lib.feature_spec import DEVICES, UNKNOWN_DEVICE
+from recsys_assets.lib.settings import day_of_timestamp, start_epoch
 from recsys_assets.lib.sources.files import PARQUET_SUFFIXES, SourceError, SourceFolder
 from recsys_assets.lib.sources.id_maps import ANONYMOUS, IdMap
 from recsys_assets.lib.sources.report import Quarantine, SourceReport
@@ -46,7 +46,6 @@ EVENT_REQUIRED = {"user_id": "text, empty for anonymous", "item_id": "text",
                   "timestamp": "ISO 8601 with offset, Unix seconds or Unix milliseconds"}
 EVENT_OPTIONAL = ("event", "click", "device", "session_id")
 EVENT_KINDS = ("impression", "click")
-UNKNOWN_DEVICE = -1
 DEVICE_CODES = {name: code for code, name in DEVICES.items()} | {"other": UNKNOWN_DEVICE, "": UNKNOWN_DEVICE}
 ATTRIBUTION_WINDOW_S = 30 * 60   # without session ids, a click belongs to an impression at most this much earlier
 MILLISECONDS_FROM = 1e11         # 1e11 s is the year 5138, 1e11 ms is 1973: larger numbers are milliseconds
@@ -160,7 +159,7 @@ def _read_file(source: SourceFolder, name: str, start_date: dt.date, quarantine:
         report.note(f"{where}: column 'timestamp' is a timestamp type without a time zone: taken as UTC")
 
     seconds, ts_reason = parse_timestamps(raw["timestamp"])
-    day = np.where(ts_reason == "", day_of_timestamp(seconds, start_date), -1)
+    day = np.where(ts_reason == "", day_of_timestamp(seconds, start_epoch(start_date)), -1)
     item = _text(raw, "item_id")
     if "event" in raw.columns:
         if "click" in raw.columns:
@@ -219,7 +218,7 @@ def read_events(source: SourceFolder, start_date: dt.date) -> Events:
     quarantine = Quarantine(report)
     parts = [_read_file(source, name, start_date, quarantine, report) for name in source.event_files()]
     rows = pd.concat(parts, ignore_index=True)
-    rows["day"] = day_of_timestamp(rows["timestamp"].to_numpy(), start_date)
+    rows["day"] = day_of_timestamp(rows["timestamp"].to_numpy(), start_epoch(start_date))
     duplicated = rows.duplicated(KEY)
     duplicates_by_day = rows.loc[duplicated, "day"].value_counts().to_dict()
     report.counts["duplicate_events"] = int(duplicated.sum())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys_assets.lib.onnx_model import OnnxModel
 from recsys_assets.serving.executor import BadRequest, Stage, StageConfigError, StageContext
 from recsys_assets.serving.features import CONTEXT, ITEM, ITEM_INDEX, UNROLLED, USER
 
@@ -29,66 +30,6 @@ USER_FEATURES = USER.features
 CONTEXT_FEATURES = CONTEXT.features
 ITEM_FEATURES = ("item_id",) + ITEM.features
 EMBEDDINGS = ("image_embedding", "text_embedding")
-# The training side names the multimodal halves after their PCA (recsys_assets.ml.model_inputs); serving after
-# their role. Always understood, on top of INPUT_MAP.
-ALIASES = {"image_pca": "image_embedding", "text_pca": "text_embedding"}
-_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-              "tensor(double)": np.float64, "tensor(bool)": np.bool_}
-
-
-class OnnxModel:
-    """One ONNX model, fed from a ``{feature name: array}`` mapping."""
-
-    def __init__(self, path, input_map: dict[str, str], available: set[str], threads: int = 1,
-                 output: str | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        # Triton runs many models on few cores: one thread each keeps them from oversubscribing the CPU.
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        self.feeds: list[tuple[str, str, np.dtype, int, int | None]] = []
-        problems = []
-        for node in self.session.get_inputs():
-            base = node.name.split(":")[0]
-            feature = input_map.get(node.name, ALIASES.get(base, base))
-            if feature not in available:
-                problems.append(f"{node.name!r} (looked for feature {feature!r})")
-                continue
-            if node.type not in _ORT_TYPES:
-                problems.append(f"{node.name!r} has unsupported type {node.type}")
-                continue
-            shape = list(node.shape)
-            width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
-            self.feeds.append((node.name, feature, np.dtype(_ORT_TYPES[node.type]), len(shape), width))
-        if problems:
-            raise StageConfigError(f"{path}: ONNX inputs {', '.join(problems)} match no served feature; "
-                                   f"available: {sorted(available)}; map them with the INPUT_MAP parameter")
-        outputs = [o.name for o in self.session.get_outputs()]
-        if output is not None and output not in outputs:
-            raise StageConfigError(f"{path}: no output {output!r}; it has {outputs}")
-        self.output = output or outputs[0]
-
-    @property
-    def features(self) -> list[str]:
-        return [feature for _, feature, *_ in self.feeds]
-
-    def run(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {}
-        for name, feature, dtype, rank, width in self.feeds:
-            value = np.ascontiguousarray(features[feature], dtype=dtype)  # group columns are strided views
-            if rank == 2 and value.ndim == 1:
-                value = value.reshape(-1, 1)
-            elif rank == 1 and value.ndim == 2 and value.shape[1] == 1:
-                value = value.reshape(-1)
-            if width is not None and value.shape[-1] != width:
-                raise StageConfigError(f"ONNX input {name!r} wants width {width}, feature {feature!r} has "
-                                       f"{value.shape[-1]}")
-            feed[name] = value
-        return self.session.run([self.output], feed)[0]
-
-
 class _OnnxStage(Stage):
     features: tuple[str, ...] = ()  # the feature names the stage can feed (read from its input tensors)
     derived: tuple[str, ...] = ()
@@ -97,7 +38,8 @@ class _OnnxStage(Stage):
         super().__init__(ctx)
         available = set(self.features) | set(self.derived)
         self.model = OnnxModel(ctx.artifact(MODEL_FILE), ctx.param_json("INPUT_MAP", {}), available,
-                               threads=ctx.param_int("ONNX_THREADS", 1), output=ctx.params.get("OUTPUT_NAME") or None)
+                               threads=ctx.param_int("ONNX_THREADS", 1), output=ctx.params.get("OUTPUT_NAME") or None,
+                               error=StageConfigError)
 
 
 class QueryTower(_OnnxStage):

@@ -1,10 +1,10 @@
 """Run Triton with the latest model repository on fixed local ports (what ``make serve`` calls).
 
-    python -m recsys_assets.serving.serve [run]     start (or take over the running one), print the addresses,
+    python -m recsys_assets.release.serve [run]     start (or take over the running one), print the addresses,
                                                     serve until Ctrl-C / SIGTERM, then stop cleanly
-    python -m recsys_assets.serving.serve start     start in the background and return (hot-swaps a running one)
-    python -m recsys_assets.serving.serve stop      stop the background server of this artifact root
-    python -m recsys_assets.serving.serve status    print whether it runs, and where
+    python -m recsys_assets.release.serve start     start in the background and return (hot-swaps a running one)
+    python -m recsys_assets.release.serve stop      stop the background server of this artifact root
+    python -m recsys_assets.release.serve status    print whether it runs, and where
 
 The repository is ``<RECSYS_ARTIFACTS>/serving/triton_repository`` (materialize ``triton_model_repository``).
 Ports: ``RECSYS_TRITON_HTTP_PORT`` / ``_GRPC_PORT`` / ``_METRICS_PORT`` (8000 / 8001 / 8002), on 127.0.0.1.
@@ -21,7 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
-from recsys_assets.serving import deploy
+from recsys_assets.release import deploy
 
 
 def _root(arg: str | None) -> Path:
@@ -38,7 +38,7 @@ def _print_addresses(server, action: str, release: str) -> None:
     print(f"  gRPC     {server.grpc_url}")
     print(f"  metrics  http://{server.host}:{server.metrics_port}/metrics")
     print(f"  log      {server.log_path}")
-    print("  try      python -m recsys_assets.serving.client --user 12 --device 1", flush=True)
+    print("  try      python -m recsys_assets.release.client --user 12 --device 1", flush=True)
 
 
 def _release_label(root: Path) -> str:
@@ -50,7 +50,7 @@ def _release_label(root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recsys_assets.serving.serve", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recsys_assets.release.serve", description=__doc__.split("\n")[0])
     parser.add_argument("action", nargs="?", default="run", choices=["run", "start", "stop", "status"])
     parser.add_argument("--artifacts", default=None, help="artifact root (default: RECSYS_ARTIFACTS or ./artifacts)")
     args = parser.parse_args(argv)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     server, action, seconds = deploy.deploy_local(root, repository, environ, deploy.Ports.from_environ(os.environ))
     _print_addresses(server, f"{action} in {seconds:.1f} s", _release_label(root))
     if args.action == "start":
-        print("  stop     python -m recsys_assets.serving.serve stop")
+        print("  stop     python -m recsys_assets.release.serve stop")
         return 0
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,7 +9,7 @@ _CACHE: dict = {}
 def tiny_artifacts(tmp_path_factory):
     """Real artifacts of every serving format (compiled transforms, ONNX, FAISS, embeddings) for the tiny world."""
     if "tiny" not in _CACHE:
-        from recsys_assets.serving.tiny import build_tiny_artifacts
+        from recsys_assets.release.tiny import build_tiny_artifacts
 
         _CACHE["tiny"] = build_tiny_artifacts(tmp_path_factory.mktemp("tiny-serving"))
     return _CACHE["tiny"]

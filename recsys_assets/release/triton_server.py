@@ -54,7 +54,7 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-def _pytriton_dir() -> Path:
+def pytriton_dir() -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec("pytriton")
@@ -64,12 +64,12 @@ def _pytriton_dir() -> Path:
 
 
 def server_binary() -> Path:
-    return _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
+    return pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
 
 
 def prepare_backends(target: Path) -> Path:
     """A backend directory holding the python backend and the stub for this interpreter's version."""
-    base = _pytriton_dir() / "tritonserver"
+    base = pytriton_dir() / "tritonserver"
     python_dir = target / "python"
     if python_dir.exists():
         shutil.rmtree(python_dir)
@@ -86,7 +86,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    libs = _pytriton_dir().parent / "nvidia_pytriton.libs"
+    libs = pytriton_dir().parent / "nvidia_pytriton.libs"
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env = dict(os.environ)
     env.update(extra or {})

@@ -2,7 +2,7 @@
 
 Local (``RECSYS_PROFILE=local``): one server per artifact root, on fixed loopback ports (default 8000 HTTP, 8001
 gRPC, 8002 metrics), recorded in ``<root>/serving/triton_server.json`` so a later process (the next Dagster run,
-``make serve``, ``python -m recsys_assets.serving.serve stop``) finds it. :func:`deploy_local` starts it when none
+``make serve``, ``python -m recsys_assets.release.serve stop``) finds it. :func:`deploy_local` starts it when none
 runs, or hot-swaps a running one: it reloads the models whose version changed, then the ensemble (Triton keeps
 serving the old versions until the new ones are ready). Its environment carries the runtime endpoints
 (:func:`local_environ`): the embedded Valkey (started or reused) unless ``RECSYS_VALKEY_URL`` names one, and the
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from recsys_assets.lib.triton_server import TritonServer, attach
+from recsys_assets.release.triton_server import TritonServer, attach
 
 STATE_FILE = "serving/triton_server.json"
 WORKDIR = "serving/triton_work"

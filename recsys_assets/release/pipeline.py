@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from recsys_assets.serving.executor import Executor, Metrics, StageContext, config_params
-from recsys_assets.serving.repository import ENSEMBLE, _served_versions, config_dict, parse_config
+from recsys_assets.release.repository import ENSEMBLE, served_versions, config_dict, parse_config
 from recsys_assets.serving.stages import stage_class
 
 
@@ -37,7 +37,7 @@ class InProcessPipeline:
             for step in ensemble.ensemble_scheduling.step:
                 model = step.model_name
                 config = parse_config(self.repository / model / "config.pbtxt")
-                version = _served_versions(config, self.repository / model)[-1]
+                version = served_versions(config, self.repository / model)[-1]
                 ctx = StageContext(model_name=model, params=config_params(config_dict(config)),
                                    model_dir=self.repository / model / str(version), environ=environ,
                                    metrics=self.metrics, log=logging.getLogger(f"recsys_assets.serving.{model}"))

@@ -14,7 +14,7 @@ Everything has the format of the real thing, only the values are made up (seeded
 - ``multimodal.npy``: [image 64 | text 64] per raw item id; ``items.parquet``: the real catalogue.
 
 The pipeline env has onnxruntime but not ``onnx``; the graphs are written in the merlin env (which has it)
-through ``python -m recsys_assets.serving.tiny onnx`` when ``onnx`` cannot be imported here.
+through ``python -m recsys_assets.release.tiny onnx`` when ``onnx`` cannot be imported here.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def write_onnx_models(out_dir: Path, sizes: TinySizes) -> None:
         if not MERLIN_PYTHON.exists():
             raise RuntimeError("building the tiny ONNX models needs the onnx package: it is in the merlin env "
                                f"({MERLIN_PYTHON}, missing: run `make setup`)") from None
-        proc = subprocess.run([str(MERLIN_PYTHON), "-m", "recsys_assets.serving.tiny", "onnx", str(out_dir),
+        proc = subprocess.run([str(MERLIN_PYTHON), "-m", "recsys_assets.release.tiny", "onnx", str(out_dir),
                                json.dumps(dataclasses.asdict(sizes))], capture_output=True, text=True,
                               cwd=PROJECT_ROOT, env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
         if proc.returncode != 0:
@@ -237,7 +237,7 @@ def transforms_description(items, users, mean_age: float) -> tuple[dict, dict]:
         "indices": {"pad": PAD_INDEX, "null": NULL_INDEX, "oov": OOV_INDEX, "first": FIRST_INDEX},
         "input_codes": {"gender": dict(GENDER_CODES)}, "groups": groups,
         "vocabularies": {name: {"size": len(v)} for name, (v, _) in vocabularies.items()},
-        "source": {"workflows": "recsys_assets.serving.tiny", "fit_rows": int(len(users)),
+        "source": {"workflows": "recsys_assets.release.tiny", "fit_rows": int(len(users)),
                    "compiled_at": int(pd.Timestamp.now().timestamp())},
     }
     return description, vocabularies
@@ -258,7 +258,7 @@ def build_tiny_artifacts(folder: Path, n_users: int = 60, seed: int = 7, dim: in
 
     from recsys_assets.lib.generator import World
     from recsys_assets.serving import transforms as compiled
-    from recsys_assets.serving.repository import TrainedArtifacts
+    from recsys_assets.release.repository import TrainedArtifacts
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -360,7 +360,7 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "onnx":
         _onnx_models(Path(argv[1]), TinySizes(**json.loads(argv[2])))
         return 0
-    print("usage: python -m recsys_assets.serving.tiny onnx OUT_DIR SIZES_JSON", file=sys.stderr)
+    print("usage: python -m recsys_assets.release.tiny onnx OUT_DIR SIZES_JSON", file=sys.stderr)
     return 2
 
 

@@ -9,9 +9,9 @@ column, axis 1), ``Unsqueeze`` and ``Cast`` nodes produces every original input 
 rest of the graph is untouched. Feature names resolve as the python stage resolves them (``INPUT_MAP``, the
 ``image_pca``/``text_pca`` aliases, ``multimodal_embedding`` = [image | text]).
 
-    .venv/bin/python -m recsys_assets.serving.onnx_groups dlrm_ranking model.onnx model_groups.onnx
+    .venv/bin/python -m recsys_assets.release.onnx_groups dlrm_ranking model.onnx model_groups.onnx
 
-The rewritten graph gives the python stage's scores exactly (``tests/serving/test_onnx_groups.py``); serving it
+The rewritten graph gives the python stage's scores exactly (``tests/release/test_onnx_groups.py``); serving it
 with the onnxruntime backend is not exercised here (the local server has only the python backend).
 """
 
@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 
+from recsys_assets.lib.onnx_model import ALIASES
 from recsys_assets.serving.features import CONTEXT, ITEM, ITEM_INDEX, UNROLLED, USER, FeatureGroup
 
 # stage -> the groups its tensors carry, and the plain tensors it takes as they are ([N] or [N, D])
@@ -30,7 +31,6 @@ LAYOUTS: dict[str, tuple[tuple[FeatureGroup, ...], dict[str, str]]] = {
     "dlrm_ranking": ((UNROLLED, ITEM), {"item_id": ITEM_INDEX, "image_embedding": "image_embedding",
                                         "text_embedding": "text_embedding"}),
 }
-ALIASES = {"image_pca": "image_embedding", "text_pca": "text_embedding"}
 
 
 def group_inputs(model, stage: str, input_map: dict[str, str] | None = None):

@@ -1,6 +1,6 @@
 """Ask the running ensemble for recommendations, over HTTP or gRPC, and print them with product names.
 
-    python -m recsys_assets.serving.client --user 12 --device 1 [--timestamp 1767600000] [--k 10] [--diversity]
+    python -m recsys_assets.release.client --user 12 --device 1 [--timestamp 1767600000] [--k 10] [--diversity]
         [--url 127.0.0.1:8000 | --grpc [--url 127.0.0.1:8001]]
 
 The server address defaults to ``RECSYS_TRITON_URL`` (``host:port`` or ``http://host:port``), else the local
@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-ENSEMBLE = "ensemble_model"
+from recsys_assets.lib.ensemble_request import ENSEMBLE, infer_inputs, requested_outputs
 
 
 class RecommendationClient:
@@ -41,20 +41,11 @@ class RecommendationClient:
 
     def inputs(self, user_id: int, device_type: int | None = None, timestamp: int | None = None,
                top_k: int | None = None, diversity: bool | None = None) -> list:
-        out = []
-        for name, value, dtype in (("user_id", user_id, "INT64"), ("device_type", device_type, "INT64"),
-                                   ("timestamp", timestamp, "INT64"), ("top_k", top_k, "INT64"),
-                                   ("diversity", diversity, "BOOL")):
-            if value is None:
-                continue
-            tensor = self._module.InferInput(name, [1], dtype)
-            tensor.set_data_from_numpy(np.array([value], dtype=np.bool_ if dtype == "BOOL" else np.int64))
-            out.append(tensor)
-        return out
+        return infer_inputs(self._module, user_id, device_type, timestamp, top_k, diversity)
 
     def recommend(self, user_id: int, device_type: int | None = None, timestamp: int | None = None,
                   top_k: int | None = None, diversity: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        outputs = [self._module.InferRequestedOutput(n) for n in ("ordered_ids", "ordered_scores")]
+        outputs = requested_outputs(self._module)
         result = self._client.infer(ENSEMBLE, self.inputs(user_id, device_type, timestamp, top_k, diversity),
                                     outputs=outputs)
         return result.as_numpy("ordered_ids"), result.as_numpy("ordered_scores")
@@ -98,7 +89,7 @@ def format_table(ids: Sequence[int], scores: Sequence[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recsys_assets.serving.client",
+    parser = argparse.ArgumentParser(prog="python -m recsys_assets.release.client",
                                      description="Recommendations from the running Triton ensemble.")
     parser.add_argument("--user", type=int, required=True, help="user id (-1: anonymous)")
     parser.add_argument("--device", type=int, default=None, help="0 desktop, 1 mobile, 2 tablet (default: unknown)")

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from recsys_assets.serving.repository import (
+from recsys_assets.release.repository import (
     ENSEMBLE,
     MODELS,
     Release,
@@ -15,8 +15,8 @@ from recsys_assets.serving.repository import (
     restore_release,
     validate_repository,
 )
-from recsys_assets.serving.tiny import TinySizes, write_onnx_models
-from tests.serving.tiny_serving import tiny_artifacts
+from recsys_assets.release.tiny import TinySizes, write_onnx_models
+from tests.release.tiny_serving import tiny_artifacts
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +118,7 @@ def test_a_width_that_differs_from_the_spec_is_named(first):
     path = repo / "unroll_features" / "config.pbtxt"
     config = parse_config(path)
     next(t for t in config.output if t.name == "unrolled_continuous").dims[-1] = 4
-    from recsys_assets.serving.repository import write_config
+    from recsys_assets.release.repository import write_config
 
     write_config(config, path)
     problems = validate_repository(repo)

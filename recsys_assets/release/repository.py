@@ -33,18 +33,23 @@ width has the feature spec's (open, -1, in the templates).
 from __future__ import annotations
 
 import compileall
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
+import re
 import shutil
+import time
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from recsys_assets.lib.digests import file_sha256, path_sha256
+from recsys_assets.lib.ensemble_request import ENSEMBLE
+
 TEMPLATES = Path(__file__).resolve().parents[2] / "triton_repo"
-ENSEMBLE = "ensemble_model"
 MODELS = (
     "context_preprocessor", "feast_user_lookup", "nvt_user_transform", "nvt_context_transform", "query_tower",
     "faiss_retrieval", "filter_seen_items", "feast_item_lookup", "nvt_item_transform",
@@ -54,9 +59,15 @@ MODELS = (
 REQUIRED_PARAMETERS = {"feast_user_lookup": ("MEAN_AGE",), "faiss_retrieval": ("START_DATE",),
                        "filter_seen_items": ("START_DATE",)}
 
+_ALIAS = re.compile(r"^(?P<model>.+)_v(?P<version>\d+)$")
+
 
 class RepositoryError(ValueError):
     """The repository (or a template) is not servable; the message lists every problem found."""
+
+
+class ReleaseError(RuntimeError):
+    """A release cannot be built, recorded or served as asked; the message says why and what to do."""
 
 
 # -- configs ----------------------------------------------------------------------------------------------------
@@ -107,7 +118,7 @@ def apply_feature_widths(config) -> None:
             tensor.dims[-1] = width
 
 
-def _header(template: Path) -> str:
+def config_header(template: Path) -> str:
     """The template's leading comment lines (text_format drops comments)."""
     lines = []
     for line in Path(template).read_text().splitlines():
@@ -232,15 +243,7 @@ def _digest(version_dir: Path, parameters: Mapping[str, str]) -> str:
     h = hashlib.sha256(json.dumps(dict(parameters), sort_keys=True).encode())
     for path in sorted(p for p in version_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         h.update(str(path.relative_to(version_dir)).encode())
-        h.update(_file_digest(path).encode())
-    return h.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+        h.update(file_sha256(path).encode())
     return h.hexdigest()
 
 
@@ -294,7 +297,7 @@ def build_repository(target: Path, trained: TrainedArtifacts, defaults: ServingD
         if target.exists() and any(target.iterdir()):
             raise RepositoryError(f"{target} is not empty: build into a fresh folder")
         if previous is not None and Path(previous).exists():
-            # symlinks=True: served alias folders (recsys_assets.lib.releases) link to version folders
+            # symlinks=True: served alias folders (recsys_assets.release) link to version folders
             shutil.copytree(previous, target, dirs_exist_ok=True, symlinks=True,
                             ignore=shutil.ignore_patterns(".tmp-*"))
     target.mkdir(parents=True, exist_ok=True)
@@ -338,14 +341,14 @@ def build_repository(target: Path, trained: TrainedArtifacts, defaults: ServingD
             config.version_policy.specific.versions.append(version)
             path = model_dir / "config.pbtxt"
             before = path.read_text() if path.exists() else None
-            if write_config_if_changed(config, path, _header(template_dir / "config.pbtxt")):
+            if write_config_if_changed(config, path, config_header(template_dir / "config.pbtxt")):
                 configs_before[path] = before
             models[model], digests[model] = version, digest
             parameters[model] = {k: v.string_value for k, v in sorted(config.parameters.items())}
         manifest = Release(
             release=release, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             models=models, digests=digests, parameters=parameters, changed=changed,
-            inputs={field.name: _input_digest(getattr(trained, field.name)) for field in dataclasses.fields(trained)
+            inputs={field.name: path_sha256(getattr(trained, field.name)) for field in dataclasses.fields(trained)
                     if isinstance(getattr(trained, field.name), Path)},
         )
         problems = validate_repository(target)
@@ -364,17 +367,6 @@ def build_repository(target: Path, trained: TrainedArtifacts, defaults: ServingD
         shutil.rmtree(staging_root, ignore_errors=True)
     _prune(target, [*history, manifest][-keep_releases:], models=None if not in_place else [*changed, ENSEMBLE])
     return manifest
-
-
-def _input_digest(path: Path) -> str:
-    path = Path(path)
-    if path.is_file():
-        return _file_digest(path)
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(path)).encode())
-        h.update(_file_digest(p).encode())
-    return h.hexdigest()
 
 
 def _prune(target: Path, kept: list[Release], models=None) -> None:
@@ -398,11 +390,11 @@ def restore_release(repository: Path, release: Release) -> None:
         config.version_policy.specific.versions.append(version)
         for key, value in release.parameters.get(model, {}).items():
             config.parameters[key].string_value = value
-        write_config(config, path, _header(path))
+        write_config(config, path, config_header(path))
 
 
 # -- validation -------------------------------------------------------------------------------------------------
-def _served_versions(config, model_dir: Path) -> list[int]:
+def served_versions(config, model_dir: Path) -> list[int]:
     policy = config.version_policy
     which = policy.WhichOneof("policy_choice")
     existing = _versions(model_dir)
@@ -435,7 +427,7 @@ def validate_repository(root: Path, require_parameters: bool = True) -> list[str
             continue
         if config.name != model:
             problems.append(f"{model}/config.pbtxt: name {config.name!r} differs from its directory {model!r}")
-        versions = _served_versions(config, root / model)
+        versions = served_versions(config, root / model)
         if not versions:
             problems.append(f"{model}: no version directory to serve")
         for version in versions:
@@ -517,3 +509,228 @@ def _check_ensemble(ensemble, configs: dict) -> list[str]:
     if unused:
         problems.append(f"models not in the ensemble: {sorted(unused)}")
     return problems
+
+
+# -- names ------------------------------------------------------------------------------------------------------
+def alias(model: str, version: int) -> str:
+    """The Triton model name serving ``version`` of ``model`` (``query_tower_v3``)."""
+    return f"{model}_v{int(version)}"
+
+
+def parse_alias(name: str) -> tuple[str, int] | None:
+    """``(model, version)`` of an alias name, None for anything else (canonical names, the ensemble)."""
+    m = _ALIAS.match(name)
+    if m is None or m.group("model") not in MODELS:
+        return None
+    return m.group("model"), int(m.group("version"))
+
+
+@contextlib.contextmanager
+def repository_lock(root: Path, timeout_s: float = 600.0):
+    """An exclusive lock on the live repository of a local artifact root (candidate builds and switches)."""
+    import fcntl
+
+    path = Path(root) / "serving" / ".repository.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    with open(path, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ReleaseError(f"the repository lock {path} is held by another run for {timeout_s:.0f} s: "
+                                       "wait for it to finish (a promotion or a candidate build)") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# -- a release's artifacts inside the repository ---------------------------------------------------------------
+def version_dir(repository: Path, release: Release, model: str) -> Path:
+    path = Path(repository) / model / str(release.models[model])
+    if not path.is_dir():
+        raise ReleaseError(f"release {release.release} needs {model}/{release.models[model]}, which is no longer in "
+                           f"{repository}: it was pruned (only the last releases are kept); rebuild it")
+    return path
+
+
+def trained_from_release(repository: Path, release: Release, **overrides) -> TrainedArtifacts:
+    """The artifacts ``release`` serves, read from its repository versions; ``overrides`` replace some
+    (a fine-tune passes its new ``query_tower`` and ``dlrm``)."""
+    faiss_dir = version_dir(repository, release, "faiss_retrieval")
+    params = release.parameters
+    fields = dict(
+        transforms_dir=version_dir(repository, release, "nvt_user_transform") / "transforms",
+        query_tower=version_dir(repository, release, "query_tower") / "model.onnx",
+        dlrm=version_dir(repository, release, "dlrm_ranking") / "model.onnx",
+        faiss_index=faiss_dir / "index.faiss",
+        faiss_ids=(faiss_dir / "index_ids.npy") if (faiss_dir / "index_ids.npy").exists() else None,
+        multimodal=version_dir(repository, release, "multimodal_embedding_lookup") / "multimodal.npy",
+        items=version_dir(repository, release, "feast_item_lookup") / "items.parquet",
+        query_tower_input_map=json.loads(params["query_tower"].get("INPUT_MAP") or "{}"),
+        dlrm_input_map=json.loads(params["dlrm_ranking"].get("INPUT_MAP") or "{}"),
+        image_dims=int(params["multimodal_embedding_lookup"]["IMAGE_DIMS"]),
+    )
+    fields.update(overrides)
+    return TrainedArtifacts(**fields)
+
+
+def defaults_from_release(repository: Path, release: Release) -> ServingDefaults:
+    """The serving defaults ``release`` was built with (its parameters and instance counts), so a rebuild that
+    only swaps artifacts leaves every other model's version as it is."""
+    p = release.parameters
+    cp, fr, fs = p["context_preprocessor"], p["faiss_retrieval"], p["filter_seen_items"]
+    counts = {}
+    for model in MODELS:
+        config = parse_config(Path(repository) / model / "config.pbtxt")
+        counts[model] = int(config.instance_group[0].count) if config.instance_group else 1
+    instances = max(set(counts.values()), key=list(counts.values()).count)
+    return ServingDefaults(
+        retrieval_topk=int(fr["RETRIEVAL_TOPK"]), retrieval_margin=int(fr["RETRIEVAL_MARGIN"]),
+        ranking_topk=int(cp["RANKING_TOPK"]), default_top_k=int(cp["DEFAULT_TOP_K"]),
+        diversity_mode=cp["DIVERSITY_MODE"] == "true",
+        diversity_temperature=float(p["softmax_sampling"]["DIVERSITY_TEMPERATURE"]),
+        sampling_seed=int(p["softmax_sampling"]["SAMPLING_SEED"]),
+        bloom_capacity=int(fs["BLOOM_CAPACITY"]), bloom_error_rate=float(fs["BLOOM_ERROR_RATE"]),
+        bloom_ttl_s=int(fs["BLOOM_TTL_S"]), bloom_mode=fs["BLOOM_MODE"],
+        item_cache_refresh_s=float(p["feast_item_lookup"]["ITEM_CACHE_REFRESH_S"]),
+        feast_read=p["feast_user_lookup"]["FEAST_READ"], instances=instances,
+        instance_counts={m: c for m, c in counts.items() if c != instances},
+    )
+
+
+def start_date_of(release: Release) -> str:
+    return release.parameters["faiss_retrieval"]["START_DATE"]
+
+
+def canonical_ensemble(repository: Path) -> str:
+    """The ensemble config as the build wrote it (model names, no aliases); from the templates if the live one
+    is already a served (aliased) config."""
+    path = Path(repository) / ENSEMBLE / "config.pbtxt"
+    if path.exists():
+        text = path.read_text()
+        config = parse_config(path)
+        if not any(parse_alias(s.model_name) for s in config.ensemble_scheduling.step):
+            return text
+    return (TEMPLATES / ENSEMBLE / "config.pbtxt").read_text()
+
+
+# -- candidates -------------------------------------------------------------------------------------------------
+def assemble_candidate(target: Path, previous: Path | None, trained: TrainedArtifacts, defaults: ServingDefaults,
+                       start_date: str, release: int, history: Sequence[Release], keep_releases: int = 3,
+                       served: Release | None = None, served_ensemble: str = "",
+                       expected_changes: Iterable[str] | None = None,
+                       pending: Sequence[Release] = ()) -> tuple[Release, str]:
+    """Build release ``release`` into ``target`` from the live repository ``previous``, keeping what serves.
+
+    ``target`` == ``previous`` builds in place (the local live repository): the folders of the models the
+    candidate does not change are left untouched, so promoting it loads only the changed models' aliases.
+
+    ``history``: the promoted releases, oldest first, the serving one last: unchanged models keep its versions,
+    and the versions of the last ``keep_releases - 1`` of them stay (rollback) beside the candidate's. The
+    configs still describe ``served`` afterwards (the candidate is not served until promoted). With
+    ``expected_changes``, a model outside it that changed fails the build (a fine-tune changes only the towers).
+    ``pending``: candidates not promoted yet whose versions must survive this build (:func:`pending_candidates`).
+    Returns the candidate manifest and its canonical ensemble config.
+    """
+    # Candidates not promoted yet keep their versions too (a fine-tune built while a weekly retrain's candidate
+    # waits must not prune the retrain's versions); the serving release stays last (unchanged models keep its
+    # versions).
+    history = list(history)
+    pending = [p for p in pending if p.release not in {h.release for h in history}]
+    if pending and history:
+        history = [*history[:-1], *pending, history[-1]]
+    built = build_repository(Path(target), trained, defaults, start_date, release, previous=previous,
+                             previous_releases=history, keep_releases=keep_releases + len(pending))
+    ensemble_text = (Path(target) / ENSEMBLE / "config.pbtxt").read_text()
+    if expected_changes is not None:
+        unexpected = sorted(set(built.changed) - set(expected_changes) - {ENSEMBLE})
+        if unexpected:
+            if served is not None:  # built in place: the configs describe the served release again
+                write_served(Path(target), served, served_ensemble or canonical_ensemble(Path(target)))
+                restore_release(Path(target), served)
+            raise ReleaseError(f"release {release} changes {unexpected} beyond {sorted(expected_changes)}: the "
+                               "artifacts it was built from differ from the served release's; rebuild the release "
+                               "with the full pipeline instead")
+    _drop_stale_aliases(Path(target))
+    if served is not None:
+        write_served(Path(target), served, served_ensemble or canonical_ensemble(Path(target)))
+    return built, ensemble_text
+
+
+def _drop_stale_aliases(repository: Path) -> None:
+    """Remove alias folders whose model version was pruned (their symlink points nowhere)."""
+    for path in repository.iterdir():
+        parsed = parse_alias(path.name)
+        if parsed is not None and not (repository / parsed[0] / str(parsed[1])).is_dir():
+            shutil.rmtree(path)
+
+
+# -- served configs ---------------------------------------------------------------------------------------------
+def write_aliases(repository: Path, release: Release) -> list[str]:
+    """The alias model of every composing model of ``release`` (created or left as is); returns their names."""
+    from google.protobuf import text_format
+
+    repository = Path(repository)
+    names = []
+    for model in MODELS:
+        version = int(release.models[model])
+        version_dir(repository, release, model)
+        name = alias(model, version)
+        folder = repository / name
+        folder.mkdir(exist_ok=True)
+        link = folder / str(version)
+        if link.is_symlink() and not link.exists():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(Path("..") / model / str(version), target_is_directory=True)
+        config = parse_config(repository / model / "config.pbtxt")
+        config.name = name
+        del config.version_policy.specific.versions[:]
+        config.version_policy.specific.versions.append(version)
+        config.parameters.clear()
+        for key, value in release.parameters.get(model, {}).items():
+            config.parameters[key].string_value = value
+        text = config_header(repository / model / "config.pbtxt") + text_format.MessageToString(config)
+        path = folder / "config.pbtxt"
+        if not path.exists() or path.read_text() != text:  # an unchanged file must not look modified to Triton
+            path.write_text(text)
+        names.append(name)
+    return names
+
+
+def write_served_ensemble(repository: Path, release: Release, ensemble_text: str) -> None:
+    """``ensemble_model/config.pbtxt`` serving ``release``: steps on its aliases, version = the release number."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(ensemble_text, model_config_pb2.ModelConfig())
+    for step in config.ensemble_scheduling.step:
+        model = step.model_name
+        if model not in release.models:
+            raise ReleaseError(f"release {release.release}: the ensemble names {model!r}, which the manifest lacks")
+        step.model_name = alias(model, release.models[model])
+        step.model_version = int(release.models[model])
+    del config.version_policy.specific.versions[:]
+    config.version_policy.specific.versions.append(int(release.release))
+    (Path(repository) / ENSEMBLE / str(release.release)).mkdir(parents=True, exist_ok=True)
+    header = "# Served release %d (written by recsys_assets.release.repository): steps run the release's model versions.\n"
+    write_config(config, Path(repository) / ENSEMBLE / "config.pbtxt", header % release.release)
+
+
+def write_served(repository: Path, release: Release, ensemble_text: str) -> list[str]:
+    names = write_aliases(repository, release)
+    write_served_ensemble(repository, release, ensemble_text)
+    return names
+
+
+def served_release_of(repository: Path) -> int | None:
+    """The release the ensemble config on disk serves (None when it is a plain build, not a served config)."""
+    config = parse_config(Path(repository) / ENSEMBLE / "config.pbtxt")
+    if not any(parse_alias(s.model_name) for s in config.ensemble_scheduling.step):
+        return None
+    return int(config.version_policy.specific.versions[0])

@@ -1,0 +1,165 @@
+"""Evaluation as served: a release scored from its own repository versions, and the gate a candidate must pass.
+
+:class:`ReleaseScorer` reads a release's compiled transforms, ONNX towers (fed through the serving stages'
+feeder), FAISS index, availability and multimodal table, and scores raw rows, so a candidate and the served
+release are compared on the same held-out rows (:class:`EvaluationSlice`) even when their vocabularies differ.
+:func:`gate` applies DESIGN.md "Gates" to the result.
+
+Pure: numpy/pandas, onnxruntime and FAISS; no Dagster, no server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from recsys_assets.release.repository import Release, version_dir
+
+class ReleaseScorer:
+    """One release's models, read from its repository versions and fed the way the serving stages feed them."""
+
+    def __init__(self, repository: Path, release: Release) -> None:
+        from recsys_assets.lib import faiss_index as fx
+        from recsys_assets.lib.onnx_model import OnnxModel
+        from recsys_assets.serving.stages.onnx_models import DlrmRanking, QueryTower
+        from recsys_assets.serving.transforms import CompiledTransforms
+
+        self.release = release.release
+        params = release.parameters
+        self.transforms = CompiledTransforms.load(version_dir(repository, release, "nvt_user_transform") / "transforms")
+        self.query = OnnxModel(version_dir(repository, release, "query_tower") / "model.onnx",
+                               json.loads(params["query_tower"].get("INPUT_MAP") or "{}"), set(QueryTower.features))
+        self.dlrm = OnnxModel(version_dir(repository, release, "dlrm_ranking") / "model.onnx",
+                              json.loads(params["dlrm_ranking"].get("INPUT_MAP") or "{}"),
+                              set(DlrmRanking.features) | set(DlrmRanking.derived))
+        faiss_dir = version_dir(repository, release, "faiss_retrieval")
+        self.index = fx.load(faiss_dir / "index.faiss")
+        ids = faiss_dir / "index_ids.npy"
+        self.position_ids = np.load(ids) if ids.exists() else None
+        self.available_from = np.load(faiss_dir / "availability.npy")
+        self.multimodal = np.load(version_dir(repository, release, "multimodal_embedding_lookup") / "multimodal.npy")
+        self.image_dims = int(params["multimodal_embedding_lookup"]["IMAGE_DIMS"])
+
+    def _features(self, rows, item: bool) -> dict:
+        t = self.transforms
+        out = {**t.transform_user(rows["user_id"].to_numpy(), rows["age"].to_numpy(), rows["gender"].to_numpy(),
+                                  rows["top_category"].to_numpy()),
+               **t.transform_context(rows["device_type"].to_numpy(), rows["timestamp"].to_numpy())}
+        if item:
+            raw = rows["item_id"].to_numpy(np.int64)
+            out.update(t.transform_item(raw, rows["category_l1"].to_numpy(), rows["category_l2"].to_numpy(),
+                                        rows["item_gender"].to_numpy(), rows["price"].to_numpy()))
+            vectors = self.multimodal[raw]
+            out["image_embedding"] = vectors[:, :self.image_dims]
+            out["text_embedding"] = vectors[:, self.image_dims:]
+            out["multimodal_embedding"] = vectors
+        return out
+
+    def click_probability(self, rows, batch: int = 8192) -> np.ndarray:
+        """The ranker's p(click) for each impression row (raw columns of ``masked_interactions``)."""
+        out = [np.asarray(self.dlrm.run(self._features(rows.iloc[s:s + batch], item=True)), np.float64).reshape(-1)
+               for s in range(0, len(rows), batch)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def retrieve(self, requests, day: int, k: int) -> np.ndarray:
+        """Top-``k`` raw item ids per request among the items available on ``day`` (-1 padded)."""
+        from recsys_assets.lib import faiss_index as fx
+
+        vectors = np.asarray(self.query.run(self._features(requests, item=False)), np.float32)
+        vectors = vectors.reshape(len(requests), -1)
+        if self.position_ids is None:  # an IndexIDMap over raw ids
+            allowed = np.flatnonzero(self.available_from <= day)
+            return fx.search(self.index, vectors, k, allowed_ids=allowed).padded(k)
+        allowed = np.flatnonzero(self.available_from[self.position_ids] <= day)  # positions of available ids
+        found = fx.search(self.index, vectors, k, allowed_ids=allowed).padded(k)
+        return np.where(found >= 0, self.position_ids[np.maximum(found, 0)], -1)
+
+
+@dataclasses.dataclass
+class EvaluationSlice:
+    """Held-out rows of one day: every impression of the chosen sessions, and one retrieval request per session
+    with a click (the features of its first impression; relevant = the items it clicked)."""
+
+    day: int
+    rows: object       # DataFrame: masked_interactions columns + session_id
+    requests: object   # DataFrame: first impression per clicked session
+    relevant: list
+
+    @property
+    def fingerprint(self) -> str:
+        from recsys_assets.lib.evaluation import rows_fingerprint
+
+        return rows_fingerprint(self.rows["interaction_id"].to_numpy())
+
+
+def held_out_sessions(session_ids, share: float, seed: int, day: int) -> np.ndarray:
+    """The session ids held out of fine-tuning for evaluation: a seeded ``share`` of the day's sessions."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"holdout share {share}: expected a fraction strictly between 0 and 1")
+    sessions = np.unique(np.asarray(session_ids, dtype=np.int64))
+    n = int(round(share * len(sessions)))
+    rng = np.random.default_rng([int(seed), int(day)])
+    return np.sort(rng.choice(sessions, size=n, replace=False)) if n else np.zeros(0, np.int64)
+
+
+def evaluation_slice(masked, raw, held_out: np.ndarray, day: int) -> EvaluationSlice:
+    """The held-out sessions' rows: ``masked`` (features, unmasked days) joined with ``raw`` (session ids)."""
+    rows = masked.merge(raw[["interaction_id", "session_id"]], on="interaction_id", how="inner", validate="1:1")
+    rows = rows[rows["session_id"].isin(held_out)].sort_values(["session_id", "timestamp", "interaction_id"])
+    rows = rows.reset_index(drop=True)
+    clicked = rows[rows["click"] == 1]
+    sessions = np.unique(clicked["session_id"].to_numpy())
+    first = rows.groupby("session_id", sort=True).head(1).set_index("session_id").loc[sessions].reset_index()
+    relevant = [np.unique(g["item_id"].to_numpy(np.int64)) for _, g in clicked.groupby("session_id", sort=True)]
+    return EvaluationSlice(day=day, rows=rows, requests=first, relevant=relevant)
+
+
+def popularity_scores(clicked_item_ids, n_items: int) -> np.ndarray:
+    """Click counts per raw item with ties broken towards lower ids (the popularity tables' order)."""
+    from recsys_assets.lib.popularity import tie_broken_scores
+
+    counts = np.bincount(np.asarray(clicked_item_ids, np.int64), minlength=n_items).astype(np.float64)
+    return tie_broken_scores(counts, np.arange(n_items), n_items)
+
+
+def evaluate(scorer: ReleaseScorer | None, data: EvaluationSlice, k: int = 100, popularity: np.ndarray | None = None,
+             available_from: np.ndarray | None = None) -> dict:
+    """recall@k of retrieval and AUC of ranking on the slice, for a release (``scorer``) or, without one, for
+    ``popularity`` scores (raw item id -> score) over the items available that day (``available_from``)."""
+    from recsys_assets.lib.evaluation import popularity_top_k
+    from recsys_assets.lib.metrics import auc, recall_at_k
+
+    labels = data.rows["click"].to_numpy()
+    items = data.rows["item_id"].to_numpy(np.int64)
+    if scorer is None:
+        if popularity is None or available_from is None:
+            raise ValueError("evaluate needs a release scorer, or popularity scores and item availability")
+        allowed = np.asarray(available_from) <= data.day
+        ranked = popularity_top_k(popularity, np.broadcast_to(allowed, (len(data.requests), len(allowed))), k)
+        scores = np.asarray(popularity)[items]
+    else:
+        ranked = scorer.retrieve(data.requests, data.day, k)
+        scores = scorer.click_probability(data.rows)
+    return {f"recall@{k}": recall_at_k(ranked, data.relevant, k), "auc": auc(labels, scores),
+            "requests": int(len(data.requests)), "rows": int(len(data.rows)), "clicks": int(labels.sum())}
+
+
+def gate(candidate: Mapping, served: Mapping | None, popularity: Mapping, fingerprint: str, k: int = 100,
+         tolerance: float = 0.005) -> list:
+    """DESIGN.md "Gates" on the slice: beat popularity on recall@k and AUC, and drop neither by more than
+    ``tolerance`` against the served release on the same rows (no served release: popularity test only).
+    Returns ``[(check name, passed, description)]`` for ``beats_popularity`` and ``no_regression``."""
+    from recsys_assets.lib.evaluation import gate as metric_gate
+
+    outcomes: dict[str, list] = {"beats_popularity": [], "no_regression": []}
+    for metric in (f"recall@{k}", "auc"):
+        deployed = None if served is None else {"fingerprint": fingerprint, "metrics": {metric: served[metric]}}
+        for o in metric_gate(metric, float(candidate[metric]), float(popularity[metric]), deployed, fingerprint,
+                             tolerance):
+            outcomes[o.name].append(o)
+    return [(name, all(o.passed for o in found), "; ".join(o.description for o in found))
+            for name, found in outcomes.items()]
