@@ -1,7 +1,8 @@
 """The storefront's browser tests run the whole stack for real: the set-up of ``tests/api/test_api.py``
 (the tiny serving artifacts, an embedded Valkey with AOF, ``feast apply`` + ``materialize`` into it, the
 Triton ensemble), item images rendered into the artifact root, the API under uvicorn on a free port, and
-Debian's Chromium driven by Playwright (headless, a fresh profile)."""
+Debian's Chromium driven by Playwright (headless, a fresh profile). Authentication of writes is on: the page
+writes with the session cookie its own load sets."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 # Quiet, reproducible headless runs: no GPU, no update/sync/field-trial traffic, no first-run pages.
 CHROMIUM_ARGS = ["--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+# Authentication is on for every server of these tests: the page's writes must pass with its session cookie.
+API_TOKEN = "storefront-test-token-" + "0" * 16
 SAMPLING_SEED = 11  # diversity mode draws the same list for the same request: the test can compare lists
 
 
@@ -39,7 +42,7 @@ class Stack:
                          triton_url=f"http://127.0.0.1:{self.triton.http_port}",
                          valkey_url=f"redis://127.0.0.1:{self.valkey.port}",
                          feast_registry=self.environ["RECSYS_FEAST_REGISTRY"], environ=self.environ,
-                         retry_after_s=2)
+                         retry_after_s=2, tokens=(API_TOKEN,), sessions=True)
         return dataclasses.replace(base, **changes)
 
 
