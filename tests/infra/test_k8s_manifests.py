@@ -420,6 +420,23 @@ def test_servicemonitor_scrapes_port_8002_of_every_replica_often_enough(values_f
 
 
 @needs_helm
+@pytest.mark.parametrize("values_file", VALUES_FILES)
+def test_triton_restricts_its_repository_and_shared_memory_apis_with_a_key_from_a_secret(values_file):
+    """Clients of the internal NLB may infer, not load or unload: the flags are what TritonServer passes locally
+    (recsys_assets.lib.triton_server.restricted_api_flags), the key comes from the Secret, never a manifest."""
+    from recsys_assets.lib.triton_server import ADMIN_KEY_ENV, ADMIN_KEY_HEADER, restricted_api_flags
+
+    c = container(rendered(values_file))
+    flags = restricted_api_flags(f"$({ADMIN_KEY_ENV})")
+    assert all(flag in c["args"] for flag in flags), c["args"]
+    assert ADMIN_KEY_HEADER in flags[0]
+    (env,) = [e for e in c["env"] if e["name"] == ADMIN_KEY_ENV]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "recsys-triton-admin", "key": ADMIN_KEY_ENV}
+    off = helm("template", "triton", str(CHART), *value_args(values_file), "--set", "restrictedApi.enabled=false")
+    assert "restricted" not in off.stdout and ADMIN_KEY_ENV not in off.stdout
+
+
+@needs_helm
 @pytest.mark.parametrize(
     ("override", "complaint"),
     [
