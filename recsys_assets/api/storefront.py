@@ -16,8 +16,9 @@ API's own endpoints (``/recommendations``, ``/events``, ``/users/{id}/seen``, ``
 so what it shows is exactly what a client of the API gets. With authentication on, its writes are authorised
 by a session cookie the page's own load sets (``HttpOnly``, ``SameSite=Strict``, signed, expiring: see
 :class:`~recsys_assets.api.guard.Sessions`), never by a bearer token in the browser; ``RECSYS_API_SESSIONS``
-turns that off (the default on ``k8s``), and the page's writes then answer 401. Errors follow the API's rules: a dependency that
-cannot serve is a 503 with ``Retry-After`` (the page shows the message and retries), a refused value a 4xx.
+turns that off (the default on ``k8s``), and the page's writes then answer 401. Errors follow the API's rules:
+a dependency that cannot serve is a 503 with ``Retry-After`` (the page shows the message and retries), a
+refused value a 4xx.
 """
 
 from __future__ import annotations
