@@ -42,8 +42,9 @@
 | RECSYS_API_MAX_HEADER_BYTES  | 16384                                     | larger request headers: 431                      |
 | RECSYS_API_BODY_TIMEOUT_S    | 10                                        | a body chunk slower than this: 408               |
 | RECSYS_API_KEEPALIVE_S       | 5                                         | idle keep-alive connections close (uvicorn)      |
-| RECSYS_API_WRITE_RATE        | 20                                        | writes a second per client (token bucket; 0 off) |
-| RECSYS_API_WRITE_BURST       | 40                                        | ... and the bucket's size; over it: 429          |
+| RECSYS_API_WRITE_RATE        | 100 on k8s, 0 (off) on local              | writes a second per client (token bucket; the    |
+|                              |                                           | client is the token, else the address)           |
+| RECSYS_API_WRITE_BURST       | 200                                       | ... and the bucket's size; over it: 429          |
 
 The Bloom filter sizing must be the one ``filter_seen_items`` reads (the sizing is part of the key): it is taken
 from the live repository's ``filter_seen_items/config.pbtxt`` under the artifact root when there is one, else the
@@ -182,8 +183,8 @@ class ApiConfig:
     max_header_bytes: int = 16_384
     body_timeout_s: float = 10.0
     keepalive_s: int = 5
-    write_rate: float = 20.0
-    write_burst: int = 40
+    write_rate: float = 0.0  # 0: no rate limit (the local default)
+    write_burst: int = 200
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -255,8 +256,11 @@ class ApiConfig:
             max_header_bytes=_int(env, "RECSYS_API_MAX_HEADER_BYTES", 16_384, 1024, 2**20),
             body_timeout_s=float(_int(env, "RECSYS_API_BODY_TIMEOUT_S", 10, 1, 600)),
             keepalive_s=_int(env, "RECSYS_API_KEEPALIVE_S", 5, 1, 600),
-            write_rate=float(_int(env, "RECSYS_API_WRITE_RATE", 20, 0, 100_000)),
-            write_burst=_int(env, "RECSYS_API_WRITE_BURST", 40, 1, 1_000_000),
+            # per client = per token on k8s (one client application: size it to that app's clicks); off on local,
+            # where every client is 127.0.0.1 and the benchmarks post clicks as fast as they can
+            write_rate=float(_int(env, "RECSYS_API_WRITE_RATE", 100 if settings.profile == "k8s" else 0, 0,
+                                  100_000)),
+            write_burst=_int(env, "RECSYS_API_WRITE_BURST", 200, 1, 1_000_000),
             environ=dict(env),
         )
 

@@ -53,8 +53,8 @@ class GuardSettings:
     max_url_bytes: int = 4096
     max_header_bytes: int = 16_384
     body_timeout_s: float = 10.0
-    write_rate: float = 20.0                     # writes per second per client (0: no limit)
-    write_burst: int = 40
+    write_rate: float = 0.0                      # writes per second per client (0: no limit)
+    write_burst: int = 200
     sessions: Sessions | None = None             # the storefront's session cookies; None: not accepted
 
     @property

@@ -70,6 +70,7 @@ def test_authentication_is_off_on_local_and_required_on_k8s(tmp_path):
     k8s = ApiConfig.from_environ({"RECSYS_PROFILE": "k8s", "RECSYS_API_TOKENS_FILE": str(secret),
                                   "RECSYS_API_TOKENS": TOKEN_A})
     assert k8s.tokens == (TOKEN_A, TOKEN_B) and not k8s.sessions and TOKEN_A not in repr(k8s)
+    assert (k8s.write_rate, k8s.write_burst) == (100, 200) and ApiConfig.from_environ({}).write_rate == 0
     local_on = ApiConfig.from_environ({"RECSYS_API_AUTH": "on", "RECSYS_API_TOKENS": f"{TOKEN_A},{TOKEN_B}"})
     assert local_on.tokens == (TOKEN_A, TOKEN_B) and local_on.sessions
     with pytest.raises(ConfigError, match="cannot be read"):
