@@ -14,7 +14,7 @@ from contextlib import closing
 import pytest
 
 from recsys_assets.lib.top_category import CATEGORIES
-from tests.storefront.conftest import ApiServer
+from tests.support.api_server import ApiServer
 
 pytestmark = pytest.mark.integration
 
