@@ -29,10 +29,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from recsys_assets.api.app import create_app
+    from recsys_assets.api.app import create_app, uvicorn_options
 
     print(f"recsys API on http://{config.host}:{config.port} (docs: /docs; Triton {config.triton_url})", flush=True)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=args.log_level)
+    if not config.tokens:
+        print("writes are open: no API token (RECSYS_API_TOKENS) on the local profile", flush=True)
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=args.log_level,
+                **uvicorn_options(config))
     return 0
 
 

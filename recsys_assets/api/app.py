@@ -12,6 +12,10 @@
 |                              | recommendations, answering a canary inference) and Valkey answering PING     |
 | GET /docs, GET /openapi.json | the OpenAPI schema (FastAPI)                                                 |
 
+Every request first passes :class:`~recsys_assets.api.guard.Guard`: size limits (413, 414, 431), a body
+deadline (408), bearer-token authentication of writes (401) and a per-client rate limit of writes (429 with
+``Retry-After``); see that module and the ``RECSYS_API_*`` settings in :mod:`~recsys_assets.api.config`.
+
 Errors: a value the API refuses is a 4xx whose ``detail`` says what was wrong and what is accepted (FastAPI's
 422 for wrong types, with each error's type, location and message but not the offending input: an input JSON
 cannot encode, such as the NaN and Infinity Python's parser accepts, would make the answer itself fail). A dependency that cannot serve (Triton, Valkey, the online store) is a 503 with
@@ -38,6 +42,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from recsys_assets.api import events as ev
 from recsys_assets.api.clicks import Backends, ClickPath, ServiceUnavailable
 from recsys_assets.api.config import ApiConfig
+from recsys_assets.api.guard import Guard
 from recsys_assets.api.online import OnlineStoreUnavailable
 from recsys_assets.api.triton import TritonClient, TritonRejected, TritonUnavailable
 
@@ -108,6 +113,9 @@ def create_app(config: ApiConfig) -> FastAPI:
     app = FastAPI(title="recsys-assets API", version="1.0",
                   description="Recommendations from the Triton ensemble and the real-time click path.",
                   lifespan=lifespan)
+    guard = config.guard_settings()
+    app.state.sessions = guard.sessions  # the storefront's page issues them (recsys_assets.api.storefront)
+    app.add_middleware(Guard, settings=guard)
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request: Request, exc: RequestValidationError):
@@ -220,6 +228,12 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     storefront.install(app)  # the demo page at /store/ (recsys_assets.api.storefront)
     return app
+
+
+def uvicorn_options(config: ApiConfig) -> dict:
+    """The uvicorn settings that bound what a client may hold: idle keep-alive connections and, for the h11
+    parser, the size of an incomplete request head (httptools has its own fixed limit; the guard checks both)."""
+    return {"timeout_keep_alive": config.keepalive_s, "h11_max_incomplete_event_size": config.max_header_bytes}
 
 
 def validation_errors(errors) -> list[dict]:

@@ -25,6 +25,26 @@
 |                              |                                           | dated (client clocks drift); later ones are 422  |
 | RECSYS_API_READY_PROBE_MS    | 1000                                      | timeout of the canary inference ``/readyz`` runs |
 |                              |                                           | after recommendations failed                     |
+| RECSYS_API_TOKENS            | (unset)                                   | bearer tokens for writes, comma-separated (two   |
+|                              |                                           | during a rotation)                               |
+| RECSYS_API_TOKENS_FILE       | (unset)                                   | a file of tokens, one a line (a mounted Secret); |
+|                              |                                           | added to RECSYS_API_TOKENS                       |
+| RECSYS_API_AUTH              | auto                                      | ``auto``: required on the ``k8s`` profile (the   |
+|                              |                                           | API refuses to start without a token), off on    |
+|                              |                                           | ``local``; ``on`` or ``off`` (not on ``k8s``)    |
+| RECSYS_API_AUTH_READS        | 0                                         | 1: reads need a token too (probes never do)      |
+| RECSYS_API_SESSIONS          | auto                                      | storefront session cookies authorise writes:     |
+|                              |                                           | ``auto`` = on for ``local``, off for ``k8s``     |
+| RECSYS_API_SESSION_KEY       | (random per process)                      | their signing key (share it between replicas)    |
+| RECSYS_API_SESSION_TTL_S     | 3600                                      | their lifetime                                   |
+| RECSYS_API_MAX_BODY_BYTES    | 4096                                      | larger bodies: 413, before parsing               |
+| RECSYS_API_MAX_URL_BYTES     | 4096                                      | longer path + query: 414                         |
+| RECSYS_API_MAX_HEADER_BYTES  | 16384                                     | larger request headers: 431                      |
+| RECSYS_API_BODY_TIMEOUT_S    | 10                                        | a body chunk slower than this: 408               |
+| RECSYS_API_KEEPALIVE_S       | 5                                         | idle keep-alive connections close (uvicorn)      |
+| RECSYS_API_WRITE_RATE        | 100 on k8s, 0 (off) on local              | writes a second per client (token bucket; the    |
+|                              |                                           | client is the token, else the address)           |
+| RECSYS_API_WRITE_BURST       | 200                                       | ... and the bucket's size; over it: 429          |
 
 The Bloom filter sizing must be the one ``filter_seen_items`` reads (the sizing is part of the key): it is taken
 from the live repository's ``filter_seen_items/config.pbtxt`` under the artifact root when there is one, else the
@@ -44,6 +64,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_API_PORT = 8080  # Triton's local HTTP port is 8000 (recsys_assets.release.deploy.Ports)
 DEFAULT_TRITON_PORT = 8000
 DURABILITY_MODES = ("auto", "fsync", "replica", "async")
+SWITCHES = {"auto": None, "on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False,
+            "no": False}
+MIN_TOKEN_LENGTH = 16
 TRITON_REPOSITORY = "serving/triton_repository"  # = recsys_assets.lib.paths.TRITON_REPOSITORY
 
 
@@ -60,6 +83,32 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 0, high: in
     if value < low or (high is not None and value > high):
         raise ConfigError(f"{name}={value}: expected {low}..{high if high is not None else 'any'}")
     return value
+
+
+def _switch(env: Mapping[str, str], name: str, default: str = "auto") -> bool | None:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in SWITCHES:
+        raise ConfigError(f"{name}={raw!r}: expected auto, on or off")
+    return SWITCHES[raw]
+
+
+def read_tokens(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The bearer tokens of RECSYS_API_TOKENS (comma-separated) and of the file RECSYS_API_TOKENS_FILE."""
+    tokens = [t.strip() for t in (env.get("RECSYS_API_TOKENS") or "").split(",")]
+    path = (env.get("RECSYS_API_TOKENS_FILE") or "").strip()
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"RECSYS_API_TOKENS_FILE={path!r} cannot be read ({exc.strerror}): mount the "
+                              "Secret holding the API tokens there, or unset the variable") from None
+        tokens += [line.strip() for line in text.splitlines()]
+    tokens = [t for t in tokens if t and not t.startswith("#")]
+    short = [t for t in tokens if len(t) < MIN_TOKEN_LENGTH]
+    if short:
+        raise ConfigError(f"{len(short)} API token(s) shorter than {MIN_TOKEN_LENGTH} characters: use random "
+                          "ones, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    return tuple(dict.fromkeys(tokens))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +172,19 @@ class ApiConfig:
     max_clock_skew_s: int = 300
     ready_probe_timeout_s: float = 1.0
     bloom: BloomSettings = BloomSettings()
+    profile: str = "local"
+    tokens: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # empty: writes are open
+    auth_reads: bool = False
+    sessions: bool = True
+    session_key: str | None = dataclasses.field(default=None, repr=False)
+    session_ttl_s: int = 3600
+    max_body_bytes: int = 4096
+    max_url_bytes: int = 4096
+    max_header_bytes: int = 16_384
+    body_timeout_s: float = 10.0
+    keepalive_s: int = 5
+    write_rate: float = 0.0  # 0: no rate limit (the local default)
+    write_burst: int = 200
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +212,17 @@ class ApiConfig:
         if cluster_raw not in ("auto", "1", "0", "true", "false", "yes", "no"):
             raise ConfigError(f"RECSYS_VALKEY_CLUSTER={cluster_raw!r}: expected auto, 1 or 0")
         root = settings.artifacts
+        auth = _switch(env, "RECSYS_API_AUTH")
+        if settings.profile == "k8s" and auth is False:
+            raise ConfigError("RECSYS_API_AUTH=off is refused on the k8s profile: writes there always need a token")
+        tokens = read_tokens(env)
+        if auth is None:
+            auth = settings.profile == "k8s"
+        if auth and not tokens:
+            raise ConfigError(f"authentication is on (RECSYS_PROFILE={settings.profile}, RECSYS_API_AUTH="
+                              f"{env.get('RECSYS_API_AUTH') or 'auto'}) but no token is configured: set "
+                              "RECSYS_API_TOKENS, or RECSYS_API_TOKENS_FILE to the mounted Secret's file")
+        sessions = _switch(env, "RECSYS_API_SESSIONS")
         local_root = "://" not in root
         repository = Path(root) / TRITON_REPOSITORY if local_root else None
         return cls(
@@ -172,8 +245,34 @@ class ApiConfig:
             max_clock_skew_s=_int(env, "RECSYS_API_MAX_CLOCK_SKEW_S", 300, 0, 86_400),
             ready_probe_timeout_s=_int(env, "RECSYS_API_READY_PROBE_MS", 1000, 1, 60_000) / 1000,
             bloom=bloom_settings_from_repository(repository) if repository is not None else BloomSettings(),
+            profile=settings.profile,
+            tokens=tokens if auth else (),
+            auth_reads=bool(_switch(env, "RECSYS_API_AUTH_READS", "off")),
+            sessions=settings.profile == "local" if sessions is None else sessions,
+            session_key=env.get("RECSYS_API_SESSION_KEY") or None,
+            session_ttl_s=_int(env, "RECSYS_API_SESSION_TTL_S", 3600, 60, 30 * 86_400),
+            max_body_bytes=_int(env, "RECSYS_API_MAX_BODY_BYTES", 4096, 256, 10 * 2**20),
+            max_url_bytes=_int(env, "RECSYS_API_MAX_URL_BYTES", 4096, 256, 2**20),
+            max_header_bytes=_int(env, "RECSYS_API_MAX_HEADER_BYTES", 16_384, 1024, 2**20),
+            body_timeout_s=float(_int(env, "RECSYS_API_BODY_TIMEOUT_S", 10, 1, 600)),
+            keepalive_s=_int(env, "RECSYS_API_KEEPALIVE_S", 5, 1, 600),
+            # per client = per token on k8s (one client application: size it to that app's clicks); off on local,
+            # where every client is 127.0.0.1 and the benchmarks post clicks as fast as they can
+            write_rate=float(_int(env, "RECSYS_API_WRITE_RATE", 100 if settings.profile == "k8s" else 0, 0,
+                                  100_000)),
+            write_burst=_int(env, "RECSYS_API_WRITE_BURST", 200, 1, 1_000_000),
             environ=dict(env),
         )
+
+    def guard_settings(self):
+        """What :class:`~recsys_assets.api.guard.Guard` enforces."""
+        from recsys_assets.api.guard import GuardSettings, Sessions
+
+        sessions = Sessions(self.session_key, self.session_ttl_s) if self.sessions and self.tokens else None
+        return GuardSettings(tokens=self.tokens, auth_reads=self.auth_reads, max_body_bytes=self.max_body_bytes,
+                             max_url_bytes=self.max_url_bytes, max_header_bytes=self.max_header_bytes,
+                             body_timeout_s=self.body_timeout_s, write_rate=self.write_rate,
+                             write_burst=self.write_burst, sessions=sessions)
 
     @property
     def start_epoch(self) -> int:

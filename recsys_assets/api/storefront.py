@@ -13,8 +13,12 @@
 
 The page is plain HTML, CSS and JavaScript served from this package (no CDN, no build step). It calls only the
 API's own endpoints (``/recommendations``, ``/events``, ``/users/{id}/seen``, ``/readyz`` and the two above),
-so what it shows is exactly what a client of the API gets. Errors follow the API's rules: a dependency that
-cannot serve is a 503 with ``Retry-After`` (the page shows the message and retries), a refused value a 4xx.
+so what it shows is exactly what a client of the API gets. With authentication on, its writes are authorised
+by a session cookie the page's own load sets (``HttpOnly``, ``SameSite=Strict``, signed, expiring: see
+:class:`~recsys_assets.api.guard.Sessions`), never by a bearer token in the browser; ``RECSYS_API_SESSIONS``
+turns that off (the default on ``k8s``), and the page's writes then answer 401. Errors follow the API's rules:
+a dependency that cannot serve is a 503 with ``Retry-After`` (the page shows the message and retries), a
+refused value a 4xx.
 """
 
 from __future__ import annotations
@@ -57,10 +61,14 @@ def store_without_slash() -> RedirectResponse:
 
 
 @router.get("/store/", include_in_schema=False)
-def page() -> FileResponse:
+def page(request: Request) -> FileResponse:
     # no-cache: a browser revalidates (cheap, ETag) so a changed page shows without a hard reload
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
-                        headers={"Cache-Control": "no-cache"})
+    response = FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+    sessions = request.app.state.sessions
+    if sessions is not None:  # the page's writes go with this cookie (recsys_assets.api.guard.Sessions)
+        response.headers.append("Set-Cookie", sessions.cookie_header(sessions.issue(),
+                                                                     secure=request.url.scheme == "https"))
+    return response
 
 
 def _known_users(request: Request) -> tuple[list[dict], str | None]:
@@ -112,6 +120,10 @@ def context(request: Request) -> dict:
 @router.get("/users/{user_id}/recent", summary="A user's recent clicks (the 24 h window) and top_category")
 def recent(request: Request, user_id: int = PathParam(..., description="user id (>= 0)")) -> dict:
     s = request.app.state.api
+    try:
+        ev.check_user_id(user_id)
+    except ValueError as exc:
+        raise ev.InvalidRequest(str(exc)) from None
     if user_id < 0:
         raise ev.InvalidRequest(f"user_id {user_id}: anonymous users have no recent clicks (expected >= 0)")
     backends = s.backends.resolve()

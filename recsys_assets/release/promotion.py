@@ -88,8 +88,8 @@ class SwitchReport:
         return dataclasses.asdict(self)
 
 
-def _ready_models(client) -> set[str]:
-    return {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"}
+def _ready_models(client, headers=None) -> set[str]:
+    return {m["name"] for m in client.get_model_repository_index(headers=headers) if m.get("state") == "READY"}
 
 
 def answer(client, request: Mapping) -> dict:
@@ -121,7 +121,7 @@ def promote(server, repository: Path, target: Release, target_ensemble: str, cur
     t0 = time.perf_counter()
     names = write_aliases(repository, target)
     with server.client() as client:
-        ready = _ready_models(client)
+        ready = _ready_models(client, server.admin_headers)
     to_load = [n for n in names if n not in ready]
     try:
         server.load(to_load, timeout=timeout)
@@ -151,7 +151,7 @@ def promote(server, repository: Path, target: Release, target_ensemble: str, cur
     t2 = time.perf_counter()
     keep = set(names) | {ENSEMBLE}
     with server.client() as client:
-        extra = sorted(_ready_models(client) - keep)
+        extra = sorted(_ready_models(client, server.admin_headers) - keep)
     _unload(server, extra)
     return SwitchReport(release=target.release, previous=serving, loaded=to_load, unloaded=extra,
                         load_seconds=round(t1 - t0, 3), switch_seconds=round(t2 - t1, 3),
@@ -213,7 +213,7 @@ def _unload(server, names: Sequence[str]) -> None:
     with server.client() as client:
         for name in names:
             with contextlib.suppress(Exception):  # best effort: a model that never loaded has nothing to unload
-                client.unload_model(name)
+                client.unload_model(name, headers=server.admin_headers)
 
 
 def _short(exc: BaseException, limit: int = 600) -> str:

@@ -35,6 +35,21 @@ class TritonError(RuntimeError):
     pass
 
 
+# The model-repository and shared-memory APIs (load, unload, register regions) answer only requests carrying
+# this header with the key of RECSYS_TRITON_ADMIN_KEY when one is set; inference, health and metadata stay open.
+ADMIN_KEY_HEADER = "recsys-triton-admin-key"
+ADMIN_KEY_ENV = "RECSYS_TRITON_ADMIN_KEY"
+RESTRICTED_APIS = "model-repository,shared-memory"
+
+
+def restricted_api_flags(key: str | None) -> list[str]:
+    """The tritonserver flags restricting :data:`RESTRICTED_APIS` to requests that carry ``key`` (none without)."""
+    if not key:
+        return []
+    setting = f"{RESTRICTED_APIS}:{ADMIN_KEY_HEADER}={key}"
+    return [f"--http-restricted-api={setting}", f"--grpc-restricted-protocol={setting}"]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
@@ -112,9 +127,17 @@ class TritonServer:
     workdir: Path | None = None
     exit_timeout: int = 5  # seconds Triton waits for open client connections when stopping
     state_file: Path | None = None  # where a long-running server records pid, ports and repository
+    # the key of the restricted APIs (restricted_api_flags); never written to the state file
+    admin_key: str | None = dataclasses.field(default_factory=lambda: os.environ.get(ADMIN_KEY_ENV) or None,
+                                              repr=False)
     process: subprocess.Popen | None = None
     pid: int | None = None
     _own_workdir: bool = False
+
+    @property
+    def admin_headers(self) -> dict[str, str] | None:
+        """The headers a model-repository or shared-memory request to this server needs."""
+        return {ADMIN_KEY_HEADER: self.admin_key} if self.admin_key else None
 
     @property
     def http_url(self) -> str:
@@ -148,6 +171,7 @@ class TritonServer:
             f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             f"--exit-timeout-secs={self.exit_timeout}",
             "--log-verbose=0",
+            *restricted_api_flags(self.admin_key),
         ]
         log = open(self.log_path, "ab")
         try:
@@ -228,7 +252,7 @@ class TritonServer:
         with self.client() as client:
             for name in models:
                 try:
-                    client.load_model(name)
+                    client.load_model(name, headers=self.admin_headers)
                 except Exception as exc:
                     raise TritonError(f"model {name!r} failed to load: {exc}; log: {self.log_tail()}") from exc
             deadline = time.monotonic() + timeout
@@ -240,7 +264,7 @@ class TritonServer:
 
     def repository_index(self) -> list[dict]:
         with self.client() as client:
-            return list(client.get_model_repository_index())
+            return list(client.get_model_repository_index(headers=self.admin_headers))
 
     def statistics(self, model: str = "") -> dict:
         """Triton's inference statistics (``/v2/models[/<model>]/stats``): counts and cumulative ns per phase."""

@@ -2,98 +2,22 @@
 and for /recommendations the real Triton ensemble over the tiny serving artifacts."""
 
 import contextlib
-import dataclasses
-import datetime as dt
 
 import numpy as np
-import psutil
 import pytest
 from fastapi.testclient import TestClient
 
 from recsys_assets.api import events as ev
 from recsys_assets.api import landing, stream
 from recsys_assets.api.app import create_app
-from recsys_assets.api.config import ApiConfig
-from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.top_category import CATEGORIES
-from recsys_assets.lib.valkey_server import EmbeddedValkey, KeyLayout, free_port
+from recsys_assets.lib.valkey_server import KeyLayout, free_port
 from recsys_assets.serving.bloom import SeenFilter
-from tests.release.tiny_serving import tiny_artifacts
 
 pytestmark = pytest.mark.integration
 
 DAY3 = 1767225600 + 3 * 86_400 + 12 * 3600  # 2026-01-04 12:00 UTC
-
-
-@dataclasses.dataclass
-class Online:
-    root: object
-    valkey: EmbeddedValkey
-    environ: dict
-    tiny: object
-    top_category: dict  # user -> published top_category
-    catalogue: object   # DataFrame
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.valkey.port}"
-
-    def config(self, triton_port: int | None = None, **changes) -> ApiConfig:
-        base = ApiConfig(artifacts=str(self.root), start_date=dt.date.fromisoformat(self.tiny.start_date),
-                         triton_url=f"http://127.0.0.1:{triton_port or self.closed_port}", valkey_url=self.url,
-                         feast_registry=self.environ["RECSYS_FEAST_REGISTRY"], environ=self.environ,
-                         retry_after_s=3)
-        return dataclasses.replace(base, **changes)
-
-    closed_port: int = 0
-
-    def client(self, db: int):
-        return self.valkey.endpoint.client(db=db)
-
-    started: list = dataclasses.field(default_factory=list)  # every server the tests started: the fixture stops them
-
-    def start_valkey(self) -> EmbeddedValkey:
-        """A server on the same port and data folder (after ``valkey.stop()``): a restart."""
-        self.valkey = EmbeddedValkey(self.valkey.data_dir, port=self.valkey.port).start()
-        self.started.append(self.valkey)
-        return self.valkey
-
-    def restart_valkey(self) -> None:
-        self.valkey.stop()
-        self.start_valkey()
-
-    def items_of(self, category: str, n: int, exclude=()) -> list[int]:
-        c = self.catalogue
-        pool = c.loc[(c["category_l1"] == category) & (c["available_from_day"] == 0), "item_id"].tolist()
-        return [i for i in pool if i not in set(exclude)][:n]
-
-
-@pytest.fixture(scope="module")
-def online(tmp_path_factory):
-    from recsys_assets.lib.catalogue import render_item_image
-    from recsys_assets.release.tiny import publish_online_state, serving_environ
-
-    root = tmp_path_factory.mktemp("api-root")
-    tiny = tiny_artifacts(tmp_path_factory)
-    server = EmbeddedValkey(root / "valkey", port=free_port()).start()
-    started = [server]
-    try:
-        environ = serving_environ(f"redis://127.0.0.1:{server.port}", root)
-        published = publish_online_state(tiny, environ)
-        store = ArtifactStore(root)
-        store.write_parquet(paths.ITEMS, tiny.items)
-        first = tiny.items.iloc[0]
-        with store.writing(paths.item_image(0)) as tmp:
-            render_item_image(first["category_l1"], first["category_l2"], "red").save(tmp, format="JPEG")
-        yield Online(root=root, valkey=server, environ=environ, tiny=tiny, top_category=published["top_category"],
-                     catalogue=tiny.items, closed_port=free_port(), started=started)
-    finally:
-        for each in started:  # the restarted ones too (stop() of a stopped server does nothing)
-            each.stop()
-        leaked = [p.pid for p in psutil.process_iter(["cmdline"])
-                  if f"127.0.0.1:{server.port}" in " ".join(p.info["cmdline"] or [])]
-        assert not leaked, f"valkey-server processes on :{server.port} outlived the tests: {leaked}"
 
 
 @pytest.fixture()

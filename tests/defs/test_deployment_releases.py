@@ -27,8 +27,10 @@ from tests.release.tiny_serving import tiny_artifacts
 
 
 def _loaded(root) -> set:
-    with deploy.running_server(root).client() as client:
-        return {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"}
+    server = deploy.running_server(root)
+    with server.client() as client:  # the key, where RECSYS_TRITON_ADMIN_KEY restricts the repository API
+        return {m["name"] for m in client.get_model_repository_index(headers=server.admin_headers)
+                if m.get("state") == "READY"}
 
 
 def _aliases(store, release: int) -> set:

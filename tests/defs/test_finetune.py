@@ -206,8 +206,10 @@ def test_whole_release_switch_under_load_sensor_rollback_and_failed_load(tmp_pat
         meta = result.asset_materializations_for_node("served_release")[0].metadata
         assert meta["release"].value == 2 and meta["previous"].value == 1
         assert records.record(store, 2).status == "promoted"
-        with deploy.running_server(root).client() as client:
-            loaded = {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"}
+        server = deploy.running_server(root)
+        with server.client() as client:  # the key, where RECSYS_TRITON_ADMIN_KEY restricts the repository API
+            loaded = {m["name"] for m in client.get_model_repository_index(headers=server.admin_headers)
+                      if m.get("state") == "READY"}
         assert loaded == {ENSEMBLE, *(repository.alias(m, records.manifest(store, 2).models[m]) for m in MODELS)}
         assert record_2.ensemble_config and repository.served_release_of(store.local_path(paths.TRITON_REPOSITORY)) == 2
 

@@ -420,6 +420,23 @@ def test_servicemonitor_scrapes_port_8002_of_every_replica_often_enough(values_f
 
 
 @needs_helm
+@pytest.mark.parametrize("values_file", VALUES_FILES)
+def test_triton_restricts_its_repository_and_shared_memory_apis_with_a_key_from_a_secret(values_file):
+    """Clients of the internal NLB may infer, not load or unload: the flags are what TritonServer passes locally
+    (recsys_assets.release.triton_server.restricted_api_flags), the key comes from the Secret, never a manifest."""
+    from recsys_assets.release.triton_server import ADMIN_KEY_ENV, ADMIN_KEY_HEADER, restricted_api_flags
+
+    c = container(rendered(values_file))
+    flags = restricted_api_flags(f"$({ADMIN_KEY_ENV})")
+    assert all(flag in c["args"] for flag in flags), c["args"]
+    assert ADMIN_KEY_HEADER in flags[0]
+    (env,) = [e for e in c["env"] if e["name"] == ADMIN_KEY_ENV]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "recsys-triton-admin", "key": ADMIN_KEY_ENV}
+    off = helm("template", "triton", str(CHART), *value_args(values_file), "--set", "restrictedApi.enabled=false")
+    assert "restricted" not in off.stdout and ADMIN_KEY_ENV not in off.stdout
+
+
+@needs_helm
 @pytest.mark.parametrize(
     ("override", "complaint"),
     [
@@ -436,6 +453,67 @@ def test_chart_refuses_values_that_would_break_serving(override, complaint):
     result = helm("template", "triton", str(CHART), *value_args("values.yaml"), *override, check=False)
     assert result.returncode != 0
     assert complaint in result.stderr
+
+
+# -- the API chart -------------------------------------------------------------------------------------------
+API_CHART = INFRA / "helm" / "api"
+
+
+@lru_cache(maxsize=None)
+def api_rendered() -> tuple[dict, ...]:
+    out = helm("template", "api", str(API_CHART), "--namespace", "recsys").stdout
+    return tuple(doc for doc in yaml.safe_load_all(out) if doc)
+
+
+@needs_helm
+def test_the_api_chart_lints_and_every_object_is_valid_for_kubernetes():
+    helm("lint", "--strict", str(API_CHART))
+    docs = list(api_rendered())
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "ServiceAccount"}
+    for doc in docs:
+        validate_k8s(doc)
+
+
+@needs_helm
+def test_the_api_chart_mounts_the_token_secret_and_the_api_reads_it_or_refuses_to_start(tmp_path):
+    """The k8s profile requires a write token: the chart mounts the Secret as a file and points
+    RECSYS_API_TOKENS_FILE at it; the API's configuration reads that file, and refuses to start without it."""
+    from recsys_assets.api.config import ApiConfig, ConfigError
+
+    docs = list(api_rendered())
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (api,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    (mount,) = [m for m in api["volumeMounts"] if m["name"] == "tokens"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "tokens"]
+    assert mount["readOnly"] and volume["secret"]["secretName"] == "recsys-api-tokens"
+    assert env["RECSYS_API_TOKENS_FILE"] == \
+        f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+    assert env["RECSYS_PROFILE"] == "k8s" and "RECSYS_API_TOKENS" not in env and "RECSYS_API_AUTH" not in env
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # the API's configuration from this environment, the Secret's file placed under tmp_path
+    secret = tmp_path / "tokens"
+    secret.write_text("k8s-token-" + "x" * 30 + "\n")
+    environ = {k: v for k, v in env.items() if v is not None and k != "RECSYS_ARTIFACTS"}
+    config = ApiConfig.from_environ({**environ, "RECSYS_API_TOKENS_FILE": str(secret)})
+    assert config.tokens == ("k8s-token-" + "x" * 30,) and not config.sessions
+    secret.write_text("")
+    with pytest.raises(ConfigError, match="no token is configured"):
+        ApiConfig.from_environ({**environ, "RECSYS_API_TOKENS_FILE": str(secret)})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        ApiConfig.from_environ(environ)  # the chart's path, not mounted here
+
+
+@needs_helm
+@pytest.mark.parametrize(("override", "complaint"), [
+    (["--set", "env.RECSYS_PROFILE=local"], "RECSYS_PROFILE"),
+    (["--set", "env.RECSYS_API_TOKENS=abc"], "RECSYS_API_TOKENS"),
+    (["--set", "env.RECSYS_API_AUTH=off"], "RECSYS_API_AUTH"),
+])
+def test_the_api_chart_refuses_values_that_would_open_writes(override, complaint):
+    result = helm("template", "api", str(API_CHART), *override, check=False)
+    assert result.returncode != 0 and complaint in result.stderr, result.stderr
 
 
 # -- infra/k8s -----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import concurrent.futures
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -84,8 +85,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(url: str, data: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+def http(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
+                                     headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -144,12 +146,14 @@ def server(tmp_path_factory):
     )
 
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    # The admin key of the restricted APIs, expanded into the arguments as Kubernetes expands $(VAR) from env.
+    admin_key = secrets.token_urlsafe(24)
     args = []
     for arg in container(rendered("values.yaml"))["args"]:
         flag = arg.split("=", 1)[0]
         if flag in ("--model-repository", "--load-model", "--http-port", "--grpc-port", "--metrics-port"):
             continue
-        args.append(arg)
+        args.append(arg.replace("$(RECSYS_TRITON_ADMIN_KEY)", admin_key))
     args += [
         f"--model-repository={repo}",
         "--load-model=slow_identity",
@@ -180,7 +184,7 @@ def server(tmp_path_factory):
                     + (tmp / "tritonserver.log").read_text()[-3000:]
                 )
             time.sleep(0.25)
-        yield {"base": base, "ports": ports, "repo": repo, "log": tmp / "tritonserver.log"}
+        yield {"base": base, "ports": ports, "repo": repo, "log": tmp / "tritonserver.log", "admin_key": admin_key}
     finally:
         # SIGTERM, as the kubelet does: tritonserver drains and releases its /dev/shm regions.
         os.killpg(proc.pid, signal.SIGTERM)
@@ -245,7 +249,9 @@ def test_queue_time_metric_is_microseconds_per_request_of_the_composing_models(s
 def test_a_hot_swap_starts_series_under_a_new_version_label(server):
     model = server["repo"] / "slow_identity"
     shutil.copytree(model / "1", model / "2", ignore=shutil.ignore_patterns("__pycache__"))
-    status, body = http(server["base"] + "/v2/repository/models/slow_identity/load", b"{}")
+    load = server["base"] + "/v2/repository/models/slow_identity/load"
+    assert http(load, b"{}")[0] == 403  # the chart restricts the repository API: no key, no load
+    status, body = http(load, b"{}", headers={"recsys-triton-admin-key": server["admin_key"]})
     assert status == 200, body
     before = scrape(server["ports"]["metrics"])
     for _ in range(3):

@@ -7,10 +7,11 @@ normal request still works, and a digest of every key in Valkey (Feast online st
 the click stream, popularity) is identical before and after. Then hypothesis sends generated click bodies and
 query strings to the live API and compares each answer with the documented validation rules.
 
-Four gaps found on the way have tests of their own: non-standard JSON numbers (NaN, Infinity) once crashed the
+Five gaps found on the way have tests of their own: non-standard JSON numbers (NaN, Infinity) once crashed the
 validation error response into a 500; a click far in the future was accepted and wiped the user's 24 h window; a
 recommendation for a time before day 00 answered 200 with an empty list; the seen-state reset accepted user ids
-beyond int64.
+beyond int64; the recent clicks of a user id beyond int64 were a 500 (now a 422, and bodies over
+RECSYS_API_MAX_BODY_BYTES are a 413 before any parsing).
 """
 
 import collections
@@ -70,11 +71,18 @@ API_CASES = [
     ("negative timestamp", "POST", "/events", _click(timestamp=-5), 422, "expected Unix seconds"),
     ("timestamp 2^32", "POST", "/events", _click(timestamp=2**32), 422, "expected Unix seconds"),
     ("timestamp as a date", "POST", "/events", _click(timestamp="2026-01-14T00:00:00Z"), 422, "valid integer"),
-    ("a batch of 20,000 clicks", "POST", "/events", {"json": [_click()["json"]] * 20_000}, 422,
-     "valid dictionary"),
+    ("a batch of 20,000 clicks", "POST", "/events", {"json": [_click()["json"]] * 20_000}, 413,
+     "RECSYS_API_MAX_BODY_BYTES"),
+    ("a batch of 2 clicks", "POST", "/events", {"json": [_click()["json"]] * 2}, 422, "valid dictionary"),
     ("invalid JSON", "POST", "/events", {"content": b'{"user_id": 1,', "headers": JSON}, 422, "JSON decode error"),
     ("JSON nested 100,000 deep", "POST", "/events", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON},
+     413, "at most 4096"),
+    ("JSON nested 1,000 deep", "POST", "/events", {"content": b"[" * 1_000 + b"]" * 1_000, "headers": JSON},
      400, "error parsing the body"),
+    ("a 20 MB body", "POST", "/events", {"content": b" " * 20_000_000, "headers": JSON}, 413, "request body"),
+    ("a query of 10,000 bytes", "GET", "/recommendations", {"params": {"user_id": 1, "k": "1" * 10_000}}, 414,
+     "RECSYS_API_MAX_URL_BYTES"),
+    ("recent clicks of user 10^20", "GET", "/users/99999999999999999999/recent", {}, 422, "expected an id >= 0"),
     ("form instead of JSON", "POST", "/events",
      {"content": b"user_id=1&item_id=2", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 422,
      "valid dictionary"),

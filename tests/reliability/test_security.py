@@ -9,6 +9,7 @@ its materialization metadata; it now shows the URL with the password redacted.
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -259,3 +260,78 @@ def test_the_events_api_records_clicks_only_on_catalogue_items(stack):
         ok = api.post("/events", json={"user_id": 7_100_000, "item_id": 5, "timestamp": DAY13})
         assert ok.status_code == 201
     assert len(stack.events()) == before + 1
+
+
+# -- Triton's model-repository and shared-memory APIs behind a key ---------------------------------------------------
+IDENTITY_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "X", data_type: TYPE_FP32, dims: [ -1 ] } ]
+output [ { name: "Y", data_type: TYPE_FP32, dims: [ -1 ] } ]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+"""
+IDENTITY_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())])
+                for r in requests]
+"""
+
+
+def test_the_restricted_api_flags_name_the_repository_and_shared_memory_apis():
+    from recsys_assets.release.triton_server import ADMIN_KEY_HEADER, TritonServer, restricted_api_flags
+
+    assert restricted_api_flags(None) == []
+    flags = restricted_api_flags("k" * 32)
+    assert flags == [f"--http-restricted-api=model-repository,shared-memory:{ADMIN_KEY_HEADER}={'k' * 32}",
+                     f"--grpc-restricted-protocol=model-repository,shared-memory:{ADMIN_KEY_HEADER}={'k' * 32}"]
+    assert "k" * 32 not in repr(TritonServer(Path("/tmp/x"), admin_key="k" * 32))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_restricted_triton_refuses_unload_without_the_key_and_our_client_code_still_loads_and_unloads(tmp_path):
+    """A real tritonserver started with the restriction: anyone may infer; unload, load, the repository index and
+    shared-memory registration need the key, which TritonServer and the release code send (RECSYS_TRITON_ADMIN_KEY)."""
+    import secrets
+
+    from recsys_assets.release import promotion
+    from recsys_assets.release.triton_server import ADMIN_KEY_HEADER, TritonServer
+
+    repository = tmp_path / "repository"
+    (repository / "identity" / "1").mkdir(parents=True)
+    (repository / "identity" / "config.pbtxt").write_text(IDENTITY_CONFIG)
+    (repository / "identity" / "1" / "model.py").write_text(IDENTITY_MODEL)
+    key = secrets.token_urlsafe(24)
+    infer = {"inputs": [{"name": "X", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
+    with TritonServer(repository, admin_key=key, workdir=tmp_path / "work") as server:
+        server.load(["identity"], timeout=120)                       # our load sends the key
+        base = f"http://{server.http_url}"
+        with httpx.Client(base_url=base, timeout=30) as client:
+            refused = {
+                "unload": client.post("/v2/repository/models/identity/unload", json={}),
+                "load": client.post("/v2/repository/models/identity/load", json={}),
+                "index": client.post("/v2/repository/index", json={}),
+                "wrong key": client.post("/v2/repository/models/identity/unload", json={},
+                                         headers={ADMIN_KEY_HEADER: key[:-1] + "x"}),
+                "shared memory": client.post("/v2/systemsharedmemory/region/r/register",
+                                             json={"key": "/r", "offset": 0, "byte_size": 8}),
+            }
+            answered = client.post("/v2/models/identity/infer", json=infer)
+            ready = client.get("/v2/models/identity/ready")
+        assert {name: r.status_code for name, r in refused.items()} == dict.fromkeys(refused, 403), \
+            {name: (r.status_code, r.text[:120]) for name, r in refused.items()}
+        assert answered.status_code == 200 and answered.json()["outputs"][0]["data"] == [1.0, 2.0, 3.0]
+        assert ready.status_code == 200                               # the refused unload changed nothing
+        with server.client() as client:                               # what a release promotion calls
+            assert promotion._ready_models(client, server.admin_headers) == {"identity"}
+        promotion._unload(server, ["identity"])
+        deadline = time.monotonic() + 60  # unloading finishes in the background
+        while [m.get("state") for m in server.repository_index()] != ["UNAVAILABLE"]:
+            assert time.monotonic() < deadline, server.repository_index()
+            time.sleep(0.1)
+        server.load(["identity"], timeout=120)
+        assert [m.get("state") for m in server.repository_index()] == ["READY"]

@@ -1,21 +1,21 @@
 """The storefront's browser tests run the whole stack for real: the set-up of ``tests/api/test_api.py``
 (the tiny serving artifacts, an embedded Valkey with AOF, ``feast apply`` + ``materialize`` into it, the
 Triton ensemble), item images rendered into the artifact root, the API under uvicorn on a free port, and
-Debian's Chromium driven by Playwright (headless, a fresh profile)."""
+Debian's Chromium driven by Playwright (headless, a fresh profile). Authentication of writes is on: the page
+writes with the session cookie its own load sets."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import os
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from recsys_assets.api.config import ApiConfig
 from recsys_assets.lib.valkey_server import free_port
+from tests.support.api_server import ApiServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "storefront"
@@ -23,6 +23,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 # Quiet, reproducible headless runs: no GPU, no update/sync/field-trial traffic, no first-run pages.
 CHROMIUM_ARGS = ["--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+# Authentication is on for every server of these tests: the page's writes must pass with its session cookie.
+API_TOKEN = "storefront-test-token-" + "0" * 16
 SAMPLING_SEED = 11  # diversity mode draws the same list for the same request: the test can compare lists
 
 
@@ -40,47 +42,8 @@ class Stack:
                          triton_url=f"http://127.0.0.1:{self.triton.http_port}",
                          valkey_url=f"redis://127.0.0.1:{self.valkey.port}",
                          feast_registry=self.environ["RECSYS_FEAST_REGISTRY"], environ=self.environ,
-                         retry_after_s=2)
+                         retry_after_s=2, tokens=(API_TOKEN,), sessions=True)
         return dataclasses.replace(base, **changes)
-
-
-class ApiServer:
-    """The API app under uvicorn in a thread of the test process, on a free port of 127.0.0.1."""
-
-    def __init__(self, config: ApiConfig) -> None:
-        import uvicorn
-
-        from recsys_assets.api.app import create_app
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, name=f"api-{self.port}", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 120.0) -> ApiServer:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("the API server stopped while starting (see the log above)")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the API server did not start within {timeout:.0f} s")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 @pytest.fixture(scope="module")

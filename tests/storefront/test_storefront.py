@@ -14,7 +14,7 @@ from contextlib import closing
 import pytest
 
 from recsys_assets.lib.top_category import CATEGORIES
-from tests.storefront.conftest import ApiServer
+from tests.support.api_server import ApiServer
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +75,20 @@ def shop(browser, api_server, screenshots):
         yield Shop(page, api_server.url, screenshots)
     finally:
         page.close()
+
+
+def test_authentication_is_on_and_the_page_writes_with_its_http_only_session_cookie(shop, api_server):
+    import httpx
+
+    shop.open(user=-1, device=1, k=10)
+    cookies = {c["name"]: c for c in shop.page.context.cookies(api_server.url)}
+    assert cookies["recsys_session"]["httpOnly"] and cookies["recsys_session"]["sameSite"] == "Strict"
+    assert shop.page.evaluate("document.cookie") == ""  # the page's scripts cannot read it
+    click = {"user_id": -1, "item_id": 1, "device_type": 1}
+    assert httpx.post(f"{api_server.url}/events", json=click, timeout=30).status_code == 401  # no cookie, no token
+    status = shop.page.evaluate("""async (click) => (await fetch('/events', {method: 'POST',
+        headers: {'content-type': 'application/json'}, body: JSON.stringify(click)})).status""", click)
+    assert status == 201
 
 
 def _top_category(shop) -> str:
