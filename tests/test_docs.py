@@ -1,5 +1,5 @@
-"""The README and docs/ stay true to the code: short README, links that resolve, names that exist, pictures that
-match what Dagster loads and what Triton serves.
+"""The README and docs/ stay true to the code: a short README, links that resolve, names that exist, and
+pictures that match what Dagster loads and what Triton serves.
 
 A failure names the file, the link or name, and what it should be; fix the page (or, when the code changed on
 purpose, the page and its picture together).
@@ -54,8 +54,8 @@ def _relative_links(page: Path) -> list[str]:
 
 def test_the_readme_is_short():
     lines = len(README.read_text().splitlines())
-    assert lines <= README_MAX_LINES, (f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail into "
-                                       "a page under docs/ and link it")
+    assert lines <= README_MAX_LINES, (f"README.md has {lines} lines (at most {README_MAX_LINES}): "
+                                       "move detail into a page under docs/ and link it")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -65,7 +65,8 @@ def test_every_relative_link_resolves(page: Path):
         path, _, anchor = target.partition("#")
         resolved = (page.parent / path).resolve() if path else page
         if not resolved.exists():
-            broken.append(f"{target}: no file {resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved}")
+            shown = resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved
+            broken.append(f"{target}: no file {shown}")
         elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             broken.append(f"{target}: no heading with anchor #{anchor} in {resolved.relative_to(ROOT)}")
     assert not broken, f"{page.relative_to(ROOT)} has broken links:\n" + "\n".join(broken)
@@ -86,7 +87,8 @@ def test_the_link_checker_sees_a_broken_link(tmp_path):
 def _code_text() -> str:
     sources = [*ROOT.joinpath("recsys_assets").rglob("*.py"), *ROOT.joinpath("tests").rglob("*.py"),
                *ROOT.joinpath("benchmarks").glob("*.py"), *ROOT.joinpath("scripts").rglob("*.sh"),
-               ROOT / "Makefile", *ROOT.joinpath("infra").rglob("*.yaml"), *ROOT.joinpath("feature_repo").glob("*")]
+               ROOT / "Makefile", *ROOT.joinpath("infra").rglob("*.yaml"),
+               *ROOT.joinpath("feature_repo").glob("*")]
     return "\n".join(p.read_text(errors="replace") for p in sources if p.is_file() and p != Path(__file__))
 
 
@@ -100,7 +102,7 @@ def test_every_setting_named_in_the_docs_exists_in_the_code():
 
 
 def _snapshot() -> dict:
-    """ASSETS, JOBS, SCHEDULES and SENSORS of tests/defs/test_definitions.py, read without importing Dagster."""
+    """ASSETS, JOBS, SCHEDULES and SENSORS of tests/defs/test_definitions.py, read without importing it."""
     tree = ast.parse((ROOT / "tests" / "defs" / "test_definitions.py").read_text())
     wanted = {"ASSETS", "JOBS", "SCHEDULES", "SENSORS"}
     return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
@@ -139,7 +141,7 @@ def test_the_readme_groups_are_the_code_locations_groups():
     """Each group box of the README's asset picture lists exactly that group's assets (`*`: daily)."""
     boxes = dict(re.findall(r'^\s*(\w+)\["\w+: ([^"]*)"\]', _mermaid(README, 0), re.M))
     drawn = {group: {a.strip().rstrip("*") for a in assets.split(",")} for group, assets in boxes.items()}
-    assert drawn == _snapshot()["ASSETS"], "README.md's asset picture differs from tests/defs/test_definitions.py"
+    assert drawn == _snapshot()["ASSETS"], "README.md's asset picture: groups differ from test_definitions.py"
 
 
 def test_the_pictures_of_the_asset_graph_match_the_loaded_definitions():
@@ -171,7 +173,8 @@ def test_the_pictures_of_the_asset_graph_match_the_loaded_definitions():
 
 
 def test_the_picture_of_the_serving_graph_is_the_ensemble():
-    """README's serving picture: an edge wherever a step reads a tensor another step (or the request) produced."""
+    """README's serving picture: an edge wherever a step reads a tensor that another step (or the request)
+    produced."""
     config = (ROOT / "triton_repo" / "ensemble_model" / "config.pbtxt").read_text()
     producer, edges = {}, set()
     for name, body in re.findall(r'model_name:\s*"(\w+)"(.*?)(?=model_name:|\Z)', config, re.S):
@@ -182,4 +185,5 @@ def test_the_picture_of_the_serving_graph_is_the_ensemble():
     steps = {name for _, name in edges}
     assert steps == {p.name for p in (ROOT / "triton_repo").iterdir() if p.is_dir()} - {"ensemble_model"}
     drawn = _edges(_mermaid(README, 1))
-    assert drawn == edges, f"README.md's serving picture: missing {sorted(edges - drawn)}, extra {sorted(drawn - edges)}"
+    assert drawn == edges, (f"README.md's serving picture: missing {sorted(edges - drawn)}, "
+                            f"extra {sorted(drawn - edges)}")
