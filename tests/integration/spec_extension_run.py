@@ -23,7 +23,7 @@ def main(work: Path) -> dict:
     import onnxruntime as ort
 
     from recsys_assets.defs.index import assets as index_assets
-    from recsys_assets.defs.serving import assets as serving
+    from recsys_assets.defs.release import assets as release_assets
     from recsys_assets.defs.training import assets as training
     from recsys_assets.lib import paths
     from recsys_assets.release.triton_server import TritonServer
@@ -49,7 +49,7 @@ def main(work: Path) -> dict:
     if not result.success or failed:
         raise SystemExit(f"training/export failed (success={result.success}, failed checks {failed})")
 
-    trained = serving.trained_artifacts(store, serving.RepositoryConfig(variant="context"))
+    trained = release_assets.trained_artifacts(store, release_assets.RepositoryConfig(variant="context"))
     repo = work / "repo"
     build_repository(repo, trained, ServingDefaults(sampling_seed=5), "2026-01-01", release=1)
     widths = {model: {t.name: list(t.dims) for t in [*config.input, *config.output]}
