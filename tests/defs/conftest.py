@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import pytest
 
 from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner, WorldResource
+from tests.support.roots import copy_root
 
 
 @pytest.fixture()
@@ -11,3 +14,44 @@ def resources(tmp_path):
         "world": WorldResource(seed=7, scale="tiny"),
         "merlin": MerlinRunner(profile="local"),
     }
+
+
+# -- the tiny trained world, built once per session -------------------------------------------------------------
+# Fitting the workflows and training the models on the tiny world takes minutes on two cores, and the training,
+# fine-tuning and retrain modules each used to build the same world for themselves. The fixtures below build each
+# stage once; every consumer works on its own copy of the artifact root (a few MB), so the tests stay independent
+# and none can change what another sees. Nothing may write into the session roots themselves.
+
+@pytest.fixture(scope="session")
+def tiny_upstream(tmp_path_factory) -> Path:
+    """The training stage's upstream on the tiny world (raw, masked and transformed days 00-07, the workflows fit
+    on 00-05, compiled transforms, the multimodal stand-in) and days 08 and 09 arriving after it (joined, unmasked,
+    transformed with the saved workflows, as the daily job does). Read-only: copy it with ``copy_root``."""
+    from tests.defs.test_finetune import add_new_day
+    from tests.defs.test_training_assets import build_upstream
+
+    root = tmp_path_factory.mktemp("tiny-upstream") / "artifacts"
+    store = build_upstream(root)
+    for day in (8, 9):
+        add_new_day(store, day)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_upstream, tmp_path_factory) -> Path:
+    """``tiny_upstream`` plus the plain Two-Tower, the DLRM, both as ONNX, item embeddings and the FAISS index,
+    trained on days 00-05 and validated on 06-07 (``TRAIN_CONFIG``). No release yet. Read-only: copy it."""
+    import dagster as dg
+
+    from recsys_assets.defs.index import assets as index_assets
+    from recsys_assets.defs.training import assets as training
+    from tests.defs.test_finetune import TRAIN_CONFIG
+
+    store = copy_root(tiny_upstream, tmp_path_factory, "tiny-trained")
+    resources = {"artifacts": ArtifactStoreResource(root=store.root), "world": WorldResource(seed=7, scale="tiny"),
+                 "merlin": MerlinRunner()}
+    result = dg.materialize([training.two_tower_model, training.dlrm_model, training.query_tower_onnx,
+                             training.dlrm_onnx, index_assets.item_embeddings, index_assets.faiss_index],
+                            resources=resources, run_config=TRAIN_CONFIG)
+    assert result.success
+    return Path(store.root)

@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import threading
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -37,6 +38,7 @@ from recsys_assets.release import deploy
 from recsys_assets.release.repository import ENSEMBLE, MODELS, ServingDefaults
 from recsys_assets.release.tiny import build_tiny_artifacts, publish_online_state, serving_environ
 from tests.release.tiny_serving import tiny_artifacts
+from tests.support.roots import copy_root
 
 DAY5 = 1767225600 + 5 * 86400
 
@@ -383,20 +385,12 @@ def _finetune(root, ports, **overrides):
 
 
 @pytest.fixture(scope="module")
-def trained_world(tmp_path_factory):
-    """Tiny trained models (the training stage's upstream and assets), a new day, release 1 built from them."""
-    from recsys_assets.defs.index import assets as index_assets
-    from recsys_assets.defs.training import assets as training
-    from tests.defs.test_training_assets import build_upstream
-
-    root = tmp_path_factory.mktemp("finetune") / "artifacts"
-    store = build_upstream(root)
-    add_new_day(store, NEW_DAY)
+def trained_world(tiny_trained, tmp_path_factory):
+    """Tiny trained models (the session's, see tests/defs/conftest.py: trained on days 00-05, with the new day 08
+    transformed), copied for this module, and release 1 built from them."""
+    store = copy_root(tiny_trained, tmp_path_factory, "finetune")
+    root = Path(store.root)
     resources = {**_resources(root, _ports()), "merlin": MerlinRunner()}
-    result = dg.materialize([training.two_tower_model, training.dlrm_model, training.query_tower_onnx,
-                             training.dlrm_onnx, index_assets.item_embeddings, index_assets.faiss_index],
-                            resources=resources, run_config=TRAIN_CONFIG)
-    assert result.success
     result = dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
         "retrained_release": {"config": {"variant": "plain", "eval_day": NEW_DAY}}}}, raise_on_error=False)
     assert records.record(store, 1) is not None and records.record(store, 1).kind == "full"

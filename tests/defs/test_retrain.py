@@ -12,6 +12,8 @@
   2 is then fine-tuned in *its* vocabulary (days outside the window transformed with its snapshot workflows).
 """
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -29,8 +31,8 @@ from recsys_assets.lib.feature_spec import FIRST_INDEX, OOV_INDEX
 from recsys_assets.release import deploy
 from recsys_assets.release.repository import ENSEMBLE, MODELS
 from recsys_assets.serving.transforms import CompiledTransforms
-from tests.defs.test_finetune import FINETUNE, TRAIN_CONFIG, _checks, _ports, _promote, _resources, add_new_day, \
-    answers_of
+from tests.defs.test_finetune import FINETUNE, _checks, _ports, _promote, _resources, answers_of
+from tests.support.roots import copy_root
 
 
 # -- pure ------------------------------------------------------------------------------------------------------
@@ -129,20 +131,15 @@ def _finetune_day_9(resources):
 @pytest.mark.merlin
 @pytest.mark.integration
 def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_their_parents(
-        tmp_path_factory, valkey, monkeypatch):
+        tiny_trained, tmp_path_factory, valkey, monkeypatch):
     from recsys_assets.release.tiny import TinyArtifacts, publish_online_state, serving_environ
-    from tests.defs.test_training_assets import build_upstream
 
-    root = tmp_path_factory.mktemp("retrain") / "artifacts"
-    store = build_upstream(root)  # workflows fit on the masked days 00-05; days 00-07 transformed with them
-    for day in (8, 9):
-        add_new_day(store, day)
+    # the session's tiny trained world (tests/defs/conftest.py), copied: workflows fit on the masked days 00-05,
+    # days 00-09 transformed with them, models trained on 00-05 and validated on 06-07
+    store = copy_root(tiny_trained, tmp_path_factory, "retrain")
+    root = Path(store.root)
     ports = _ports()
     resources = {**_resources(root, ports), "merlin": MerlinRunner()}
-    result = dg.materialize([training.two_tower_model, training.dlrm_model, training.query_tower_onnx,
-                             training.dlrm_onnx, index_assets.item_embeddings, index_assets.faiss_index],
-                            resources=resources, run_config=TRAIN_CONFIG)
-    assert result.success
     dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
         "retrained_release": {"config": {"variant": "plain", "eval_day": 9}}}}, raise_on_error=False)
     assert records.manifest(store, 1) is not None
