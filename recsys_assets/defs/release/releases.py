@@ -218,7 +218,9 @@ def _gate(store: ArtifactStore, live, candidate: Release, served, data: scoring.
     candidates = repository.defaults_from_release(live, candidate).retrieval_topk
     lists = {name: scorer.recommend(requests, data.day, catalogue, config.top_k, candidates)
              for name, scorer in scorers.items()}
-    true = scoring.true_evaluation(lists, requests, world, served_evaluation.logged_days(store, range(data.day)),
+    # The references' history: the popularity window before the gate day (popularity, the heuristic's mix and lift)
+    history = served_evaluation.logged_days(store, range(max(0, data.day - config.popularity_days), data.day))
+    true = scoring.true_evaluation(lists, requests, world, history,
                                    served_evaluation.logged_days(store, [data.day]), config.top_k,
                                    seed=config.holdout_seed, n_boot=config.bootstrap_samples)
     gate = policy_value.release_gate(true, "candidate", "served" if served is not None else None,
