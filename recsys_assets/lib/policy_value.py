@@ -452,8 +452,8 @@ def record(result: PolicyValue, release: int | None = None, day: int | None = No
 
 def paired_difference(result: PolicyValue, method: str, baseline: str, splits=USERS, n_boot: int = 1000,
                       seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """(difference, low, high): mean true value of ``method`` minus ``baseline`` over the requests of ``splits``,
-    with a paired percentile bootstrap interval (both lists judged on the same resampled requests)."""
+    """(difference, low, high): mean true value of ``method`` minus ``baseline`` over the requests of
+    ``splits``, with a paired percentile bootstrap interval (both lists judged on the same resampled requests)."""
     if not result.has_truth:
         raise PolicyValueError(f"{result.measure}: a paired difference of true values needs the world")
     for name in (method, baseline):
@@ -494,16 +494,16 @@ def release_gate(result: PolicyValue, candidate: str, served: str | None = None,
     present = [s for s in SPLITS if (result.requests["split"] == s).any()]
     users = [s for s in USERS if s in present]
     if not users:
-        raise PolicyValueError("no warm or new requests to gate on: the evaluation day has no clicked sessions "
-                               "of identified users")
+        raise PolicyValueError("no warm or new requests to gate on: the evaluation day has no clicked "
+                               "sessions of identified users")
     value_of = {m: pooled_value(result, m, users) for m in (candidate, "popularity")}
-    per_split = ", ".join(f"{s} {value(result.table, candidate, s):.4f} vs {value(result.table, 'popularity', s):.4f}"
-                          for s in present)
+    per_split = ", ".join(f"{s} {value(result.table, candidate, s):.4f} vs "
+                          f"{value(result.table, 'popularity', s):.4f}" for s in present)
     ok = bool(np.isfinite(value_of[candidate]) and value_of[candidate] > value_of["popularity"])
     outcomes = [evaluation.GateOutcome(
         "beats_popularity", ok,
-        f"true expected clicks of the top {result.lists[candidate].shape[1]} over the users' requests: candidate "
-        f"{value_of[candidate]:.4f} vs popularity {value_of['popularity']:.4f} (per split: {per_split})"
+        f"true expected clicks of the top {result.lists[candidate].shape[1]} over the users' requests: "
+        f"candidate {value_of[candidate]:.4f} vs popularity {value_of['popularity']:.4f} (per split: {per_split})"
         + ("" if ok else ": the candidate must beat popularity, not deployable"),
         {"candidate": value_of[candidate], "popularity": value_of["popularity"]})]
     if served is None:
