@@ -44,6 +44,13 @@ class WorldResource(dg.ConfigurableResource):
             self._world = World(seed=self.seed, scale=self.scale, start_date=dt.date.fromisoformat(self.start_date))
         return self._world
 
+    def truth(self) -> World | None:
+        """The world whose true click probabilities judge models, or None when the data is a shop's own
+        (``RECSYS_SOURCE`` names a folder): own data has no ground truth, so only the logged measures apply."""
+        from recsys_assets.lib.settings import Settings
+
+        return self.world() if Settings.from_env().uses_generator else None
+
 
 class DeploymentProfileResource(dg.ConfigurableResource):
     """``local`` (a laptop: embedded services, subprocesses) or ``k8s`` (EKS: S3, ElastiCache, GPU pods)."""

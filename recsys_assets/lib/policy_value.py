@@ -54,6 +54,7 @@ K = served_evaluation.K
 SPLITS = served_evaluation.SPLITS
 REFERENCES = ("popularity", "random", "heuristic", "oracle", "oracle_no_taste", "context_ceiling")
 CEILING = {"warm": "oracle_no_taste", "new": "oracle_no_taste", "anonymous": "context_ceiling"}
+USERS = ("warm", "new")  # the identified users' requests (the anonymous ones are the same people sent as -1)
 HIDDEN_TERMS = ("taste",)  # logit terms no feature or history carries: removed for the realistic ceiling
 HEURISTIC_CLICK_WEIGHT = 5.0
 HEURISTIC_BAND_HOURS = 6
@@ -447,6 +448,84 @@ def record(result: PolicyValue, release: int | None = None, day: int | None = No
                if name in row and np.isfinite(row[name])}
     return {"fingerprint": result.fingerprint, "measure": result.measure, "release": release, "day": day,
             "metrics": metrics}
+
+
+def paired_difference(result: PolicyValue, method: str, baseline: str, splits=USERS, n_boot: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(difference, low, high): mean true value of ``method`` minus ``baseline`` over the requests of
+    ``splits``, with a paired percentile bootstrap interval (both lists judged on the same resampled requests)."""
+    if not result.has_truth:
+        raise PolicyValueError(f"{result.measure}: a paired difference of true values needs the world")
+    for name in (method, baseline):
+        if name not in result.values:
+            raise PolicyValueError(f"no true values of {name!r}: scored methods are {sorted(result.values)}")
+    rows = np.flatnonzero(np.isin(result.requests["split"].to_numpy(), list(splits)))
+    if not len(rows):
+        return float("nan"), float("nan"), float("nan")
+    delta = result.values[method][rows] - result.values[baseline][rows]
+    # One stream per split set, distinct from summary_table's per-split streams (0, 1, 2).
+    stream = 100 + sum(1 << SPLITS.index(s) for s in splits)
+    boot = delta[bootstrap_indices(len(rows), n_boot, seed, stream)].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return float(delta.mean()), float(low), float(high)
+
+
+def pooled_value(result: PolicyValue, method: str, splits=USERS) -> float:
+    """Mean true value of ``method`` over the requests of ``splits`` together (NaN without such requests)."""
+    rows = np.isin(result.requests["split"].to_numpy(), list(splits))
+    return float(result.values[method][rows].mean()) if rows.any() else float("nan")
+
+
+def release_gate(result: PolicyValue, candidate: str, served: str | None = None, n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> list[evaluation.GateOutcome]:
+    """DESIGN.md "Gates" by true expected clicks, both outcomes judged on the same requests:
+
+    * ``beats_popularity``: ``candidate``'s mean true value over the users' requests (warm and new together)
+      is above popularity's;
+    * ``no_regression``: for the users' requests and for each split, the paired bootstrap interval of
+      ``candidate`` minus ``served`` (the deployed release's list, scored in the same evaluation) does not lie
+      wholly below zero, i.e. the candidate falls below the deployed release by no more than the bootstrap
+      interval. No ``served`` (the first release): popularity test only.
+    """
+    if not result.has_truth:
+        raise PolicyValueError(f"{result.measure}: a true-value gate needs the world; gate on the logged "
+                               "measures (release.scoring.logged_gate) instead")
+    present = [s for s in SPLITS if (result.requests["split"] == s).any()]
+    users = [s for s in USERS if s in present]
+    if not users:
+        raise PolicyValueError("no warm or new requests to gate on: the evaluation day has no clicked "
+                               "sessions of identified users")
+    value_of = {m: pooled_value(result, m, users) for m in (candidate, "popularity")}
+    per_split = ", ".join(f"{s} {value(result.table, candidate, s):.4f} vs "
+                          f"{value(result.table, 'popularity', s):.4f}" for s in present)
+    ok = bool(np.isfinite(value_of[candidate]) and value_of[candidate] > value_of["popularity"])
+    outcomes = [evaluation.GateOutcome(
+        "beats_popularity", ok,
+        f"true expected clicks of the top {result.lists[candidate].shape[1]} over the users' requests: "
+        f"candidate {value_of[candidate]:.4f} vs popularity {value_of['popularity']:.4f} (per split: {per_split})"
+        + ("" if ok else ": the candidate must beat popularity, not deployable"),
+        {"candidate": value_of[candidate], "popularity": value_of["popularity"]})]
+    if served is None:
+        outcomes.append(evaluation.GateOutcome(
+            "no_regression", True, "no deployed release yet (first release: popularity test only)",
+            {"candidate": value_of[candidate]}))
+        return outcomes
+    parts, worst, failed = [], {}, []
+    for name, splits in (("users", tuple(users)), *((s, (s,)) for s in present)):
+        diff, low, high = paired_difference(result, candidate, served, splits, n_boot, seed, level)
+        parts.append(f"{name} {diff:+.4f} [{low:+.4f}, {high:+.4f}]")
+        worst[f"{name}_difference"], worst[f"{name}_high"] = diff, high
+        if high < 0:
+            failed.append(name)
+    ok = not failed
+    outcomes.append(evaluation.GateOutcome(
+        "no_regression", ok,
+        f"candidate minus deployed, true expected clicks with a paired {level:.0%} bootstrap interval: "
+        + "; ".join(parts)
+        + ("" if ok else f": worse than the deployed release beyond the interval on {', '.join(failed)}"),
+        worst))
+    return outcomes
 
 
 def gate(result: PolicyValue, method: str, deployed: Mapping | None = None,

@@ -327,6 +327,23 @@ def known_users(store, train_through_day: int) -> tuple[np.ndarray, str]:
     return known, f"users registered by day {train_through_day:02d} (no compiled transforms found)"
 
 
+LOGGED_COLUMNS = ("user_id", "session_id", "item_id", "device_type", "timestamp", "click")
+
+
+def logged_days(store, days, columns: Sequence[str] = LOGGED_COLUMNS):
+    """The raw interactions of ``days`` that exist (the ``columns`` the true-value references need) with a
+    ``day`` column: ``lib.policy_value.evaluate``'s history (days before) or visits (the evaluated day)."""
+    import pandas as pd
+
+    from recsys_assets.lib import paths
+
+    parts = [store.read_parquet(paths.raw_interactions(d), columns=list(columns)).assign(day=d) for d in days
+             if store.exists(paths.raw_interactions(d))]
+    if not parts:
+        return pd.DataFrame({**{c: np.zeros(0, np.int64) for c in columns}, "day": np.zeros(0, np.int64)})
+    return pd.concat(parts, ignore_index=True)
+
+
 def popularity_list(store, catalogue, day: int, window: int, k: int = K) -> tuple[list[int], list[int]]:
     """The ``k`` most clicked items of the ``window`` days before ``day`` that are available on it."""
     from recsys_assets.lib import paths

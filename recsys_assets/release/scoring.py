@@ -3,7 +3,19 @@
 :class:`ReleaseScorer` reads a release's compiled transforms, ONNX towers (fed through the serving stages'
 feeder), FAISS index, availability and multimodal table, and scores raw rows, so a candidate and the served
 release are compared on the same held-out rows (:class:`EvaluationSlice`) even when their vocabularies differ.
-:func:`gate` applies DESIGN.md "Gates" to the result.
+
+The gate (DESIGN.md "Gates"), primary measure first:
+
+* **true expected clicks** of the list each release would serve (:meth:`ReleaseScorer.recommend`: FAISS top
+  ``retrieval_topk`` among the items available that day, ranked by the release's DLRM, top ``k``; the Bloom seen
+  filter is left out, its state lives in Valkey, not in the release) for the held-out requests
+  (:func:`gate_requests`: warm, new and the same requests sent anonymously), scored by the generator's p(click)
+  for the true user in the request's device and time (:func:`true_evaluation`,
+  ``lib.policy_value.release_gate``): beat popularity, and fall below the deployed release on the same requests
+  by no more than the paired bootstrap interval;
+* without a world (a shop's own data: no ground truth) the **logged** measures decide (:func:`logged_gate`:
+  recall@k of retrieval and the ranker's AUC against the held-out clicks, exposure-biased); with a world they are
+  the secondary columns of the same table.
 
 Pure: numpy/pandas, onnxruntime and FAISS; no Dagster, no server.
 """
@@ -30,7 +42,8 @@ class ReleaseScorer:
 
         self.release = release.release
         params = release.parameters
-        self.transforms = CompiledTransforms.load(version_dir(repository, release, "nvt_user_transform") / "transforms")
+        self.transforms_dir = version_dir(repository, release, "nvt_user_transform") / "transforms"
+        self.transforms = CompiledTransforms.load(self.transforms_dir)
         self.query = OnnxModel(version_dir(repository, release, "query_tower") / "model.onnx",
                                json.loads(params["query_tower"].get("INPUT_MAP") or "{}"), set(QueryTower.features))
         self.dlrm = OnnxModel(version_dir(repository, release, "dlrm_ranking") / "model.onnx",
@@ -64,6 +77,60 @@ class ReleaseScorer:
         out = [np.asarray(self.dlrm.run(self._features(rows.iloc[s:s + batch], item=True)), np.float64).reshape(-1)
                for s in range(0, len(rows), batch)]
         return np.concatenate(out) if out else np.zeros(0)
+
+    def known_users(self) -> np.ndarray:
+        """The raw user ids in this release's user vocabulary (its warm users)."""
+        from recsys_assets.lib.transform_files import read_description
+
+        _, vocabularies = read_description(self.transforms_dir)
+        return np.asarray(vocabularies["user.user_id"][0], dtype=np.float64).astype(np.int64)
+
+    def as_served(self, requests):
+        """``requests`` with the user features serving looks up: an anonymous request (user -1) gets the
+        cold-start defaults (training mean age, unknown gender, no top category), as ``feast_user_lookup``."""
+        from recsys_assets.lib.feature_spec import encode_gender
+
+        out = requests.copy()
+        gender = out["gender"].to_numpy()
+        if gender.dtype.kind in "OUS":
+            out["gender"] = np.asarray(encode_gender(gender.tolist()), np.int64)
+        anonymous = out["user_id"].to_numpy(np.int64) < 0
+        if anonymous.any():
+            defaults = self.transforms.unknown_user(int(anonymous.sum()))
+            for column in ("age", "gender", "top_category"):
+                values = out[column].to_numpy().copy()
+                values = values.astype(np.result_type(values.dtype, defaults[column].dtype))
+                values[anonymous] = defaults[column]
+                out[column] = values
+        return out
+
+    def recommend(self, requests, day: int, items, k: int = 10, candidates: int = 300,
+                  batch: int = 8192) -> np.ndarray:
+        """(requests, k) raw item ids: the list this release serves with diversity off, without the seen filter.
+
+        FAISS top ``candidates`` among the items available on ``day``, ranked by the DLRM's p(click) with the
+        request's user and context features and each candidate's item features (``items``: the catalogue, raw
+        columns ``item_id``, ``category_l1``, ``category_l2``, ``item_gender``, ``price``); -1 padded.
+        """
+        import pandas as pd
+
+        requests = self.as_served(requests.reset_index(drop=True))
+        found = self.retrieve(requests, day, candidates)
+        rows, slots = np.nonzero(found >= 0)
+        catalogue = items.set_index("item_id")
+        raw = found[rows, slots]
+        user_columns = ["user_id", "age", "gender", "top_category", "device_type", "timestamp"]
+        frame = requests[user_columns].iloc[rows].reset_index(drop=True)
+        item_rows = catalogue.loc[raw, ["category_l1", "category_l2", "item_gender", "price"]].reset_index(drop=True)
+        frame = pd.concat([frame, item_rows], axis=1).assign(item_id=raw)
+        scores = np.full(found.shape, -np.inf)
+        scores[rows, slots] = self.click_probability(frame, batch)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        ranked = np.take_along_axis(found, order, axis=1)
+        ranked = np.where(np.take_along_axis(scores, order, axis=1) == -np.inf, -1, ranked)
+        if ranked.shape[1] < k:
+            ranked = np.hstack([ranked, np.full((len(ranked), k - ranked.shape[1]), -1, np.int64)])
+        return ranked
 
     def retrieve(self, requests, day: int, k: int) -> np.ndarray:
         """Top-``k`` raw item ids per request among the items available on ``day`` (-1 padded)."""
@@ -107,8 +174,11 @@ def held_out_sessions(session_ids, share: float, seed: int, day: int) -> np.ndar
 
 
 def evaluation_slice(masked, raw, held_out: np.ndarray, day: int) -> EvaluationSlice:
-    """The held-out sessions' rows: ``masked`` (features, unmasked days) joined with ``raw`` (session ids)."""
-    rows = masked.merge(raw[["interaction_id", "session_id"]], on="interaction_id", how="inner", validate="1:1")
+    """The held-out sessions' rows: ``masked`` (features, unmasked days) joined with ``raw`` (session ids, and
+    the user behind each row as ``true_user_id`` when ``raw`` has ``user_id``)."""
+    keep = raw[["interaction_id", "session_id", *(["user_id"] if "user_id" in raw.columns else [])]]
+    rows = masked.merge(keep.rename(columns={"user_id": "true_user_id"}), on="interaction_id", how="inner",
+                        validate="1:1")
     rows = rows[rows["session_id"].isin(held_out)].sort_values(["session_id", "timestamp", "interaction_id"])
     rows = rows.reset_index(drop=True)
     clicked = rows[rows["click"] == 1]
@@ -126,10 +196,45 @@ def popularity_scores(clicked_item_ids, n_items: int) -> np.ndarray:
     return tie_broken_scores(counts, np.arange(n_items), n_items)
 
 
+def gate_requests(data: EvaluationSlice, known_users, anonymous: bool = True):
+    """The true-value gate's requests: one per held-out clicked session (the first impression's user features,
+    device and time; relevant = what the session clicked), split ``warm`` (in ``known_users``, the candidate's
+    user vocabulary) or ``new``, and with ``anonymous`` the same requests sent as user -1 (split ``anonymous``).
+
+    Columns as ``lib.policy_value.evaluate`` needs them, plus the raw user features ``ReleaseScorer`` feeds.
+    """
+    import pandas as pd
+
+    if "true_user_id" not in data.requests.columns:
+        raise ValueError("the evaluation slice has no true_user_id: build it with evaluation_slice from raw rows "
+                         "that include user_id")
+    base = data.requests.assign(day=data.day, relevant=list(data.relevant))
+    base = base[base["true_user_id"].to_numpy(np.int64) >= 0].reset_index(drop=True)
+    base["user_id"] = base["true_user_id"].to_numpy(np.int64)  # the id the visitor would send
+    base["split"] = np.where(np.isin(base["true_user_id"].to_numpy(np.int64), np.asarray(known_users, np.int64)),
+                             "warm", "new")
+    parts = [base]
+    if anonymous:
+        parts.append(base.assign(user_id=np.int64(-1), split="anonymous"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def true_evaluation(lists: Mapping, requests, world, history, visits, k: int, seed: int = 0, n_boot: int = 1000):
+    """``lib.policy_value.evaluate`` of ``lists`` (name -> (requests, k) raw ids) on the gate requests, the
+    references beside them (``history``: raw rows of the days before, with ``day``; ``visits``: the gate day's
+    raw rows, whose sessions the context ceiling samples)."""
+    from recsys_assets.lib import policy_value
+
+    columns = ["user_id", "true_user_id", "device_type", "timestamp", "split", "day", "relevant"]
+    return policy_value.evaluate(requests[columns], lists, world=world, history=history, visits=visits, k=k,
+                                 seed=seed, n_boot=n_boot)
+
+
 def evaluate(scorer: ReleaseScorer | None, data: EvaluationSlice, k: int = 100, popularity: np.ndarray | None = None,
              available_from: np.ndarray | None = None) -> dict:
-    """recall@k of retrieval and AUC of ranking on the slice, for a release (``scorer``) or, without one, for
-    ``popularity`` scores (raw item id -> score) over the items available that day (``available_from``)."""
+    """The logged measures: recall@k of retrieval and AUC of ranking against the slice's clicks (exposure-biased:
+    they favour what the logging policy showed), for a release (``scorer``) or, without one, for ``popularity``
+    scores (raw item id -> score) over the items available that day (``available_from``)."""
     from recsys_assets.lib.evaluation import popularity_top_k
     from recsys_assets.lib.metrics import auc, recall_at_k
 
@@ -148,11 +253,11 @@ def evaluate(scorer: ReleaseScorer | None, data: EvaluationSlice, k: int = 100, 
             "requests": int(len(data.requests)), "rows": int(len(data.rows)), "clicks": int(labels.sum())}
 
 
-def gate(candidate: Mapping, served: Mapping | None, popularity: Mapping, fingerprint: str, k: int = 100,
-         tolerance: float = 0.005) -> list:
-    """DESIGN.md "Gates" on the slice: beat popularity on recall@k and AUC, and drop neither by more than
-    ``tolerance`` against the served release on the same rows (no served release: popularity test only).
-    Returns ``[(check name, passed, description)]`` for ``beats_popularity`` and ``no_regression``."""
+def logged_gate(candidate: Mapping, served: Mapping | None, popularity: Mapping, fingerprint: str, k: int = 100,
+                tolerance: float = 0.005) -> list:
+    """DESIGN.md "Gates" where there is no truth (own data): beat popularity on logged recall@k and AUC, and drop
+    neither by more than ``tolerance`` against the served release on the same rows (no served release: popularity
+    test only). Returns ``[(check name, passed, description)]`` for ``beats_popularity`` and ``no_regression``."""
     from recsys_assets.lib.evaluation import gate as metric_gate
 
     outcomes: dict[str, list] = {"beats_popularity": [], "no_regression": []}

@@ -28,7 +28,7 @@ from recsys_assets.defs.feature_store.resources import FeastResource, ValkeyReso
 from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest import assets as ingest
 from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
-from recsys_assets.lib import daily, dataset, paths
+from recsys_assets.lib import daily, dataset, paths, policy_value
 from recsys_assets.lib import embeddings as emb
 from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib import popularity as pop
@@ -516,3 +516,9 @@ def test_the_replay_evaluation_runs_on_a_tiny_release(tmp_path_factory, resource
     record = json.loads(store.read_bytes(paths.served_evaluation(day, "json")))
     assert record["fingerprint"] == m["fingerprint"] and "served/all/recall@10" in record["metrics"]
     assert store.exists(paths.served_evaluation(day, "png"))
+    # the primary measure: true expected clicks with capture per split, and the check judged by it
+    true = store.read_parquet(paths.served_evaluation(day, "true.parquet"))
+    assert {"served", "served_diverse", "popularity", "oracle_no_taste", "context_ceiling"} <= set(true["method"])
+    assert m["measure"] == policy_value.TRUTH_MEASURE and {"capture/served/warm", "capture/served/anonymous"} <= set(m)
+    assert "true expected clicks" in found["served_beats_popularity"].description
+    assert record["true"]["fingerprint"] == m["fingerprint"] and "served/warm/value" in record["true"]["metrics"]

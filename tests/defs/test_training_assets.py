@@ -18,7 +18,7 @@ import pytest
 from recsys_assets.defs.index import assets as index_assets
 from recsys_assets.defs.resources import PROJECT_ROOT, ArtifactStoreResource, MerlinRunner, WorldResource
 from recsys_assets.defs.training import assets as training
-from recsys_assets.lib import dataset, masking, paths
+from recsys_assets.lib import dataset, masking, paths, policy_value
 from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.generator import World
@@ -229,6 +229,13 @@ def test_evaluation_reports_references_and_context_sensitivity(trained):
     assert oracle > random
     ranking = json.loads(store.read_bytes(f"{paths.RANKING_EVALUATION}/summary.json"))
     assert 0.0 <= ranking["context_sensitivity"]["final_all_contexts"] <= 1.0
+    # the primary measure: true expected clicks of the top 10 with capture per split, beside the references
+    for out, method in ((paths.RETRIEVAL_EVALUATION, VARIANT), (paths.RANKING_EVALUATION, "dlrm")):
+        true = pd.read_parquet(store.local_path(f"{out}/true_table.parquet"))
+        assert {method, "popularity", "oracle", "oracle_no_taste", "heuristic"} <= set(true["method"])
+        rows = true[true["method"] == method]
+        assert len(rows) and rows["capture"].notna().all() and rows["value"].between(0, 1).all()
+    assert summary["measure"] == ranking["measure"] == policy_value.TRUTH_MEASURE
     lists = pd.read_parquet(store.local_path(f"{paths.RANKING_EVALUATION}/context_lists.parquet"))
     assert len(lists) == 3 * 4 * 10 and lists["item_id"].between(0, 2464).all()
 
@@ -239,14 +246,16 @@ def test_gate_blocks_a_regression_and_a_bad_model(trained):
     # A regression against the deployed release on the same rows: its record claims better numbers.
     retrieval = json.loads(store.read_bytes(f"{paths.RETRIEVAL_EVALUATION}/summary.json"))["record"]
     ranking = json.loads(store.read_bytes(f"{paths.RANKING_EVALUATION}/summary.json"))["record"]
-    deployed = {"retrieval": {**retrieval, "metrics": {"recall@100": retrieval["metrics"]["recall@100"] + 0.05}},
-                "ranking": {**ranking, "metrics": {"auc": ranking["metrics"]["auc"] + 0.05}}}
+    assert training.TRUE_METRIC in ranking["metrics"]  # the gate's measure: true expected clicks of the top 10
+    deployed = {"retrieval": {**retrieval, "metrics": {m: v + 0.05 for m, v in retrieval["metrics"].items()}},
+                "ranking": {**ranking, "metrics": {m: v + 0.05 for m, v in ranking["metrics"].items()}}}
     store.write_bytes(paths.DEPLOYED_EVALUATION, json.dumps(deployed).encode())
     try:
         result = dg.materialize([training.ranking_evaluation], resources=resources, run_config={"ops": {
             "ranking_evaluation": evaluations["ops"]["ranking_evaluation"]}}, raise_on_error=False)
         regression = _checks_of(result, "ranking_evaluation")["no_regression"]
         assert not regression.passed and "drops" in regression.metadata["description"].value
+        assert regression.metadata["description"].value.startswith(training.TRUE_METRIC)
         assert _checks_of(result, "ranking_evaluation")["beats_popularity"].passed
     finally:
         store.delete(paths.DEPLOYED_EVALUATION)

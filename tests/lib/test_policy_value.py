@@ -119,6 +119,35 @@ def test_a_deliberately_bad_model_has_negative_capture_and_fails_the_gate(world,
     assert not any(o.passed for o in regressed if o.name.endswith("no_regression"))
 
 
+def test_the_release_gate_compares_with_the_served_list_on_the_same_requests(world, requests, history, days,
+                                                                            result):
+    truth = policy_value.truth(world, result.requests)
+    worst = evaluation.top_k(-truth.p, truth.allowed, policy_value.K)
+    both = _evaluate(world, requests, history, days, {"good": result.lists["oracle_no_taste"], "bad": worst,
+                                                      "same": result.lists["oracle_no_taste"]}, seed=3)
+    first = {o.name: o for o in policy_value.release_gate(both, "good", n_boot=200)}
+    assert first["beats_popularity"].passed and first["no_regression"].passed
+    assert "first release" in first["no_regression"].description
+    # the same list as the served one: a difference of exactly zero, no regression
+    same = {o.name: o for o in policy_value.release_gate(both, "same", "good", n_boot=200)}
+    assert same["no_regression"].passed and same["no_regression"].metadata["users_high"] == 0.0
+    # a deliberately bad list: below popularity, and below the served list beyond the interval on every split
+    bad = {o.name: o for o in policy_value.release_gate(both, "bad", "good", n_boot=200)}
+    assert not bad["beats_popularity"].passed and not bad["no_regression"].passed
+    assert "warm, new, anonymous" in bad["no_regression"].description
+    diff, low, high = policy_value.paired_difference(both, "bad", "good", n_boot=200)
+    assert low <= diff <= high < 0
+    # a small drop inside the bootstrap interval is no regression: one warm list swapped for popularity's
+    nudged = result.lists["oracle_no_taste"].copy()
+    nudged[np.flatnonzero(result.requests["split"] == "warm")[0]] = result.lists["popularity"][0]
+    close = _evaluate(world, requests, history, days, {"nudged": nudged, "good": result.lists["oracle_no_taste"]},
+                      seed=3)
+    diff, low, high = policy_value.paired_difference(close, "nudged", "good", ("warm",), n_boot=200)
+    assert diff < 0 <= high
+    assert {o.name: o.passed for o in policy_value.release_gate(close, "nudged", "good", n_boot=200)}[
+        "no_regression"]
+
+
 def test_results_are_deterministic_for_a_seed(world, requests, history, days, result):
     again = _evaluate(world, requests, history, days, {}, seed=3)
     pd.testing.assert_frame_equal(again.table, result.table)

@@ -1,13 +1,18 @@
 """The list as served, evaluated each day: the release's daily judgement by the users' own clicks.
 
 ``served_list_evaluation[day]`` (part of ``daily_job``): the day's requests (each user who clicked: device and time
-of their first visit) replayed through the RUNNING ensemble with diversity off and on, scored against what those
-users clicked that day, beside the oracle and popularity (``lib.served_evaluation``). It runs before the day's
+of their first visit) replayed through the RUNNING ensemble with diversity off and on. Primary measure: the lists'
+true expected clicks (the generator's p(click) for the true user in the request's context) with capture of the
+ceiling per split, beside popularity, random, the heuristic, the oracle, the oracle without the hidden taste term
+and the context ceiling (``lib.policy_value``); the check ``served_beats_popularity`` judges by it. Secondary
+(exposure-biased) and the only measure without truth (own data): recall/NDCG against what those users clicked that
+day, coverage and diversity (``lib.served_evaluation``). It runs before the day's
 refresh on purpose (``daily_online_features`` and ``daily_popularity_tables`` depend on it): the refresh writes
 the day's end-of-day ``top_category`` online, which would leak the day's clicks into the replay. Without a running
 server it records that (a failed, non-blocking check) and the refresh goes on.
 """
 
+import dataclasses
 import json
 from typing import List
 
@@ -19,7 +24,7 @@ from recsys_assets.defs.ingest.assets import items, raw_interactions, users
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, daily_partitions, partition_day, window_dep
 from recsys_assets.defs.release.resources import ServedEnsemble
 from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
-from recsys_assets.lib import daily, paths
+from recsys_assets.lib import daily, paths, policy_value
 from recsys_assets.lib import served_evaluation as se
 from recsys_assets.lib.settings import partition_key
 
@@ -40,6 +45,8 @@ class ServedListEvaluationConfig(dg.Config):
     oracle: bool = True
     """Score the generator's oracle beside the served list (off in production: real users have no ground truth)."""
     seed: int = 0
+    bootstrap_samples: int = 1000
+    """Resamples of the bootstrap intervals of the true values and captures."""
 
 
 SERVED_CHECKS = ("replayed", "no_failed_requests", "served_beats_popularity")
@@ -51,11 +58,13 @@ SERVED_CHECKS = ("replayed", "no_failed_requests", "served_beats_popularity")
 def served_list_evaluation(context: dg.AssetExecutionContext, config: ServedListEvaluationConfig,
                            artifacts: ArtifactStoreResource, world: WorldResource,
                            served_ensemble: ServedEnsemble) -> dg.MaterializeResult:
-    """The day's requests replayed through the running ensemble: recall@k, NDCG@k, coverage and category
-    diversity for warm, new and anonymous users, diversity off and on, beside the oracle and popularity.
+    """The day's requests replayed through the running ensemble, diversity off and on, for warm, new and
+    anonymous users: true expected clicks and capture (with a world), recall@k, NDCG@k, coverage and category
+    diversity, beside the references.
 
-    Files: ``evaluation/served/day_XX.parquet`` (the table), ``.json`` (the gate record: request fingerprint and
-    every number), ``.png``. The release gate calls ``lib.served_evaluation.evaluate_day`` the same way.
+    Files: ``evaluation/served/day_XX.parquet`` (the logged table), ``.true.parquet`` (the true-value table, with
+    a world), ``.json`` (the record: request fingerprint and every number), ``.png``. The references' history is
+    the popularity window (the days this asset depends on).
     """
     day = partition_day(context)
     store = artifacts.store()
@@ -79,7 +88,8 @@ def served_list_evaluation(context: dg.AssetExecutionContext, config: ServedList
                                       diversity=diversity)
             return ids
 
-        result = se.evaluate_day(store, world.world() if config.oracle else None, recommend, day, known,
+        truth = world.truth() if config.oracle else None
+        result = se.evaluate_day(store, truth, recommend, day, known,
                                  per_split=config.requests_per_split,
                                  popularity_days=config.popularity_days, k=config.top_k,
                                  diversity_modes=tuple(config.diversity_modes), seed=config.seed)
@@ -90,13 +100,31 @@ def served_list_evaluation(context: dg.AssetExecutionContext, config: ServedList
     record = result.record()
     failures = {m: list(f.values())[:5] for m, f in result.lists.failures.items() if f}
     store.write_parquet(paths.served_evaluation(day, "parquet"), table)
-    store.write_bytes(paths.served_evaluation(day, "json"), json.dumps(
-        {**record, "known_users": known_from, "popularity_window": result.popularity_window,
-         "failures": failures, "url": served_ensemble.url}, indent=1).encode())
     with store.writing(paths.served_evaluation(day, "png")) as tmp:
         se.plot(table, tmp, title=f"day {day:02d} ({partition_key(day, START_DATE)}): lists as served, "
                                   f"{len(result.requests)} requests")
-    gate = result.gate()
+    true = None
+    if truth is not None:
+        served_lists = {m: result.lists.lists[m] for m in ("served", "served_diverse") if m in result.lists.lists}
+        history = se.logged_days(store, range(max(0, day - config.popularity_days), day))
+        true = policy_value.evaluate(result.requests, served_lists, world=truth, history=history,
+                                     visits=se.logged_days(store, [day]), k=config.top_k, seed=config.seed,
+                                     n_boot=config.bootstrap_samples)
+        store.write_parquet(paths.served_evaluation(day, "true.parquet"), true.table)
+        gate = [dataclasses.replace(o, name=f"served_{o.name}") for o in
+                policy_value.release_gate(true, "served", n_boot=config.bootstrap_samples, seed=config.seed)]
+        true_metadata = {"measure": true.measure, "true_expected_clicks": markdown_table(true.table, ".4f"),
+                         **{f"capture/served/{split}": policy_value.value(true.table, "served", split, "capture")
+                            for split in set(true.table["split"])},
+                         "true_expected_clicks/served/users": policy_value.pooled_value(true, "served"),
+                         "true_expected_clicks/popularity/users": policy_value.pooled_value(true, "popularity")}
+    else:
+        gate = result.gate()
+        true_metadata = {"measure": policy_value.LOGGED_MEASURE}
+    store.write_bytes(paths.served_evaluation(day, "json"), json.dumps(
+        {**record, **({"true": policy_value.record(true, day=day)} if true is not None else {}),
+         "known_users": known_from, "popularity_window": result.popularity_window,
+         "failures": failures, "url": served_ensemble.url}, indent=1).encode())
     k = config.top_k
     n_failed = sum(len(f) for f in result.lists.failures.values())
     calls = sum(len(v) for v in result.lists.latency_ms.values())
@@ -116,6 +144,7 @@ def served_list_evaluation(context: dg.AssetExecutionContext, config: ServedList
                if m in set(table["method"])},
             **{f"{m}/all/diversity": se.metric(table, m, "all", "diversity") for m in se.METHODS
                if m in set(table["method"])},
+            **true_metadata,
             "known_users": known_from,
             "popularity_window": f"days {result.popularity_window}",
             "fingerprint": result.fingerprint,
@@ -131,7 +160,8 @@ def served_list_evaluation(context: dg.AssetExecutionContext, config: ServedList
             check("no_failed_requests", n_failed == 0,
                    f"{n_failed} of {calls} requests failed: {failures}" if n_failed else
                    f"all {calls} requests answered", dg.AssetCheckSeverity.WARN),
-            *[check(o.name, o.passed, o.description, dg.AssetCheckSeverity.WARN, **o.metadata)
+            *[check(o.name, o.passed, o.description, dg.AssetCheckSeverity.WARN, **o.metadata,
+                    **({"true_expected_clicks": true_metadata["true_expected_clicks"]} if true is not None else {}))
               for o in gate if o.name == "served_beats_popularity"],
         ],
     )

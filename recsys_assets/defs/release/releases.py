@@ -9,7 +9,11 @@
   ``dlrm_ranking/N+1`` into the live repository as a *candidate* release (the served one keeps serving), and
   scores candidate and served release, as served, on a held-out slice of the new day. Blocking checks:
   ``inputs_complete``, ``item_vectors_unchanged``, ``onnx_parity``, and the gate (DESIGN.md "Gates"):
-  ``beats_popularity`` and ``no_regression`` (recall@100 and AUC, tolerance 0.005).
+  ``beats_popularity`` and ``no_regression`` by true expected clicks of the top 10 each release would serve to
+  the held-out requests (warm, new, anonymous; ``release.scoring``, ``lib.policy_value.release_gate``): beat
+  popularity over the users' requests, and fall below the served release by no more than the paired bootstrap
+  interval, overall and on every split. Logged recall@100 and AUC are secondary columns, and decide only where
+  there is no truth (a shop's own data: tolerance 0.005). The checks carry the table (capture per split).
 - ``retrained_release``: a whole new release from the full pipeline's outputs (the weekly retrain,
   ``full_retrain_job``: workflows refit on a sliding window, so new vocabularies, with both towers, FAISS index and
   ranker, all together), gated the same way against the served release. It keeps a snapshot of its SavedModels
@@ -32,6 +36,7 @@ parent is that retrain, otherwise the masked day transformed inside the fine-tun
 
 import base64
 import contextlib
+import dataclasses
 import json
 import shutil
 import time
@@ -49,6 +54,7 @@ from recsys_assets.defs.resources import (
     ArtifactStoreResource,
     DeploymentProfileResource,
     MerlinRunner,
+    WorldResource,
 )
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.defs.training.assets import dlrm_onnx, query_tower_onnx, ranking_evaluation, retrieval_evaluation
@@ -107,35 +113,120 @@ def _repository_target(store: ArtifactStore, live):
 
 
 def _slice(store: ArtifactStore, day: int, share: float, seed: int) -> scoring.EvaluationSlice:
-    raw = store.read_parquet(paths.raw_interactions(day), columns=["interaction_id", "session_id"])
+    raw = store.read_parquet(paths.raw_interactions(day), columns=["interaction_id", "session_id", "user_id"])
     masked = store.read_parquet(paths.masked_interactions(day))
     held = scoring.held_out_sessions(raw["session_id"].to_numpy(), share, seed, day)
     return scoring.evaluation_slice(masked, raw, held, day)
 
 
 def _clicked(store: ArtifactStore, day: int, window: int) -> np.ndarray:
-    """Raw item ids clicked in the ``window`` days before ``day`` (the popularity reference of the gate)."""
+    """Raw item ids clicked in the ``window`` days before ``day`` (the popularity reference of the logged gate)."""
     clicked = [store.read_parquet(paths.raw_interactions(d), columns=["item_id", "click"])
                for d in range(max(0, day - window), day) if store.exists(paths.raw_interactions(d))]
     return np.concatenate([c.loc[c["click"] == 1, "item_id"].to_numpy(np.int64) for c in clicked]) if clicked \
         else np.zeros(0, np.int64)
 
 
-def _gate(live, candidate: Release, served, data: scoring.EvaluationSlice, clicked: np.ndarray, k: int,
-          tolerance: float) -> tuple:
-    """Score candidate, served release and popularity on the slice; the gate outcomes and a metrics table."""
-    available = np.load(repository.version_dir(live, candidate, "faiss_retrieval") / "availability.npy")
-    popularity = scoring.popularity_scores(clicked, len(available))
+@dataclasses.dataclass
+class GateResult:
+    """What a release gate measured: its outcomes ``[(check, passed, description)]``, the measure that decided,
+    the logged metrics (always: the secondary columns, or the deciding ones without truth) and, with truth, the
+    true-expected-clicks evaluation of the candidate's and the served release's lists."""
+
+    outcomes: list
+    measure: str
+    logged: dict          # "candidate" / "served" / "popularity" -> {recall@k, auc, requests, rows, clicks}
+    logged_table: pd.DataFrame
+    true: object | None   # lib.policy_value.PolicyValue, or None without a world
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return all(ok for _, ok, _ in self.outcomes)
+
+    def true_table(self) -> pd.DataFrame | None:
+        """Value, capture and the logged recall/NDCG per method and split (the references included)."""
+        if self.true is None:
+            return None
+        columns = ["split", "method", "requests", "value", "value_low", "value_high", "capture", "capture_low",
+                   "capture_high", f"recall@{self.true.lists['candidate'].shape[1]}",
+                   f"ndcg@{self.true.lists['candidate'].shape[1]}"]
+        table = self.true.table
+        return table[[c for c in columns if c in table.columns]]
+
+    def evaluation(self, config) -> dict:
+        """The release record's evaluation section."""
+        from recsys_assets.lib import policy_value
+
+        return {"measure": self.measure, "metrics": self.logged, "k": config.recall_k, "tolerance": config.tolerance,
+                **({"true": policy_value.record(self.true), "true_k": config.top_k} if self.true is not None
+                   else {}),
+                "gates": [{"name": n, "passed": ok, "description": d} for n, ok, d in self.outcomes]}
+
+    def summary(self, k: int) -> dict:
+        """Flat numbers for the asset's metadata: every scored release's logged recall@k and AUC and, with truth,
+        its true expected clicks over the users' requests and its capture per split."""
+        from recsys_assets.lib import policy_value
+
+        out = {"measure": self.measure}
+        for name, metrics in self.logged.items():
+            out[f"recall_at_{k}/{name}"] = float(metrics[f"recall@{k}"])
+            out[f"auc/{name}"] = float(metrics["auc"])
+        if self.true is not None:
+            table = self.true.table
+            for name in ("candidate", "served", "popularity"):
+                if name in self.true.values:
+                    out[f"true_expected_clicks/{name}/users"] = policy_value.pooled_value(self.true, name)
+            for row in table[table["method"].isin(["candidate", "served"])].to_dict("records"):
+                if np.isfinite(row.get("capture", np.nan)):
+                    out[f"capture/{row['method']}/{row['split']}"] = float(row["capture"])
+        return out
+
+    def check_metadata(self) -> dict:
+        """The table every gate check carries: capture per split (with truth) and the logged measures."""
+        table = self.true_table()
+        out = {"measure": self.measure, "logged": markdown_table(self.logged_table, ".4f")}
+        if table is not None:
+            out["true_expected_clicks"] = markdown_table(table, ".4f")
+        return out
+
+
+def _gate(store: ArtifactStore, live, candidate: Release, served, data: scoring.EvaluationSlice, config,
+          world) -> GateResult:
+    """Score candidate, served release and popularity on the held-out requests of the gate day: by true expected
+    clicks of the served list when ``world`` holds the truth, else by the logged measures."""
+    from recsys_assets.lib import policy_value, served_evaluation
+
     t0 = time.perf_counter()
-    metrics = {"candidate": scoring.evaluate(scoring.ReleaseScorer(live, candidate), data, k)}
+    k = config.recall_k
+    available = np.load(repository.version_dir(live, candidate, "faiss_retrieval") / "availability.npy")
+    popularity = scoring.popularity_scores(_clicked(store, data.day, config.popularity_days), len(available))
+    scorers = {"candidate": scoring.ReleaseScorer(live, candidate)}
     if served is not None:
-        metrics["served"] = scoring.evaluate(scoring.ReleaseScorer(live, served), data, k)
-    metrics["popularity"] = scoring.evaluate(None, data, k, popularity=popularity, available_from=available)
-    outcomes = scoring.gate(metrics["candidate"], metrics.get("served"), metrics["popularity"], data.fingerprint, k,
-                       tolerance)
-    rows = [{"scored": name, "release": candidate.release if name == "candidate" else
-             (served.release if name == "served" else "-"), **m} for name, m in metrics.items()]
-    return outcomes, metrics, pd.DataFrame(rows), time.perf_counter() - t0
+        scorers["served"] = scoring.ReleaseScorer(live, served)
+    logged = {name: scoring.evaluate(scorer, data, k) for name, scorer in scorers.items()}
+    logged["popularity"] = scoring.evaluate(None, data, k, popularity=popularity, available_from=available)
+    logged_table = pd.DataFrame([{"scored": name, "release": candidate.release if name == "candidate" else
+                                  (served.release if name == "served" else "-"), **m} for name, m in logged.items()])
+    if world is None:
+        outcomes = scoring.logged_gate(logged["candidate"], logged.get("served"), logged["popularity"],
+                                       data.fingerprint, k, config.tolerance)
+        return GateResult(outcomes, policy_value.LOGGED_MEASURE, logged, logged_table, None,
+                          time.perf_counter() - t0)
+    requests = scoring.gate_requests(data, scorers["candidate"].known_users())
+    catalogue = store.read_parquet(paths.ITEMS)
+    candidates = repository.defaults_from_release(live, candidate).retrieval_topk
+    lists = {name: scorer.recommend(requests, data.day, catalogue, config.top_k, candidates)
+             for name, scorer in scorers.items()}
+    # The references' history: the popularity window before the gate day (popularity, the heuristic's mix and lift)
+    history = served_evaluation.logged_days(store, range(max(0, data.day - config.popularity_days), data.day))
+    true = scoring.true_evaluation(lists, requests, world, history,
+                                   served_evaluation.logged_days(store, [data.day]), config.top_k,
+                                   seed=config.holdout_seed, n_boot=config.bootstrap_samples)
+    gate = policy_value.release_gate(true, "candidate", "served" if served is not None else None,
+                                     n_boot=config.bootstrap_samples, seed=config.holdout_seed)
+    outcomes = [(o.name, o.passed, o.description) for o in gate]
+    return GateResult(outcomes, true.measure, logged, logged_table, true, time.perf_counter() - t0)
 
 
 def _metrics_plot(store: ArtifactStore, rel: str, table: pd.DataFrame, k: int) -> dg.MetadataValue:
@@ -176,9 +267,15 @@ class GateConfig(dg.Config):
     """Share of the gate day's sessions held out (of training, for a fine-tune); the gate scores candidate and
     served release on them."""
     holdout_seed: int = 20260101
+    top_k: int = 10
+    """The length of the served list judged by true expected clicks (the response's default top_k)."""
+    bootstrap_samples: int = 1000
+    """Resamples of the paired bootstrap interval: the candidate may fall below the served release's true
+    expected clicks by no more than it."""
     recall_k: int = 100
     tolerance: float = 0.005
-    """The gate: the candidate may not fall more than this below the served release (recall@k and AUC)."""
+    """Without truth (own data) the gate: the candidate may not fall more than this below the served release
+    (logged recall@k and AUC)."""
     popularity_days: int = 7
     """The popularity reference counts the clicks of this many days before the gate day."""
     keep_releases: int = 3
@@ -206,7 +303,7 @@ class FineTuneConfig(config_from_params(FineTuneParams, exclude=("variant",)), G
     check_specs=[dg.AssetCheckSpec(n, asset="finetuned_models", blocking=True) for n in FINETUNE_CHECKS],
 )
 def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, artifacts: ArtifactStoreResource,
-                     merlin: MerlinRunner) -> dg.MaterializeResult:
+                     merlin: MerlinRunner, world: WorldResource) -> dg.MaterializeResult:
     """The served models fine-tuned on the day (query tower with the candidate tower frozen, DLRM at a lower
     rate) as a candidate release in the live repository, gated against the served release on held-out rows."""
     t_all = time.perf_counter()
@@ -321,20 +418,15 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
             raise dg.Failure(f"the candidate release could not be assembled: {exc}") from exc
         store.write_bytes(paths.triton_release(number), candidate.to_json().encode())
     build_seconds = time.perf_counter() - t1
-    outcomes, metrics, table, eval_seconds = _gate(live, candidate, served, data,
-                                                   _clicked(store, day, config.popularity_days), config.recall_k,
-                                                   config.tolerance)
-    passed = all(ok for _, ok, _ in outcomes)
+    gate = _gate(store, live, candidate, served, data, config, world.truth())
     record = records.ReleaseRecord(
-        release=number, kind="finetune", status="candidate" if passed else "gate_failed", parent=served.release,
+        release=number, kind="finetune", status="candidate" if gate.passed else "gate_failed", parent=served.release,
         day=day, lineage={"variant": lineage["variant"], "two_tower": f"{output}/two_tower/{lineage['variant']}",
                           "dlrm": f"{output}/dlrm", "item_vectors": lineage["item_vectors"],
                           **({"workflows": workflows} if workflows != paths.NVT_WORKFLOWS else {}),
                           "vocabulary": vocabulary},
-        evaluation={"metrics": metrics, "fingerprint": data.fingerprint, "k": config.recall_k,
-                    "tolerance": config.tolerance, "gates": [{"name": n, "passed": ok, "description": d}
-                                                             for n, ok, d in outcomes]},
-        gate_passed=passed, reasons=[d for _, ok, d in outcomes if not ok], ensemble_config=ensemble_text)
+        evaluation={**gate.evaluation(config), "fingerprint": data.fingerprint},
+        gate_passed=gate.passed, reasons=[d for _, ok, d in gate.outcomes if not ok], ensemble_config=ensemble_text)
     record.event("built", run_id=context.run.run_id, seconds=round(time.perf_counter() - t_all, 1))
     records.write_record(store, record)
     k = config.recall_k
@@ -343,18 +435,15 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
             **metadata, "release": number, "status": record.status,
             "changed_models": ", ".join(sorted(set(candidate.changed) - {ENSEMBLE})),
             "versions": _versions_table(candidate, served),
-            f"recall_at_{k}/served": metrics["served"][f"recall@{k}"],
-            f"recall_at_{k}/candidate": metrics["candidate"][f"recall@{k}"],
-            f"recall_at_{k}/popularity": metrics["popularity"][f"recall@{k}"],
-            "auc/served": metrics["served"]["auc"], "auc/candidate": metrics["candidate"]["auc"],
-            "auc/popularity": metrics["popularity"]["auc"],
-            "held_out": markdown_table(table, ".4f"),
-            "metrics_plot": _metrics_plot(store, f"{output}/gate.png", table, k),
-            "build_seconds": round(build_seconds, 2), "evaluation_seconds": round(eval_seconds, 2),
+            **gate.summary(k),
+            "held_out": markdown_table(gate.logged_table, ".4f"),
+            "metrics_plot": _metrics_plot(store, f"{output}/gate.png", gate.logged_table, k),
+            "build_seconds": round(build_seconds, 2), "evaluation_seconds": round(gate.seconds, 2),
             "seconds": round(time.perf_counter() - t_all, 1),
             "manifest": store.uri(paths.triton_release(number)),
         },
-        check_results=[inputs_ok, *frozen, parity_check, *[check(n, ok, d) for n, ok, d in outcomes]],
+        check_results=[inputs_ok, *frozen, parity_check,
+                       *[check(n, ok, d, **gate.check_metadata()) for n, ok, d in gate.outcomes]],
     )
 
 
@@ -374,7 +463,7 @@ class RetrainedReleaseConfig(GateConfig):
     check_specs=[dg.AssetCheckSpec(n, asset="retrained_release", blocking=True) for n in RETRAIN_CHECKS],
 )
 def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleaseConfig,
-                      artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+                      artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
     """A whole new candidate release from the full pipeline's artifacts (new transforms, towers, index, ranker),
     gated against the served release on the held-out sessions of the newest day."""
     t_all = time.perf_counter()
@@ -453,24 +542,19 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
     build_seconds = time.perf_counter() - t1
     live = store.local_path(paths.TRITON_REPOSITORY)
     data = _slice(store, day, config.holdout_share, config.holdout_seed)
-    outcomes, metrics, table, eval_seconds = _gate(live, candidate, served, data,
-                                                   _clicked(store, day, config.popularity_days), config.recall_k,
-                                                   config.tolerance)
-    passed = all(ok for _, ok, _ in outcomes)
+    gate = _gate(store, live, candidate, served, data, config, world.truth())
     offline = {}
     for section, rel in (("retrieval", summary), ("ranking", f"{paths.RANKING_EVALUATION}/summary.json")):
         if store.exists(rel):
             offline[section] = json.loads(store.read_bytes(rel)).get("record")
     record = records.ReleaseRecord(
-        release=number, kind="full", status="candidate" if passed else "gate_failed",
+        release=number, kind="full", status="candidate" if gate.passed else "gate_failed",
         parent=served.release if served else None, day=day,
         lineage={"variant": variant, "two_tower": f"{snapshot}/two_tower", "dlrm": f"{snapshot}/dlrm",
                  "item_vectors": f"{snapshot}/item_vectors.npy", "workflows": f"{snapshot}/workflows",
                  "vocabulary": vocabulary, "trained_on": trained_on},
-        evaluation={"metrics": metrics, "fingerprint": data.fingerprint, "k": config.recall_k,
-                    "tolerance": config.tolerance, "offline": offline,
-                    "gates": [{"name": n, "passed": ok, "description": d} for n, ok, d in outcomes]},
-        gate_passed=passed, reasons=[d for _, ok, d in outcomes if not ok], ensemble_config=ensemble_text)
+        evaluation={**gate.evaluation(config), "fingerprint": data.fingerprint, "offline": offline},
+        gate_passed=gate.passed, reasons=[d for _, ok, d in gate.outcomes if not ok], ensemble_config=ensemble_text)
     record.event("built", run_id=context.run.run_id, seconds=round(time.perf_counter() - t_all, 1))
     records.write_record(store, record)
     k = config.recall_k
@@ -479,16 +563,15 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
                   "trained_on": trained_on, "vocabulary": vocabulary[:16],
                   "parent_release": served.release if served else -1,
                   "changed_models": ", ".join(sorted(set(candidate.changed) - {ENSEMBLE})),
-                  "versions": _versions_table(candidate, served), "held_out": markdown_table(table, ".4f"),
-                  f"recall_at_{k}/candidate": metrics["candidate"][f"recall@{k}"],
-                  "auc/candidate": metrics["candidate"]["auc"],
-                  "metrics_plot": _metrics_plot(store, f"{snapshot}/gate.png", table, k),
-                  "build_seconds": round(build_seconds, 2), "evaluation_seconds": round(eval_seconds, 2),
+                  "versions": _versions_table(candidate, served),
+                  "held_out": markdown_table(gate.logged_table, ".4f"), **gate.summary(k),
+                  "metrics_plot": _metrics_plot(store, f"{snapshot}/gate.png", gate.logged_table, k),
+                  "build_seconds": round(build_seconds, 2), "evaluation_seconds": round(gate.seconds, 2),
                   "seconds": round(time.perf_counter() - t_all, 1),
                   "manifest": store.uri(paths.triton_release(number))},
         check_results=[check("inputs_complete", True, f"{variant} query tower, DLRM, FAISS index, transforms and "
                               f"the held-out sessions of day {day:02d} present"),
-                       *[check(n, ok, d) for n, ok, d in outcomes]],
+                       *[check(n, ok, d, **gate.check_metadata()) for n, ok, d in gate.outcomes]],
     )
 
 

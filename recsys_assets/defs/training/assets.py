@@ -9,9 +9,11 @@
 - ``query_tower_onnx`` / ``dlrm_onnx``: tf2onnx exports (merlin env) with a blocking ``onnx_parity`` check run
   here with onnxruntime on the real rows whose TensorFlow outputs the merlin env saved.
 - ``retrieval_evaluation`` / ``ranking_evaluation`` (pipeline env): the served artifacts (ONNX towers, FAISS
-  index, compiled transforms) scored on the validation days beside popularity, random and the generator's
-  oracle; blocking gates ``beats_popularity`` and ``no_regression`` (DESIGN.md "Gates"). The retrieval
-  evaluation also selects the served query-tower variant.
+  index, compiled transforms) scored on the validation days: first by the true expected clicks of their top 10
+  (retrieval's, and retrieval 300 -> DLRM) with capture of the ceiling (``lib.policy_value``), then by logged
+  recall/NDCG/AUC (exposure-biased) beside popularity, random and the generator's oracle; blocking gates
+  ``beats_popularity`` and ``no_regression`` (DESIGN.md "Gates") on true expected clicks, on the logged measures
+  where there is no truth (own data). The retrieval evaluation also selects the served query-tower variant.
 
 Inputs are checked before a merlin process starts: a missing transformed day or table fails the blocking
 ``inputs_complete`` check, naming what to materialize.
@@ -40,7 +42,8 @@ from recsys_assets.defs.transforms.assets import (
 )
 from recsys_assets.lib import evaluation as ev
 from recsys_assets.lib import faiss_index as fx
-from recsys_assets.lib import paths, retrain
+from recsys_assets.lib import paths, policy_value, retrain
+from recsys_assets.lib import served_evaluation as se
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.feature_spec import ITEM_INPUTS
@@ -430,6 +433,62 @@ def _gates(metric: str, candidate: float, popularity: float, deployed, fingerpri
     return gates
 
 
+TRUE_METRIC = f"true_expected_clicks@{policy_value.K}"
+
+
+def _true_requests(requests, limit: int, seed: int, anonymous_copies: bool) -> tuple:
+    """``lib.policy_value`` requests from evaluation requests (``ev.build_requests``): a seeded sample of at most
+    ``limit``, the raw user as the true user (-1 sent for a masked, anonymous one) and, with
+    ``anonymous_copies``, the identified ones again sent as user -1. Returns them and the sampled row numbers."""
+    rows = np.arange(len(requests))
+    if len(rows) > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
+    picked = requests.iloc[rows]
+    split = picked["split"].to_numpy()
+    base = pd.DataFrame({"user_id": np.where(split == "anonymous", -1, picked["user_id"]).astype(np.int64),
+                         "true_user_id": picked["user_id"].to_numpy(np.int64),
+                         "device_type": picked["device_type"].to_numpy(np.int64),
+                         "timestamp": picked["timestamp"].to_numpy(np.int64),
+                         "day": picked["day"].to_numpy(np.int64), "split": split,
+                         "relevant": list(picked["relevant"])})
+    if anonymous_copies:
+        base = pd.concat([base, base[base["split"] != "anonymous"].assign(user_id=np.int64(-1), split="anonymous")],
+                         ignore_index=True)
+    return base, rows
+
+
+def _true_evaluation(store: ArtifactStore, world, requests, lists: dict, config):
+    """True expected clicks of ``lists`` on ``requests`` beside the references; the history is the popularity
+    window (7 days) before the first validation day up to the last one, the visits the validation days'."""
+    days = sorted({int(d) for d in requests["day"]})
+    history = se.logged_days(store, range(max(0, days[0] - 7), days[-1]))
+    return policy_value.evaluate(requests, lists, world=world, history=history, visits=se.logged_days(store, days),
+                                 seed=config.seed, n_boot=config.bootstrap_samples)
+
+
+def _true_gates(result, method: str, logged: tuple, deployed, fingerprint: str, config) -> list:
+    """The deploy gates by true expected clicks of ``method``'s top 10 over the users' requests (warm and new).
+
+    A deployed record written before true values were recorded has only the logged metric (``logged``: its name,
+    the candidate's value and popularity's): ``no_regression`` then compares that one, and says so."""
+    candidate = policy_value.pooled_value(result, method)
+    popularity = policy_value.pooled_value(result, "popularity")
+    if deployed is None or TRUE_METRIC in deployed.get("metrics", {}):
+        return _gates(TRUE_METRIC, candidate, popularity, deployed, fingerprint, config)
+    name, value, reference = logged
+    regression = [dataclasses.replace(g, description=f"{g.description} (the deployed record predates true "
+                                                     f"expected clicks: compared on logged {name})")
+                  for g in _gates(name, value, reference, deployed, fingerprint, config) if g.name == "no_regression"]
+    return [g for g in _gates(TRUE_METRIC, candidate, popularity, None, fingerprint, config)
+            if g.name == "beats_popularity"] + regression
+
+
+def _true_table(result) -> pd.DataFrame:
+    columns = ["split", "method", "requests", "value", "value_low", "value_high", "capture", "capture_low",
+               "capture_high", f"recall@{policy_value.K}", f"ndcg@{policy_value.K}"]
+    return result.table[[c for c in columns if c in result.table.columns]]
+
+
 # -- retrieval_evaluation --------------------------------------------------------------------------------------
 class RetrievalEvaluationConfig(dg.Config):
     window: bool = False
@@ -442,6 +501,9 @@ class RetrievalEvaluationConfig(dg.Config):
     """Retrieval depth (DESIGN.md: 300 candidates go to the ranker)."""
     max_requests: int = 20_000
     """Requests scored (a seeded sample when there are more; the oracle scores every item for each)."""
+    true_requests: int = 2_000
+    """Requests (a seeded sample) whose top-10 are judged by true expected clicks, each also sent anonymously."""
+    bootstrap_samples: int = 1000
     seed: int = 0
     tolerance: float = ev.GATE_TOLERANCE
 
@@ -455,11 +517,14 @@ RETRIEVAL_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
           check_specs=check_specs("retrieval_evaluation", RETRIEVAL_CHECKS))
 def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEvaluationConfig,
                          artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
-    """Recall@10/100/300 and NDCG@10 of the clicked items of validation sessions, per split, for each query
-    tower variant (ONNX + FAISS, as served) beside popularity, random and the oracle.
+    """For each query tower variant (ONNX + FAISS, as served): the true expected clicks of its top 10 for the
+    true user in the request's context (warm, new, and the same requests sent anonymously), with capture of the
+    ceiling, beside ``lib.policy_value``'s references; and, exposure-biased, recall@10/100/300 and NDCG@10 of the
+    clicked items of validation sessions beside popularity, random and the oracle.
 
-    Selects the served variant (highest recall@100 over all requests) and gates it: it must beat popularity
-    on recall@100 and not drop more than ``tolerance`` below the deployed release.
+    Selects the served variant (highest true expected clicks over the users' requests; without truth, highest
+    recall@100) and gates it on the same measure: it must beat popularity and not drop more than ``tolerance``
+    below the deployed release.
     """
     from recsys_assets.ml.model_inputs import CONTEXT_FEATURES, USER_FEATURES, query_features
     from recsys_assets.serving.transforms import CompiledTransforms
@@ -519,14 +584,31 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
             (time.perf_counter() - t1) * 1e3 / max(2 * len(requests), 1), 3)
 
     table = ev.retrieval_table(rankings, requests, anonymous)
-    selected = max(variants, key=lambda v: ev.metric(table, v, "all", "recall@100"))
     fingerprint = ev.rows_fingerprint(rows["interaction_id"].to_numpy())
+    truth, true = world.truth(), None
+    if truth is not None:
+        true_requests, picked = _true_requests(requests, config.true_requests, config.seed, anonymous_copies=True)
+        identified = np.isin(requests["split"].to_numpy()[picked], ["warm", "new"])
+        top = policy_value.K
+        true = _true_evaluation(store, truth, true_requests, {
+            v: np.vstack([rankings[v][picked, :top], anonymous[v][picked[identified], :top]]) for v in variants},
+            config)
+        selected = max(variants, key=lambda v: policy_value.pooled_value(true, v))
+    else:
+        selected = max(variants, key=lambda v: ev.metric(table, v, "all", "recall@100"))
     candidate = ev.metric(table, selected, "all", "recall@100")
     popularity = ev.metric(table, "popularity", "all", "recall@100")
-    gates = _gates("recall@100", candidate, popularity, _deployed(store, "retrieval"), fingerprint, config)
+    deployed = _deployed(store, "retrieval")
+    if true is not None:
+        gates = _true_gates(true, selected, ("recall@100", candidate, popularity), deployed, fingerprint, config)
+    else:
+        gates = _gates("recall@100", candidate, popularity, deployed, fingerprint, config)
+    true_metrics = {} if true is None else {TRUE_METRIC: policy_value.pooled_value(true, selected)}
 
     out = paths.RETRIEVAL_EVALUATION
     store.write_parquet(f"{out}/table.parquet", table)
+    if true is not None:
+        store.write_parquet(f"{out}/true_table.parquet", true.table)
     store.write_parquet(f"{out}/requests.parquet", requests.assign(
         relevant=[r.tolist() for r in requests["relevant"]],
         cold_relevant=[r.tolist() for r in requests["cold_relevant"]]))
@@ -537,8 +619,11 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
         "selected_variant": selected, "variants": variants, "fingerprint": fingerprint,
         "validation_days": list(config.validation_days), "requests": len(requests),
         "splits": requests["split"].value_counts().to_dict(),
-        "record": {"fingerprint": fingerprint, "metrics": {"recall@100": candidate}, "variant": selected},
+        "measure": policy_value.TRUTH_MEASURE if true is not None else policy_value.LOGGED_MEASURE,
+        "record": {"fingerprint": fingerprint, "metrics": {"recall@100": candidate, **true_metrics},
+                   "variant": selected},
         "metrics": table.to_dict(orient="records"),
+        **({"true": policy_value.record(true)} if true is not None else {}),
         "gates": [{"name": g.name, "passed": g.passed, "description": g.description} for g in gates],
     }
     store.write_bytes(f"{out}/summary.json", json.dumps(summary, indent=1, default=float).encode())
@@ -552,6 +637,13 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
         metadata={
             "requests": len(requests),
             "selected_variant": selected,
+            "measure": policy_value.TRUTH_MEASURE if true is not None else policy_value.LOGGED_MEASURE,
+            **({f"{v}/{TRUE_METRIC}/users": policy_value.pooled_value(true, v) for v in [*variants, "popularity"]}
+               if true is not None else {}),
+            **({f"{v}/capture/{s}": policy_value.value(true.table, v, s, "capture") for v in variants
+                for s in policy_value.SPLITS if ((true.table["method"] == v) & (true.table["split"] == s)).any()}
+               if true is not None else {}),
+            **({"true_expected_clicks": markdown_table(_true_table(true), ".4f")} if true is not None else {}),
             "recall_at_100": candidate,
             "popularity_recall_at_100": popularity,
             **{f"{v}/recall_at_300/{s}": ev.metric(table, v, s, "recall@300")
@@ -568,7 +660,9 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
         },
         check_results=[check("inputs_complete", True, f"{len(variants)} variant(s), validation days "
                               f"{config.validation_days}, serving transforms present"),
-                       *[check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
+                       *[check(g.name, g.passed, g.description, **g.metadata,
+                               **({"true_expected_clicks": markdown_table(_true_table(true), ".4f")}
+                                  if true is not None else {})) for g in gates]],
     )
 
 
@@ -598,6 +692,7 @@ class RankingEvaluationConfig(dg.Config):
     context_hours: list[int] = [2, 8, 13, 20]  # noqa: RUF012 (pydantic copies field defaults)
     """Hours (UTC) of the anonymous-user context grid (with devices 0, 1, 2)."""
     top_k: int = 10
+    bootstrap_samples: int = 1000
     seed: int = 0
     tolerance: float = ev.GATE_TOLERANCE
 
@@ -611,9 +706,12 @@ RANKING_CHECKS = ("inputs_complete", "beats_popularity", "no_regression")
           check_specs=check_specs("ranking_evaluation", RANKING_CHECKS))
 def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluationConfig,
                        artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
-    """AUC and log-loss of the DLRM (ONNX, as served) on every validation impression, per split, beside
-    popularity and the oracle's true probabilities; the end-to-end top-10 (retrieval -> DLRM); and how much an
-    anonymous user's final top-10 changes across devices and hours. Gates the DLRM on AUC.
+    """The end-to-end top-10 (retrieval 300 -> DLRM, as served) judged by true expected clicks for the true user
+    in the request's context, with capture of the ceiling, beside ``lib.policy_value``'s references and
+    retrieval's own top 10; AUC and log-loss of the DLRM (ONNX) on every validation impression, per split, beside
+    popularity and the oracle's true probabilities (AUC against logged clicks is exposure-biased); and how much
+    an anonymous user's final top-10 changes across devices and hours. Gates the DLRM on the end-to-end true
+    expected clicks (without truth: on AUC).
     """
     from recsys_assets.ml.model_inputs import DLRM_FEATURES, split_multimodal
     from recsys_assets.serving.transforms import CompiledTransforms
@@ -664,7 +762,6 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     popularity = max(ev.metric(ranking, "popularity (clicks)", "all", "auc"),
                      ev.metric(ranking, "popularity (ctr)", "all", "auc"))
     fingerprint = ev.rows_fingerprint(rows["interaction_id"].to_numpy())
-    gates = _gates("auc", candidate, popularity, _deployed(store, "ranking"), fingerprint, config)
 
     # Everything a request needs, as serving computes it: compiled transforms and the raw-id multimodal table.
     transforms = CompiledTransforms.load(store.local_path(paths.SERVING_TRANSFORMS))
@@ -672,15 +769,29 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     item_features.update(split_multimodal(table, np.arange(n_items)))
     retrieval = _read_json(store, f"{paths.RETRIEVAL_EVALUATION}/summary.json")
     variant = retrieval["selected_variant"]
-    end_to_end = _end_to_end(store, dlrm, item_features, variant, config)
+    end_to_end, reranked = _end_to_end(store, dlrm, item_features, variant, config)
+    truth, true = world.truth(), None
+    deployed = _deployed(store, "ranking")
+    if truth is not None and len(reranked["requests"]):
+        true_requests, _ = _true_requests(reranked["requests"], len(reranked["requests"]), config.seed,
+                                          anonymous_copies=False)
+        true = _true_evaluation(store, truth, true_requests, reranked["lists"], config)
+        gates = _true_gates(true, "dlrm", ("auc", candidate, popularity), deployed, fingerprint, config)
+    else:
+        gates = _gates("auc", candidate, popularity, deployed, fingerprint, config)
+    true_metrics = {} if true is None else {TRUE_METRIC: policy_value.pooled_value(true, "dlrm")}
     sensitivity, lists = _context_sensitivity(store, dlrm, transforms, item_features, catalogue, variant, config)
 
     out = paths.RANKING_EVALUATION
     store.write_parquet(f"{out}/table.parquet", ranking)
+    if true is not None:
+        store.write_parquet(f"{out}/true_table.parquet", true.table)
     store.write_parquet(f"{out}/context_lists.parquet", lists)
     summary = {
-        "fingerprint": fingerprint, "rows": len(rows), "record": {"fingerprint": fingerprint,
-                                                                       "metrics": {"auc": candidate}},
+        "fingerprint": fingerprint, "rows": len(rows),
+        "measure": policy_value.TRUTH_MEASURE if true is not None else policy_value.LOGGED_MEASURE,
+        "record": {"fingerprint": fingerprint, "metrics": {"auc": candidate, **true_metrics}},
+        **({"true": policy_value.record(true)} if true is not None else {}),
         "metrics": ranking.to_dict(orient="records"), "end_to_end": end_to_end, "context_sensitivity": sensitivity,
         "gates": [{"name": g.name, "passed": g.passed, "description": g.description} for g in gates],
     }
@@ -694,6 +805,13 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     return dg.MaterializeResult(
         metadata={
             "rows": len(rows),
+            "measure": policy_value.TRUTH_MEASURE if true is not None else policy_value.LOGGED_MEASURE,
+            **({f"{m}/{TRUE_METRIC}/users": policy_value.pooled_value(true, m) for m in ("dlrm", "retrieval",
+                                                                                       "popularity")}
+               if true is not None else {}),
+            **({f"dlrm/capture/{s}": policy_value.value(true.table, "dlrm", s, "capture")
+                for s in sorted(set(true.table["split"]))} if true is not None else {}),
+            **({"true_expected_clicks": markdown_table(_true_table(true), ".4f")} if true is not None else {}),
             "auc": candidate,
             "oracle_auc": oracle_auc,
             "gap_to_oracle": oracle_auc - candidate,
@@ -712,7 +830,9 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
         },
         check_results=[check("inputs_complete", True, f"DLRM ONNX, retrieval evaluation and validation days "
                               f"{config.validation_days} present"),
-                       *[check(g.name, g.passed, g.description, **g.metadata) for g in gates]],
+                       *[check(g.name, g.passed, g.description, **g.metadata,
+                               **({"true_expected_clicks": markdown_table(_true_table(true), ".4f")}
+                                  if true is not None else {})) for g in gates]],
     )
 
 
@@ -727,8 +847,9 @@ def _dlrm_scores(dlrm, user: dict, context: dict, item_features: dict, candidate
     return out
 
 
-def _end_to_end(store: ArtifactStore, dlrm, item_features: dict, variant: str, config) -> dict:
-    """Top-10 recall/NDCG of retrieval alone vs retrieval re-ranked by the DLRM, on a sample of requests."""
+def _end_to_end(store: ArtifactStore, dlrm, item_features: dict, variant: str, config) -> tuple:
+    """Top-10 recall/NDCG of retrieval alone vs retrieval re-ranked by the DLRM, on a sample of requests; and
+    the sampled requests with both lists (``{"requests": ..., "lists": {"dlrm": ..., "retrieval": ...}}``)."""
     from recsys_assets.ml.model_inputs import CONTEXT_FEATURES, USER_FEATURES
 
     out = paths.RETRIEVAL_EVALUATION
@@ -752,7 +873,9 @@ def _end_to_end(store: ArtifactStore, dlrm, item_features: dict, variant: str, c
                         ("oracle top-10", oracle[pick, :config.top_k] if n else ranked)):
         rows.append({"list": name, "requests": int(n), **(ev.retrieval_metrics(lists, relevant, (config.top_k,))
                                                          if n else {})})
-    return {"variant": variant, "table": rows}
+    reranked = {"requests": requests.iloc[pick].reset_index(drop=True),
+                "lists": {"dlrm": ranked, "retrieval": candidates[pick, :config.top_k] if n else ranked}}
+    return {"variant": variant, "table": rows}, reranked
 
 
 def _context_sensitivity(store: ArtifactStore, dlrm, transforms, item_features: dict, catalogue: pd.DataFrame,
