@@ -299,7 +299,8 @@ def test_daily_schedule_requests_the_day_job_once_per_partition_whoever_asks():
 
 def test_finetuning_skips_days_without_work_and_blocks_on_missing_inputs(tmp_path):
     store = ArtifactStore(tmp_path / "artifacts")
-    resources = {"artifacts": ArtifactStoreResource(root=store.root), "merlin": MerlinRunner()}
+    resources = {"artifacts": ArtifactStoreResource(root=store.root), "merlin": MerlinRunner(),
+                 "world": WorldResource(seed=7, scale="tiny")}
 
     def run(key):
         return dg.materialize([releases.finetuned_models], resources=resources, partition_key=key,
