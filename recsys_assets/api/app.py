@@ -198,10 +198,11 @@ def create_app(config: ApiConfig) -> FastAPI:
     def post_event(request: Request, response: Response, click: ev.Click,
                    idempotency_key: str | None = Header(None, description="makes retries safe: the same key "
                                                                               "records the click once")):
-        outcome = state(request).clicks.record(click, idempotency_key)
+        s = state(request)
+        outcome = s.clicks.record(click, idempotency_key)
         if outcome.duplicate:
             response.status_code = 200
-        return outcome.to_json()
+        return outcome.to_json(s.catalogue.vocabulary)
 
     @app.delete("/users/{user_id}/seen", tags=["events"], summary="Forget the items a user has seen")
     def delete_seen(request: Request, user_id: int = PathParam(..., description="user id (>= 0)")):

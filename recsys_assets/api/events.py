@@ -39,6 +39,7 @@ from recsys_assets.lib.top_category import (
     NONE,
     WINDOW_SECONDS,
     category_codes,
+    category_vocabulary,
     top_category_of_window,
 )
 
@@ -133,6 +134,7 @@ class Catalogue:
     category_l1: tuple[str, ...]
     category_l2: tuple[str, ...]
     price: np.ndarray               # float64
+    vocabulary: tuple[str, ...] = CATEGORIES  # the category codes' names (``lib.top_category``)
 
     @classmethod
     def from_frame(cls, items) -> Catalogue:
@@ -140,8 +142,9 @@ class Catalogue:
         ids = items["item_id"].to_numpy(np.int64)
         if not (ids == np.arange(len(ids))).all():
             raise ValueError("the catalogue's item ids must be 0..N-1 (raw/items.parquet, the items asset)")
+        vocabulary = category_vocabulary(items["category_l1"])
         return cls(available_from_day=items["available_from_day"].to_numpy(np.int64),
-                   category=category_codes(items["category_l1"].to_numpy()),
+                   category=category_codes(items["category_l1"].to_numpy(), vocabulary), vocabulary=vocabulary,
                    names=tuple(items["name"].astype(str)), category_l1=tuple(items["category_l1"].astype(str)),
                    category_l2=tuple(items["category_l2"].astype(str)),
                    price=items["price"].to_numpy(np.float64))
@@ -260,7 +263,8 @@ def trim_window(entries: list[WindowEntry], window: int = WINDOW_SECONDS, cap: i
     return kept[-cap:] if cap else kept
 
 
-def category_name(code: int | None) -> str | None:
+def category_name(code: int | None, vocabulary: tuple[str, ...] = CATEGORIES) -> str | None:
+    """The name of a category code in ``vocabulary`` (``Catalogue.vocabulary``: the served catalogue's)."""
     if code is None or code < 0:
         return None
-    return CATEGORIES[code]
+    return vocabulary[code]

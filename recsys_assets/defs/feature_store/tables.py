@@ -92,19 +92,22 @@ def coverage_problems(tables: dict[str, pd.DataFrame], user_ids, item_ids) -> li
     return problems
 
 
-DOMAINS = {
-    "age": lambda s: s.between(18, 100),
-    "gender": lambda s: s.isin(["M", "F"]),
-    "top_category": lambda s: s.between(NONE, len(CATEGORIES) - 1),
-    "price": lambda s: s > 0,
-    "item_gender": lambda s: s.isin(["M", "F", "U"]),
-    "category_l1": lambda s: s.isin(CATEGORIES),
-    "category_l2": lambda s: s.astype(str).str.len() > 0,
-}
+def domains(categories: tuple[str, ...] = CATEGORIES) -> dict:
+    """Each feature's valid values; ``categories``: the catalogue's vocabulary (``lib.top_category``)."""
+    return {
+        "age": lambda s: s.between(18, 100),
+        "gender": lambda s: s.isin(["M", "F"]),
+        "top_category": lambda s: s.between(NONE, len(categories) - 1),
+        "price": lambda s: s > 0,
+        "item_gender": lambda s: s.isin(["M", "F", "U"]),
+        "category_l1": lambda s: s.isin(categories),
+        "category_l2": lambda s: s.astype(str).str.len() > 0,
+    }
 
 
-def value_problems(tables: dict[str, pd.DataFrame]) -> list[Problem]:
+def value_problems(tables: dict[str, pd.DataFrame], categories: tuple[str, ...] = CATEGORIES) -> list[Problem]:
     """No nulls anywhere, and every feature value inside its domain."""
+    valid = domains(categories)
     problems = []
     for name, table in tables.items():
         for column in table.columns:
@@ -112,7 +115,7 @@ def value_problems(tables: dict[str, pd.DataFrame]) -> list[Problem]:
             if nulls:
                 problems.append(Problem(name, column, f"{nulls} null values"))
                 continue
-            check = DOMAINS.get(column)
+            check = valid.get(column)
             if check is not None:
                 bad = table.loc[~check(table[column]), column]
                 if len(bad):
