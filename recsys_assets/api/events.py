@@ -90,6 +90,16 @@ def check_k(k: int) -> int:
     return k
 
 
+def _id_value(value, name: str, check) -> int | str:
+    """An id as given: an int (checked) or a shop's text id (``api.ids`` translates it); anything else refused."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return check(value)
+    raise ValueError(f"{name}: expected a valid integer id (or, with own data, the shop's id as text), "
+                     f"got {type(value).__name__}")
+
+
 class Click(BaseModel):
     """``POST /events`` body: one click."""
 
@@ -97,20 +107,23 @@ class Click(BaseModel):
                               json_schema_extra={"examples": [{"user_id": 12, "item_id": 345, "device_type": 1,
                                                                "timestamp": 1768219200}]})
 
-    user_id: int
-    item_id: int
+    # Strings are a shop's own ids (RECSYS_SOURCE, ``api.ids``), translated to int ids before anything else.
+    user_id: int | str
+    item_id: int | str
     device_type: int = -1
     timestamp: int | None = None
 
-    @field_validator("user_id")
+    # "plain": one check of the value, so an error names the field alone (no per-union-member locations), and
+    # nothing is coerced: 12.0 and true are refused, as the strict model refused them before ids could be text.
+    @field_validator("user_id", mode="plain")
     @classmethod
-    def _user(cls, v: int) -> int:
-        return check_user_id(v)
+    def _user(cls, v) -> int | str:
+        return _id_value(v, "user_id", check_user_id)
 
-    @field_validator("item_id")
+    @field_validator("item_id", mode="plain")
     @classmethod
-    def _item(cls, v: int) -> int:
-        return check_item_id(v)
+    def _item(cls, v) -> int | str:
+        return _id_value(v, "item_id", check_item_id)
 
     @field_validator("device_type")
     @classmethod
