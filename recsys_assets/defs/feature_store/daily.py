@@ -25,6 +25,7 @@ from recsys_assets.defs.feature_store import tables as t
 from recsys_assets.defs.feature_store.resources import FeastResource, ValkeyResource
 from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest.assets import items, raw_interactions, users
+from recsys_assets.defs.ingest.sources import ingest_source
 from recsys_assets.defs.partitions import (
     START_DATE,
     daily_partitions,
@@ -34,7 +35,7 @@ from recsys_assets.defs.partitions import (
 )
 from recsys_assets.defs.release.evaluation import served_list_evaluation
 from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
-from recsys_assets.lib import daily, dataset, paths
+from recsys_assets.lib import daily, paths
 from recsys_assets.lib import popularity as pop
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
 from recsys_assets.serving.stages.feast_item_lookup import SIGNAL_KEY
@@ -54,7 +55,7 @@ class DailyOnlineFeaturesConfig(dg.Config):
     verify_batch: int = 5000
     """Entities per ``get_online_features`` call when the day's users and items are read back."""
     grow_users: bool = True
-    """Add the day's cohort to ``raw/users.parquet`` when it is missing (locally: from the generator)."""
+    """Add the day's cohort to ``raw/users.parquet`` when it is missing (from the generator, or own data's id map)."""
 
 
 ONLINE_CHECKS = ("top_category_days", "new_users_online", "new_items_online")
@@ -69,7 +70,7 @@ def _grow_users(context, store: ArtifactStore, world: WorldResource, day: int, e
     have = int(current["signup_day"].max()) if len(current) else -1
     if have >= day or not enabled:
         return current
-    grown = dataset.write_users(store, world.world(), day)
+    grown, _ = ingest_source(world).users(store, day)  # the generator's cohorts, or own data's mapped users
     context.log.info(f"users table grown from day {have:02d} to day {day:02d}: {len(grown) - len(current)} new")
     # The users asset's file changed: record it as a materialization of that asset, so lineage stays true.
     context.log_event(dg.AssetMaterialization(
