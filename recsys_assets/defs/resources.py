@@ -66,7 +66,7 @@ class DeploymentProfileResource(dg.ConfigurableResource):
 
 # What a Merlin step inherits from the process that launches it (the code location or run pod).
 MERLIN_FORWARDED_ENV = (
-    "RECSYS_ARTIFACTS", "RECSYS_SCALE", "RECSYS_START_DATE", "RECSYS_PROFILE", "RECSYS_SEED",
+    "RECSYS_ARTIFACTS", "RECSYS_SCALE", "RECSYS_START_DATE", "RECSYS_PROFILE", "RECSYS_SEED", "RECSYS_SOURCE",
 )
 # On Kubernetes the step also needs the AWS region for S3 (IRSA supplies the role, not the region).
 MERLIN_FORWARDED_ENV_K8S = ("AWS_REGION", "AWS_DEFAULT_REGION")
