@@ -96,3 +96,30 @@ def test_a_missing_required_column_fails_naming_the_file(own):
 def test_the_id_map_writers_share_one_pool():
     for asset in (ingest.items, ingest.users, ingest.raw_interactions):
         assert asset.op.pool == ID_MAP_POOL, asset.key
+
+
+def test_own_days_reach_the_masked_interactions_and_the_feast_users_table(own):
+    """Past ingest: top_category over the shop's categories, masking with no known ages, Feast's users table."""
+    from recsys_assets.defs.feature_store import tables
+    from recsys_assets.defs.features.assets import user_top_category
+    from recsys_assets.defs.transforms.assets import masked_interactions
+    from recsys_assets.lib import masking
+
+    resources, _ = own
+    store = ArtifactStore(resources["artifacts"].root)
+    assert dg.materialize(CATALOGUE, resources=resources).success
+    for key in ("2026-01-01", "2026-01-02"):
+        _day(resources, key)
+    assert dg.materialize([ingest.users], resources=resources).success
+    for key in ("2026-01-01", "2026-01-02"):
+        result = dg.materialize([user_top_category, masked_interactions], resources=resources, partition_key=key)
+        assert result.success and all(c.passed for c in result.get_asset_check_evaluations()), key
+    users = store.read_parquet(paths.USERS)
+    assert masking.training_mean_age(users, 8) == masking.NO_KNOWN_AGE  # no users file: no age known
+    masked = store.read_parquet(paths.masked_interactions(0))
+    assert (masked["age"] == masking.NO_KNOWN_AGE).all() and set(masked["gender"]) == {-1}
+    assert set(masked["category_l1"]) <= {"home", "apparel", "outdoors"}
+    top = store.read_parquet(paths.top_category(1))["top_category"]
+    assert top.max() < 3  # codes of the shop's 3 categories, not the generator's 20
+    feast_users = tables.users_table(users, masking.training_mean_age(users, 8))
+    assert not tables.value_problems({"users": feast_users}, ("apparel", "home", "outdoors"))

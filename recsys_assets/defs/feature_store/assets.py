@@ -26,7 +26,7 @@ from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest.assets import items, raw_interactions, users
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, partition_keys
 from recsys_assets.defs.resources import ArtifactStoreResource
-from recsys_assets.lib import paths
+from recsys_assets.lib import masking, paths
 from recsys_assets.lib import popularity as pop
 from recsys_assets.lib.artifacts import ArtifactNotFound
 from recsys_assets.lib.top_category import category_vocabulary
@@ -77,7 +77,7 @@ def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesC
     snapshots = {d: store.read_parquet(paths.user_top_category(d)) for d in days}
 
     out = {
-        "users": t.users_table(raw_users),
+        "users": t.users_table(raw_users, masking.training_mean_age(raw_users, TRAIN_DAYS[-1])),
         "user_top_category": t.top_category_history(raw_users, snapshots),
         "items": t.items_table(raw_items, START_DATE),
     }

@@ -28,6 +28,7 @@ from recsys_assets.defs.ingest.assets import items, raw_interactions, users
 from recsys_assets.defs.ingest.sources import ingest_source
 from recsys_assets.defs.partitions import (
     START_DATE,
+    TRAIN_DAYS,
     daily_partitions,
     partition_day,
     partition_keys,
@@ -35,7 +36,7 @@ from recsys_assets.defs.partitions import (
 )
 from recsys_assets.defs.release.evaluation import served_list_evaluation
 from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
-from recsys_assets.lib import daily, paths
+from recsys_assets.lib import daily, masking, paths
 from recsys_assets.lib import popularity as pop
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
 from recsys_assets.serving.stages.feast_item_lookup import SIGNAL_KEY
@@ -117,7 +118,9 @@ def daily_online_features(context: dg.AssetExecutionContext, config: DailyOnline
     last = max(d for d in range(len(present)) if present[d] == d)
     snapshots = {d: store.read_parquet(paths.user_top_category(d)) for d in range(last + 1)}
     catalogue = store.read_parquet(paths.ITEMS)
-    tables = {"users": t.users_table(raw_users), "user_top_category": t.top_category_history(raw_users, snapshots),
+    mean_age = masking.training_mean_age(raw_users, TRAIN_DAYS[-1])  # what an unknown age becomes (own data)
+    tables = {"users": t.users_table(raw_users, mean_age),
+              "user_top_category": t.top_category_history(raw_users, snapshots),
               "items": t.items_table(catalogue, START_DATE)}
     for name, rel in (("users", paths.FEAST_USERS), ("user_top_category", paths.FEAST_USER_TOP_CATEGORY),
                       ("items", paths.FEAST_ITEMS)):
