@@ -32,7 +32,10 @@ def _day(resources, key):
     assert result.success
     checks = _checks(result)
     assert checks and all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items()}
-    return result.asset_materializations_for_node("raw_interactions")[0].metadata
+    by_asset = {m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node(
+        "raw_interactions")}
+    assert by_asset["users"]["rows"].value > 0  # the day's users reached the users table (and its lineage)
+    return by_asset["raw_interactions"]
 
 
 def test_own_folder_through_the_ingest_assets(own):
@@ -52,7 +55,13 @@ def test_own_folder_through_the_ingest_assets(own):
     item_map = load_id_map(store, paths.ITEM_ID_MAP, "item")
     assert item_map.source_ids == ("SKU-001", "SKU-002", "SKU-003", "SKU-005")  # SKU-004 quarantined
 
+    # Before any day (no users file), the users table is empty and says why; each day then adds its users.
+    early = dg.materialize([ingest.users], resources=resources)
+    assert early.success and all(c.passed for c in _checks(early).values())
+    assert len(store.read_parquet(paths.USERS)) == 0
+
     day0 = _day(resources, "2026-01-01")
+    assert len(store.read_parquet(paths.USERS)) == len(load_id_map(store, paths.USER_ID_MAP, "user")) > 0
     assert day0["duplicate_events"].value >= 1
     assert day0["events_for_unknown_items"].value == 1
     assert day0["rows_quarantined"].value == 1  # the unknown event type ("view")

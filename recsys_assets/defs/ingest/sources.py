@@ -40,6 +40,7 @@ class DayRows:
     item_categories: object         # Series: category_l1 by item id (for the day's category mix)
     metadata: dict
     publish: object                 # () -> None: writes the day's files
+    users_rows: int | None = None   # own data: the users table was rewritten with the day's new users (its rows)
 
 
 class GeneratedData:
@@ -111,14 +112,17 @@ class OwnData:
 
     def day(self, store, day: int) -> DayRows:
         # ``ingest_day`` publishes as it goes; a day that then fails a blocking check is unpublished by the asset.
+        # The users table is rewritten from the grown map at once: own users come from the events, and the days'
+        # masking reads their rows (the generator's users asset knows its cohorts in advance).
         result = self._call(own.ingest_day, self.folder, store, day, self.start_date, self.seed)
+        users = self._call(own.ingest_users, self.folder, store, self.start_date)
         items = (store.read_parquet(paths.ITEMS, columns=["item_id", "available_from_day", "category_l1"])
                  .sort_values("item_id").set_index("item_id"))
         meta = {**result.report.metadata(), "new_users": int(sum(d == day for d in result.user_map.first_days)),
                 **_paths(store, paths.quarantine(day), paths.unknown_item_events(day), paths.UNDATED_QUARANTINE,
                          paths.USER_ID_MAP)}
         return DayRows(result.interactions, len(result.user_map), items["available_from_day"].to_numpy(),
-                       items["category_l1"], meta, lambda: None)
+                       items["category_l1"], meta, lambda: None, users_rows=users.rows_out)
 
     @staticmethod
     def _call(function, *args, **kwargs):
