@@ -132,3 +132,23 @@ def test_own_days_reach_the_masked_interactions_and_the_feast_users_table(own):
     assert top.max() < 3  # codes of the shop's 3 categories, not the generator's 20
     feast_users = tables.users_table(users, masking.training_mean_age(users, 8))
     assert not tables.value_problems({"users": feast_users}, ("apparel", "home", "outdoors"))
+
+
+def test_a_source_with_images_gets_them_copied_and_a_missing_one_noted(own):
+    from PIL import Image
+
+    resources, folder = own
+    (folder / "img").mkdir()
+    Image.new("RGB", (8, 8), "red").save(folder / "img" / "kettle.png")
+    lines = ITEMS_CSV.splitlines()
+    rows = [lines[0] + ",image"] + [line + (",img/kettle.png" if line.startswith("SKU-001") else
+                                            ",img/missing.png" if line.startswith("SKU-002") else ",")
+                                    for line in lines[1:]]
+    (folder / "items.csv").write_text("\n".join(rows) + "\n")
+    result = dg.materialize(CATALOGUE, resources=resources)
+    assert result.success
+    meta = result.asset_materializations_for_node("item_images")[0].metadata
+    assert (meta["images"].value, meta["has_images"].value, meta["images_unreadable"].value) == (1, True, 1)
+    assert "missing.png" in meta["notes"].value
+    store = ArtifactStore(resources["artifacts"].root)
+    assert store.list(paths.ITEM_IMAGES) == [paths.item_image(0)]
