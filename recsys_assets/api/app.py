@@ -167,7 +167,7 @@ def create_app(config: ApiConfig) -> FastAPI:
              summary="The top k items for a user in a context, with product details")
     async def recommendations(
         request: Request,
-        user_id: int | str = Query(..., description="user id (>= 0), or -1 for an anonymous user; with own data "
+        user_id: str = Query(..., description="user id (>= 0), or -1 for an anonymous user; with own data "
                                                     "(RECSYS_SOURCE) the shop's user id, empty for anonymous"),
         device_type: int | None = Query(None, description="0 desktop, 1 mobile, 2 tablet, -1 unknown"),
         timestamp: int | None = Query(None, description="Unix seconds (default: the server's clock)"),
@@ -175,7 +175,8 @@ def create_app(config: ApiConfig) -> FastAPI:
         diversity: bool | None = Query(None, description="score-weighted sampling instead of the top k"),
     ):
         s = state(request)
-        asked, user_id = user_id, s.ids.user(user_id)
+        asked, user_id = user_id, s.ids.user_param(user_id)
+        asked = asked if s.ids.own else user_id  # the shop's id as given; the generator's as an int
         try:
             ev.check_user_id(user_id)
             if device_type is not None:
@@ -214,19 +215,20 @@ def create_app(config: ApiConfig) -> FastAPI:
         return {**outcome.to_json(s.catalogue.vocabulary), "user_id": asked.user_id, "item_id": asked.item_id}
 
     @app.delete("/users/{user_id}/seen", tags=["events"], summary="Forget the items a user has seen")
-    def delete_seen(request: Request, user_id: int | str = PathParam(..., description="user id (>= 0); own "
-                                                                                        "data: the shop's")):
+    def delete_seen(request: Request, user_id: str = PathParam(..., description="user id (>= 0); own data: the "
+                                                                              "shop's")):
         s = state(request)
-        return {**s.clicks.reset_seen(s.ids.user(user_id)), "user_id": user_id}
+        result = s.clicks.reset_seen(s.ids.user_param(user_id))
+        return {**result, "user_id": user_id} if s.ids.own else result
 
     @app.get("/items/{item_id}/image", tags=["items"], name="item_image", summary="A product image (JPEG)",
              response_class=FileResponse)
-    def item_image(request: Request, item_id: int | str):
+    def item_image(request: Request, item_id: str):
         from recsys_assets.lib import paths
         from recsys_assets.lib.artifacts import ArtifactNotFound
 
         s = state(request)
-        item_id = s.ids.item(item_id, status=404)
+        item_id = s.ids.item_param(item_id, status=404)
         if not 0 <= item_id < len(s.catalogue):
             raise ev.InvalidRequest(f"item_id {item_id} is not in the catalogue (ids 0..{len(s.catalogue) - 1})",
                                     status=404)

@@ -44,6 +44,19 @@ class GeneratorIds:
                                  "synthetic generator's ids; RECSYS_SOURCE is not set)", status)
         return item_id
 
+    # Query and path parameters always arrive as text: an integer literal is the generator's id there.
+    def user_param(self, text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            return self.user(text)
+
+    def item_param(self, text: str, status: int = 422) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            return self.item(text, status)
+
     def item_out(self, item_id: int) -> int:
         return item_id
 
@@ -92,6 +105,12 @@ class SourceIds:
             raise InvalidRequest(f"item_id {text!r} is not in the catalogue ({len(self.items)} items, e.g. "
                                  f"{list(self.items.source_ids[:3])}): ingest the catalogue that has it", status)
         return self._item_index[text]
+
+    def user_param(self, text: str) -> int:
+        return self.user(text)
+
+    def item_param(self, text: str, status: int = 422) -> int:
+        return self.item(text, status)
 
     def item_out(self, item_id: int) -> str:
         return self.items.source_ids[item_id]
