@@ -1,6 +1,13 @@
 # The two commands of the README: `make demo` (the main job) and `make test`. Both set up what they need.
 SHELL := /bin/bash
 PY := .venv/bin/python
+# `make demo SOURCE=path` (or SOURCE=s3://bucket/prefix): a shop's own data instead of the generator
+# (docs/own-data.md). A local path is made absolute (Merlin steps and the API run elsewhere); its artifacts go
+# to their own root, so they never mix with the generator's ids. Set RECSYS_START_DATE to the data's first day.
+ifneq ($(strip $(SOURCE)),)
+export RECSYS_SOURCE := $(if $(filter s3://%,$(SOURCE)),$(SOURCE),$(abspath $(SOURCE)))
+export RECSYS_ARTIFACTS ?= $(CURDIR)/artifacts-own/$(notdir $(patsubst %/,%,$(SOURCE)))
+endif
 export RECSYS_ARTIFACTS ?= $(CURDIR)/artifacts
 export DAGSTER_HOME ?= $(RECSYS_ARTIFACTS)/dagster_home
 export HF_HUB_OFFLINE ?= 1
@@ -14,7 +21,7 @@ export RECSYS_CLIP_OFFLINE_FALLBACK ?= 1
 setup:  ## create .venv and .venv-merlin from the lock files (only what changed)
 	@scripts/setup.sh
 
-demo: setup  ## the whole pipeline on the embedded defaults, then a summary
+demo: setup  ## the whole pipeline on the embedded defaults (SOURCE=path: on a shop's own data), then a summary
 	@$(PY) -m recsys_assets.demo
 
 test: setup  ## the whole test suite (starts and stops its own services)
@@ -31,4 +38,4 @@ dev: setup  ## the Dagster UI on http://127.0.0.1:3000 over the local artifacts
 	@.venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 clean:  ## remove generated artifacts (keeps the environments)
-	rm -rf artifacts test-artifacts
+	rm -rf artifacts artifacts-own test-artifacts

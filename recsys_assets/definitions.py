@@ -31,7 +31,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def build_resources(settings: Settings) -> dict:
     resources = {
         "artifacts": ArtifactStoreResource(root=settings.artifacts),
-        "world": WorldResource(seed=settings.seed, scale=settings.scale, start_date=settings.start_date.isoformat()),
+        "world": WorldResource(seed=settings.seed, scale=settings.scale, start_date=settings.start_date.isoformat(),
+                               source=settings.source),
         "profile": DeploymentProfileResource(profile=settings.profile),
         "merlin": MerlinRunner(profile=settings.profile),
     }

@@ -43,6 +43,7 @@ from recsys_assets.api import events as ev
 from recsys_assets.api.clicks import Backends, ClickPath, ServiceUnavailable
 from recsys_assets.api.config import ApiConfig
 from recsys_assets.api.guard import Guard
+from recsys_assets.api.ids import load_ids
 from recsys_assets.api.online import OnlineStoreUnavailable
 from recsys_assets.api.triton import TritonClient, TritonRejected, TritonUnavailable
 
@@ -53,6 +54,7 @@ log = logging.getLogger("recsys_assets.api")
 class ApiState:
     config: ApiConfig
     catalogue: ev.Catalogue
+    ids: object  # api.ids: GeneratorIds or SourceIds (a shop's string ids)
     backends: Backends
     clicks: ClickPath
     triton: TritonClient
@@ -95,7 +97,10 @@ def create_app(config: ApiConfig) -> FastAPI:
         catalogue = load_catalogue(store)
         endpoint, server = _valkey_endpoint(config)
         backends = Backends(config, endpoint)
-        state = ApiState(config=config, catalogue=catalogue, backends=backends,
+        from recsys_assets.lib.settings import GENERATOR_SOURCE
+
+        ids = load_ids(config.source != GENERATOR_SOURCE, store)
+        state = ApiState(config=config, catalogue=catalogue, ids=ids, backends=backends,
                          clicks=ClickPath(config, backends, catalogue),
                          triton=TritonClient(config.triton_url, config.triton_timeout_s,
                                              probe_timeout_s=config.ready_probe_timeout_s), store=store,
@@ -162,13 +167,16 @@ def create_app(config: ApiConfig) -> FastAPI:
              summary="The top k items for a user in a context, with product details")
     async def recommendations(
         request: Request,
-        user_id: int = Query(..., description="user id (>= 0), or -1 for an anonymous user"),
+        user_id: str = Query(..., description="user id (>= 0), or -1 for an anonymous user; with own data "
+                                                    "(RECSYS_SOURCE) the shop's user id, empty for anonymous"),
         device_type: int | None = Query(None, description="0 desktop, 1 mobile, 2 tablet, -1 unknown"),
         timestamp: int | None = Query(None, description="Unix seconds (default: the server's clock)"),
         k: int | None = Query(None, description="how many (1..100; default the server's, 10)"),
         diversity: bool | None = Query(None, description="score-weighted sampling instead of the top k"),
     ):
         s = state(request)
+        asked, user_id = user_id, s.ids.user_param(user_id)
+        asked = asked if s.ids.own else user_id  # the shop's id as given; the generator's as an int
         try:
             ev.check_user_id(user_id)
             if device_type is not None:
@@ -186,9 +194,9 @@ def create_app(config: ApiConfig) -> FastAPI:
         items = []
         for item_id, score in zip(result.ids, result.scores):
             details = s.catalogue.details(item_id) or {}
-            items.append({"item_id": item_id, "score": score, **details,
-                          "image_url": str(request.url_for("item_image", item_id=item_id))})
-        return {"user_id": user_id, "device_type": device_type, "timestamp": timestamp, "k": len(items),
+            items.append({"item_id": s.ids.item_out(item_id), "score": score, **details,
+                          "image_url": str(request.url_for("item_image", item_id=s.ids.item_out(item_id)))})
+        return {"user_id": asked, "device_type": device_type, "timestamp": timestamp, "k": len(items),
                 "items": items, "triton_ms": round(took, 3)}
 
     @app.post("/events", tags=["events"], status_code=201,
@@ -198,22 +206,29 @@ def create_app(config: ApiConfig) -> FastAPI:
     def post_event(request: Request, response: Response, click: ev.Click,
                    idempotency_key: str | None = Header(None, description="makes retries safe: the same key "
                                                                               "records the click once")):
-        outcome = state(request).clicks.record(click, idempotency_key)
+        s = state(request)
+        asked = click
+        click = click.model_copy(update={"user_id": s.ids.user(click.user_id), "item_id": s.ids.item(click.item_id)})
+        outcome = s.clicks.record(click, idempotency_key)
         if outcome.duplicate:
             response.status_code = 200
-        return outcome.to_json()
+        return {**outcome.to_json(s.catalogue.vocabulary), "user_id": asked.user_id, "item_id": asked.item_id}
 
     @app.delete("/users/{user_id}/seen", tags=["events"], summary="Forget the items a user has seen")
-    def delete_seen(request: Request, user_id: int = PathParam(..., description="user id (>= 0)")):
-        return state(request).clicks.reset_seen(user_id)
+    def delete_seen(request: Request, user_id: str = PathParam(..., description="user id (>= 0); own data: the "
+                                                                              "shop's")):
+        s = state(request)
+        result = s.clicks.reset_seen(s.ids.user_param(user_id))
+        return {**result, "user_id": user_id} if s.ids.own else result
 
     @app.get("/items/{item_id}/image", tags=["items"], name="item_image", summary="A product image (JPEG)",
              response_class=FileResponse)
-    def item_image(request: Request, item_id: int):
+    def item_image(request: Request, item_id: str):
         from recsys_assets.lib import paths
         from recsys_assets.lib.artifacts import ArtifactNotFound
 
         s = state(request)
+        item_id = s.ids.item_param(item_id, status=404)
         if not 0 <= item_id < len(s.catalogue):
             raise ev.InvalidRequest(f"item_id {item_id} is not in the catalogue (ids 0..{len(s.catalogue) - 1})",
                                     status=404)

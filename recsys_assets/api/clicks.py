@@ -159,10 +159,11 @@ class ClickOutcome:
     window_size: int = 0
     timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
-    def to_json(self) -> dict:
+    def to_json(self, categories: tuple[str, ...] = ev.CATEGORIES) -> dict:
+        """``categories``: the served catalogue's vocabulary (``Catalogue.vocabulary``), naming the codes."""
         out = dataclasses.asdict(self)
-        out["top_category_before_name"] = ev.category_name(self.top_category_before)
-        out["top_category_after_name"] = ev.category_name(self.top_category_after)
+        out["top_category_before_name"] = ev.category_name(self.top_category_before, categories)
+        out["top_category_after_name"] = ev.category_name(self.top_category_after, categories)
         return out
 
 

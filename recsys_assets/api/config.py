@@ -151,6 +151,7 @@ def bloom_settings_from_repository(repository: Path) -> BloomSettings:
 class ApiConfig:
     artifacts: str = "artifacts"
     start_date: dt.date = dt.date(2026, 1, 1)
+    source: str = "generator"  # RECSYS_SOURCE: a folder or prefix -> the API speaks its string ids (api.ids)
     host: str = "127.0.0.1"
     port: int = DEFAULT_API_PORT
     triton_url: str = f"http://127.0.0.1:{DEFAULT_TRITON_PORT}"
@@ -228,6 +229,7 @@ class ApiConfig:
         return cls(
             artifacts=root,
             start_date=settings.start_date,
+            source=settings.source,
             host=(env.get("RECSYS_API_HOST") or "127.0.0.1").strip(),
             port=_int(env, "RECSYS_API_PORT", DEFAULT_API_PORT, 1, 65535),
             triton_url=triton.rstrip("/"),

@@ -39,6 +39,7 @@ from recsys_assets.lib.top_category import (
     NONE,
     WINDOW_SECONDS,
     category_codes,
+    category_vocabulary,
     top_category_of_window,
 )
 
@@ -89,6 +90,16 @@ def check_k(k: int) -> int:
     return k
 
 
+def _id_value(value, name: str, check) -> int | str:
+    """An id as given: an int (checked) or a shop's text id (``api.ids`` translates it); anything else refused."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return check(value)
+    raise ValueError(f"{name}: expected a valid integer id (or, with own data, the shop's id as text), "
+                     f"got {type(value).__name__}")
+
+
 class Click(BaseModel):
     """``POST /events`` body: one click."""
 
@@ -96,20 +107,23 @@ class Click(BaseModel):
                               json_schema_extra={"examples": [{"user_id": 12, "item_id": 345, "device_type": 1,
                                                                "timestamp": 1768219200}]})
 
-    user_id: int
-    item_id: int
+    # Strings are a shop's own ids (RECSYS_SOURCE, ``api.ids``), translated to int ids before anything else.
+    user_id: int | str
+    item_id: int | str
     device_type: int = -1
     timestamp: int | None = None
 
-    @field_validator("user_id")
+    # "plain": one check of the value, so an error names the field alone (no per-union-member locations), and
+    # nothing is coerced: 12.0 and true are refused, as the strict model refused them before ids could be text.
+    @field_validator("user_id", mode="plain")
     @classmethod
-    def _user(cls, v: int) -> int:
-        return check_user_id(v)
+    def _user(cls, v) -> int | str:
+        return _id_value(v, "user_id", check_user_id)
 
-    @field_validator("item_id")
+    @field_validator("item_id", mode="plain")
     @classmethod
-    def _item(cls, v: int) -> int:
-        return check_item_id(v)
+    def _item(cls, v) -> int | str:
+        return _id_value(v, "item_id", check_item_id)
 
     @field_validator("device_type")
     @classmethod
@@ -133,6 +147,7 @@ class Catalogue:
     category_l1: tuple[str, ...]
     category_l2: tuple[str, ...]
     price: np.ndarray               # float64
+    vocabulary: tuple[str, ...] = CATEGORIES  # the category codes' names (``lib.top_category``)
 
     @classmethod
     def from_frame(cls, items) -> Catalogue:
@@ -140,8 +155,9 @@ class Catalogue:
         ids = items["item_id"].to_numpy(np.int64)
         if not (ids == np.arange(len(ids))).all():
             raise ValueError("the catalogue's item ids must be 0..N-1 (raw/items.parquet, the items asset)")
+        vocabulary = category_vocabulary(items["category_l1"])
         return cls(available_from_day=items["available_from_day"].to_numpy(np.int64),
-                   category=category_codes(items["category_l1"].to_numpy()),
+                   category=category_codes(items["category_l1"].to_numpy(), vocabulary), vocabulary=vocabulary,
                    names=tuple(items["name"].astype(str)), category_l1=tuple(items["category_l1"].astype(str)),
                    category_l2=tuple(items["category_l2"].astype(str)),
                    price=items["price"].to_numpy(np.float64))
@@ -260,7 +276,8 @@ def trim_window(entries: list[WindowEntry], window: int = WINDOW_SECONDS, cap: i
     return kept[-cap:] if cap else kept
 
 
-def category_name(code: int | None) -> str | None:
+def category_name(code: int | None, vocabulary: tuple[str, ...] = CATEGORIES) -> str | None:
+    """The name of a category code in ``vocabulary`` (``Catalogue.vocabulary``: the served catalogue's)."""
     if code is None or code < 0:
         return None
-    return CATEGORIES[code]
+    return vocabulary[code]

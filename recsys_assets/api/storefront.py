@@ -111,7 +111,7 @@ def context(request: Request) -> dict:
         "new_user_id": random.randrange(*NEW_USER_IDS),
         "devices": [{"code": code, "name": name} for code, name in sorted(ev.DEVICES.items(), key=lambda kv:
                                                                             (kv[0] < 0, kv[0]))],
-        "categories": list(ev.CATEGORIES),
+        "categories": list(request.app.state.api.catalogue.vocabulary),
         "k_max": ev.RANKING_TOPK,
         "window_seconds": ev.WINDOW_SECONDS,
     }
@@ -147,8 +147,10 @@ def recent(request: Request, user_id: int = PathParam(..., description="user id 
     for entry in sorted(window, key=lambda e: e.timestamp, reverse=True)[:RECENT_LIMIT]:
         details = s.catalogue.details(entry.item_id) or {}
         clicks.append({"item_id": entry.item_id, "timestamp": entry.timestamp, "event_id": entry.event_id,
-                       **details, "category": ev.category_name(entry.category) or details.get("category"),
+                       **details, "category": ev.category_name(entry.category, s.catalogue.vocabulary)
+                       or details.get("category"),
                        "image_url": str(request.url_for("item_image", item_id=entry.item_id))})
-    return {"user_id": user_id, "top_category": top, "top_category_name": ev.category_name(top),
+    names = s.catalogue.vocabulary
+    return {"user_id": user_id, "top_category": top, "top_category_name": ev.category_name(top, names),
             "top_category_event_time": stored_at, "window_size": len(window),
-            "window_top_category_name": ev.category_name(ev.window_top_category(window)), "clicks": clicks}
+            "window_top_category_name": ev.category_name(ev.window_top_category(window), names), "clicks": clicks}

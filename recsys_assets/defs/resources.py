@@ -30,12 +30,21 @@ class ArtifactStoreResource(dg.ConfigurableResource):
 
 
 class WorldResource(dg.ConfigurableResource):
-    """The synthetic world the ingest assets generate from (seed, scale profile, date of day 00)."""
+    """Where the data comes from: the synthetic world (seed, scale profile, date of day 00) or, when ``source``
+    names a folder or ``s3://`` prefix (``RECSYS_SOURCE``), a shop's own data in the contract of
+    ``lib.sources`` (docs/own-data.md). The ingest assets ask ``defs.ingest.sources.ingest_source`` which."""
 
     seed: int = 20260101
     scale: str = "demo"
     start_date: str = "2026-01-01"
+    source: str = "generator"
     _world: World | None = PrivateAttr(default=None)
+
+    @property
+    def uses_generator(self) -> bool:
+        from recsys_assets.lib.settings import GENERATOR_SOURCE
+
+        return self.source == GENERATOR_SOURCE
 
     def world(self) -> World:
         import datetime as dt
@@ -64,7 +73,7 @@ class DeploymentProfileResource(dg.ConfigurableResource):
 
 # What a Merlin step inherits from the process that launches it (the code location or run pod).
 MERLIN_FORWARDED_ENV = (
-    "RECSYS_ARTIFACTS", "RECSYS_SCALE", "RECSYS_START_DATE", "RECSYS_PROFILE", "RECSYS_SEED",
+    "RECSYS_ARTIFACTS", "RECSYS_SCALE", "RECSYS_START_DATE", "RECSYS_PROFILE", "RECSYS_SEED", "RECSYS_SOURCE",
 )
 # On Kubernetes the step also needs the AWS region for S3 (IRSA supplies the role, not the region).
 MERLIN_FORWARDED_ENV_K8S = ("AWS_REGION", "AWS_DEFAULT_REGION")

@@ -556,7 +556,8 @@ def fit_pca(x: np.ndarray, dims: int = PCA_DIMS, meta: dict | None = None) -> Pc
     components = np.zeros((dims, x.shape[1]), dtype=np.float64)
     components[:k] = pca.components_
     ratio = np.zeros(dims, dtype=np.float64)
-    ratio[:k] = pca.explained_variance_ratio_
+    # A constant block (every item without an image: zero rows) has no variance; sklearn's ratio is then 0/0.
+    ratio[:k] = np.nan_to_num(pca.explained_variance_ratio_)
     return Pca(mean=pca.mean_.astype(np.float64), components=components, explained_variance_ratio=ratio,
                n_components=k, meta={"fit_rows": int(len(x)), **(meta or {})})
 

@@ -32,12 +32,19 @@ class JoinError(ValueError):
     """The inputs of a day cannot be joined (misaligned rows, ids missing from the catalogue)."""
 
 
+# Own data may know no user's age (no users file, or no age column: ``lib.sources``). Every user then gets this
+# one value, which carries no information (after normalization every age is 0, and all fall in one bucket).
+NO_KNOWN_AGE = 0.0
+
+
 def training_mean_age(users, last_train_day: int) -> float:
-    """Mean age of the users who signed up by ``last_train_day`` (the cold-start default age)."""
+    """Mean known age of the users who signed up by ``last_train_day`` (the cold-start default age); unknown
+    ages (NaN, own data) do not count, and with none known it is :data:`NO_KNOWN_AGE`."""
     registered = users[users["signup_day"] <= last_train_day]
     if registered.empty:
         raise ValueError(f"no users signed up by day {last_train_day}: cannot compute the training mean age")
-    return float(registered["age"].astype("float64").mean())
+    known = registered["age"].astype("float64").dropna()
+    return float(known.mean()) if len(known) else NO_KNOWN_AGE
 
 
 def join_day(raw, users, items, top_category, mean_age: float):

@@ -6,7 +6,10 @@ the category clicked most recently. "Before" is strict: a row's own click never 
 feature, which is how this avoids the seed's leak (it computed the feature from the very days and clicks
 it then trained on, so the label flowed into the feature).
 
-Categories are int codes: positions in :data:`CATEGORIES` (the catalogue's 20 ``category_l1`` values, sorted).
+Categories are int codes: positions in the catalogue's vocabulary, its distinct ``category_l1`` values sorted
+(:func:`category_vocabulary` of the items table). For the generator that is :data:`CATEGORIES`, its fixed 20; a
+shop's own catalogue (``lib.sources``) has its own. A category added to a catalogue later moves the codes after it,
+so the models are retrained (not only fine-tuned) after such a change.
 The serving side (the click path of the events API) keeps the same value up to date in the online store with
 :func:`top_category_of_window`.
 """
@@ -26,13 +29,22 @@ CATEGORIES = (
 CATEGORY_CODE = {c: i for i, c in enumerate(CATEGORIES)}
 
 
-def category_codes(category_l1) -> np.ndarray:
-    """Map category names to codes; an unknown name is an error (it would silently become -1 otherwise)."""
+def category_vocabulary(category_l1) -> tuple[str, ...]:
+    """The names of the category codes: the catalogue's distinct ``category_l1`` values, sorted (pass the items
+    table's whole column). The generator's catalogue gives :data:`CATEGORIES`."""
+    return tuple(sorted(set(np.asarray(category_l1, dtype=object).tolist())))
+
+
+def category_codes(category_l1, vocabulary: tuple[str, ...] = CATEGORIES) -> np.ndarray:
+    """Map category names to codes (positions in ``vocabulary``: :func:`category_vocabulary` of the items table);
+    an unknown name is an error (it would silently become -1 otherwise)."""
     names = np.asarray(category_l1, dtype=object)
-    unknown = sorted(set(names.tolist()) - set(CATEGORY_CODE))
+    code = CATEGORY_CODE if vocabulary is CATEGORIES else {c: i for i, c in enumerate(vocabulary)}
+    unknown = sorted(set(names.tolist()) - set(code))
     if unknown:
-        raise ValueError(f"unknown category_l1 values {unknown[:5]}: expected one of the catalogue's 20 categories")
-    return np.array([CATEGORY_CODE[c] for c in names.tolist()], dtype=np.int64)
+        raise ValueError(f"unknown category_l1 values {unknown[:5]}: expected one of the catalogue's "
+                         f"{len(vocabulary)} categories")
+    return np.array([code[c] for c in names.tolist()], dtype=np.int64)
 
 
 def _dominant(counts: np.ndarray, last_ts: np.ndarray) -> np.ndarray:
@@ -58,10 +70,10 @@ def point_in_time_top_category(clicks_user, clicks_ts, clicks_category, query_us
     cc = np.asarray(clicks_category, np.int64)
     qu = np.asarray(query_user, np.int64)
     qt = np.asarray(query_ts, np.int64)
-    n_cat = len(CATEGORIES)
     out = np.full(len(qu), NONE, dtype=np.int64)
     if len(cu) == 0 or len(qu) == 0:
         return out
+    n_cat = int(cc.max()) + 1  # codes are positions in the catalogue's vocabulary (any size)
     if ct.min() < 0 or qt.min() < 0 or max(ct.max(), qt.max()) >= 2**32:
         raise ValueError("timestamps must be Unix seconds in 0..2^32")
 

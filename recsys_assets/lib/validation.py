@@ -22,6 +22,8 @@ ITEM_SCHEMA = {
 }
 USER_SCHEMA = {"user_id": "int64", "age": "int64", "gender": "object", "signup_day": "int64",
                "signup_timestamp": "int64"}
+# Own data (``lib.sources``) may not know a user's age: NaN, so the column is float.
+OWN_USER_SCHEMA = {**USER_SCHEMA, "age": "float64"}
 VALID_DEVICES = tuple(DEVICES)
 
 

@@ -338,3 +338,41 @@ def test_recommendations_recover_when_triton_comes_up_and_clicks_change_them(onl
         finally:
             server.load(["ensemble_model"])
         assert api.get("/recommendations", params={"user_id": -1, "k": 3}).json()["k"] == 3
+
+
+def test_with_own_data_the_api_speaks_the_shops_ids(online, triton):
+    """RECSYS_SOURCE set: string ids in, string item ids out, through the id maps (here written for the tiny
+    world's ids, as an ingest of a shop's folder would have: ``lib.sources``) and the real ensemble."""
+    from recsys_assets.lib import paths
+    from recsys_assets.lib.sources.id_maps import IdMap, save_id_map
+
+    server, start = triton
+    start()
+    store = ArtifactStore(online.root)
+    n_items, n_users = len(online.catalogue), 1 + max(online.top_category)
+    save_id_map(store, paths.ITEM_ID_MAP, IdMap("item", tuple(f"SKU-{i:05d}" for i in range(n_items)), (0,) * n_items))
+    save_id_map(store, paths.USER_ID_MAP, IdMap("user", tuple(f"u-{u}" for u in range(n_users)), (0,) * n_users))
+    user = _user(online, 9)
+    with TestClient(create_app(online.config(triton_port=server.http_port, source=str(online.root)))) as api:
+        body = api.get("/recommendations", params={"user_id": f"u-{user}", "device_type": 1,
+                                                   "timestamp": DAY3, "k": 5}).json()
+        assert body["user_id"] == f"u-{user}" and body["k"] == 5
+        ids = [i["item_id"] for i in body["items"]]
+        assert all(isinstance(i, str) and i.startswith("SKU-") for i in ids), ids
+        assert body["items"][0]["image_url"].endswith(f"/items/{ids[0]}/image")
+        item = online.items_of("housewares", 1)[0]
+        n_stream = len(_stream(online))
+        clicked = api.post("/events", json={"user_id": f"u-{user}", "item_id": f"SKU-{item:05d}",
+                                            "timestamp": DAY3})
+        assert clicked.status_code == 201, clicked.text
+        assert (clicked.json()["user_id"], clicked.json()["item_id"]) == (f"u-{user}", f"SKU-{item:05d}")
+        assert [(e.user_id, e.item_id) for e in _stream(online)[n_stream:]] == [(user, item)]  # int ids inside
+        unknown = api.post("/events", json={"user_id": f"u-{user}", "item_id": "SKU-nope", "timestamp": DAY3})
+        assert unknown.status_code == 422 and "'SKU-nope' is not in the catalogue" in unknown.text
+        newcomer = api.get("/recommendations", params={"user_id": "u-not-ingested-yet", "k": 3})
+        assert newcomer.status_code == 200 and newcomer.json()["k"] == 3  # served as anonymous
+    # The generator's API keeps integer ids and refuses text.
+    with TestClient(create_app(online.config(triton_port=server.http_port))) as api:
+        assert api.get("/recommendations", params={"user_id": f"u-{user}"}).status_code == 422
+        assert all(isinstance(i["item_id"], int)
+                   for i in api.get("/recommendations", params={"user_id": user, "k": 3}).json()["items"])

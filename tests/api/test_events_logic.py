@@ -65,7 +65,6 @@ def test_k_is_one_to_ranking_topk(k):
 
 
 @pytest.mark.parametrize("body, field", [
-    ({"user_id": "12", "item_id": 3}, "user_id"),            # no silent string -> int
     ({"user_id": 12.0, "item_id": 3}, "user_id"),            # nor float -> int
     ({"user_id": True, "item_id": 3}, "user_id"),            # nor bool -> int
     ({"user_id": 12, "item_id": None}, "item_id"),
@@ -77,6 +76,19 @@ def test_wrong_json_types_and_fields_are_refused(body, field):
     with pytest.raises(ValidationError) as info:
         ev.Click.model_validate_json(json.dumps(body))
     assert field in {str(e["loc"][0]) for e in info.value.errors()}
+
+
+def test_string_ids_are_a_shops_and_never_become_generator_ints():
+    """The model keeps a string id as text (own data's ids, ``api.ids``); the generator's API refuses it."""
+    from recsys_assets.api.ids import GeneratorIds
+
+    click = ev.Click.model_validate_json(json.dumps({"user_id": "12", "item_id": "SKU-1"}))
+    assert (click.user_id, click.item_id) == ("12", "SKU-1")
+    with pytest.raises(ev.InvalidRequest, match="RECSYS_SOURCE is not set"):
+        GeneratorIds().user(click.user_id)
+    with pytest.raises(ev.InvalidRequest, match="expected an integer catalogue id"):
+        GeneratorIds().item(click.item_id)
+    assert GeneratorIds().user(12) == 12 and GeneratorIds().item_out(3) == 3
 
 
 @given(st.text(max_size=140))
@@ -98,8 +110,11 @@ def catalogue():
 
 
 def test_clickable_items_give_their_category_code(catalogue):
-    assert catalogue.check_clickable(1, day=0, start_date=START) == ev.CATEGORIES.index("tools")
-    assert catalogue.check_clickable(2, day=5, start_date=START) == ev.CATEGORIES.index("books")
+    # Codes are positions in the served catalogue's own sorted categories (the generator's: all 20).
+    assert catalogue.vocabulary == ("books", "tools")
+    assert catalogue.check_clickable(1, day=0, start_date=START) == 1
+    assert catalogue.check_clickable(2, day=5, start_date=START) == 0
+    assert ev.category_name(1, catalogue.vocabulary) == "tools"
 
 
 @pytest.mark.parametrize("item, day, message", [

@@ -130,3 +130,17 @@ def test_build_resources_reads_the_environment_when_called():
     assert build_resources(Settings(), environ={})["embedding_settings"].clip_offline_fallback is False
     with pytest.raises(SettingsError, match="RECSYS_CLIP_OFFLINE_FALLBACK='maybe'"):
         build_resources(Settings(), environ={"RECSYS_CLIP_OFFLINE_FALLBACK": "maybe"})
+
+
+def test_a_catalogue_without_images_gets_zero_image_rows_and_text_only(emb_resources):
+    """Own data without images (``item_images`` writes none): the image block is zero, the checks still pass."""
+    store = ArtifactStore(emb_resources["artifacts"].root)
+    store.delete(paths.ITEM_IMAGES)
+    result = _run(emb_resources, _first(20))
+    assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks if not c.passed]
+    assert _meta(result, "item_clip_embeddings")["items_without_image"].value == 20
+    assert _meta(result, "item_multimodal_embeddings")["image_explained_variance"].value == 0
+    table = np.load(store.uri(paths.MULTIMODAL_EMBEDDINGS))
+    assert not table[:, :64].any() and table[:, 64:].any()  # no image information, text only

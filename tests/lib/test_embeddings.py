@@ -254,3 +254,10 @@ def test_projection_plot_writes_a_png(tmp_path):
     pts = np.random.default_rng(1).normal(size=(30, 2))
     emb.projection_plot({"a": pts, "b": -pts}, ["x", "y", "z"] * 10, tmp_path / "p.png", title="t")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pca_of_a_constant_block_explains_nothing_and_projects_to_zero():
+    """Own data without images: every image row is zero; the PCA reports 0 explained variance, not NaN."""
+    pca = emb.fit_pca(np.zeros((30, 128), np.float32), 64)
+    assert pca.explained_variance == 0.0
+    assert not pca.transform(np.zeros((5, 128), np.float32)).any()

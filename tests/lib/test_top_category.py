@@ -60,3 +60,21 @@ def test_catalogue_categories_are_the_fixed_codes():
     from recsys_assets.lib.catalogue import load_catalogue
 
     assert tuple(sorted(load_catalogue()["category_l1"].unique())) == CATEGORIES
+
+
+def test_a_shops_catalogue_has_its_own_vocabulary():
+    """Own data (lib.sources): codes are positions in the catalogue's sorted categories, not the generator's 20."""
+    from recsys_assets.lib.catalogue import load_catalogue
+    from recsys_assets.lib.top_category import category_vocabulary
+
+    shop = ["home", "apparel", "home", "outdoors"]
+    vocabulary = category_vocabulary(shop)
+    assert vocabulary == ("apparel", "home", "outdoors")
+    codes = category_codes(shop, vocabulary)
+    assert codes.tolist() == [1, 0, 1, 2]
+    with pytest.raises(ValueError, match="3 categories"):
+        category_codes(["garden"], vocabulary)
+    # Two clicks on "outdoors" (code 2, beyond a one-category table) then one on "apparel": outdoors dominates.
+    top = point_in_time_top_category([5, 5, 5], [100, 200, 300], [2, 2, 0], [5], [400])
+    assert top.tolist() == [2]
+    assert category_vocabulary(load_catalogue()["category_l1"]) == CATEGORIES  # the generator: unchanged

@@ -113,9 +113,11 @@ def _encode_with_cache(store: ArtifactStore, encoder, payloads, batch_size: int,
     return vectors, stats, rel
 
 
-def _encoder_outcomes(vectors: np.ndarray, n_items: int, where: str) -> list[CheckOutcome]:
+def _encoder_outcomes(vectors: np.ndarray, n_items: int, where: str, encoded=None) -> list[CheckOutcome]:
+    """``encoded``: a mask of the rows that were encoded (the others are zero: items without an image)."""
     finite = bool(np.isfinite(vectors).all())
-    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
+    rows = vectors if encoded is None else vectors[encoded]
+    norms = np.linalg.norm(rows, axis=1) if len(rows) else np.ones(0)
     worst = float(np.abs(norms - 1).max()) if len(norms) else 0.0
     return [
         CheckOutcome("row_per_item", vectors.shape[0] == n_items,
@@ -154,7 +156,9 @@ def item_clip_embeddings(context: dg.AssetExecutionContext, config: ClipEmbeddin
     """Every product image through an open_clip image encoder (default ViT-B-32 / laion2b), unit length.
 
     Row r is item r. Without pretrained weights: a clear failure, or, when the offline fallback is chosen, a
-    seeded random encoder flagged as ``clip_fallback`` in this metadata and in ``clip.json``.
+    seeded random encoder flagged as ``clip_fallback`` in this metadata and in ``clip.json``. An item without an
+    image (own data without images, or with an unreadable one: ``item_images``) gets a zero row, so its image
+    PCA block is constant and the models learn from its text only (``items_without_image`` in the metadata).
     """
     t0 = time.perf_counter()
     store = artifacts.store()
@@ -170,13 +174,19 @@ def item_clip_embeddings(context: dg.AssetExecutionContext, config: ClipEmbeddin
         raise dg.Failure(description=str(exc)) from exc
     if encoder.fallback:
         context.log.warning(f"CLIP offline fallback in use: random {encoder.name} ({encoder.fallback_reason})")
-    images = [store.read_bytes(paths.item_image(i)) for i in catalogue["item_id"]]
-    vectors, stats, _ = _encode_with_cache(store, encoder, images, config.batch_size, embedding_settings.progress)
+    present = set(store.list(paths.ITEM_IMAGES))  # one listing, not a request per item
+    has_image = np.array([paths.item_image(i) in present for i in catalogue["item_id"]], dtype=bool)
+    images = [store.read_bytes(paths.item_image(i)) for i in catalogue["item_id"][has_image]]
+    vectors = np.zeros((len(catalogue), encoder.dim), dtype=np.float32)
+    encoded, stats, _ = _encode_with_cache(store, encoder, images, config.batch_size, embedding_settings.progress)
+    if len(images):
+        vectors[has_image] = encoded
     where = _save_npy(store, paths.CLIP_EMBEDDINGS, vectors)
     _save_json(store, paths.CLIP_MANIFEST, {
         "n_items": len(vectors), "dim": encoder.dim, "keyed_by": "raw item_id (row r = item r)",
         "identity": encoder.identity, "digest": encoder.digest, "device": encoder.device,
         "fallback": encoder.fallback, "fallback_reason": encoder.fallback_reason,
+        "items_without_image": int((~has_image).sum()),
     })
     seconds = time.perf_counter() - t0
     context.log.info(f"CLIP {encoder.name}: {stats.encoded} images encoded, {stats.cache_hits} from cache, "
@@ -187,8 +197,9 @@ def item_clip_embeddings(context: dg.AssetExecutionContext, config: ClipEmbeddin
             "pretrained": "" if encoder.fallback else (spec.weights_path or spec.pretrained),
             "clip_fallback": encoder.fallback,
             "fallback_reason": encoder.fallback_reason or "",
+            "items_without_image": int((~has_image).sum()),
         },
-        check_results=to_results(_encoder_outcomes(vectors, len(catalogue), where)),
+        check_results=to_results(_encoder_outcomes(vectors, len(catalogue), where, has_image)),
     )
 
 

@@ -26,10 +26,10 @@ from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest.assets import items, raw_interactions, users
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, partition_keys
 from recsys_assets.defs.resources import ArtifactStoreResource
-from recsys_assets.lib import paths
+from recsys_assets.lib import masking, paths
 from recsys_assets.lib import popularity as pop
 from recsys_assets.lib.artifacts import ArtifactNotFound
-from recsys_assets.lib.top_category import CATEGORIES
+from recsys_assets.lib.top_category import category_vocabulary
 
 GROUP = "feature_store"
 USER_FEATURE_SERVICE = "user_features"
@@ -77,7 +77,7 @@ def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesC
     snapshots = {d: store.read_parquet(paths.user_top_category(d)) for d in days}
 
     out = {
-        "users": t.users_table(raw_users),
+        "users": t.users_table(raw_users, masking.training_mean_age(raw_users, TRAIN_DAYS[-1])),
         "user_top_category": t.top_category_history(raw_users, snapshots),
         "items": t.items_table(raw_items, START_DATE),
     }
@@ -87,9 +87,10 @@ def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesC
         store.write_parquet(targets[name], df)
 
     coverage = t.coverage_problems(out, raw_users["user_id"].to_numpy(), raw_items["item_id"].to_numpy())
-    values = t.value_problems(out)
+    vocabulary = category_vocabulary(raw_items["category_l1"])
+    values = t.value_problems(out, vocabulary)
     latest = out["user_top_category"].groupby("user_id")["top_category"].last()
-    dist = (latest[latest >= 0].map(dict(enumerate(CATEGORIES))).value_counts().head(8)
+    dist = (latest[latest >= 0].map(dict(enumerate(vocabulary))).value_counts().head(8)
             .rename("users").rename_axis("top_category").reset_index())
     extra_users = np.setdiff1d(out["user_top_category"]["user_id"].unique(), raw_users["user_id"].to_numpy())
     checks = [

@@ -25,8 +25,10 @@ from recsys_assets.defs.feature_store import tables as t
 from recsys_assets.defs.feature_store.resources import FeastResource, ValkeyResource
 from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest.assets import items, raw_interactions, users
+from recsys_assets.defs.ingest.sources import ingest_source
 from recsys_assets.defs.partitions import (
     START_DATE,
+    TRAIN_DAYS,
     daily_partitions,
     partition_day,
     partition_keys,
@@ -34,7 +36,7 @@ from recsys_assets.defs.partitions import (
 )
 from recsys_assets.defs.release.evaluation import served_list_evaluation
 from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
-from recsys_assets.lib import daily, dataset, paths
+from recsys_assets.lib import daily, masking, paths
 from recsys_assets.lib import popularity as pop
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
 from recsys_assets.serving.stages.feast_item_lookup import SIGNAL_KEY
@@ -54,7 +56,7 @@ class DailyOnlineFeaturesConfig(dg.Config):
     verify_batch: int = 5000
     """Entities per ``get_online_features`` call when the day's users and items are read back."""
     grow_users: bool = True
-    """Add the day's cohort to ``raw/users.parquet`` when it is missing (locally: from the generator)."""
+    """Add the day's cohort to ``raw/users.parquet`` when it is missing (from the generator, or own data's id map)."""
 
 
 ONLINE_CHECKS = ("top_category_days", "new_users_online", "new_items_online")
@@ -69,7 +71,7 @@ def _grow_users(context, store: ArtifactStore, world: WorldResource, day: int, e
     have = int(current["signup_day"].max()) if len(current) else -1
     if have >= day or not enabled:
         return current
-    grown = dataset.write_users(store, world.world(), day)
+    grown, _ = ingest_source(world).users(store, day)  # the generator's cohorts, or own data's mapped users
     context.log.info(f"users table grown from day {have:02d} to day {day:02d}: {len(grown) - len(current)} new")
     # The users asset's file changed: record it as a materialization of that asset, so lineage stays true.
     context.log_event(dg.AssetMaterialization(
@@ -116,7 +118,9 @@ def daily_online_features(context: dg.AssetExecutionContext, config: DailyOnline
     last = max(d for d in range(len(present)) if present[d] == d)
     snapshots = {d: store.read_parquet(paths.user_top_category(d)) for d in range(last + 1)}
     catalogue = store.read_parquet(paths.ITEMS)
-    tables = {"users": t.users_table(raw_users), "user_top_category": t.top_category_history(raw_users, snapshots),
+    mean_age = masking.training_mean_age(raw_users, TRAIN_DAYS[-1])  # what an unknown age becomes (own data)
+    tables = {"users": t.users_table(raw_users, mean_age),
+              "user_top_category": t.top_category_history(raw_users, snapshots),
               "items": t.items_table(catalogue, START_DATE)}
     for name, rel in (("users", paths.FEAST_USERS), ("user_top_category", paths.FEAST_USER_TOP_CATEGORY),
                       ("items", paths.FEAST_ITEMS)):

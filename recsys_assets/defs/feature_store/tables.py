@@ -18,6 +18,8 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
+from recsys_assets.lib.masking import NO_KNOWN_AGE
+from recsys_assets.lib.sources.catalogue import NO_GENDER
 from recsys_assets.lib.top_category import CATEGORIES, NONE
 
 SECONDS_PER_DAY = 86_400
@@ -31,9 +33,16 @@ def _utc(seconds) -> pd.Series:
     return pd.to_datetime(np.asarray(seconds, dtype=np.int64), unit="s", utc=True)
 
 
-def users_table(users: pd.DataFrame) -> pd.DataFrame:
+def users_table(users: pd.DataFrame, mean_age: float | None = None) -> pd.DataFrame:
+    """``mean_age``: what an unknown age (NaN: own data) becomes, the training mean age the transforms give such
+    a user (``lib.masking.training_mean_age``), rounded to the table's whole years."""
     out = users[["user_id", "age", "gender"]].copy()
     out["user_id"] = out["user_id"].astype(np.int64)
+    unknown = out["age"].isna()
+    if unknown.any():
+        if mean_age is None:
+            raise ValueError(f"{int(unknown.sum())} users have no age: pass the training mean age to fill them")
+        out.loc[unknown, "age"] = round(mean_age)
     out["age"] = out["age"].astype(np.int64)
     out["event_timestamp"] = _utc(users["signup_timestamp"])
     return out[USER_COLUMNS].sort_values("user_id", kind="stable").reset_index(drop=True)
@@ -92,19 +101,23 @@ def coverage_problems(tables: dict[str, pd.DataFrame], user_ids, item_ids) -> li
     return problems
 
 
-DOMAINS = {
-    "age": lambda s: s.between(18, 100),
-    "gender": lambda s: s.isin(["M", "F"]),
-    "top_category": lambda s: s.between(NONE, len(CATEGORIES) - 1),
-    "price": lambda s: s > 0,
-    "item_gender": lambda s: s.isin(["M", "F", "U"]),
-    "category_l1": lambda s: s.isin(CATEGORIES),
-    "category_l2": lambda s: s.astype(str).str.len() > 0,
-}
+def domains(categories: tuple[str, ...] = CATEGORIES) -> dict:
+    """Each feature's valid values; ``categories``: the catalogue's vocabulary (``lib.top_category``)."""
+    return {
+        # An unknown age is the training mean age (a whole number; own data without ages: masking.NO_KNOWN_AGE).
+        "age": lambda s: s.between(18, 100) | (s == round(NO_KNOWN_AGE)),
+        "gender": lambda s: s.isin(["M", "F", NO_GENDER]),
+        "top_category": lambda s: s.between(NONE, len(categories) - 1),
+        "price": lambda s: s > 0,
+        "item_gender": lambda s: s.isin(["M", "F", "U"]),
+        "category_l1": lambda s: s.isin(categories),
+        "category_l2": lambda s: s.astype(str).str.len() > 0,
+    }
 
 
-def value_problems(tables: dict[str, pd.DataFrame]) -> list[Problem]:
+def value_problems(tables: dict[str, pd.DataFrame], categories: tuple[str, ...] = CATEGORIES) -> list[Problem]:
     """No nulls anywhere, and every feature value inside its domain."""
+    valid = domains(categories)
     problems = []
     for name, table in tables.items():
         for column in table.columns:
@@ -112,7 +125,7 @@ def value_problems(tables: dict[str, pd.DataFrame]) -> list[Problem]:
             if nulls:
                 problems.append(Problem(name, column, f"{nulls} null values"))
                 continue
-            check = DOMAINS.get(column)
+            check = valid.get(column)
             if check is not None:
                 bad = table.loc[~check(table[column]), column]
                 if len(bad):

@@ -12,7 +12,7 @@ from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactNotFound
 from recsys_assets.lib.generator import SECONDS_PER_DAY
 from recsys_assets.lib.settings import partition_key
-from recsys_assets.lib.top_category import CATEGORIES, NONE, category_codes, point_in_time_top_category
+from recsys_assets.lib.top_category import NONE, category_codes, category_vocabulary, point_in_time_top_category
 
 GROUP = "features"
 
@@ -36,7 +36,9 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
     """
     day = partition_day(context)
     store = artifacts.store()
-    category = category_codes(store.read_parquet(paths.ITEMS, columns=["category_l1"])["category_l1"])
+    category_l1 = store.read_parquet(paths.ITEMS, columns=["category_l1"])["category_l1"]
+    vocabulary = category_vocabulary(category_l1)
+    category = category_codes(category_l1, vocabulary)
     missing, frames = [], []
     for d in range(day + 1):
         try:
@@ -73,7 +75,7 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
                              "event_timestamp": pd.to_datetime(np.full(len(clickers), end_of_day), unit="s", utc=True)})
     store.write_parquet(paths.user_top_category(day), snapshot)
 
-    dist = pd.Series(pit[pit != NONE]).map(dict(enumerate(CATEGORIES))).value_counts(normalize=True)
+    dist = pd.Series(pit[pit != NONE]).map(dict(enumerate(vocabulary))).value_counts(normalize=True)
     table = dist.head(8).rename("share").reset_index().rename(columns={"index": "top_category"})
     yield dg.MaterializeResult(
         metadata={

@@ -31,8 +31,9 @@ def configured_source(settings) -> SourceFolder | None:
     return None if settings.uses_generator else SourceFolder(settings.source)
 
 
-def ingest_catalogue(source: SourceFolder, store, start_date: dt.date, day: int = 0) -> Catalogue:
-    """Normalise and publish the catalogue; new items first seen on ``day``."""
+def ingest_catalogue(source: SourceFolder, store, start_date: dt.date, day: int = 0, images: bool = True) -> Catalogue:
+    """Normalise and publish the catalogue; new items first seen on ``day``. ``images=False`` leaves the images
+    to :func:`ingest_images` (the ``item_images`` asset)."""
     previous = None
     if store.exists(paths.ITEMS) and store.exists(paths.ITEM_DESCRIPTIONS):
         previous = (store.read_parquet(paths.ITEMS), store.read_parquet(paths.ITEM_DESCRIPTIONS))
@@ -41,8 +42,25 @@ def ingest_catalogue(source: SourceFolder, store, start_date: dt.date, day: int 
     store.write_parquet(paths.ITEMS, catalogue.items)
     store.write_parquet(paths.ITEM_DESCRIPTIONS, catalogue.descriptions)
     store.write_parquet(paths.ITEMS_QUARANTINE, catalogue.quarantine[list(QUARANTINE_COLUMNS)])
+    if images and catalogue.images:
+        write_item_images(source, store, catalogue)
+    return catalogue
+
+
+def ingest_images(source: SourceFolder, store, start_date: dt.date, day: int = 0) -> Catalogue:
+    """Publish the items' images (``raw/item_images/``) after :func:`ingest_catalogue`; the catalogue is read
+    again with the stored item map, which it does not change (the same file gives the same ids). Without an
+    ``image`` column nothing is written, and stale images of an earlier catalogue are removed, so no item keeps
+    an image the source no longer gives (``has_images`` false in the report)."""
+    if not store.exists(paths.ITEM_ID_MAP):
+        raise SourceError(f"no item id map under {store.root}: ingest the catalogue (the items asset) before the "
+                          "images")
+    previous = (store.read_parquet(paths.ITEMS), store.read_parquet(paths.ITEM_DESCRIPTIONS))
+    catalogue = read_items(source, load_id_map(store, paths.ITEM_ID_MAP, "item"), start_date, day, previous)
     if catalogue.images:
         write_item_images(source, store, catalogue)
+    elif store.exists(paths.ITEM_IMAGES):
+        store.delete(paths.ITEM_IMAGES)
     return catalogue
 
 
