@@ -24,7 +24,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture()
 def served(tmp_path, tiny):
-    """Release 2 served through its aliases: only the ranker's defaults changed, so most aliases link to version 1."""
+    """Release 2 served through its aliases: only a default changed, so most aliases link to version 1."""
     repo = tmp_path / "repo"
     first = build_repository(repo, tiny.trained, ServingDefaults(), tiny.start_date, release=1)
     ensemble_text = (repo / ENSEMBLE / "config.pbtxt").read_text()
