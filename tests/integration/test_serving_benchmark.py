@@ -40,9 +40,9 @@ def test_the_serving_benchmark_produces_every_column_on_a_served_release(tmp_pat
     tiny, workflows = fit_tiny_workflows(tiny_artifacts(tmp_path_factory), work / "nvt")
     root = work / "artifacts"
     store = place_trained_artifacts(root, tiny)
-    shutil.copytree(workflows, store.local_path(paths.NVT_WORKFLOWS))
-    store.local_path(paths.USERS).parent.mkdir(parents=True, exist_ok=True)
-    tiny.users.to_parquet(store.local_path(paths.USERS), index=False)
+    shutil.copytree(workflows, root / paths.NVT_WORKFLOWS)
+    (root / paths.USERS).parent.mkdir(parents=True, exist_ok=True)
+    tiny.users.to_parquet(root / paths.USERS, index=False)
     url = f"redis://127.0.0.1:{valkey.port}"
     publish_online_state(tiny, serving_environ(url, root))
     result = dg.materialize([release_assets.triton_model_repository],
