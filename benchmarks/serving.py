@@ -1,7 +1,7 @@
 """Serving latency and throughput: the 14-model ensemble through a real tritonserver, against the in-process floor.
 
     .venv/bin/python benchmarks/serving.py [--artifacts DIR] [--seconds 20] [--concurrency 1 4 8] [--grpc]
-        [--seed-concurrency 1] [--seed-seconds S] [--rounds 3]
+        [--seed-concurrency 1] [--seed-seconds S] [--rounds 3] [--in-process-requests 1000]
 
 What it measures, in one run on one machine (client included, as a caller of the service sees it):
 
@@ -22,9 +22,10 @@ What it measures, in one run on one machine (client included, as a caller of the
 4. **Feast SDK per request** (the seed's item path, in part): ``get_online_features`` for one user and for the
    300 candidates, timed alone, next to the in-memory item cache the ensemble uses.
 
-Artifacts: ``--artifacts DIR`` uses a built repository under that artifact root
-(``serving/triton_repository``, with its Feast registry, Valkey and the saved workflows ``transforms/workflows``:
-run ``make demo`` first); without it the benchmark builds the tiny artifacts (``release.tiny``: real formats, the
+Artifacts: ``--artifacts DIR`` uses the live repository under that artifact root
+(``serving/triton_repository``, with its Feast registry, Valkey (``RECSYS_VALKEY_URL``, else the root's embedded
+one) and the saved workflows ``transforms/workflows``: run ``make demo`` first) as it is on disk: the release it
+serves (the ensemble runs the release's aliases ``<model>_v<n>``), or a plain build; without it the benchmark builds the tiny artifacts (``release.tiny``: real formats, the
 full 2,465-item catalogue, small models) with their own Valkey and Feast registry in a temporary folder, and fits
 real NVTabular workflows on the tiny world in the merlin env (``seed_faithful.fit_tiny_workflows``) whose compiled
 form the standard repository serves, so both configurations run the same fitted workflows. Numbers only: nothing
@@ -198,7 +199,7 @@ def start_server(repository: Path, environ: dict, workdir: Path) -> tuple[Triton
 def levels_run(server: TritonServer, protocol: str, levels: list[int], seconds: float, mix: list) -> dict:
     """Warm up, load-test each concurrency level, read Triton's per-model breakdown over those levels."""
     url = server.http_url if protocol == "http" else server.grpc_url
-    load_test(url, protocol, 1, 3.0, mix)  # warm-up: first requests pay lazy imports and caches
+    load_test(url, protocol, 1, min(3.0, seconds), mix)  # warm-up: first requests pay lazy imports and caches
     before = server.statistics()
     rows = [load_test(url, protocol, c, seconds, mix, server_pid=server.pid) for c in levels]
     return {"server": rows, "models": model_breakdown(before, server.statistics())}
@@ -300,12 +301,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="duration of each seed-faithful level (default: --seconds)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved concurrency-1 rounds, standard then seed-faithful (0: skip)")
+    parser.add_argument("--in-process-requests", type=int, default=1000,
+                        help="requests timed through the in-process floor (after 50 warm-up requests)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     t0 = time.perf_counter()
     if args.artifacts:
         repository, environ, users, stop_valkey, workflows = setup_artifacts(Path(args.artifacts).resolve())
-        source = f"artifacts {args.artifacts}"
+        from recsys_assets.release.repository import served_release_of
+
+        release = served_release_of(repository)
+        source = f"artifacts {args.artifacts} ({'plain build' if release is None else f'release {release}'})"
     else:
         counts = {k: int(v) for k, v in (item.split("=") for item in args.instances)}
         repository, environ, users, stop_valkey, workflows = setup_tiny(work, counts)
@@ -333,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             s.stop()
         servers = []
-        results["in_process"] = in_process(repository, environ, mix, 1000)
+        results["in_process"] = in_process(repository, environ, mix, args.in_process_requests)
         results["feast_sdk"] = feast_sdk_per_request(environ, users)
     finally:
         for s in servers:

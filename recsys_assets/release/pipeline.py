@@ -5,6 +5,10 @@ the same :class:`~recsys_assets.serving.executor.Executor` Triton's python model
 steps in order, mapping tensors exactly as ``ensemble_model/config.pbtxt`` says. Uses: the in-process floor of
 the serving benchmark (what the stages cost without IPC and scheduling), tests of the whole graph without a
 server, and debugging a request stage by stage (:meth:`InProcessPipeline.trace`).
+
+A served release's ensemble runs aliases (``<model>_v<n>``, :func:`~recsys_assets.release.repository.write_served`):
+each step is loaded from the folder it names, as Triton does (the alias's config and version), and runs the stage
+of the model the alias serves; steps, timings and :meth:`InProcessPipeline.stage` are keyed by that model.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Mapping
 import numpy as np
 
 from recsys_assets.serving.executor import Executor, Metrics, StageContext, config_params
-from recsys_assets.release.repository import ENSEMBLE, served_versions, config_dict, parse_config
+from recsys_assets.release.repository import ENSEMBLE, config_dict, model_of, parse_config, served_versions
 from recsys_assets.serving.stages import stage_class
 
 
@@ -35,12 +39,17 @@ class InProcessPipeline:
         self.timings: dict[str, list[float]] = {}
         try:
             for step in ensemble.ensemble_scheduling.step:
-                model = step.model_name
-                config = parse_config(self.repository / model / "config.pbtxt")
-                version = served_versions(config, self.repository / model)[-1]
-                ctx = StageContext(model_name=model, params=config_params(config_dict(config)),
-                                   model_dir=self.repository / model / str(version), environ=environ,
-                                   metrics=self.metrics, log=logging.getLogger(f"recsys_assets.serving.{model}"))
+                name, model = step.model_name, model_of(step.model_name)
+                folder = self.repository / name
+                if not (folder / "config.pbtxt").exists():
+                    raise FileNotFoundError(f"the ensemble of {self.repository} runs {name!r}, which has no "
+                                            f"{folder / 'config.pbtxt'}: rebuild the repository (or write the "
+                                            "served release's aliases with release.repository.write_served)")
+                config = parse_config(folder / "config.pbtxt")
+                version = served_versions(config, folder)[-1]
+                ctx = StageContext(model_name=name, params=config_params(config_dict(config)),
+                                   model_dir=folder / str(version), environ=environ,
+                                   metrics=self.metrics, log=logging.getLogger(f"recsys_assets.serving.{name}"))
                 executor = Executor(stage_class(model), config_dict(config), ctx)
                 self.steps.append((model, executor, dict(step.input_map), dict(step.output_map)))
         except BaseException:

@@ -465,8 +465,18 @@ def validate_repository(root: Path, require_parameters: bool = True) -> list[str
                 if not config.parameters[key].string_value:
                     problems.append(f"{model}: parameter {key} is empty (the repository build injects it)")
     if ENSEMBLE in configs:
-        problems += _check_ensemble(configs[ENSEMBLE], configs)
+        problems += _check_ensemble(configs[ENSEMBLE], {**configs, **_alias_configs(root, configs[ENSEMBLE])})
     return problems
+
+
+def _alias_configs(root: Path, ensemble) -> dict:
+    """The configs of the aliases a served ensemble runs (``write_served``): what Triton loads for those steps."""
+    found = {}
+    for step in ensemble.ensemble_scheduling.step:
+        path = root / step.model_name / "config.pbtxt"
+        if parse_alias(step.model_name) is not None and path.exists():
+            found[step.model_name] = parse_config(path)
+    return found
 
 
 def _check_ensemble(ensemble, configs: dict) -> list[str]:
@@ -479,7 +489,7 @@ def _check_ensemble(ensemble, configs: dict) -> list[str]:
         if model is None:
             problems.append(f"{where}: no model {step.model_name!r} in the repository")
             continue
-        used_models.add(step.model_name)
+        used_models.add(model_of(step.model_name))
         inputs = {t.name: t for t in model.input}
         outputs = {t.name: t for t in model.output}
         for key, tensor in step.input_map.items():
@@ -523,6 +533,13 @@ def parse_alias(name: str) -> tuple[str, int] | None:
     if m is None or m.group("model") not in MODELS:
         return None
     return m.group("model"), int(m.group("version"))
+
+
+def model_of(name: str) -> str:
+    """The model a Triton model name runs: the model of an alias (``query_tower_v3`` -> ``query_tower``), else the
+    name itself (a plain build's ensemble steps name the model folders)."""
+    parsed = parse_alias(name)
+    return parsed[0] if parsed is not None else name
 
 
 @contextlib.contextmanager

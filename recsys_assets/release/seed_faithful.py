@@ -24,6 +24,10 @@ stub into those model directories (the backend prefers a model's own stub) and a
 ``LD_LIBRARY_PATH``. The env must have numpy < 2 (the bundled stub corrupts tensors under numpy 2; the merlin lock
 pins 1.23.5).
 
+A served release's ensemble runs aliases (``<model>_v<n>``, whose version folders link to the model folders'):
+:func:`make_seed_faithful` rewrites the version folders those aliases serve and sets the variant's parameters in
+both the alias's config (what Triton loads) and the model's own config.
+
 The standard and seed-faithful repositories are interchangeable for a client: same inputs and outputs, same
 ranking (the compiled transforms equal NVTabular, the cache equals Feast), which the integration test checks.
 
@@ -125,9 +129,11 @@ def make_seed_faithful(source: Path, target: Path, workflows_dir: Path, merlin: 
     its ``environ`` into the server's environment).
     """
     from recsys_assets.release.repository import (
+        ENSEMBLE,
         RepositoryError,
-        served_versions,
+        model_of,
         parse_config,
+        served_versions,
         validate_repository,
         write_config,
     )
@@ -140,34 +146,56 @@ def make_seed_faithful(source: Path, target: Path, workflows_dir: Path, merlin: 
                                     "nvt_workflows (or fit_tiny_workflows for tiny artifacts)")
     if target.exists():
         raise FileExistsError(f"{target} exists: write the seed-faithful repository into a fresh folder")
-    # symlinks=False: a served alias folder becomes a real copy, so rewriting it leaves the source untouched
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".tmp-*", ".staging"))
+    # symlinks=True: an alias's version folder links (relatively) to its model's, so in the copy it links to the
+    # copy's, and one rewrite serves both names, leaving the source untouched.
+    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(".tmp-*", ".staging"))
+    ensemble = parse_config(target / ENSEMBLE / "config.pbtxt")
+    served = {model_of(step.model_name): step.model_name for step in ensemble.ensemble_scheduling.step}
+    for model in (*SEED_FAITHFUL_STAGES, "feast_user_lookup"):
+        if model not in served:
+            raise RepositoryError(f"{source}: the ensemble runs no {model!r} (steps: {sorted(served.values())}): "
+                                  "not a repository this code builds; rebuild it")
     for model, (cls, group, what) in SEED_FAITHFUL_STAGES.items():
-        config = parse_config(target / model / "config.pbtxt")
-        for version in served_versions(config, target / model):
-            version_dir = target / model / str(version)
+        folders = sorted({model, served[model]})  # the model's own folder and the alias Triton loads
+        configs = {folder: parse_config(target / folder / "config.pbtxt") for folder in folders}
+        version_dirs = {_inside(target / folder / str(version), target)
+                        for folder, config in configs.items() for version in served_versions(config, target / folder)}
+        for version_dir in sorted(version_dirs):
             shutil.rmtree(version_dir / "__pycache__", ignore_errors=True)
             (version_dir / "model.py").write_text(SHIM.format(model=model, cls=cls))
             if group is not None:
                 shutil.rmtree(version_dir / "transforms", ignore_errors=True)
                 shutil.copytree(workflows_dir / group, version_dir / WORKFLOW_DIR)
             compileall.compile_dir(str(version_dir), quiet=1)
-        if group is not None:
-            config.parameters["EXECUTION_ENV_PATH"].string_value = str(merlin.path)
-            if merlin.stub is not None:
-                shutil.copy2(merlin.stub, target / model / "triton_python_backend_stub")
-        write_config(config, target / model / "config.pbtxt",
-                     f"# Seed-faithful variant: {what}.\n# Stage: recsys_assets/serving/seed_faithful.py ({cls}).\n")
-    user = target / "feast_user_lookup" / "config.pbtxt"
-    config = parse_config(user)
-    config.parameters["FEAST_READ"].string_value = user_feast_read
-    write_config(config, user, f"# Seed-faithful variant: FEAST_READ={user_feast_read} (sdk: get_online_features "
-                               "per request, as the seed).\n")
+        for folder, config in configs.items():
+            if group is not None:
+                config.parameters["EXECUTION_ENV_PATH"].string_value = str(merlin.path)
+                if merlin.stub is not None:  # the backend looks for a model's own stub in its folder
+                    shutil.copy2(merlin.stub, target / folder / "triton_python_backend_stub")
+            header = f"# Seed-faithful variant: {what}.\n# Stage: recsys_assets/serving/seed_faithful.py ({cls}).\n"
+            write_config(config, target / folder / "config.pbtxt", header)
+    for folder in sorted({"feast_user_lookup", served["feast_user_lookup"]}):
+        user = target / folder / "config.pbtxt"
+        config = parse_config(user)
+        config.parameters["FEAST_READ"].string_value = user_feast_read
+        write_config(config, user, f"# Seed-faithful variant: FEAST_READ={user_feast_read} (sdk: get_online_features "
+                                   "per request, as the seed).\n")
     # The seed-faithful stages declare the same tensors as the standard ones, so the standard checks apply.
     problems = validate_repository(target)
     if problems:
         raise RepositoryError("the seed-faithful repository is not servable:\n- " + "\n- ".join(problems))
     return merlin
+
+
+def _inside(version_dir: Path, root: Path) -> Path:
+    """The real folder behind ``version_dir``, made a copy inside ``root`` when it links outside (an absolute
+    link to the source repository), so the rewrite never touches the source."""
+    real = version_dir.resolve()
+    if real.is_relative_to(root.resolve()):
+        return real
+    version_dir.unlink()
+    shutil.copytree(real, version_dir)
+    return version_dir
 
 
 # -- tiny workflows ---------------------------------------------------------------------------------------------
