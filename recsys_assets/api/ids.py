@@ -17,6 +17,7 @@ what is expected.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -25,6 +26,7 @@ from recsys_assets.lib import paths
 from recsys_assets.lib.sources.id_maps import ANONYMOUS, load_id_map
 
 RELOAD_SECONDS = 30.0
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class GeneratorIds:
@@ -34,28 +36,24 @@ class GeneratorIds:
 
     def user(self, user_id: int | str) -> int:
         if isinstance(user_id, str):
-            raise InvalidRequest(f"user_id {user_id!r}: expected an integer id >= 0, or -1 for an anonymous user "
-                                 "(this API serves the synthetic generator's ids; RECSYS_SOURCE is not set)")
+            raise InvalidRequest(f"user_id {user_id!r} is not a valid integer id: expected an integer >= 0, or -1 "
+                                 "for an anonymous user (this API serves the synthetic generator's ids; "
+                                 "RECSYS_SOURCE is not set)")
         return user_id
 
     def item(self, item_id: int | str, status: int = 422) -> int:
         if isinstance(item_id, str):
-            raise InvalidRequest(f"item_id {item_id!r}: expected an integer catalogue id (this API serves the "
+            raise InvalidRequest(f"item_id {item_id!r} is not a valid integer catalogue id (this API serves the "
                                  "synthetic generator's ids; RECSYS_SOURCE is not set)", status)
         return item_id
 
-    # Query and path parameters always arrive as text: an integer literal is the generator's id there.
+    # Query and path parameters always arrive as text: an ASCII integer literal is the generator's id there
+    # (Python's int() also reads full-width and other Unicode digits, which no client means as an id).
     def user_param(self, text: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            return self.user(text)
+        return int(text) if _INTEGER.fullmatch(text) else self.user(text)
 
     def item_param(self, text: str, status: int = 422) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            return self.item(text, status)
+        return int(text) if _INTEGER.fullmatch(text) else self.item(text, status)
 
     def item_out(self, item_id: int) -> int:
         return item_id

@@ -86,7 +86,7 @@ def test_string_ids_are_a_shops_and_never_become_generator_ints():
     assert (click.user_id, click.item_id) == ("12", "SKU-1")
     with pytest.raises(ev.InvalidRequest, match="RECSYS_SOURCE is not set"):
         GeneratorIds().user(click.user_id)
-    with pytest.raises(ev.InvalidRequest, match="expected an integer catalogue id"):
+    with pytest.raises(ev.InvalidRequest, match="not a valid integer catalogue id"):
         GeneratorIds().item(click.item_id)
     assert GeneratorIds().user(12) == 12 and GeneratorIds().item_out(3) == 3
 

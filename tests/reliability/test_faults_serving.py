@@ -492,15 +492,18 @@ def test_triton_restarted_under_the_api_gives_503_with_retry_after_then_recovers
     assert failed
     odd = [(r.status, r.retry_after, r.detail[:100]) for r in failed if not (r.status == 503 and r.retry_after)]
     assert not odd, odd
-    first_ok = min((r.due for r in reads if r.ok and r.due > t_start), default=float("nan"))
-    relapses = [(round(r.due - t_start, 3), r.status, r.detail[:120]) for r in reads if r.due >= first_ok and not r.ok]
-    assert not relapses, (f"failed after the first answer at +{first_ok - t_start:.3f} s (deployment returned at "
-                          f"+{t_ready - t_start:.3f} s): {relapses[:10]}")  # recovered for good, by itself
+    # Recovered for good, by itself: once a good answer has come back, every read sent after it is good. Reads are
+    # compared by when the first good one came back (done), not when it was due: an open-loop request due early can
+    # be sent late by a busy client and answered after the recovery, while later ones due on time still met no server.
     first_answer = min(r.done for r in reads if r.ok and r.due > t_start)
+    relapses = [(round(r.due - t_start, 3), r.status, r.detail[:120]) for r in reads
+                if r.due >= first_answer and not r.ok]
+    assert not relapses, (f"failed after the first answer at +{first_answer - t_start:.3f} s (deployment returned "
+                          f"at +{t_ready - t_start:.3f} s): {relapses[:10]}")
     assert all(r.ok for r in records if r.kind == "click")             # clicks never needed Triton
     assert stack.api.pid == api_pid and stack.api.alive()              # the same API process throughout
 
-    window = summarize(records, since=t_stop, until=first_ok)
+    window = summarize(records, since=t_stop, until=first_answer)
     report.record("Triton stopped and restarted under the API (API load 20/s)", requests=window["requests"],
                   failed=window["errors"], failed_how={"503 + Retry-After": len(failed)},
                   recovery_s=first_answer - t_start, events_lost=0,
