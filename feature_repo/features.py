@@ -1,14 +1,17 @@
 """The recommender's Feast repository: entities, sources, feature views and the user feature service.
 
-Entities are keyed by the names serving uses (``user_id``, ``item_id``, int64). Three feature views:
+Entities are keyed by the names serving uses (``user_id``, ``item_id``, int64). Four feature views:
 
 - ``user_profile``: age, gender (from the users table, timestamped at signup);
 - ``user_top_category``: top_category, fed in batch from the daily snapshots and in real time through the
   ``user_top_category_push`` push source (the click path pushes a new value; a push must carry every feature
   of its view, which is why top_category has a view of its own instead of sharing one with age and gender);
+- ``user_interests``: interest_1..3, the user's top categories by recency-weighted activity, fed in batch from
+  the daily snapshots only;
 - ``item_features``: price, category_l1, category_l2, item_gender.
 
-The ``user_features`` feature service reads age, gender and top_category together.
+The ``user_features`` feature service reads age, gender, top_category and the interests together (serving reads
+them in one round trip: the views of one entity share one Redis hash).
 
 Sources are the parquet files the ``offline_features`` asset writes under the artifact root
 (``RECSYS_ARTIFACTS``, read when Feast loads this file, relative paths taken from the project root).
@@ -49,6 +52,8 @@ item = Entity(name="item_id", join_keys=["item_id"], value_type=ValueType.INT64,
 users_source = _offline_source("users", "Registered users: age and gender, at signup time")
 user_top_category_source = _offline_source(
     "user_top_category", "Each user's top_category at the end of every day it changed (-1 at signup)")
+user_interests_source = _offline_source(
+    "user_interests", "Each user's interest_1..3 at the end of every day they changed (-1 at signup)")
 items_source = _offline_source("items", "The catalogue's item attributes, from the day each item is available")
 
 user_top_category_push = PushSource(name="user_top_category_push", batch_source=user_top_category_source,
@@ -73,6 +78,16 @@ user_top_category = FeatureView(
     online=True,
 )
 
+user_interests = FeatureView(
+    name="user_interests",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[Field(name="user_id", dtype=Int64),
+            *[Field(name=f"interest_{k}", dtype=Int64) for k in (1, 2, 3)]],  # = lib.feature_spec.INTERESTS
+    source=user_interests_source,
+    online=True,
+)
+
 item_features = FeatureView(
     name="item_features",
     entities=[item],
@@ -88,5 +103,5 @@ item_features = FeatureView(
     online=True,
 )
 
-user_features = FeatureService(name="user_features", features=[user_profile, user_top_category],
-                               description="What serving reads for a user: age, gender, top_category")
+user_features = FeatureService(name="user_features", features=[user_profile, user_top_category, user_interests],
+                               description="What serving reads for a user: age, gender, top_category, interests")

@@ -20,6 +20,7 @@ Raw inputs (``masked_interactions``, and what serving hands to the compiled tran
 | user    | age            | float64 | years; unknown users get the training mean age                              |
 | user    | gender         | int64   | 0 F, 1 M (:data:`GENDER_CODES`), -1 unknown                                  |
 | user    | top_category   | int64   | 0..19 (``lib.top_category.CATEGORIES``), -1 none                             |
+| user    | interest_1..3  | int64   | the user's top three categories by recency-weighted activity, -1 none          |
 | item    | item_id        | int64   | catalogue id; items unseen at fit time (cold items) share the OOV row        |
 | item    | category_l1/l2 | str     | catalogue category and style                                                |
 | item    | item_gender    | str     | ``M``, ``F`` or ``U``                                                       |
@@ -44,6 +45,11 @@ AGE_BUCKETS = (18, 25, 35, 50, 65)
 DEVICES = {0: "desktop", 1: "mobile", 2: "tablet"}
 UNKNOWN_DEVICE = SENTINEL
 DEVICE_NAMES = {UNKNOWN_DEVICE: "unknown", **DEVICES}
+
+# A user's history as category codes, point in time (``lib.top_category``): the short-term top_category and the
+# longer-term interests. Masked together with the user id; -1 (none) for a user without history.
+INTERESTS = ("interest_1", "interest_2", "interest_3")
+USER_HISTORY = ("top_category", *INTERESTS)
 
 GROUPS = ("user", "item", "context")  # the transformed groups (one NVTabular workflow and serving transform each)
 MULTIMODAL = "multimodal"             # looked up by raw item id, not transformed
@@ -114,7 +120,8 @@ class Feature:
 
 
 SOURCES = (
-    Source("user_id", "user"), Source("age", "user"), Source("gender", "user"), Source("top_category", "user"),
+    Source("user_id", "user"), Source("age", "user"), Source("gender", "user"),
+    *[Source(name, "user") for name in USER_HISTORY],
     Source("item_id", "item"), Source("category_l1", "item"), Source("category_l2", "item"),
     Source("item_gender", "item"), Source("price", "item"),
     Source("device_type", "context"), Source("timestamp", "context"),
@@ -126,7 +133,7 @@ _CONTEXT_MODELS = frozenset({QUERY, DLRM})  # the query tower's "context" varian
 FEATURES = (
     Feature("user_id", "user", CATEGORICAL, "user_id", CODE, _USER_MODELS, is_id=True),
     Feature("gender", "user", CATEGORICAL, "gender", CODE, _USER_MODELS),
-    Feature("top_category", "user", CATEGORICAL, "top_category", CODE, _USER_MODELS),
+    *[Feature(name, "user", CATEGORICAL, name, CODE, _USER_MODELS) for name in USER_HISTORY],
     Feature("age_norm", "user", CONTINUOUS, "age", (Step("fill_mean_age"), Step("normalize")), _USER_MODELS),
     Feature("age_binned", "user", CATEGORICAL, "age",
             (Step("fill_mean_age"), Step("bucketize", edges=AGE_BUCKETS), CATEGORIFY), _USER_MODELS),
@@ -194,7 +201,8 @@ RAW_ITEM_ID = "item_id_raw"
 # The table `masked_interactions` writes (every day, train or not), with pandas dtypes.
 MASKED_SCHEMA = {
     "interaction_id": "int64", "user_id": "int64", "item_id": "int64", "timestamp": "int64",
-    "device_type": "int64", "click": "int64", "age": "float64", "gender": "int64", "top_category": "int64",
+    "device_type": "int64", "click": "int64", "age": "float64", "gender": "int64",
+    **{name: "int64" for name in USER_HISTORY},
     "category_l1": "object", "category_l2": "object", "item_gender": "object", "price": "float64",
     "masked_user": "bool", "masked_device": "bool",
 }

@@ -4,9 +4,10 @@ Contract (DESIGN.md, Contracts):
 
 * :func:`join_day` gives every raw row its features. A user missing from the user table (arrived after its
   ``through_day``) or the anonymous id -1 gets the cold-start defaults serving uses for an unknown user: the
-  training mean age and gender -1; ``top_category`` comes from the point-in-time feature rows as computed.
+  training mean age and gender -1; the history codes come from the point-in-time feature rows as computed.
 * :func:`mask_day` simulates cold start on training days: in ``user_rate`` of the rows, ``user_id``, ``gender``
-  and ``top_category`` become -1 *together* and ``age`` becomes the training mean age (exactly what serving
+  and the history codes (``top_category``, ``interest_1..3``) become -1 *together* and ``age`` becomes the
+  training mean age (exactly what serving
   gives an unknown user); independently, in ``device_rate`` of the rows ``device_type`` becomes -1. The rows are
   an exact-size random subset drawn from a generator seeded by ``(seed, day)``, so a day is masked identically
   on every run, and the choice is recorded in the ``masked_user`` / ``masked_device`` columns.
@@ -20,12 +21,12 @@ import dataclasses
 
 import numpy as np
 
-from recsys_assets.lib.feature_spec import MASKED_SCHEMA, SENTINEL, encode_gender
+from recsys_assets.lib.feature_spec import MASKED_SCHEMA, SENTINEL, USER_HISTORY, encode_gender
 
 RAW_COLUMNS = ("interaction_id", "user_id", "item_id", "timestamp", "device_type", "click")
 USER_COLUMNS = ("user_id", "age", "gender", "signup_day")
 ITEM_COLUMNS = ("item_id", "category_l1", "category_l2", "item_gender", "price")
-TOP_CATEGORY_COLUMNS = ("interaction_id", "top_category")
+TOP_CATEGORY_COLUMNS = ("interaction_id", *USER_HISTORY)  # the point-in-time history rows of a day
 
 
 class JoinError(ValueError):
@@ -77,7 +78,7 @@ def join_day(raw, users, items, top_category, mean_age: float):
         "click": raw["click"].to_numpy(np.int64),
         "age": np.where(known, user_rows["age"].to_numpy(np.float64, na_value=np.nan), mean_age),
         "gender": np.asarray(encode_gender(user_rows["gender"].tolist()), dtype=np.int64),
-        "top_category": top_category["top_category"].to_numpy(np.int64),
+        **{name: top_category[name].to_numpy(np.int64) for name in USER_HISTORY},
         "category_l1": item_rows["category_l1"].to_numpy(object),
         "category_l2": item_rows["category_l2"].to_numpy(object),
         "item_gender": item_rows["item_gender"].to_numpy(object),
@@ -125,7 +126,7 @@ def mask_day(joined, seed: int, day: int, mean_age: float, user_rate: float = 0.
     users = mask_rows(n, user_rate, rng)
     devices = mask_rows(n, device_rate, rng)
     out = joined.copy()
-    out.loc[users, ["user_id", "gender", "top_category"]] = SENTINEL
+    out.loc[users, ["user_id", "gender", *USER_HISTORY]] = SENTINEL
     out.loc[users, "age"] = mean_age
     out.loc[devices, "device_type"] = SENTINEL
     out["masked_user"] = users

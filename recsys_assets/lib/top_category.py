@@ -12,6 +12,14 @@ shop's own catalogue (``lib.sources``) has its own. A category added to a catalo
 so the models are retrained (not only fine-tuned) after such a change.
 The serving side (the click path of the events API) keeps the same value up to date in the online store with
 :func:`top_category_of_window`.
+
+``interest_1..3`` (:data:`~recsys_assets.lib.feature_spec.INTERESTS`): a user's longer-term interests, the three
+categories with the most recency-weighted activity strictly before the event. Every impression counts
+:data:`IMPRESSION_WEIGHT`, a click :data:`CLICK_WEIGHT` more (what the user was shown says what the shop already
+knows of them, what they clicked says more), each halved every :data:`HALF_LIFE_DAYS` days of age, so a drifting
+interest takes over within weeks. Fewer than three categories with activity leave -1 in the rest; no history at
+all is -1 everywhere (the cold-start value). Computed in batch (:func:`point_in_time_interests`) for every
+training row and for the end-of-day snapshot the feature store serves.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import numpy as np
 
 WINDOW_SECONDS = 24 * 3600
 NONE = -1
+IMPRESSION_WEIGHT, CLICK_WEIGHT = 1.0, 4.0   # a clicked impression weighs 1 + 4 = 5 unclicked ones
+HALF_LIFE_DAYS = 7.0
 
 CATEGORIES = (
     "accessories", "apparel", "beauty", "books", "cold dispensed", "electronics", "floral", "food service",
@@ -129,3 +139,51 @@ def top_category_of_window(history: list[tuple[int, int]], now: int, window: int
         latest[c] = max(latest.get(c, -1), t)
     best = max(counts.values())
     return max((c for c in counts if counts[c] == best), key=lambda c: latest[c])
+
+
+def point_in_time_interests(events_user, events_ts, events_category, events_click, query_user, query_ts,
+                            n_interests: int = 3, half_life_days: float = HALF_LIFE_DAYS) -> np.ndarray:
+    """``interest_1..n`` at each query (user, timestamp): shape (n_queries, n_interests), category codes, -1 none.
+
+    events_*: every impression of the history (any order), categories as codes, ``events_click`` 0/1. Only events
+    strictly before the query time count. Weights decay as ``2 ** ((t_event - t_ref) / half_life)`` with one
+    reference time for all: the ranking of a user's categories does not depend on the reference (every weight is
+    scaled alike), so one cumulative sum per category serves every query. Ties go to the lower code.
+    """
+    eu = np.asarray(events_user, np.int64)
+    et = np.asarray(events_ts, np.int64)
+    ec = np.asarray(events_category, np.int64)
+    ek = np.asarray(events_click, np.int64)
+    qu = np.asarray(query_user, np.int64)
+    qt = np.asarray(query_ts, np.int64)
+    out = np.full((len(qu), n_interests), NONE, dtype=np.int64)
+    if len(eu) == 0 or len(qu) == 0:
+        return out
+    if et.min() < 0 or qt.min() < 0 or max(et.max(), qt.max()) >= 2**32:
+        raise ValueError("timestamps must be Unix seconds in 0..2^32")
+    if half_life_days <= 0:
+        raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
+    order = np.lexsort((et, eu))
+    eu, et, ec, ek = eu[order], et[order], ec[order], ek[order]
+    key = (eu << 32) | et
+    # The last event of the query's user strictly before its time (-1: none).
+    idx = np.searchsorted(key, (qu << 32) | qt, side="left") - 1
+    has = (idx >= 0) & (eu[np.maximum(idx, 0)] == qu) & (qu >= 0)  # anonymous (-1) rows have no history
+    idx = np.maximum(idx, 0)
+    # Where each event's user starts (cumulative sums are reset there).
+    first = np.r_[0, np.flatnonzero(np.diff(eu)) + 1]
+    start_of = np.repeat(first, np.diff(np.r_[first, len(eu)]))
+    weight = (IMPRESSION_WEIGHT + CLICK_WEIGHT * ek) * np.exp2((et - et.max()) / (half_life_days * 86_400.0))
+    n_cat = int(ec.max()) + 1
+    totals = np.zeros((len(qu), n_cat))
+    for c in range(n_cat):  # one category at a time: memory stays O(events + queries x categories)
+        cum = np.cumsum(np.where(ec == c, weight, 0.0))
+        before_user = np.where(start_of > 0, cum[np.maximum(start_of - 1, 0)], 0.0)
+        totals[:, c] = np.where(has, cum[idx] - before_user[idx], 0.0)
+    # The differences of running sums leave rounding dust (about eps x the running total) where a user has no
+    # weight in a category: below this, a category is no interest. Real weight this small is some 150 days old.
+    dust = 1e-12 * weight.sum()
+    totals[totals <= dust] = 0.0
+    ranked = np.argsort(-totals, axis=1, kind="stable")[:, :n_interests]
+    picked = np.take_along_axis(totals, ranked, axis=1)
+    return np.where(picked > 0.0, ranked, NONE)

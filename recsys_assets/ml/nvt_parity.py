@@ -74,7 +74,7 @@ def default_cases(transforms) -> dict:
         "user_id": known("user.user_id", int) + [-1, 10**9, 10**12],
         "age": [float(a) for a in AGES] + [mean_age, 32.5],
         "gender": known("user.gender", int) + [-1, 7],
-        "top_category": known("user.top_category", int) + [-1, 25],
+        **{name: known(f"user.{name}", int) + [-1, 25] for name in USER_HISTORY},
     }
     item = {
         "item_id": known("item.item_id", int) + [-1, 2465, 10**6],

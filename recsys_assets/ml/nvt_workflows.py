@@ -195,7 +195,7 @@ def probe_null_and_oov(workflow_dir) -> dict:
     known = int(vocab["user_id"].dropna().iloc[0])
     probe = pd.DataFrame({"user_id": np.array([SENTINEL, 10**12, known], dtype=np.int64),
                           "age": [40.0, 40.0, 40.0], "gender": np.array([SENTINEL, 0, 1], dtype=np.int64),
-                          "top_category": np.array([SENTINEL, 99, 0], dtype=np.int64)})
+                          **{name: np.array([SENTINEL, 99, 0], dtype=np.int64) for name in USER_HISTORY}})
     out = wf.transform(probe)
     return {
         "masked_user_index": int(out["user_id"].iloc[0]),

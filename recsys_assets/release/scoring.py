@@ -29,6 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
+from recsys_assets.lib.feature_spec import USER_HISTORY, WORKFLOW_INPUTS
 from recsys_assets.release.repository import Release, version_dir
 
 class ReleaseScorer:
@@ -59,8 +60,7 @@ class ReleaseScorer:
 
     def _features(self, rows, item: bool) -> dict:
         t = self.transforms
-        out = {**t.transform_user(rows["user_id"].to_numpy(), rows["age"].to_numpy(), rows["gender"].to_numpy(),
-                                  rows["top_category"].to_numpy()),
+        out = {**t.transform_user(**{c: rows[c].to_numpy() for c in WORKFLOW_INPUTS["user"]}),
                **t.transform_context(rows["device_type"].to_numpy(), rows["timestamp"].to_numpy())}
         if item:
             raw = rows["item_id"].to_numpy(np.int64)
@@ -87,7 +87,7 @@ class ReleaseScorer:
 
     def as_served(self, requests):
         """``requests`` with the user features serving looks up: an anonymous request (user -1) gets the
-        cold-start defaults (training mean age, unknown gender, no top category), as ``feast_user_lookup``."""
+        cold-start defaults (training mean age, unknown gender, no history codes), as ``feast_user_lookup``."""
         from recsys_assets.lib.feature_spec import encode_gender
 
         out = requests.copy()
@@ -97,7 +97,7 @@ class ReleaseScorer:
         anonymous = out["user_id"].to_numpy(np.int64) < 0
         if anonymous.any():
             defaults = self.transforms.unknown_user(int(anonymous.sum()))
-            for column in ("age", "gender", "top_category"):
+            for column in ("age", "gender", *USER_HISTORY):
                 values = out[column].to_numpy().copy()
                 values = values.astype(np.result_type(values.dtype, defaults[column].dtype))
                 values[anonymous] = defaults[column]
@@ -119,7 +119,7 @@ class ReleaseScorer:
         rows, slots = np.nonzero(found >= 0)
         catalogue = items.set_index("item_id")
         raw = found[rows, slots]
-        user_columns = ["user_id", "age", "gender", "top_category", "device_type", "timestamp"]
+        user_columns = [*WORKFLOW_INPUTS["user"], *WORKFLOW_INPUTS["context"]]
         frame = requests[user_columns].iloc[rows].reset_index(drop=True)
         item_rows = catalogue.loc[raw, ["category_l1", "category_l2", "item_gender", "price"]].reset_index(drop=True)
         frame = pd.concat([frame, item_rows], axis=1).assign(item_id=raw)

@@ -204,7 +204,7 @@ def tiny_training_rows(tiny, seed: int = 7):
     sentinel), in the ``masked_interactions`` columns the workflows are fit on."""
     import pandas as pd
 
-    from recsys_assets.lib.feature_spec import SENTINEL, encode_gender
+    from recsys_assets.lib.feature_spec import SENTINEL, USER_HISTORY, encode_gender
 
     rng = np.random.default_rng(seed)
     items = tiny.items[tiny.items["available_from_day"] == 0].reset_index(drop=True)
@@ -223,7 +223,8 @@ def tiny_training_rows(tiny, seed: int = 7):
         "click": (rng.random(n) < 0.08).astype(np.int64),
         "age": np.where(masked, np.nan, user_rows["age"].to_numpy(np.float64)),
         "gender": np.where(masked, SENTINEL, gender),
-        "top_category": np.where(masked | (np.arange(n) % 7 == 0), SENTINEL, np.arange(n) % 20).astype(np.int64),
+        **{name: np.where(masked | (np.arange(n) % (7 + k) == 0), SENTINEL, (np.arange(n) + k) % 20).astype(np.int64)
+           for k, name in enumerate(USER_HISTORY)},
         "category_l1": item_rows["category_l1"].astype(str), "category_l2": item_rows["category_l2"].astype(str),
         "item_gender": item_rows["item_gender"].astype(str),
         "price": item_rows["price"].to_numpy(np.float64),

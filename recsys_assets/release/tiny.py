@@ -35,10 +35,12 @@ from recsys_assets.lib.feature_spec import (
     FIRST_INDEX,
     GENDER_CODES,
     GROUPS,
+    INTERESTS,
     NULL_INDEX,
     OOV_INDEX,
     PAD_INDEX,
     SENTINEL,
+    USER_HISTORY,
     WORKFLOW_INPUTS,
 )
 
@@ -176,7 +178,8 @@ def _source_values(items, users) -> dict[str, np.ndarray]:
     warm = items.loc[items["available_from_day"] == 0, "item_id"].to_numpy(np.int64)
     values = {
         "user_id": users["user_id"].to_numpy(np.int64), "age": users["age"].to_numpy(np.float64),
-        "gender": np.array(sorted(GENDER_CODES.values()), np.int64), "top_category": np.arange(20, dtype=np.int64),
+        "gender": np.array(sorted(GENDER_CODES.values()), np.int64),
+        **{name: np.arange(20, dtype=np.int64) for name in USER_HISTORY},
         "item_id": warm, "price": items["price"].to_numpy(np.float64),
         "device_type": np.array(sorted(DEVICES), np.int64), "timestamp": np.zeros(1, np.int64),
     }
@@ -323,6 +326,9 @@ def publish_online_state(tiny: TinyArtifacts, environ: dict[str, str], seed: int
     top = np.where(rng.random(len(users)) < 0.8, rng.integers(0, 20, len(users)), -1).astype(np.int64)
     pd.DataFrame({"user_id": users["user_id"].astype(np.int64), "top_category": top,
                   "event_timestamp": signup}).to_parquet(offline / "user_top_category.parquet", index=False)
+    interests = {name: np.where(top >= 0, (top + k) % 20, -1).astype(np.int64) for k, name in enumerate(INTERESTS)}
+    pd.DataFrame({"user_id": users["user_id"].astype(np.int64), **interests,
+                  "event_timestamp": signup}).to_parquet(offline / "user_interests.parquet", index=False)
     day0 = dt.datetime.fromisoformat(tiny.start_date).replace(tzinfo=dt.timezone.utc)
     item_table = items[["item_id", "price", "category_l1", "category_l2", "item_gender", "available_from_day"]].copy()
     item_table["event_timestamp"] = [day0 + dt.timedelta(days=int(d)) for d in item_table["available_from_day"]]

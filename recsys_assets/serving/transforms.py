@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from recsys_assets.lib.feature_spec import USER_HISTORY
 from recsys_assets.lib.transform_files import (  # noqa: F401  (the file format, re-exported)
     DESCRIPTION_FILE,
     FORMAT,
@@ -212,10 +213,17 @@ class CompiledTransforms:
             out[name] = np.asarray(x).astype(dtype, copy=False)
         return out
 
-    def transform_user(self, user_id, age, gender, top_category) -> dict[str, np.ndarray]:
-        """Users: ``gender`` as codes (0 F, 1 M, -1 unknown) or as ``"F"``/``"M"`` strings."""
-        return self.transform("user", {"user_id": user_id, "age": age, "gender": self._gender(gender),
-                                       "top_category": top_category})
+    def transform_user(self, *values, **columns) -> dict[str, np.ndarray]:
+        """Users: the user group's raw columns, by name or in the order of ``inputs("user")`` (the spec's
+        ``WORKFLOW_INPUTS["user"]``); ``gender`` as codes (0 F, 1 M, -1 unknown) or as ``"F"``/``"M"`` strings."""
+        names = self.inputs("user")
+        if len(values) > len(names):
+            raise TransformInputError(f"the user transform takes {len(names)} columns ({', '.join(names)}), "
+                                      f"got {len(values)} positional")
+        columns = {**dict(zip(names, values)), **columns}
+        if "gender" in columns:
+            columns["gender"] = self._gender(columns["gender"])
+        return self.transform("user", columns)
 
     def transform_item(self, item_id, category_l1, category_l2, item_gender, price) -> dict[str, np.ndarray]:
         return self.transform("item", {"item_id": item_id, "category_l1": category_l1,
@@ -227,7 +235,7 @@ class CompiledTransforms:
     def unknown_user(self, n: int = 1) -> dict[str, np.ndarray]:
         """The raw inputs serving uses for ``n`` unknown users (the cold-start defaults)."""
         return {"user_id": np.full(n, -1, np.int64), "age": np.full(n, self.mean_age),
-                "gender": np.full(n, -1, np.int64), "top_category": np.full(n, -1, np.int64)}
+                "gender": np.full(n, -1, np.int64), **{name: np.full(n, -1, np.int64) for name in USER_HISTORY}}
 
     def _gender(self, gender):
         arr = np.asarray(gender)

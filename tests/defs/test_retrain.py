@@ -27,7 +27,7 @@ from recsys_assets.defs.training import jobs
 from recsys_assets.defs.transforms import assets as transforms
 from recsys_assets.lib import paths, retrain
 from recsys_assets.release import records, repository
-from recsys_assets.lib.feature_spec import FIRST_INDEX, OOV_INDEX
+from recsys_assets.lib.feature_spec import FIRST_INDEX, OOV_INDEX, USER_HISTORY
 from recsys_assets.release import deploy
 from recsys_assets.release.repository import ENSEMBLE, MODELS
 from recsys_assets.serving.transforms import CompiledTransforms
@@ -99,7 +99,7 @@ def _first_seen_after_fit(store, column: str, fit_days, later_days) -> int:
 
 
 def _user_index(transforms: CompiledTransforms, user_id: int) -> int:
-    out = transforms.transform_user([user_id], [35.0], [1], [3])
+    out = transforms.transform_user([user_id], [35.0], [1], *[[3]] * len(USER_HISTORY))
     return int(np.asarray(out["user_id"]).reshape(-1)[0])
 
 

@@ -17,7 +17,7 @@ from recsys_assets.lib import dataset, paths
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.generator import World
 from recsys_assets.lib.settings import partition_key
-from recsys_assets.lib.feature_spec import NULL_INDEX, OOV_INDEX
+from recsys_assets.lib.feature_spec import NULL_INDEX, OOV_INDEX, USER_HISTORY
 from recsys_assets.serving.transforms import CompiledTransforms
 
 START = tf.START_DATE
@@ -153,7 +153,7 @@ def test_serving_transforms_pass_parity_and_load_numpy_only(pipeline):
     t = CompiledTransforms.load(store.local_path(paths.SERVING_TRANSFORMS))
     meta = json.loads((store.local_path(paths.NVT_WORKFLOWS) / "meta.json").read_text())
     assert t.mean_age == meta["mean_age"]
-    user = t.transform_user([-1, 10**9], [t.mean_age, 40.0], ["M", None], [-1, 3])
+    user = t.transform_user([-1, 10**9], [t.mean_age, 40.0], ["M", None], *[[-1, 3]] * len(USER_HISTORY))
     assert user["user_id"].tolist() == [NULL_INDEX, OOV_INDEX]
     assert user["gender"].tolist()[1] == NULL_INDEX and user["top_category"][0] == NULL_INDEX
 

@@ -7,8 +7,9 @@ from recsys_assets.lib.feature_spec import CATEGORICAL, CATEGORIFY, CONTINUOUS, 
 
 
 def test_the_workflow_inputs_and_outputs_are_the_declared_sources_and_features():
-    assert spec.WORKFLOW_INPUTS["user"] == ("user_id", "age", "gender", "top_category")
-    assert spec.WORKFLOW_OUTPUTS["user"] == ("user_id", "gender", "top_category", "age_norm", "age_binned")
+    history = ("top_category", "interest_1", "interest_2", "interest_3")
+    assert spec.WORKFLOW_INPUTS["user"] == ("user_id", "age", "gender", *history)
+    assert spec.WORKFLOW_OUTPUTS["user"] == ("user_id", "gender", *history, "age_norm", "age_binned")
     assert spec.WORKFLOW_OUTPUTS["context"] == ("device_type", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos")
     for group in spec.GROUPS:
         assert {f.source for f in spec.features(group)} <= set(spec.WORKFLOW_INPUTS[group])

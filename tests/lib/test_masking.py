@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsys_assets.lib import masking
-from recsys_assets.lib.feature_spec import MASKED_SCHEMA, encode_gender
+from recsys_assets.lib.feature_spec import INTERESTS, MASKED_SCHEMA, USER_HISTORY, encode_gender
 
 MEAN_AGE = 33.25
 
@@ -23,7 +23,7 @@ def _joined(n: int, seed: int = 0) -> pd.DataFrame:
         "click": rng.integers(0, 2, n),
         "age": rng.integers(18, 90, n).astype(float),
         "gender": rng.integers(0, 2, n),
-        "top_category": rng.integers(-1, 20, n),
+        **{name: rng.integers(-1, 20, n) for name in USER_HISTORY},
         "category_l1": ["apparel"] * n, "category_l2": ["shirt"] * n, "item_gender": ["U"] * n,
         "price": rng.uniform(1, 100, n),
         "masked_user": np.zeros(n, bool), "masked_device": np.zeros(n, bool),
@@ -54,12 +54,12 @@ def test_mask_day_sets_user_sentinels_together_and_the_mean_age():
     out, stats = masking.mask_day(df, seed=3, day=2, mean_age=MEAN_AGE)
     users, devices = out["masked_user"].to_numpy(), out["masked_device"].to_numpy()
     assert stats.masked_users == users.sum() == 1000 and stats.masked_devices == devices.sum() == 1000
-    assert (out.loc[users, ["user_id", "gender", "top_category"]] == -1).all().all()
+    assert (out.loc[users, ["user_id", "gender", *USER_HISTORY]] == -1).all().all()
     assert (out.loc[users, "age"] == MEAN_AGE).all()
     assert (out.loc[devices, "device_type"] == -1).all()
     # Untouched where not masked: the user mask leaves devices alone and the device mask leaves users alone.
     keep = ~users
-    for col in ("user_id", "gender", "top_category", "age"):
+    for col in ("user_id", "gender", *USER_HISTORY, "age"):
         assert (out.loc[keep, col].to_numpy() == df.loc[keep, col].to_numpy()).all()
     assert (out.loc[~devices, "device_type"].to_numpy() == df.loc[~devices, "device_type"].to_numpy()).all()
     for col in ("interaction_id", "item_id", "timestamp", "click", "price"):
@@ -88,7 +88,8 @@ def _inputs():
     items = pd.DataFrame({"item_id": [0, 1, 2], "category_l1": ["books", "tools", "apparel"],
                           "category_l2": ["novel", "saw", "shirt"], "item_gender": ["U", "M", "F"],
                           "price": [9.99, 25.0, 40.0]})
-    top = pd.DataFrame({"interaction_id": [10, 11, 12, 13], "top_category": [3, -1, 5, -1]})
+    top = pd.DataFrame({"interaction_id": [10, 11, 12, 13], "top_category": [3, -1, 5, -1],
+                        **{name: [k, -1, 5 + k, -1] for k, name in enumerate(INTERESTS)}})
     return raw, users, items, top
 
 
@@ -101,6 +102,7 @@ def test_join_day_gives_unregistered_users_the_cold_start_defaults():
     assert df["gender"].tolist() == [0, 1, -1, -1]
     assert df["user_id"].tolist() == [0, 1, 7, -1]  # the id stays: the workflow maps an unseen id to OOV
     assert df["top_category"].tolist() == [3, -1, 5, -1]
+    assert df["interest_2"].tolist() == [1, -1, 6, -1]
     assert df["category_l1"].tolist() == ["apparel", "books", "tools", "apparel"]
     assert df["price"].tolist() == [40.0, 9.99, 25.0, 40.0]
     assert not df["masked_user"].any() and not df["masked_device"].any()

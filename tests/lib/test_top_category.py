@@ -4,7 +4,11 @@ import pytest
 from recsys_assets.lib.top_category import (
     CATEGORIES,
     NONE,
+    CLICK_WEIGHT,
+    HALF_LIFE_DAYS,
+    IMPRESSION_WEIGHT,
     category_codes,
+    point_in_time_interests,
     point_in_time_top_category,
     top_category_of_window,
 )
@@ -78,3 +82,41 @@ def test_a_shops_catalogue_has_its_own_vocabulary():
     top = point_in_time_top_category([5, 5, 5], [100, 200, 300], [2, 2, 0], [5], [400])
     assert top.tolist() == [2]
     assert category_vocabulary(load_catalogue()["category_l1"]) == CATEGORIES  # the generator: unchanged
+
+
+def _interests_by_definition(events, user, now, n=3):
+    """One query, straight from the definition: decayed weights of the user's events strictly before ``now``."""
+    weights: dict[int, float] = {}
+    for u, t, c, k in events if user >= 0 else []:
+        if u == user and t < now:
+            w = (IMPRESSION_WEIGHT + CLICK_WEIGHT * k) * 2.0 ** ((t - now) / (HALF_LIFE_DAYS * 86_400))
+            weights[c] = weights.get(c, 0.0) + w
+    ranked = sorted(weights, key=lambda c: (-weights[c], c))[:n]
+    return ranked + [NONE] * (n - len(ranked))
+
+
+def test_interests_match_the_definition_on_random_histories():
+    rng = np.random.default_rng(7)
+    n = 600
+    events = list(zip(rng.integers(-1, 12, n).tolist(), rng.integers(0, 30 * 86_400, n).tolist(),
+                      rng.integers(0, 6, n).tolist(), (rng.random(n) < 0.2).astype(int).tolist()))
+    eu, et, ec, ek = map(np.array, zip(*events))
+    qu = rng.integers(-1, 14, 300)   # anonymous and never-seen users too
+    qt = rng.integers(0, 32 * 86_400, 300)
+    qu[:20], qt[:20] = eu[:20], et[:20]  # queries at an event's own time: that event is not "before"
+    got = point_in_time_interests(eu, et, ec, ek, qu, qt)
+    want = np.array([_interests_by_definition(events, int(u), int(t)) for u, t in zip(qu, qt)])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_interests_rank_clicks_and_recent_activity_first():
+    day = 86_400
+    # user 0: category 2 shown 4 times, category 5 shown once and clicked (weighs 5), category 1 long ago
+    events = [(0, 1 * day, 2, 0)] * 4 + [(0, 1 * day, 5, 1), (0, 0, 1, 0), (1, 1 * day, 3, 0)]
+    eu, et, ec, ek = map(np.array, zip(*events))
+    got = point_in_time_interests(eu, et, ec, ek, [0, 0, 1, 2], [2 * day, 1 * day, 2 * day, 2 * day])
+    assert got.tolist() == [[5, 2, 1], [1, NONE, NONE], [3, NONE, NONE], [NONE, NONE, NONE]]
+    # recency: 10 impressions of category 4 three half-lives ago weigh less than 2 of category 6 now
+    old = [(0, 0, 4, 0)] * 10 + [(0, int(3 * HALF_LIFE_DAYS * day), 6, 0)] * 2
+    eu, et, ec, ek = map(np.array, zip(*old))
+    assert point_in_time_interests(eu, et, ec, ek, [0], [int(3 * HALF_LIFE_DAYS * day) + 1])[0, :2].tolist() == [6, 4]

@@ -9,7 +9,8 @@ from recsys_assets.defs.release import releases
 from recsys_assets.lib import dataset, masking, paths, policy_value
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.generator import World
-from recsys_assets.lib.top_category import category_codes, point_in_time_top_category
+from recsys_assets.lib.feature_spec import INTERESTS, USER_HISTORY, WORKFLOW_INPUTS
+from recsys_assets.lib.top_category import category_codes, point_in_time_interests, point_in_time_top_category
 from recsys_assets.release import records, repository, scoring
 from recsys_assets.release.repository import ServingDefaults
 from tests.release.tiny_serving import tiny_artifacts
@@ -27,12 +28,15 @@ def released(tmp_path_factory):
     users = dataset.write_users(store, world, DAY)
     raws = [dataset.write_day(store, world, d)[0] for d in range(DAY + 1)]
     clicks = pd.concat(raws, ignore_index=True).query("click == 1")
-    top = point_in_time_top_category(clicks["user_id"], clicks["timestamp"],
-                                     category_codes(items["category_l1"])[clicks["item_id"].to_numpy()],
+    codes = category_codes(items["category_l1"])
+    top = point_in_time_top_category(clicks["user_id"], clicks["timestamp"], codes[clicks["item_id"].to_numpy()],
                                      raws[DAY]["user_id"], raws[DAY]["timestamp"])
-    joined = masking.join_day(raws[DAY], users, items,
-                              pd.DataFrame({"interaction_id": raws[DAY]["interaction_id"], "top_category": top}),
-                              masking.training_mean_age(users, 3))
+    shown = pd.concat(raws, ignore_index=True)
+    interests = point_in_time_interests(shown["user_id"], shown["timestamp"], codes[shown["item_id"].to_numpy()],
+                                        shown["click"], raws[DAY]["user_id"], raws[DAY]["timestamp"])
+    history = pd.DataFrame({"interaction_id": raws[DAY]["interaction_id"], "top_category": top,
+                            **{name: interests[:, k] for k, name in enumerate(INTERESTS)}})
+    joined = masking.join_day(raws[DAY], users, items, history, masking.training_mean_age(users, 3))
     store.write_parquet(paths.masked_interactions(DAY), joined)
     with store.writing(paths.TRITON_REPOSITORY) as target:
         release, _ = repository.assemble_candidate(target, None, tiny.trained, ServingDefaults(sampling_seed=5),
@@ -66,8 +70,7 @@ def test_the_served_list_is_the_rankers_order_of_the_retrieved_candidates(releas
     # the list is the DLRM's top 10 of FAISS's 50, for the first request: recompute it by hand
     first = scorer.as_served(requests.iloc[:1])
     candidates = scorer.retrieve(first, DAY, 50)[0]
-    rows = pd.concat([first[["user_id", "age", "gender", "top_category", "device_type", "timestamp"]]] * 50,
-                     ignore_index=True)
+    rows = pd.concat([first[[*WORKFLOW_INPUTS["user"], *WORKFLOW_INPUTS["context"]]]] * 50, ignore_index=True)
     rows = pd.concat([rows, items.set_index("item_id").loc[candidates, ["category_l1", "category_l2", "item_gender",
                                                                         "price"]].reset_index(drop=True)], axis=1)
     p = scorer.click_probability(rows.assign(item_id=candidates))
@@ -75,7 +78,8 @@ def test_the_served_list_is_the_rankers_order_of_the_retrieved_candidates(releas
     # an anonymous request is served the cold-start user features, whatever the hidden user's were
     anonymous = requests[requests["split"] == "anonymous"].iloc[:3]
     defaults = scorer.transforms.unknown_user(3)
-    explicit = anonymous.assign(age=defaults["age"], gender=defaults["gender"], top_category=defaults["top_category"])
+    explicit = anonymous.assign(age=defaults["age"], gender=defaults["gender"],
+                                **{name: defaults[name] for name in USER_HISTORY})
     np.testing.assert_array_equal(scorer.recommend(anonymous, DAY, items, k=10, candidates=50),
                                   scorer.recommend(explicit, DAY, items, k=10, candidates=50))
 

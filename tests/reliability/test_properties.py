@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from recsys_assets.api import events as ev
 from recsys_assets.api import stream
+from recsys_assets.lib.feature_spec import USER_HISTORY
 from recsys_assets.serving.bloom import BloomParams, SeenFilter, bit_positions, bits_contain
 from recsys_assets.serving.common import Availability
 from recsys_assets.serving.executor import BadRequest, StageContext
@@ -281,11 +282,11 @@ def test_user_transform_maps_any_id_to_its_row_null_or_oov(decoder, user_ids, ag
     _, transforms, vocabularies = decoder
     n = len(user_ids)
     out = transforms.transform_user(user_ids, np.full(n, age), np.array([gender] * n, dtype=object),
-                                    np.full(n, top, np.int64))
+                                    *[np.full(n, top, np.int64)] * len(USER_HISTORY))
     values, labels = vocabularies["user.user_id"]
     row = dict(zip(values.astype(np.int64).tolist(), labels.astype(np.int64).tolist()))
     assert out["user_id"].tolist() == [1 if u == -1 else row.get(u, 2) for u in user_ids.tolist()]
-    for name in ("gender", "top_category", "age_binned"):
+    for name in ("gender", *USER_HISTORY, "age_binned"):
         size = 3 + len(vocabularies[f"user.{name}"][0])
         assert ((out[name] >= 1) & (out[name] < size)).all(), (name, out[name])
     assert np.isfinite(out["age_norm"]).all()

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys_assets.lib.feature_spec import USER_HISTORY
 from recsys_assets.serving.common import pack_text, unpack_text
 from recsys_assets.serving.executor import BadRequest, StageConfigError, StageContext
 from recsys_assets.serving.features import CONTEXT, ITEM, UNROLLED, USER
@@ -151,7 +152,8 @@ def test_unroll_repeats_request_features_per_candidate_keeping_dtypes():
     assert out["user_id"].tolist() == [3] * 4 and out["device_type"].tolist() == [4] * 4
     assert out["hour_sin"].dtype == np.float32 and out["hour_sin"].tolist() == [0.5] * 4
     empty = stage(item_ids=np.zeros(0, np.int64), **groups)
-    assert empty["unrolled_categorical"].shape == (0, 5) and empty["unrolled_continuous"].shape == (0, 5)
+    assert empty["unrolled_categorical"].shape == (0, len(UNROLLED.categorical))
+    assert empty["unrolled_continuous"].shape == (0, len(UNROLLED.continuous))
     with pytest.raises(BadRequest, match="one row"):
         stage(item_ids=np.arange(2), **{**groups, "user_categorical": np.zeros((2, 4), np.int64)})
 
@@ -204,7 +206,8 @@ def test_transforms_send_sentinels_to_null_and_unseen_values_to_oov(tmp_path, ti
     user = UserTransform(StageContext("nvt_user_transform", model_dir=folder))
     out = USER.unpack(**{k.split("_")[1]: v for k, v in user(
         raw_user_id=np.array([0, -1, 10**6]), raw_age=np.array([30.0, 40.0, 50.0]),
-        raw_gender=np.array([1, -1, 0]), raw_top_category=np.array([3, -1, 19])).items()})
+        raw_gender=np.array([1, -1, 0]),
+        **{f"raw_{name}": np.array([3, -1, 19]) for name in USER_HISTORY}).items()})
     assert out["user_id"].tolist() == [3, 1, 2]   # known -> 3.., sentinel -> null 1, unseen -> OOV 2
     assert out["gender"].tolist()[1] == 1 and out["age_norm"].dtype == np.float32
     context = ContextTransform(StageContext("nvt_context_transform", model_dir=folder))
@@ -240,8 +243,10 @@ def test_dlrm_scores_every_candidate_as_a_probability(tmp_path, tiny):
     folder = version_dir(tmp_path, tiny, "dlrm.onnx")
     stage = DlrmRanking(StageContext("dlrm_ranking", model_dir=folder))
     n = 7
-    groups = {"unrolled_categorical": np.full((n, 5), 3), "unrolled_continuous": np.zeros((n, 5), np.float32),
-              "item_categorical": np.full((n, 3), 3), "item_continuous": np.zeros((n, 1), np.float32)}
+    groups = {"unrolled_categorical": np.full((n, len(UNROLLED.categorical)), 3),
+              "unrolled_continuous": np.zeros((n, len(UNROLLED.continuous)), np.float32),
+              "item_categorical": np.full((n, len(ITEM.categorical)), 3),
+              "item_continuous": np.zeros((n, len(ITEM.continuous)), np.float32)}
     out = stage(item_index=np.arange(3, 3 + n), image_embedding=np.ones((n, 64), np.float32),
                 text_embedding=np.zeros((n, 64), np.float32), **groups)["scores"]
     assert out.shape == (n,) and ((out > 0) & (out < 1)).all() and len(set(out.tolist())) > 1

@@ -76,15 +76,10 @@ def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesC
     raw_items = store.read_parquet(paths.ITEMS)
     snapshots = {d: store.read_parquet(paths.user_top_category(d)) for d in days}
 
-    out = {
-        "users": t.users_table(raw_users, masking.training_mean_age(raw_users, TRAIN_DAYS[-1])),
-        "user_top_category": t.top_category_history(raw_users, snapshots),
-        "items": t.items_table(raw_items, START_DATE),
-    }
-    targets = {"users": paths.FEAST_USERS, "user_top_category": paths.FEAST_USER_TOP_CATEGORY,
-               "items": paths.FEAST_ITEMS}
+    out = t.offline_tables(raw_users, raw_items, snapshots, masking.training_mean_age(raw_users, TRAIN_DAYS[-1]),
+                           START_DATE)
     for name, df in out.items():
-        store.write_parquet(targets[name], df)
+        store.write_parquet(paths.FEAST_TABLES[name], df)
 
     coverage = t.coverage_problems(out, raw_users["user_id"].to_numpy(), raw_items["item_id"].to_numpy())
     vocabulary = category_vocabulary(raw_items["category_l1"])
@@ -151,7 +146,7 @@ def online_features(context: dg.AssetExecutionContext, config: OnlineFeaturesCon
     user_ids = store.read_parquet(paths.FEAST_USERS, columns=["user_id"])["user_id"].to_numpy()
     item_ids = store.read_parquet(paths.FEAST_ITEMS, columns=["item_id"])["item_id"].to_numpy()
     stamps = pd.concat([store.read_parquet(p, columns=["event_timestamp"])["event_timestamp"]
-                        for p in (paths.FEAST_USERS, paths.FEAST_USER_TOP_CATEGORY, paths.FEAST_ITEMS)])
+                        for p in paths.FEAST_TABLES.values()])
     start, end = stamps.min(), stamps.max() + pd.Timedelta(seconds=1)
 
     repo = feast.repo(store, valkey)

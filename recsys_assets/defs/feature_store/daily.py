@@ -119,12 +119,9 @@ def daily_online_features(context: dg.AssetExecutionContext, config: DailyOnline
     snapshots = {d: store.read_parquet(paths.user_top_category(d)) for d in range(last + 1)}
     catalogue = store.read_parquet(paths.ITEMS)
     mean_age = masking.training_mean_age(raw_users, TRAIN_DAYS[-1])  # what an unknown age becomes (own data)
-    tables = {"users": t.users_table(raw_users, mean_age),
-              "user_top_category": t.top_category_history(raw_users, snapshots),
-              "items": t.items_table(catalogue, START_DATE)}
-    for name, rel in (("users", paths.FEAST_USERS), ("user_top_category", paths.FEAST_USER_TOP_CATEGORY),
-                      ("items", paths.FEAST_ITEMS)):
-        store.write_parquet(rel, tables[name])
+    tables = t.offline_tables(raw_users, catalogue, snapshots, mean_age, START_DATE)
+    for name, df in tables.items():
+        store.write_parquet(paths.FEAST_TABLES[name], df)
 
     start, end = daily.materialize_window(day, START_DATE)
     repo = feast.repo(store, valkey)

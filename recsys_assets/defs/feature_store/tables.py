@@ -6,6 +6,8 @@
   table is a point-in-time history: the value as of time t is the last row at or before t. Between two day
   ends the history holds the earlier day's value; training uses the per-row point-in-time feature instead
   (``features/top_category/day_XX.parquet``), and serving the value the click path pushes.
+- ``user_interests``: user_id, interest_1..3, event_timestamp, built the same way from the same snapshots
+  (batch only: nothing pushes interests per click).
 - ``items``: item_id, price, category_l1, category_l2, item_gender, available_from_day, event_timestamp
   (the start of the day the item becomes available).
 
@@ -18,6 +20,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
+from recsys_assets.lib.feature_spec import INTERESTS
 from recsys_assets.lib.masking import NO_KNOWN_AGE
 from recsys_assets.lib.sources.catalogue import NO_GENDER
 from recsys_assets.lib.top_category import CATEGORIES, NONE
@@ -25,6 +28,7 @@ from recsys_assets.lib.top_category import CATEGORIES, NONE
 SECONDS_PER_DAY = 86_400
 USER_COLUMNS = ["user_id", "age", "gender", "event_timestamp"]
 TOP_CATEGORY_COLUMNS = ["user_id", "top_category", "event_timestamp"]
+INTEREST_COLUMNS = ["user_id", *INTERESTS, "event_timestamp"]
 ITEM_COLUMNS = ["item_id", "price", "category_l1", "category_l2", "item_gender", "available_from_day",
                 "event_timestamp"]
 
@@ -48,19 +52,34 @@ def users_table(users: pd.DataFrame, mean_age: float | None = None) -> pd.DataFr
     return out[USER_COLUMNS].sort_values("user_id", kind="stable").reset_index(drop=True)
 
 
-def top_category_history(users: pd.DataFrame, snapshots: dict[int, pd.DataFrame]) -> pd.DataFrame:
-    """Signup rows (-1) plus the end-of-day snapshots, keeping only the rows where a user's value changed."""
-    base = pd.DataFrame({"user_id": users["user_id"].astype(np.int64), "top_category": np.int64(NONE),
+def history_table(users: pd.DataFrame, snapshots: dict[int, pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """Signup rows (-1 in every code) plus the end-of-day snapshots' ``columns`` (user_id, codes...,
+    event_timestamp), keeping only the rows where a user's codes changed."""
+    codes = columns[1:-1]
+    base = pd.DataFrame({"user_id": users["user_id"].astype(np.int64), **{c: np.int64(NONE) for c in codes},
                          "event_timestamp": _utc(users["signup_timestamp"])})
-    frames = [base] + [snapshots[d][TOP_CATEGORY_COLUMNS] for d in sorted(snapshots)]
+    frames = [base] + [snapshots[d][columns] for d in sorted(snapshots)]
     df = pd.concat(frames, ignore_index=True)
     df["user_id"] = df["user_id"].astype(np.int64)
-    df["top_category"] = df["top_category"].astype(np.int64)
+    df[codes] = df[codes].astype(np.int64)
     df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
     df = df.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
     same_user = df["user_id"].eq(df["user_id"].shift())
-    unchanged = same_user & df["top_category"].eq(df["top_category"].shift())
-    return df[~unchanged].reset_index(drop=True)[TOP_CATEGORY_COLUMNS]
+    unchanged = same_user & df[codes].eq(df[codes].shift()).all(axis=1)
+    return df[~unchanged].reset_index(drop=True)[columns]
+
+
+def top_category_history(users: pd.DataFrame, snapshots: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    return history_table(users, snapshots, TOP_CATEGORY_COLUMNS)
+
+
+def offline_tables(users: pd.DataFrame, items: pd.DataFrame, snapshots: dict[int, pd.DataFrame], mean_age: float,
+                   start_date: dt.date) -> dict[str, pd.DataFrame]:
+    """Every offline source Feast reads, by its name (``lib.paths.FEAST_TABLES`` says where each is written)."""
+    return {"users": users_table(users, mean_age),
+            "user_top_category": top_category_history(users, snapshots),
+            "user_interests": history_table(users, snapshots, INTEREST_COLUMNS),
+            "items": items_table(items, start_date)}
 
 
 def items_table(items: pd.DataFrame, start_date: dt.date) -> pd.DataFrame:
@@ -107,7 +126,7 @@ def domains(categories: tuple[str, ...] = CATEGORIES) -> dict:
         # An unknown age is the training mean age (a whole number; own data without ages: masking.NO_KNOWN_AGE).
         "age": lambda s: s.between(18, 100) | (s == round(NO_KNOWN_AGE)),
         "gender": lambda s: s.isin(["M", "F", NO_GENDER]),
-        "top_category": lambda s: s.between(NONE, len(categories) - 1),
+        **{code: (lambda s: s.between(NONE, len(categories) - 1)) for code in ("top_category", *INTERESTS)},
         "price": lambda s: s > 0,
         "item_gender": lambda s: s.isin(["M", "F", "U"]),
         "category_l1": lambda s: s.isin(categories),

@@ -1,4 +1,5 @@
-"""Features computed from interactions in the pipeline env: the point-in-time ``top_category``."""
+"""Features computed from interactions in the pipeline env: the point-in-time user history (``top_category`` and
+``interest_1..3``, ``lib.top_category``)."""
 
 import dagster as dg
 import numpy as np
@@ -12,7 +13,14 @@ from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactNotFound
 from recsys_assets.lib.generator import SECONDS_PER_DAY
 from recsys_assets.lib.settings import partition_key
-from recsys_assets.lib.top_category import NONE, category_codes, category_vocabulary, point_in_time_top_category
+from recsys_assets.lib.feature_spec import INTERESTS
+from recsys_assets.lib.top_category import (
+    NONE,
+    category_codes,
+    category_vocabulary,
+    point_in_time_interests,
+    point_in_time_top_category,
+)
 
 GROUP = "features"
 
@@ -26,7 +34,8 @@ GROUP = "features"
     output_required=False,
 )
 def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource):
-    """``top_category`` for every row of the day, point in time, plus each user's value at the end of the day.
+    """The user history codes (``top_category``, ``interest_1..3``) for every row of the day, point in time, plus
+    each user's values at the end of the day.
 
     Reads the clicks of every day up to this one (the feature looks back over all earlier clicks), so days
     00..d-1 of ``raw_interactions`` must exist; a missing one fails the blocking check, naming the partition, and
@@ -60,19 +69,27 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
         clicks["user_id"], clicks["timestamp"], category[clicks["item_id"].to_numpy()],
         today["user_id"], today["timestamp"],
     )
+    event_category = category[history["item_id"].to_numpy()]
+
+    def interests(query_user, query_ts) -> dict[str, np.ndarray]:
+        codes = point_in_time_interests(history["user_id"], history["timestamp"], event_category, history["click"],
+                                        query_user, query_ts, n_interests=len(INTERESTS))
+        return {name: codes[:, k] for k, name in enumerate(INTERESTS)}
+
     rows = pd.DataFrame({"interaction_id": today["interaction_id"], "user_id": today["user_id"],
-                         "timestamp": today["timestamp"], "top_category": pit})
+                         "timestamp": today["timestamp"], "top_category": pit,
+                         **interests(today["user_id"], today["timestamp"])})
     store.write_parquet(paths.top_category(day), rows)
 
-    # Each user's value at the end of the day, for users with any click so far.
+    # Each user's values at the end of the day, for users with any impression so far (-1 where none applies).
     end_of_day = int(today["timestamp"].max() // SECONDS_PER_DAY + 1) * SECONDS_PER_DAY if len(today) else 0
-    clickers = np.unique(clicks["user_id"].to_numpy())
+    seen = np.unique(history["user_id"].to_numpy())
+    seen = seen[seen >= 0]
+    at_end = np.full(len(seen), end_of_day)
     latest = point_in_time_top_category(
-        clicks["user_id"], clicks["timestamp"], category[clicks["item_id"].to_numpy()],
-        clickers, np.full(len(clickers), end_of_day),
-    )
-    snapshot = pd.DataFrame({"user_id": clickers, "top_category": latest,
-                             "event_timestamp": pd.to_datetime(np.full(len(clickers), end_of_day), unit="s", utc=True)})
+        clicks["user_id"], clicks["timestamp"], category[clicks["item_id"].to_numpy()], seen, at_end)
+    snapshot = pd.DataFrame({"user_id": seen, "top_category": latest, **interests(seen, at_end),
+                             "event_timestamp": pd.to_datetime(at_end, unit="s", utc=True)})
     store.write_parquet(paths.user_top_category(day), snapshot)
 
     dist = pd.Series(pit[pit != NONE]).map(dict(enumerate(vocabulary))).value_counts(normalize=True)
@@ -82,6 +99,7 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
             "day": day,
             "rows": len(rows),
             "share_with_top_category": float((pit != NONE).mean()) if len(pit) else 0.0,
+            "share_with_interest_1": float((rows[INTERESTS[0]] != NONE).mean()) if len(rows) else 0.0,
             "users_with_value": len(snapshot),
             "history_clicks": len(clicks),
             "path": store.uri(paths.top_category(day)),

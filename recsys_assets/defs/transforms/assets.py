@@ -36,7 +36,7 @@ from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner
 from recsys_assets.lib import masking, paths, retrain
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
 from recsys_assets.lib.settings import partition_key
-from recsys_assets.lib.feature_spec import MASKED_SCHEMA, SENTINEL
+from recsys_assets.lib.feature_spec import MASKED_SCHEMA, SENTINEL, USER_HISTORY
 
 GROUP = "transforms"
 # The run tag the instance's run queue limits (dagster.yaml: one merlin-env run at a time), and the op
@@ -113,7 +113,7 @@ def masked_table_problems(store: ArtifactStore, day: int) -> list[str]:
 # -- masked_interactions -----------------------------------------------------------------------------------------
 class MaskingConfig(dg.Config):
     user_rate: float = 0.05
-    """Share of train-day rows whose user_id, gender and top_category become -1 (and age the training mean)."""
+    """Share of train-day rows whose user_id, gender and history codes become -1 (and age the training mean)."""
     device_rate: float = 0.05
     """Share of train-day rows whose device_type becomes -1 (drawn independently of the user mask)."""
     seed: int = 20260101
@@ -171,7 +171,7 @@ def masked_interactions(context: dg.AssetExecutionContext, config: MaskingConfig
     n = len(table)
     want_user, want_device = (config.user_rate, config.device_rate) if train else (0.0, 0.0)
     masked = table[table["masked_user"]]
-    together = bool(((masked[["user_id", "gender", "top_category"]] == SENTINEL).all(axis=1)).all()
+    together = bool(((masked[["user_id", "gender", *USER_HISTORY]] == SENTINEL).all(axis=1)).all()
                     and (masked["age"] == mean_age).all())
     recorded = (abs(stats.user_rate - want_user) <= 1.0 / n and abs(stats.device_rate - want_device) <= 1.0 / n
                 and together and bool((table.loc[table["masked_device"], "device_type"] == SENTINEL).all()))
@@ -180,7 +180,7 @@ def masked_interactions(context: dg.AssetExecutionContext, config: MaskingConfig
     coverage = [
         ("user_id = -1", float((table["user_id"] == SENTINEL).mean())),
         ("gender = -1", float((table["gender"] == SENTINEL).mean())),
-        ("top_category = -1", float((table["top_category"] == SENTINEL).mean())),
+        *[(f"{name} = -1", float((table[name] == SENTINEL).mean())) for name in USER_HISTORY],
         ("device_type = -1", float((table["device_type"] == SENTINEL).mean())),
         ("age = mean age", float((table["age"] == mean_age).mean())),
     ]

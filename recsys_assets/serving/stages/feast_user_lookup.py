@@ -1,11 +1,12 @@
-"""``feast_user_lookup``: a user's age, gender and top_category from the online store, through Feast's API.
+"""``feast_user_lookup``: a user's age, gender and history codes from the online store, through Feast's API.
 
 Input ``user_id`` INT64 [1] (checked by ``context_preprocessor``). Outputs (each [1]): ``known_user_id`` INT64,
-``age`` FP64, ``gender`` INT64 (0 F, 1 M, -1 unknown), ``top_category`` INT64 (-1 none).
+``age`` FP64, ``gender`` INT64 (0 F, 1 M, -1 unknown) and the history codes ``top_category``, ``interest_1..3``
+INT64 (``lib.feature_spec.USER_HISTORY``, -1 none).
 
 Cold start (DESIGN.md Serving graph): an anonymous request (-1) or a user the online store does not know gets
 ``known_user_id`` -1, the training mean age (``MEAN_AGE``, injected by the repository build), gender -1 and
-top_category -1: exactly what the masked training rows carry. A known user with a missing feature gets that
+-1 for every history code: exactly what the masked training rows carry. A known user with a missing feature gets that
 feature's default. When Valkey cannot be reached the request is served with the same defaults (counted in
 ``recsys_degraded_requests_total{stage="feast_user_lookup"}``) and the lookup resumes once Valkey answers.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys_assets.lib.feature_spec import encode_gender
+from recsys_assets.lib.feature_spec import USER_HISTORY, encode_gender
 from recsys_assets.serving.common import scalar
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
 from recsys_assets.serving.runtime import Breaker, Runtime, ValkeyUnavailable
@@ -35,7 +36,7 @@ def _first(values) -> object:
 
 class FeastUserLookup(Stage):
     inputs = ("user_id",)
-    outputs = ("known_user_id", "age", "gender", "top_category")
+    outputs = ("known_user_id", "age", "gender", *USER_HISTORY)
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
@@ -52,7 +53,7 @@ class FeastUserLookup(Stage):
             raise StageConfigError(f"Feast feature service {service_name!r} cannot be read from "
                                    f"{self.runtime.feast_repo}: {exc} (materialize online_features first)") from exc
         names = {f.name for projection in self.service.feature_view_projections for f in projection.features}
-        missing = {"age", "gender", "top_category"} - names
+        missing = {"age", "gender", *USER_HISTORY} - names
         if missing:
             raise StageConfigError(f"feature service {service_name!r} lacks {sorted(missing)}")
         self.read_mode = ctx.param("FEAST_READ", "provider")
@@ -91,12 +92,13 @@ class FeastUserLookup(Stage):
         return out
 
     def defaults(self) -> dict[str, np.ndarray]:
-        return self._row(-1, self.mean_age, -1, -1)
+        return self._row(-1, self.mean_age, -1, {})
 
     @staticmethod
-    def _row(user_id: int, age: float, gender: int, top_category: int) -> dict[str, np.ndarray]:
+    def _row(user_id: int, age: float, gender: int, history: dict[str, int]) -> dict[str, np.ndarray]:
         return {"known_user_id": np.array([user_id], np.int64), "age": np.array([age], np.float64),
-                "gender": np.array([gender], np.int64), "top_category": np.array([top_category], np.int64)}
+                "gender": np.array([gender], np.int64),
+                **{name: np.array([history.get(name, -1)], np.int64) for name in USER_HISTORY}}
 
     def lookup(self, user_id: int) -> dict[str, list]:
         """Feast's answer for one user: ``{feature: [value or None]}``."""
@@ -135,9 +137,10 @@ class FeastUserLookup(Stage):
         except ValkeyUnavailable:
             self.ctx.degraded("valkey_unreachable")
             return self.defaults()
-        age, gender, top = _first(row.get("age")), _first(row.get("gender")), _first(row.get("top_category"))
-        if age is None and gender is None and top is None:
+        age, gender = _first(row.get("age")), _first(row.get("gender"))
+        history = {name: _first(row.get(name)) for name in USER_HISTORY}
+        if age is None and gender is None and all(v is None for v in history.values()):
             return self.defaults()  # not in the online store: a new user
         gender_code = encode_gender([gender])[0] if isinstance(gender, str) or gender is None else int(gender)
         return self._row(uid, self.mean_age if age is None else float(age), gender_code,
-                         -1 if top is None else int(top))
+                         {name: int(v) for name, v in history.items() if v is not None})
