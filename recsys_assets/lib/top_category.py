@@ -174,7 +174,7 @@ def point_in_time_interests(events_user, events_ts, events_category, events_clic
     first = np.r_[0, np.flatnonzero(np.diff(eu)) + 1]
     start_of = np.repeat(first, np.diff(np.r_[first, len(eu)]))
     weight = (IMPRESSION_WEIGHT + CLICK_WEIGHT * ek) * np.exp2((et - et.max()) / (half_life_days * 86_400.0))
-    n_cat = int(ec.max()) + 1
+    n_cat = max(int(ec.max()) + 1, n_interests)  # a catalogue may have fewer categories than interests
     totals = np.zeros((len(qu), n_cat))
     for c in range(n_cat):  # one category at a time: memory stays O(events + queries x categories)
         cum = np.cumsum(np.where(ec == c, weight, 0.0))

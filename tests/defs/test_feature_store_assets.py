@@ -198,5 +198,6 @@ def test_k8s_configuration_loads_with_athena_and_a_cluster_online_store(monkeypa
         sys.modules.pop("features", None)
     kinds = {type(s).__name__ for s in contents.data_sources}
     assert kinds == {"AthenaSource", "PushSource"}
-    assert {fv.name for fv in contents.feature_views} == {"user_profile", "user_top_category", "item_features"}
+    assert {fv.name for fv in contents.feature_views} == {"user_profile", "user_top_category", "user_interests",
+                                                            "item_features"}
     assert [s.name for s in contents.feature_services] == ["user_features"]

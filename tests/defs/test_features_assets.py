@@ -5,7 +5,14 @@ from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest import assets as ingest
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
-from recsys_assets.lib.top_category import category_codes, top_category_of_window
+from recsys_assets.lib.feature_spec import INTERESTS
+from recsys_assets.lib.top_category import (
+    CLICK_WEIGHT,
+    HALF_LIFE_DAYS,
+    IMPRESSION_WEIGHT,
+    category_codes,
+    top_category_of_window,
+)
 
 
 def _ingest(resources, days):
@@ -31,8 +38,18 @@ def test_top_category_is_point_in_time_and_never_sees_its_own_click(resources):
         u, t = int(raw["user_id"].iloc[k]), int(raw["timestamp"].iloc[k])
         h = [(int(ts), int(cat[i])) for ts, i in clicks[clicks["user_id"] == u][["timestamp", "item_id"]].to_numpy()]
         assert rows["top_category"].iloc[k] == top_category_of_window(h, t)
+        # interests: the user's categories by decayed weight of every earlier impression (clicks weigh more)
+        earlier = hist[(hist["user_id"] == u) & (hist["timestamp"] < t)]
+        weight = ((IMPRESSION_WEIGHT + CLICK_WEIGHT * earlier["click"].to_numpy())
+                  * 2.0 ** ((earlier["timestamp"].to_numpy() - t) / (HALF_LIFE_DAYS * 86_400)))
+        totals = __import__("pandas").Series(weight).groupby(cat[earlier["item_id"].to_numpy()]).sum()
+        want = sorted(totals.index, key=lambda c: (-totals[c], c))[:3]
+        assert rows[list(INTERESTS)].iloc[k].tolist() == want + [-1] * (3 - len(want))
     snapshot = store.read_parquet(paths.user_top_category(1))
-    assert snapshot["user_id"].is_unique and (snapshot["top_category"] >= 0).all()
+    assert snapshot["user_id"].is_unique and set(snapshot["user_id"]) == set(hist["user_id"])
+    clickers = snapshot["user_id"].isin(clicks["user_id"])
+    assert (snapshot.loc[clickers, "top_category"] >= 0).all() and (snapshot.loc[~clickers, "top_category"] == -1).all()
+    assert (snapshot["interest_1"] >= 0).all()  # everyone in the logs was shown something
     meta = result.asset_materializations_for_node("user_top_category")[0].metadata
     assert 0 < meta["share_with_top_category"].value < 1
 

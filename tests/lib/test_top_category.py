@@ -116,6 +116,8 @@ def test_interests_rank_clicks_and_recent_activity_first():
     eu, et, ec, ek = map(np.array, zip(*events))
     got = point_in_time_interests(eu, et, ec, ek, [0, 0, 1, 2], [2 * day, 1 * day, 2 * day, 2 * day])
     assert got.tolist() == [[5, 2, 1], [1, NONE, NONE], [3, NONE, NONE], [NONE, NONE, NONE]]
+    # a catalogue with fewer categories than interests
+    assert point_in_time_interests([0], [0], [0], [0], [0], [1]).tolist() == [[0, NONE, NONE]]
     # recency: 10 impressions of category 4 three half-lives ago weigh less than 2 of category 6 now
     old = [(0, 0, 4, 0)] * 10 + [(0, int(3 * HALF_LIFE_DAYS * day), 6, 0)] * 2
     eu, et, ec, ek = map(np.array, zip(*old))
