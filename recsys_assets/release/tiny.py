@@ -304,8 +304,8 @@ def serving_environ(valkey_url: str, artifacts_root: Path) -> dict[str, str]:
 
 def publish_online_state(tiny: TinyArtifacts, environ: dict[str, str], seed: int = 7) -> dict:
     """Put the tiny world where serving reads it: Feast offline files, ``feast apply`` + ``materialize`` into the
-    online store, and popularity tables (made-up clicks) in Valkey. Returns what was written (user top categories,
-    popularity order)."""
+    online store, and popularity tables (made-up clicks) in Valkey. Returns what was written (each user's history
+    codes by name, popularity order)."""
     import datetime as dt
     import os
 
@@ -352,7 +352,9 @@ def publish_online_state(tiny: TinyArtifacts, environ: dict[str, str], seed: int
         popularity.publish(client, space.prefix, tables)
     finally:
         client.close()
-    return {"top_category": dict(zip(users["user_id"].tolist(), top.tolist())),
+    ids = users["user_id"].tolist()
+    return {"top_category": dict(zip(ids, top.tolist())),
+            **{name: dict(zip(ids, codes.tolist())) for name, codes in interests.items()},
             "popular": popularity.ranking(tables)}
 
 

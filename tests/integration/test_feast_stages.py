@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys_assets.lib.feature_spec import USER_HISTORY
 from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
 from recsys_assets.serving.executor import StageContext
 from recsys_assets.serving.common import unpack_text
@@ -42,11 +43,12 @@ def test_known_users_get_their_features_and_unknown_ones_the_cold_start_defaults
     assert out["known_user_id"].tolist() == [int(row.user_id)]
     assert out["age"].tolist() == [float(row.age)]
     assert out["gender"].tolist() == [{"F": 0, "M": 1}[row.gender]]
-    assert out["top_category"].tolist() == [state["top_category"][int(row.user_id)]]
+    for name in USER_HISTORY:  # what the offline tables hold is what serving reads (one HMGET, two views)
+        assert out[name].tolist() == [state[name][int(row.user_id)]], name
     for unknown in (-1, 10**9):
         out = stage(user_id=np.array([unknown]))
         assert {k: v.tolist() for k, v in out.items()} == {"known_user_id": [-1], "age": [33.5], "gender": [-1],
-                                                           "top_category": [-1]}
+                                                           **{name: [-1] for name in USER_HISTORY}}
 
 
 def test_provider_reads_equal_the_sdk_and_do_not_grow_with_requests(online):
