@@ -47,7 +47,7 @@ def make_days(scale: str, days, out: Path, history_days=None) -> dict:
 
     from recsys_assets.lib import masking
     from recsys_assets.lib.generator import World
-    from recsys_assets.lib.top_category import category_codes, point_in_time_top_category
+    from recsys_assets.lib.top_category import category_codes, history_codes
 
     out.mkdir(parents=True, exist_ok=True)
     world = World(seed=20260101, scale=scale)
@@ -55,18 +55,15 @@ def make_days(scale: str, days, out: Path, history_days=None) -> dict:
     items = world.items[["item_id", "category_l1", "category_l2", "item_gender", "price"]]
     mean_age = masking.training_mean_age(users, TRAIN_DAYS[-1])
     category = category_codes(items["category_l1"])
-    clicks, files, rows = [], {}, 0
+    shown, files, rows = [], {}, 0
     for day in (history_days if history_days is not None else days):
         raw, _ = world.generate_day(day)
-        c = raw[raw["click"] == 1]
-        clicks.append(c[["user_id", "timestamp", "item_id"]])
+        shown.append(raw[["user_id", "timestamp", "item_id", "click"]])
         if day not in days:
             continue
-        h = pd.concat(clicks, ignore_index=True)
-        top = point_in_time_top_category(h["user_id"], h["timestamp"], category[h["item_id"].to_numpy()],
-                                         raw["user_id"], raw["timestamp"])
-        joined = masking.join_day(raw, users, items, pd.DataFrame({"interaction_id": raw["interaction_id"],
-                                                                   "top_category": top}), mean_age)
+        codes = history_codes(pd.concat(shown, ignore_index=True), category, raw["user_id"], raw["timestamp"])
+        joined = masking.join_day(raw, users, items, pd.DataFrame({"interaction_id": raw["interaction_id"], **codes}),
+                                  mean_age)
         table = masking.mask_day(joined, 20260101, day, mean_age)[0] if day in TRAIN_DAYS else joined
         files[day] = out / f"day_{day:02d}.parquet"
         table.to_parquet(files[day], index=False, row_group_size=250_000)
@@ -113,6 +110,7 @@ def request_inputs(compiled_dir, n_items=ITEMS_PER_REQUEST, seed=0):
     """One request's raw inputs: a known user, a context and 300 catalogue items with their features."""
     import pandas as pd
 
+    from recsys_assets.lib.feature_spec import USER_HISTORY
     from recsys_assets.lib.generator import World
     from recsys_assets.serving.transforms import read_description
 
@@ -121,7 +119,8 @@ def request_inputs(compiled_dir, n_items=ITEMS_PER_REQUEST, seed=0):
     items = World(seed=20260101, scale="tiny").items
     ids = rng.choice(len(items), n_items, replace=False)
     user = pd.DataFrame({"user_id": np.array([int(vocab["user.user_id"][0][0])], np.int64), "age": [41.0],
-                         "gender": np.array([1], np.int64), "top_category": np.array([3], np.int64)})
+                         "gender": np.array([1], np.int64),
+                         **{name: np.array([3], np.int64) for name in USER_HISTORY}})
     context = pd.DataFrame({"device_type": np.array([1], np.int64), "timestamp": np.array([1767300000], np.int64)})
     item = pd.DataFrame({"item_id": ids.astype(np.int64),
                          "category_l1": items["category_l1"].to_numpy(object)[ids],

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys_assets.lib.feature_spec import INTERESTS
+
 WINDOW_SECONDS = 24 * 3600
 NONE = -1
 IMPRESSION_WEIGHT, CLICK_WEIGHT = 1.0, 4.0   # a clicked impression weighs 1 + 4 = 5 unclicked ones
@@ -187,3 +189,17 @@ def point_in_time_interests(events_user, events_ts, events_category, events_clic
     ranked = np.argsort(-totals, axis=1, kind="stable")[:, :n_interests]
     picked = np.take_along_axis(totals, ranked, axis=1)
     return np.where(picked > 0.0, ranked, NONE)
+
+
+def history_codes(events, category: np.ndarray, query_user, query_ts) -> dict[str, np.ndarray]:
+    """Every history code (``feature_spec.USER_HISTORY``) at each query (user, timestamp), point in time.
+
+    ``events``: the impressions so far (a DataFrame with ``user_id``, ``timestamp``, ``item_id``, ``click``; rows at
+    or after a query's time do not count for it); ``category``: the code of every raw item id (row = item id)."""
+    clicked = events["click"].to_numpy() == 1
+    codes = category[events["item_id"].to_numpy()]
+    top = point_in_time_top_category(events["user_id"].to_numpy()[clicked], events["timestamp"].to_numpy()[clicked],
+                                     codes[clicked], query_user, query_ts)
+    interests = point_in_time_interests(events["user_id"], events["timestamp"], codes, events["click"],
+                                        query_user, query_ts, n_interests=len(INTERESTS))
+    return {"top_category": top, **{name: interests[:, k] for k, name in enumerate(INTERESTS)}}

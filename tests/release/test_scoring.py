@@ -9,8 +9,8 @@ from recsys_assets.defs.release import releases
 from recsys_assets.lib import dataset, masking, paths, policy_value
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.generator import World
-from recsys_assets.lib.feature_spec import INTERESTS, USER_HISTORY, WORKFLOW_INPUTS
-from recsys_assets.lib.top_category import category_codes, point_in_time_interests, point_in_time_top_category
+from recsys_assets.lib.feature_spec import USER_HISTORY, WORKFLOW_INPUTS
+from recsys_assets.lib.top_category import category_codes, history_codes
 from recsys_assets.release import records, repository, scoring
 from recsys_assets.release.repository import ServingDefaults
 from tests.release.tiny_serving import tiny_artifacts
@@ -27,15 +27,9 @@ def released(tmp_path_factory):
     items = dataset.write_items(store, world)
     users = dataset.write_users(store, world, DAY)
     raws = [dataset.write_day(store, world, d)[0] for d in range(DAY + 1)]
-    clicks = pd.concat(raws, ignore_index=True).query("click == 1")
-    codes = category_codes(items["category_l1"])
-    top = point_in_time_top_category(clicks["user_id"], clicks["timestamp"], codes[clicks["item_id"].to_numpy()],
-                                     raws[DAY]["user_id"], raws[DAY]["timestamp"])
-    shown = pd.concat(raws, ignore_index=True)
-    interests = point_in_time_interests(shown["user_id"], shown["timestamp"], codes[shown["item_id"].to_numpy()],
-                                        shown["click"], raws[DAY]["user_id"], raws[DAY]["timestamp"])
-    history = pd.DataFrame({"interaction_id": raws[DAY]["interaction_id"], "top_category": top,
-                            **{name: interests[:, k] for k, name in enumerate(INTERESTS)}})
+    codes = history_codes(pd.concat(raws, ignore_index=True), category_codes(items["category_l1"]),
+                          raws[DAY]["user_id"], raws[DAY]["timestamp"])
+    history = pd.DataFrame({"interaction_id": raws[DAY]["interaction_id"], **codes})
     joined = masking.join_day(raws[DAY], users, items, history, masking.training_mean_age(users, 3))
     store.write_parquet(paths.masked_interactions(DAY), joined)
     with store.writing(paths.TRITON_REPOSITORY) as target:

@@ -14,13 +14,7 @@ from recsys_assets.lib.artifacts import ArtifactNotFound
 from recsys_assets.lib.generator import SECONDS_PER_DAY
 from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.feature_spec import INTERESTS
-from recsys_assets.lib.top_category import (
-    NONE,
-    category_codes,
-    category_vocabulary,
-    point_in_time_interests,
-    point_in_time_top_category,
-)
+from recsys_assets.lib.top_category import NONE, category_codes, category_vocabulary, history_codes
 
 GROUP = "features"
 
@@ -65,20 +59,10 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
     history = pd.concat(frames, ignore_index=True)
     clicks = history[history["click"] == 1]
     today = frames[-1]
-    pit = point_in_time_top_category(
-        clicks["user_id"], clicks["timestamp"], category[clicks["item_id"].to_numpy()],
-        today["user_id"], today["timestamp"],
-    )
-    event_category = category[history["item_id"].to_numpy()]
-
-    def interests(query_user, query_ts) -> dict[str, np.ndarray]:
-        codes = point_in_time_interests(history["user_id"], history["timestamp"], event_category, history["click"],
-                                        query_user, query_ts, n_interests=len(INTERESTS))
-        return {name: codes[:, k] for k, name in enumerate(INTERESTS)}
-
     rows = pd.DataFrame({"interaction_id": today["interaction_id"], "user_id": today["user_id"],
-                         "timestamp": today["timestamp"], "top_category": pit,
-                         **interests(today["user_id"], today["timestamp"])})
+                         "timestamp": today["timestamp"],
+                         **history_codes(history, category, today["user_id"], today["timestamp"])})
+    pit = rows["top_category"].to_numpy()
     store.write_parquet(paths.top_category(day), rows)
 
     # Each user's values at the end of the day, for users with any impression so far (-1 where none applies).
@@ -86,9 +70,7 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
     seen = np.unique(history["user_id"].to_numpy())
     seen = seen[seen >= 0]
     at_end = np.full(len(seen), end_of_day)
-    latest = point_in_time_top_category(
-        clicks["user_id"], clicks["timestamp"], category[clicks["item_id"].to_numpy()], seen, at_end)
-    snapshot = pd.DataFrame({"user_id": seen, "top_category": latest, **interests(seen, at_end),
+    snapshot = pd.DataFrame({"user_id": seen, **history_codes(history, category, seen, at_end),
                              "event_timestamp": pd.to_datetime(at_end, unit="s", utc=True)})
     store.write_parquet(paths.user_top_category(day), snapshot)
 
