@@ -423,10 +423,12 @@ def test_finetune_promote_under_load_gate_and_rollback(trained_world, valkey, mo
         release, expected_1 = answers_of(http, requests)
         assert release == 1
 
-        # fine-tune the new day: release 2 changes the query tower and the ranker only. A gentle query-tower rate:
-        # this test is about promotion, and on the tiny world a full-rate step moves retrieval recall by more than
-        # the gate's tolerance either way (the gate itself is exercised by the absurd-rate fine-tune below).
-        result = _finetune(root, ports, two_tower_learning_rate=1e-5)
+        # fine-tune the new day: release 2 changes the query tower and the ranker only. Gentle rates: this test
+        # is about promotion, and on the tiny world a default-rate step moves the lists by more than the gate's
+        # interval either way (seen: the ranker's 1e-4 cost the anonymous split 0.008 true expected clicks in one
+        # CI run and not in another; TensorFlow's CPU training is not bit-reproducible across thread schedules).
+        # The gate itself is exercised by the absurd-rate fine-tune below.
+        result = _finetune(root, ports, two_tower_learning_rate=1e-5, dlrm_learning_rate=1e-6)
         checks = _checks(result, "finetuned_models")
         failed = {n: c.metadata["description"].value for n, c in checks.items() if not c.passed}
         assert not failed, failed
