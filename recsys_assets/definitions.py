@@ -28,13 +28,15 @@ from recsys_assets.lib.settings import Settings
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_resources(settings: Settings) -> dict:
+def build_resources(settings: Settings, merlin_log_dir: str = "") -> dict:
+    """``merlin_log_dir``: where the merlin steps' own output goes (``MerlinRunner.log_dir``; the demo's quiet
+    console); empty keeps it on the console for Dagster to capture."""
     resources = {
         "artifacts": ArtifactStoreResource(root=settings.artifacts),
         "world": WorldResource(seed=settings.seed, scale=settings.scale, start_date=settings.start_date.isoformat(),
                                source=settings.source),
         "profile": DeploymentProfileResource(profile=settings.profile),
-        "merlin": MerlinRunner(profile=settings.profile),
+        "merlin": MerlinRunner(profile=settings.profile, log_dir=merlin_log_dir),
     }
     for domain in sorted(m.name for m in pkgutil.iter_modules(defs_package.__path__) if m.ispkg):
         name = f"{defs_package.__name__}.{domain}.resources"
@@ -45,10 +47,10 @@ def build_resources(settings: Settings) -> dict:
     return resources
 
 
-def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+def build_definitions(settings: Settings | None = None, merlin_log_dir: str = "") -> dg.Definitions:
     settings = settings or Settings.from_env()
     return dg.Definitions.merge(dg.load_from_defs_folder(path_within_project=PROJECT_ROOT),
-                                dg.Definitions(resources=build_resources(settings)))
+                                dg.Definitions(resources=build_resources(settings, merlin_log_dir)))
 
 
 defs = build_definitions()

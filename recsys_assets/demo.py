@@ -123,13 +123,31 @@ def show_recommendations(settings: Settings, timestamp: int) -> None:
         api.delete("/users/12/seen")  # leave the demo user as it was
 
 
+def quiet_console(log_dir: Path) -> None:
+    """Libraries' log records and Python warnings go to ``<log_dir>/demo.log``, not the console; the demo's own
+    lines and Dagster's warnings and errors (its console logger, at WARNING) stay on it."""
+    import logging
+    import warnings
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=log_dir / "demo.log", level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")  # every warning once per place, into the log file
+
+
 def main() -> int:
     settings = Settings.from_env()
     instance = _instance(settings)
-    from recsys_assets.definitions import defs
+    logs = Path(settings.artifacts).resolve() / "logs"
+    quiet_console(logs)
+    from recsys_assets.definitions import build_definitions
 
+    defs = build_definitions(settings, merlin_log_dir=str(logs / "merlin"))
     t0 = time.perf_counter()
     print(f"[demo] artifacts: {settings.artifacts}  scale: {settings.scale}  instance: {os.environ['DAGSTER_HOME']}")
+    print(f"[demo] logs: {logs}/demo.log (libraries' messages and warnings), {logs}/merlin/<step>.log "
+          "(TensorFlow, NVTabular, Merlin)")
     print(f"[demo] days {BACKFILL_DAYS.start:02d}-{BACKFILL_DAYS.stop - 1:02d} from {START_DATE}; "
           f"train days {TRAIN_DAYS.start:02d}-{TRAIN_DAYS.stop - 1:02d}")
     run_plan(defs, instance)

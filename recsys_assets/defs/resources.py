@@ -110,6 +110,11 @@ class MerlinRunner(dg.ConfigurableResource):
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
     ]
     env: dict[str, str] = {}
+    log_dir: str = ""
+    """``local``: when set, each step's own output (TensorFlow's, NVTabular's and Merlin's warnings) goes to
+    ``<log_dir>/<module>.log`` (appended) instead of the run's console; a failed step's error names the file and
+    repeats its last lines. Empty (the default, as in ``make dev``): the output stays on the console, where
+    Dagster captures it per step."""
 
     def command(self, module: str, *args: str) -> list[str]:
         python = self.python if self.profile == "local" else "python"
@@ -199,9 +204,21 @@ class MerlinRunner(dg.ConfigurableResource):
                     "requirements/merlin.lock.txt)"
                 )
             parent_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            return dg.PipesSubprocessClient(env=parent_env).run(
-                command=self.command(module, *args), context=context, extras=extras or {}, env=env
-            )
+            command = self.command(module, *args)
+            if not self.log_dir:
+                return dg.PipesSubprocessClient(env=parent_env).run(
+                    command=command, context=context, extras=extras or {}, env=env)
+            log = Path(self.log_dir) / f"{module.rsplit('.', 1)[-1]}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            # Pipes messages travel through a temporary file, not stdout, so redirecting the output loses nothing.
+            try:
+                return dg.PipesSubprocessClient(env=parent_env).run(
+                    command=["sh", "-c", 'exec "$@" >>"$0" 2>&1', str(log), *command], context=context,
+                    extras=extras or {}, env=env)
+            except Exception as exc:  # the step exited non-zero (DagsterPipesExecutionError) or Pipes broke
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:]) if log.exists() else ""
+                raise dg.Failure(f"merlin step {module} failed ({exc}); its output is in {log}; the end of it:\n"
+                                 f"{tail}") from exc
         from dagster_k8s import PipesK8sClient
 
         return PipesK8sClient().run(

@@ -87,7 +87,7 @@ def _windowed(store: ArtifactStore, config) -> tuple:
     ``window: true`` (the weekly retrain): the retrain window's train and validation days, read from the
     window's own transformed days (``retrain_transformed_days``), which must be in the current fit.
     """
-    resolved = _Resolved(**config.dict())
+    resolved = _Resolved(**config.model_dump())
     if not getattr(config, "window", False):
         return resolved, paths.transformed_interactions, []
     try:
