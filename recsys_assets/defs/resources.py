@@ -7,8 +7,6 @@ tests can build the same resources pointing at temporary folders.
 from __future__ import annotations
 
 import os
-import sys
-from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
