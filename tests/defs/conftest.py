@@ -27,20 +27,24 @@ def tiny_upstream(tmp_path_factory) -> Path:
     """The training stage's upstream on the tiny world (raw, masked and transformed days 00-07, the workflows fit
     on 00-05, compiled transforms, the multimodal stand-in) and days 08 and 09 arriving after it (joined, unmasked,
     transformed with the saved workflows, as the daily job does). Read-only: copy it with ``copy_root``."""
-    from tests.defs.test_finetune import add_new_day
     from tests.defs.test_training_assets import build_upstream
 
     root = tmp_path_factory.mktemp("tiny-upstream") / "artifacts"
-    store = build_upstream(root)
-    for day in (8, 9):
-        add_new_day(store, day)
+    build_upstream(root, later_days=(8, 9))  # one merlin-env process: fit, then days 00-09 transformed
     return root
 
 
 @pytest.fixture(scope="session")
-def tiny_trained(tiny_upstream, tmp_path_factory) -> Path:
+def tiny_trained(tiny_trained_run) -> Path:
     """``tiny_upstream`` plus the plain Two-Tower, the DLRM, both as ONNX, item embeddings and the FAISS index,
     trained on days 00-05 and validated on 06-07 (``TRAIN_CONFIG``). No release yet. Read-only: copy it."""
+    return tiny_trained_run[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tiny_upstream, tmp_path_factory):
+    """``(root, result)``: ``tiny_trained`` and the Dagster run that trained it, whose checks and metadata
+    ``test_training_assets`` reads for the DLRM (the same days and hyperparameters it would train again)."""
     import dagster as dg
 
     from recsys_assets.defs.index import assets as index_assets
@@ -54,4 +58,4 @@ def tiny_trained(tiny_upstream, tmp_path_factory) -> Path:
                              training.dlrm_onnx, index_assets.item_embeddings, index_assets.faiss_index],
                             resources=resources, run_config=TRAIN_CONFIG)
     assert result.success
-    return Path(store.root)
+    return Path(store.root), result

@@ -329,34 +329,21 @@ TRAIN_CONFIG = {"ops": {
     "dlrm_model": {"config": {"train_days": [0, 1, 2, 3, 4, 5], "validation_days": [6, 7], "batch_size": 256,
                               "epochs": 3}},
     "query_tower_onnx": {"config": {"parity_rows": 128, "rows_day": 6}},
-    "dlrm_onnx": {"config": {"parity_rows": 128, "rows_day": 6}},
+    "dlrm_onnx": {"config": {"parity_rows": 256, "rows_day": 6}},  # test_training_assets reads this export
 }}
 FINETUNE = {"first_day": NEW_DAY, "two_tower_batch_size": 64, "dlrm_batch_size": 256, "parity_rows": 256,
             "holdout_share": 0.3}
 
-_NEW_DAY_SCRIPT = """
-import sys
-from recsys_assets.lib import paths
-from recsys_assets.lib.artifacts import ArtifactStore
-from recsys_assets.ml.nvt_transform import transform_day
-store = ArtifactStore(sys.argv[1]); d = int(sys.argv[2])
-with store.writing(paths.transformed_interactions(d)) as tmp:
-    transform_day(store.local_path(paths.NVT_WORKFLOWS) / "full", store.local_path(paths.masked_interactions(d)),
-                  tmp, "1MB", 1)
-"""
 
-
-def add_new_day(store: ArtifactStore, day: int) -> None:
-    """A day after the training window: raw, point-in-time top_category, joined (unmasked), transformed with the
-    saved workflows (no refit), as the daily job does."""
-    import subprocess
-
+def new_day_masked(store: ArtifactStore, day: int) -> None:
+    """A day after the training window: raw, point-in-time top_category, joined (unmasked), as the daily job does.
+    ``build_upstream(later_days=...)`` then transforms it with the saved workflows (no refit)."""
     import pandas as pd
 
     from recsys_assets.lib import dataset, masking
     from recsys_assets.lib.generator import World
     from recsys_assets.lib.top_category import category_codes, point_in_time_top_category
-    from tests.defs.test_training_assets import MERLIN_PYTHON, PROJECT_ROOT, SEED
+    from tests.defs.test_training_assets import SEED
 
     world = World(seed=SEED, scale="tiny")
     items, users = store.read_parquet(paths.ITEMS), store.read_parquet(paths.USERS)
@@ -370,8 +357,6 @@ def add_new_day(store: ArtifactStore, day: int) -> None:
                                                                "top_category": top}),
                               masking.training_mean_age(users, 5))
     store.write_parquet(paths.masked_interactions(day), joined)
-    subprocess.run([str(MERLIN_PYTHON), "-c", _NEW_DAY_SCRIPT, store.root, str(day)], check=True,
-                   capture_output=True, env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
 
 
 def _checks(result, asset: str) -> dict:

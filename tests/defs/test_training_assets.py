@@ -2,9 +2,11 @@
 the Pipes runner, ONNX parity, the FAISS index over raw ids, the frozen-candidate fine-tuning recipe, and the
 deploy gates blocking a bad model.
 
-The upstream (masked and transformed days, workflows, compiled transforms) is built once for the module with
-the transform stage's own functions; the multimodal table is a deterministic stand-in keyed by raw item id
-(the embedding stage has its own tests and its encoders take minutes).
+The upstream (masked and transformed days, workflows, compiled transforms) is built once per session with the
+transform stage's own functions (``build_upstream``, used by ``tiny_upstream`` in tests/defs/conftest.py); the
+multimodal table is a deterministic stand-in keyed by raw item id (the embedding stage has its own tests and its
+encoders take minutes). The DLRM and its ONNX export are the session's ``tiny_trained`` ones (same days, same
+hyperparameters); this module trains, exports, indexes and evaluates its own Two-Tower variant.
 """
 
 import json
@@ -23,6 +25,7 @@ from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.generator import World
 from recsys_assets.lib.top_category import category_codes, point_in_time_top_category
+from tests.defs.test_finetune import TRAIN_CONFIG
 from tests.support.roots import copy_root
 
 pytestmark = pytest.mark.merlin
@@ -79,8 +82,13 @@ def _multimodal_stand_in(items: pd.DataFrame) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def build_upstream(root) -> ArtifactStore:
-    """Raw days, point-in-time top_category, masked days, workflows, transformed days, compiled transforms."""
+def build_upstream(root, later_days=()) -> ArtifactStore:
+    """Raw days, point-in-time top_category, masked days, workflows, transformed days, compiled transforms.
+
+    ``later_days``: days after the validation days, arriving after the fit (``test_finetune.new_day_masked``:
+    joined, unmasked), transformed with the saved workflows as the daily job does. They go through the same
+    merlin-env process as the fit (after it, reading the saved workflows back), so the session pays the merlin
+    env's start (TensorFlow's import, ~10 s) once instead of once per day."""
     store = ArtifactStore(root)
     world = World(seed=SEED, scale="tiny")
     items = dataset.write_items(store, world)
@@ -100,8 +108,13 @@ def build_upstream(root) -> ArtifactStore:
         if d in TRAIN:
             joined, _ = masking.mask_day(joined, SEED, d, mean_age)
         store.write_parquet(paths.masked_interactions(d), joined)
+    if later_days:
+        from tests.defs.test_finetune import new_day_masked
+
+        for d in later_days:
+            new_day_masked(store, d)
     subprocess.run([str(MERLIN_PYTHON), "-c", _UPSTREAM_SCRIPT, store.root, ",".join(map(str, TRAIN)),
-                    ",".join(map(str, days)), repr(mean_age)], check=True, capture_output=True,
+                    ",".join(map(str, [*days, *later_days])), repr(mean_age)], check=True, capture_output=True,
                    env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
     with store.writing(paths.MULTIMODAL_EMBEDDINGS) as tmp, open(tmp, "wb") as f:
         np.save(f, _multimodal_stand_in(items))
@@ -121,14 +134,42 @@ def _meta(result, asset: str) -> dict:
     return {k: getattr(v, "value", v) for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
 
 
+class _Runs:
+    """Several Dagster runs read as one result: check evaluations of all, an asset's materialization from the
+    run that made it."""
+
+    def __init__(self, *runs) -> None:
+        self.runs = runs
+
+    def get_asset_check_evaluations(self) -> list:
+        return [e for run, assets in self.runs for e in run.get_asset_check_evaluations()
+                if e.asset_key.path[-1] in assets]
+
+    def asset_materializations_for_node(self, node: str) -> list:
+        return next((found for run, assets in self.runs if node in assets
+                     for found in [run.asset_materializations_for_node(node)]), [])
+
+
+# The DLRM and its export are trained once per session, by ``tiny_trained`` (tests/defs/conftest.py), on the same
+# upstream with the same days and hyperparameters as here (``DLRM``; the export's parity rows and day): this
+# module reads that run's DLRM checks and metadata instead of training the same model again.
+DLRM_ASSETS = ("dlrm_model", "dlrm_onnx")
+OWN = [a for a in ALL if a.key.path[-1] not in DLRM_ASSETS]
+
+
 @pytest.fixture(scope="module")
-def trained(tiny_upstream, tmp_path_factory):
-    # the session's upstream (tests/defs/conftest.py: build_upstream plus days 08-09, which nothing here reads),
-    # copied: the gate test below breaks this module's item vectors
-    store = copy_root(tiny_upstream, tmp_path_factory, "training")
+def trained(tiny_trained_run, tmp_path_factory):
+    # the session's trained world (tests/defs/conftest.py: build_upstream plus days 08-09, which nothing here
+    # reads, the plain Two-Tower and the DLRM), copied: this module trains its own variant (replacing the plain
+    # one) and the gate test below breaks this module's item vectors
+    root, dlrm_run = tiny_trained_run
+    for name in DLRM_ASSETS:
+        assert RUN_CONFIG["ops"][name] == TRAIN_CONFIG["ops"][name], f"{name}: not the session's configuration"
+    store = copy_root(root, tmp_path_factory, "training")
     resources = _resources(store.root)
-    result = dg.materialize(ALL, resources=resources, run_config=RUN_CONFIG)
-    return store, resources, result
+    own = dg.materialize(OWN, resources=resources, run_config={"ops": {
+        name: op for name, op in RUN_CONFIG["ops"].items() if name not in DLRM_ASSETS}})
+    return store, resources, _Runs((own, {a.key.path[-1] for a in OWN}), (dlrm_run, set(DLRM_ASSETS)))
 
 
 def test_every_check_passes_and_models_are_saved(trained):

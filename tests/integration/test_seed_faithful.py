@@ -13,9 +13,9 @@ from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
 from recsys_assets.release.client import RecommendationClient
 from recsys_assets.release.pipeline import InProcessPipeline
 from recsys_assets.release.repository import ServingDefaults, build_repository
-from recsys_assets.release.seed_faithful import fit_tiny_workflows, make_seed_faithful, probe_merlin_env, server_environ
+from recsys_assets.release.seed_faithful import make_seed_faithful, probe_merlin_env, server_environ
 from recsys_assets.release.tiny import publish_online_state, serving_environ
-from tests.release.tiny_serving import tiny_artifacts
+from tests.release.tiny_serving import tiny_fitted_workflows
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ DAY5 = 1767225600 + 5 * 86400
 def test_seed_faithful_ensemble_ranks_like_the_standard_one(tmp_path_factory):
     work = tmp_path_factory.mktemp("seed-faithful")
     merlin = probe_merlin_env()
-    tiny, workflows = fit_tiny_workflows(tiny_artifacts(tmp_path_factory), work / "nvt", merlin)
+    tiny, workflows = tiny_fitted_workflows(tmp_path_factory)  # fitted in the env probe_merlin_env finds
     valkey = EmbeddedValkey(work / "valkey", port=free_port()).start()
     server = None
     try:

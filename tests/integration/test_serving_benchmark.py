@@ -25,9 +25,8 @@ from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
 from recsys_assets.lib import paths
 from recsys_assets.release import records, repository
 from recsys_assets.release.pipeline import InProcessPipeline
-from recsys_assets.release.seed_faithful import fit_tiny_workflows
 from recsys_assets.release.tiny import publish_online_state, serving_environ
-from tests.release.tiny_serving import tiny_artifacts
+from tests.release.tiny_serving import tiny_artifacts, tiny_fitted_workflows
 from tests.serving.test_serving_assets import place_trained_artifacts
 
 pytestmark = pytest.mark.integration
@@ -37,7 +36,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_serving_benchmark_produces_every_column_on_a_served_release(tmp_path_factory, valkey):
     work = tmp_path_factory.mktemp("serving-benchmark")
-    tiny, workflows = fit_tiny_workflows(tiny_artifacts(tmp_path_factory), work / "nvt")
+    tiny, workflows = tiny_fitted_workflows(tmp_path_factory)  # read-only: copied below
     root = work / "artifacts"
     store = place_trained_artifacts(root, tiny)
     shutil.copytree(workflows, root / paths.NVT_WORKFLOWS)
