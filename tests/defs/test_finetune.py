@@ -342,19 +342,15 @@ def new_day_masked(store: ArtifactStore, day: int) -> None:
 
     from recsys_assets.lib import dataset, masking
     from recsys_assets.lib.generator import World
-    from recsys_assets.lib.top_category import category_codes, point_in_time_top_category
+    from recsys_assets.lib.top_category import category_codes, history_codes
     from tests.defs.test_training_assets import SEED
 
     world = World(seed=SEED, scale="tiny")
     items, users = store.read_parquet(paths.ITEMS), store.read_parquet(paths.USERS)
     raw, _ = dataset.write_day(store, world, day)
     history = pd.concat([store.read_parquet(paths.raw_interactions(d)) for d in range(day + 1)])
-    clicks = history[history["click"] == 1]
-    top = point_in_time_top_category(clicks["user_id"], clicks["timestamp"],
-                                     category_codes(items["category_l1"])[clicks["item_id"].to_numpy()],
-                                     raw["user_id"], raw["timestamp"])
-    joined = masking.join_day(raw, users, items, pd.DataFrame({"interaction_id": raw["interaction_id"],
-                                                               "top_category": top}),
+    codes = history_codes(history, category_codes(items["category_l1"]), raw["user_id"], raw["timestamp"])
+    joined = masking.join_day(raw, users, items, pd.DataFrame({"interaction_id": raw["interaction_id"], **codes}),
                               masking.training_mean_age(users, 5))
     store.write_parquet(paths.masked_interactions(day), joined)
 

@@ -24,7 +24,7 @@ from recsys_assets.lib import dataset, masking, paths, policy_value
 from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.generator import World
-from recsys_assets.lib.top_category import category_codes, point_in_time_top_category
+from recsys_assets.lib.top_category import category_codes, history_codes
 from tests.defs.test_finetune import TRAIN_CONFIG
 from tests.support.roots import copy_root
 
@@ -96,14 +96,11 @@ def build_upstream(root, later_days=()) -> ArtifactStore:
     days = TRAIN + VALIDATION
     raws = [dataset.write_day(store, world, d)[0] for d in days]
     history = pd.concat(raws, ignore_index=True)
-    clicks = history[history["click"] == 1]
     category = category_codes(items["category_l1"])
     mean_age = masking.training_mean_age(users, TRAIN[-1])
     for d, raw in zip(days, raws):
-        top = point_in_time_top_category(clicks["user_id"], clicks["timestamp"],
-                                         category[clicks["item_id"].to_numpy()], raw["user_id"], raw["timestamp"])
-        joined = masking.join_day(raw, users, items,
-                                  pd.DataFrame({"interaction_id": raw["interaction_id"], "top_category": top}),
+        codes = history_codes(history, category, raw["user_id"], raw["timestamp"])
+        joined = masking.join_day(raw, users, items, pd.DataFrame({"interaction_id": raw["interaction_id"], **codes}),
                                   mean_age)
         if d in TRAIN:
             joined, _ = masking.mask_day(joined, SEED, d, mean_age)

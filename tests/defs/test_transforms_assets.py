@@ -112,7 +112,7 @@ def test_workflows_are_saved_with_tags_and_the_training_mean_age(pipeline):
     meta = json.loads((folder / "meta.json").read_text())
     users = store.read_parquet(paths.USERS)
     assert meta["mean_age"] == pytest.approx(users.loc[users["signup_day"] <= 8, "age"].mean())
-    assert meta["outputs"]["user"] == ["user_id", "gender", "top_category", "age_norm", "age_binned"]
+    assert meta["outputs"]["user"] == ["user_id", "gender", *USER_HISTORY, "age_norm", "age_binned"]
     assert meta["outputs"]["context"] == ["device_type", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos"]
     tags = meta["tags"]
     assert {"user", "id"} <= set(tags["user_id"]) and {"item", "id"} <= set(tags["item_id"])
@@ -177,7 +177,7 @@ EDGE_CASES = {
         "user_id": [0, 1, 5, -1, 10**9, None, 3, -1, 2, 7],
         "age": [0, 17, 18, 100, 130, None, 25.0, 64.99, 65, 35],
         "gender": [0, 1, -1, None, 7, 0, 1, -1, 0, 1],
-        "top_category": [0, 19, -1, None, 25, 3, 5, -1, 11, 2],
+        **{name: [0, 19, -1, None, 25, 3, 5, -1, 11, 2] for name in USER_HISTORY},
     },
     "item": {
         "item_id": [0, 100, 2464, -1, 99999, None, 5, 7],

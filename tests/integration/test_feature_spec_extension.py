@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from recsys_assets.lib.feature_spec import USER_HISTORY
+
 pytestmark = [pytest.mark.merlin, pytest.mark.integration]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -63,8 +65,7 @@ def test_only_the_spec_file_differs(extended):
 
 def test_the_new_feature_is_computed_by_the_compiled_transform(extended):
     report, _ = extended
-    assert report["user_outputs"] == ["user_id", "gender", "top_category", "age_norm", "age_binned",
-                                      "age_log_norm"]
+    assert report["user_outputs"] == ["user_id", "gender", *USER_HISTORY, "age_norm", "age_binned", "age_log_norm"]
 
 
 def test_both_exported_models_read_the_new_feature(extended):
