@@ -31,10 +31,12 @@ def _instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, assets=None,
+def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, assets=None, ops: dict | None = None,
             **kwargs) -> dg.ExecuteInProcessResult:
-    """One in-process run of ``job`` (of its ``assets`` only, when given); a failed run or check ends the demo."""
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    """One in-process run of ``job`` (of its ``assets`` only, when given; ``ops``: config of those assets, e.g. a
+    shorter training for a test); a failed run or check ends the demo."""
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+             **({"ops": ops} if ops else {})}
     selection = [dg.AssetKey(a) for a in assets] if assets else None
     result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False,
                                                           run_config=quiet, asset_selection=selection, **kwargs)
@@ -63,12 +65,14 @@ def _summary(result: dg.ExecuteInProcessResult) -> str:
 
 
 def run_plan(defs: dg.Definitions, instance: dg.DagsterInstance, layers=BUILD_LAYERS,
-             job: str = FULL_BUILD_JOB) -> dict[str, float]:
+             job: str = FULL_BUILD_JOB, ops: dict | None = None) -> dict[str, float]:
+    """Every layer in order; ``ops`` (asset name -> op config) reaches the layers holding those assets."""
     timings: dict[str, float] = {}
     for layer in layers:
         t0 = time.perf_counter()
         if layer.days is None:
-            result = run_job(defs, job, instance, layer.assets)
+            result = run_job(defs, job, instance, layer.assets,
+                             {k: v for k, v in (ops or {}).items() if k in layer.assets})
             print(f"[demo] {layer.name:<24} {time.perf_counter() - t0:6.1f} s  {_summary(result)}")
         else:
             for day in layer.days:
