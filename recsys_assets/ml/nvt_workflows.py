@@ -36,6 +36,7 @@ from recsys_assets.lib.feature_spec import (
     RAW_ITEM_ID,
     SENTINEL,
     TARGET,
+    USER_HISTORY,
     WORKFLOW_OUTPUTS,
 )
 from recsys_assets.ml.nvt_ops import Cyclical, SentinelToNull
