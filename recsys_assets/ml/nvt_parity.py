@@ -27,6 +27,7 @@ from recsys_assets.lib.feature_spec import (
     GROUPS,
     PASSTHROUGH,
     TARGET,
+    USER_HISTORY,
     WORKFLOW_INPUTS,
 )
 

@@ -103,7 +103,7 @@ def offline_features(context: dg.AssetExecutionContext, config: OfflineFeaturesC
             "users_with_top_category": int((latest >= 0).sum()),
             "users_not_in_users_table": len(extra_users),
             "items": len(out["items"]),
-            "paths": dg.MetadataValue.md("\n".join(f"- `{store.uri(p)}`" for p in targets.values())),
+            "paths": dg.MetadataValue.md("\n".join(f"- `{store.uri(p)}`" for p in (paths.FEAST_TABLES[n] for n in out))),
             "latest_top_category": markdown_table(dist),
         },
         check_results=checks,
