@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_assets.lib import paths
+from recsys_assets.lib import paths, policy_value
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.sources.id_maps import load_id_map
 from recsys_assets.lib.valkey_server import free_port
@@ -123,7 +123,8 @@ def test_the_build_ran_every_layer_and_served_a_release(own_world):
                              "feature store", "models", "release"]
     store = own_world["store"]
     summary = json.loads(store.read_bytes(f"{paths.RETRIEVAL_EVALUATION}/summary.json"))
-    assert summary["measure"] != "true_expected_clicks" and "true" not in summary  # no truth: logged measures
+    assert summary["measure"] == policy_value.LOGGED_MEASURE and "true" not in summary  # no truth
+    assert not any(row["method"] == "oracle" for row in summary["metrics"])
     assert all(g["passed"] for g in summary["gates"]), summary["gates"]
     assert not store.exists(paths.interactions_truth(0))
 
