@@ -526,7 +526,7 @@ def _request_latency_us(store: ArtifactStore, items_per_request: int = 300, repe
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        t.transform_user([5], [40.0], [1], [3])
+        t.transform_user([5], [40.0], [1], *([3] for _ in USER_HISTORY))  # top_category and the interests
         t.transform_context([1], [1767225600])
         t.transform_item(item_ids, cats, cats, genders, prices)
         samples.append(time.perf_counter() - t0)
