@@ -31,10 +31,12 @@ def _instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, assets=None,
+def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, assets=None, ops: dict | None = None,
             **kwargs) -> dg.ExecuteInProcessResult:
-    """One in-process run of ``job`` (of its ``assets`` only, when given); a failed run or check ends the demo."""
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    """One in-process run of ``job`` (of its ``assets`` only, when given; ``ops``: config of those assets, e.g. a
+    shorter training for a test); a failed run or check ends the demo."""
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+             **({"ops": ops} if ops else {})}
     selection = [dg.AssetKey(a) for a in assets] if assets else None
     result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False,
                                                           run_config=quiet, asset_selection=selection, **kwargs)
@@ -63,12 +65,14 @@ def _summary(result: dg.ExecuteInProcessResult) -> str:
 
 
 def run_plan(defs: dg.Definitions, instance: dg.DagsterInstance, layers=BUILD_LAYERS,
-             job: str = FULL_BUILD_JOB) -> dict[str, float]:
+             job: str = FULL_BUILD_JOB, ops: dict | None = None) -> dict[str, float]:
+    """Every layer in order; ``ops`` (asset name -> op config) reaches the layers holding those assets."""
     timings: dict[str, float] = {}
     for layer in layers:
         t0 = time.perf_counter()
         if layer.days is None:
-            result = run_job(defs, job, instance, layer.assets)
+            result = run_job(defs, job, instance, layer.assets,
+                             {k: v for k, v in (ops or {}).items() if k in layer.assets})
             print(f"[demo] {layer.name:<24} {time.perf_counter() - t0:6.1f} s  {_summary(result)}")
         else:
             for day in layer.days:
@@ -83,8 +87,21 @@ def _print_list(title: str, body: dict, mark: set[int] = frozenset()) -> None:
     print(f"\n  {title}  ({body['triton_ms']:.1f} ms in Triton)")
     for rank, item in enumerate(body["items"], 1):
         flag = "  <- new" if item["item_id"] in mark else ""
-        print(f"   {rank:>2}. {item['score']:.3f}  {item.get('name', '?')[:44]:<44} "
+        print(f"   {rank:>2}. {item['score']:.3f}  {str(item['item_id']):>12}  {item.get('name', '?')[:40]:<40} "
               f"{item.get('category', '?')}/{item.get('style', '?')}{flag}")
+
+
+def demo_users(settings: Settings) -> tuple:
+    """The demo's known user (12) and a never-registered one, in the ids the API speaks: integers for the
+    generator, the shop's own ids (through the user id map) for own data."""
+    if settings.uses_generator:
+        return 12, 10_000_000
+    from recsys_assets.lib import paths
+    from recsys_assets.lib.artifacts import ArtifactStore
+    from recsys_assets.lib.sources.id_maps import load_id_map
+
+    users = load_id_map(ArtifactStore(settings.artifacts), paths.USER_ID_MAP, "user")
+    return users.to_source([min(12, len(users) - 1)])[0], "new-user-of-the-demo"
 
 
 def show_recommendations(settings: Settings, timestamp: int) -> None:
@@ -95,6 +112,7 @@ def show_recommendations(settings: Settings, timestamp: int) -> None:
     from recsys_assets.api.config import ApiConfig
 
     config = ApiConfig.from_environ(os.environ)
+    user, new_user = demo_users(settings)
     with TestClient(create_app(config)) as api:
         def get(user, device, k=8):
             r = api.get("/recommendations", params={"user_id": user, "device_type": device, "timestamp": timestamp,
@@ -103,24 +121,24 @@ def show_recommendations(settings: Settings, timestamp: int) -> None:
                 raise SystemExit(f"demo: /recommendations answered {r.status_code}: {r.text}")
             return r.json()
 
-        known = get(12, 1)
-        _print_list("known user 12 on mobile", known)
-        new_user = 10_000_000  # never registered: cold start from context
+        known = get(user, 1)
+        _print_list(f"known user {user} on mobile", known)
+        # new_user: never registered, cold start from context
         _print_list(f"new user {new_user} on desktop", get(new_user, 0))
         _print_list(f"new user {new_user} on mobile", get(new_user, 1))
         clicked = known["items"][0]
-        r = api.post("/events", json={"user_id": 12, "item_id": clicked["item_id"], "device_type": 1,
+        r = api.post("/events", json={"user_id": user, "item_id": clicked["item_id"], "device_type": 1,
                                       "timestamp": timestamp})
         if r.status_code not in (200, 201):
             raise SystemExit(f"demo: /events answered {r.status_code}: {r.text}")
-        after = get(12, 1)
+        after = get(user, 1)
         before_ids = {i["item_id"] for i in known["items"]}
         gone = clicked["item_id"] not in {i["item_id"] for i in after["items"]}
-        print(f"\n  user 12 clicks {clicked['name']!r}: top_category {r.json().get('top_category_before')} -> "
+        print(f"\n  user {user} clicks {clicked['name']!r}: top_category {r.json().get('top_category_before')} -> "
               f"{r.json().get('top_category_after')}; the item is {'gone from' if gone else 'STILL IN'} the next list")
-        _print_list("known user 12 on mobile, after the click", after,
+        _print_list(f"known user {user} on mobile, after the click", after,
                     mark={i["item_id"] for i in after["items"]} - before_ids)
-        api.delete("/users/12/seen")  # leave the demo user as it was
+        api.delete(f"/users/{user}/seen")  # leave the demo user as it was
 
 
 def quiet_console(log_dir: Path) -> None:

@@ -565,7 +565,9 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
     rankings = {"popularity": ev.popularity_top_k(tie_broken_scores(clicks, np.arange(n_items), n_items), allowed, k),
                 "random": ev.random_top_k(allowed, k, config.seed)}
     t_oracle = time.perf_counter()
-    rankings["oracle"] = ev.oracle_top_k(world.world().click_probability, requests, n_items, allowed, k)
+    truth = world.truth()  # None for own data: no oracle, the logged measures decide
+    if truth is not None:
+        rankings["oracle"] = ev.oracle_top_k(truth.click_probability, requests, n_items, allowed, k)
     oracle_seconds = time.perf_counter() - t_oracle
 
     transforms = CompiledTransforms.load(store.local_path(paths.SERVING_TRANSFORMS))
@@ -585,7 +587,7 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
 
     table = ev.retrieval_table(rankings, requests, anonymous)
     fingerprint = ev.rows_fingerprint(rows["interaction_id"].to_numpy())
-    truth, true = world.truth(), None
+    true = None
     if truth is not None:
         true_requests, picked = _true_requests(requests, config.true_requests, config.seed, anonymous_copies=True)
         identified = np.isin(requests["split"].to_numpy()[picked], ["warm", "new"])
@@ -614,7 +616,7 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
         cold_relevant=[r.tolist() for r in requests["cold_relevant"]]))
     with store.writing(f"{out}/candidates.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, session_id=requests["session_id"].to_numpy(np.int64), candidates=rankings[selected],
-                 oracle=rankings["oracle"])
+                 **({"oracle": rankings["oracle"]} if "oracle" in rankings else {}))
     summary = {
         "selected_variant": selected, "variants": variants, "fingerprint": fingerprint,
         "validation_days": list(config.validation_days), "requests": len(requests),
@@ -628,7 +630,7 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
     }
     store.write_bytes(f"{out}/summary.json", json.dumps(summary, indent=1, default=float).encode())
 
-    methods = [*variants, "popularity", "random", "oracle"]
+    methods = [*variants, "popularity", "random", *(["oracle"] if "oracle" in rankings else [])]
     plots = {name: _plot(store, f"{out}/{name.replace('@', '_at_')}.png",
                          lambda p, m=name: ev.recall_plot(table, p, methods, m, f"{m} of clicked items by split"))
              for name in ("recall@100", "recall@300")}
@@ -647,7 +649,8 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
             "recall_at_100": candidate,
             "popularity_recall_at_100": popularity,
             **{f"{v}/recall_at_300/{s}": ev.metric(table, v, s, "recall@300")
-               for v in [*variants, "popularity", "oracle"] for s in ("warm", "new", "anonymous")},
+               for v in [*variants, "popularity", *(["oracle"] if "oracle" in rankings else [])]
+               for s in ("warm", "new", "anonymous")},
             "recall_at_300_by_split": markdown_table(wide, ".4f"),
             "all_metrics": markdown_table(table, ".4f"),
             "recall_at_100_plot": plots["recall@100"],
@@ -724,8 +727,9 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
         (paths.ITEMS, "items")], where)
     problems += [f"raw_interactions day {d:02d} is missing: materialize it" for d in
                  [*config.train_days, *config.validation_days] if not store.exists(paths.raw_interactions(d))]
+    has_truth = world.truth() is not None  # own data: no truth tables, no oracle column (logged measures only)
     problems += [f"truth for day {d:02d} is missing: re-materialize raw_interactions" for d in
-                 config.validation_days if not store.exists(paths.interactions_truth(d))]
+                 config.validation_days if has_truth and not store.exists(paths.interactions_truth(d))]
     if problems:
         return _blocked(problems, RANKING_CHECKS[1:])
 
@@ -736,9 +740,10 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     dlrm = ev.OnnxModel(store.local_path(paths.DLRM_ONNX))
     model_cols = [c for c in DLRM_FEATURES if c not in MULTIMODAL]
     rows = _validation_rows(store, config.validation_days, model_cols, where)
-    truth = pd.concat([store.read_parquet(paths.interactions_truth(d)) for d in config.validation_days],
-                      ignore_index=True)
-    rows = rows.merge(truth[["interaction_id", "p_click"]], on="interaction_id", how="left")
+    if has_truth:
+        truth = pd.concat([store.read_parquet(paths.interactions_truth(d)) for d in config.validation_days],
+                          ignore_index=True)
+        rows = rows.merge(truth[["interaction_id", "p_click"]], on="interaction_id", how="left")
     if len(rows) > config.max_rows:
         rows = rows.sample(n=config.max_rows, random_state=config.seed).reset_index(drop=True)
     features = {c: rows["user_index" if c == "user_id" else "item_index" if c == "item_id" else f"q_{c}"].to_numpy()
@@ -756,7 +761,9 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     masks = {"all": np.ones(len(rows), bool), "warm": user_index >= FIRST_INDEX, "new": user_index == OOV_INDEX,
              "cold_items": rows["item_index"].to_numpy() == OOV_INDEX}
     method_scores = {"dlrm": scores, "popularity (clicks)": clicks[item],
-                     "popularity (ctr)": ev.smoothed_ctr(clicks, shown)[item], "oracle": rows["p_click"].to_numpy()}
+                     "popularity (ctr)": ev.smoothed_ctr(clicks, shown)[item]}
+    if has_truth:
+        method_scores["oracle"] = rows["p_click"].to_numpy()
     ranking = ev.ranking_table(labels, method_scores, masks, probabilistic=("dlrm", "popularity (ctr)", "oracle"))
     candidate = ev.metric(ranking, "dlrm", "all", "auc")
     popularity = max(ev.metric(ranking, "popularity (clicks)", "all", "auc"),
@@ -796,7 +803,7 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
         "gates": [{"name": g.name, "passed": g.passed, "description": g.description} for g in gates],
     }
     store.write_bytes(f"{out}/summary.json", json.dumps(summary, indent=1, default=float).encode())
-    oracle_auc = ev.metric(ranking, "oracle", "all", "auc")
+    oracle_auc = ev.metric(ranking, "oracle", "all", "auc") if has_truth else float("nan")
     auc_plot = _plot(store, f"{out}/auc.png", lambda p: ev.recall_plot(
         ranking, p, list(method_scores), "auc", "ranking AUC of validation impressions by split"))
     categories = (lists.groupby(["device_type", "hour"])["category_l1"]
@@ -855,7 +862,8 @@ def _end_to_end(store: ArtifactStore, dlrm, item_features: dict, variant: str, c
     out = paths.RETRIEVAL_EVALUATION
     requests = store.read_parquet(f"{out}/requests.parquet")
     data = np.load(store.local_path(f"{out}/candidates.npz"))
-    candidates, oracle = data["candidates"], data["oracle"]
+    candidates = data["candidates"]
+    oracle = data["oracle"] if "oracle" in data.files else None  # own data: no oracle list
     n = min(config.rerank_requests, len(requests))
     pick = np.sort(np.random.default_rng(config.seed).choice(len(requests), n, replace=False)) if n else []
     ranked = np.full((n, config.top_k), -1, dtype=np.int64)
@@ -868,9 +876,11 @@ def _end_to_end(store: ArtifactStore, dlrm, item_features: dict, variant: str, c
         ranked[r] = np.where(np.isfinite(s[top]), candidates[i][top], -1)
     relevant = [np.asarray(requests.iloc[i]["relevant"], dtype=np.int64) for i in pick]
     rows = []
-    for name, lists in (("retrieval top-10", candidates[pick, :config.top_k] if n else ranked),
-                        ("retrieval 300 -> dlrm top-10", ranked),
-                        ("oracle top-10", oracle[pick, :config.top_k] if n else ranked)):
+    compared = [("retrieval top-10", candidates[pick, :config.top_k] if n else ranked),
+                ("retrieval 300 -> dlrm top-10", ranked)]
+    if oracle is not None:
+        compared.append(("oracle top-10", oracle[pick, :config.top_k] if n else ranked))
+    for name, lists in compared:
         rows.append({"list": name, "requests": int(n), **(ev.retrieval_metrics(lists, relevant, (config.top_k,))
                                                          if n else {})})
     reranked = {"requests": requests.iloc[pick].reset_index(drop=True),
