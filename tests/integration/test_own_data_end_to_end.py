@@ -28,7 +28,12 @@ from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.sources.id_maps import load_id_map
 from recsys_assets.lib.valkey_server import free_port
 
-pytestmark = [pytest.mark.merlin, pytest.mark.integration]
+# A known bug, not a skip: without a users file every gender is unknown, and fitting the user workflow stops with
+# "Failed to categorical encode column gender" (an all-null column gives Categorify nothing to fit). strict: the
+# day it is fixed this module xpasses and fails the suite, so the marker cannot outlive the bug.
+pytestmark = [pytest.mark.merlin, pytest.mark.integration,
+              pytest.mark.xfail(strict=True, reason="issue 20: nvt_workflows cannot fit gender when no user has one "
+                                                    "(own data without a users file)")]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 START = "2026-01-01"
