@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_assets.lib.feature_spec import USER_HISTORY
+from recsys_assets.lib.feature_spec import CATEGORICAL, USER_HISTORY, names
 
 pytestmark = [pytest.mark.merlin, pytest.mark.integration]
 
@@ -80,7 +80,9 @@ def test_the_triton_configs_carry_the_spec_widths(extended):
     assert widths["query_tower"]["user_continuous"] == [1, 2]
     assert widths["unroll_features"]["unrolled_continuous"] == [-1, 6]
     assert widths["dlrm_ranking"]["unrolled_continuous"] == [-1, 6]
-    assert widths["dlrm_ranking"]["unrolled_categorical"] == [-1, 5]
+    # user and context categoricals: the spec's, unchanged by the extension (a continuous feature)
+    categorical = len(names("user", CATEGORICAL)) + len(names("context", CATEGORICAL))
+    assert categorical == 4 + len(USER_HISTORY) and widths["dlrm_ranking"]["unrolled_categorical"] == [-1, categorical]
 
 
 def test_triton_serves_known_and_anonymous_users(extended):
