@@ -7,10 +7,17 @@ Two steps, one per environment, so a hyperparameter sweep needs neither ONNX exp
    oracle top-300 of each, the unknown-user query features serving sends for anonymous requests, the transformed
    features of the whole catalogue (cold items included), and the oracle's and popularity's scores of every
    validation impression. Written to ``--refs`` (never to the artifact root).
+   Where the artifact root holds a materialized ``retrieval_evaluation`` and the world has truth, also the ranking
+   evaluation's end-to-end requests: the released retrieval's 300 candidates of each, their true p(click) for the
+   true user in the request's context, and the references' true expected clicks@10 per split (popularity, the
+   heuristic, the oracle and the oracle without the hidden taste term, from ``lib.policy_value``).
 2. ``run`` (merlin env) trains the Two-Tower and/or the DLRM in memory (``ml.two_tower.train`` / ``ml.dlrm.train``)
    with the asset defaults plus ``--two-tower`` / ``--dlrm`` JSON overrides, and scores them like the evaluation
    assets do: exact inner-product top-300 over the items available that day (the FAISS index is exact at this
-   catalogue size), recall@k per split; AUC per split. Prints one JSON line per model, appended to ``--log``.
+   catalogue size), recall@k per split; AUC per split; and the DLRM's primary measure, as ``ranking_evaluation``
+   computes it: the true expected clicks of its top 10 of the 300 candidates (``dlrm/<split>/value``) and the
+   capture of the no-taste ceiling over popularity (``dlrm/<split>/capture``). Prints one JSON line per model,
+   appended to ``--log``.
 
     .venv/bin/python benchmarks/model_quality.py prepare --artifacts artifacts --refs /tmp/quality/refs
     .venv-merlin/bin/python benchmarks/model_quality.py run --artifacts artifacts --refs /tmp/quality/refs \
@@ -36,6 +43,7 @@ from recsys_assets.lib.artifacts import ArtifactStore  # noqa: E402
 
 TRAIN_DAYS, VALIDATION_DAYS = list(range(9)), [9, 10, 11]
 K = 300
+TOP = 10  # the served list
 # The generator's hidden logit terms, which ``run --hidden`` may hand the DLRM as extra continuous inputs (an
 # analysis of what limits it, never a servable model).
 HIDDEN = ("persona", "taste")
@@ -89,10 +97,75 @@ def prepare(args) -> int:
         hidden.append(pd.DataFrame({"interaction_id": raw["interaction_id"].to_numpy(),
                                     **{f"hidden_{k}": parts[k].astype(np.float32) for k in HIDDEN}}))
     pd.concat(hidden, ignore_index=True).to_parquet(out / "hidden.parquet")
+    _prepare_rerank(store, world, out)
     (out / "meta.json").write_text(json.dumps({"artifacts": str(args.artifacts), "train_days": args.train_days,
                                                "validation_days": args.validation_days, "dlrm_features":
                                                list(DLRM_FEATURES), "requests": len(requests)}))
     return 0
+
+
+RERANK_METHODS = ("retrieval", "popularity", "heuristic", "oracle", "oracle_no_taste")
+
+
+def _prepare_rerank(store: ArtifactStore, world, out: Path) -> None:
+    """``rerank.npz`` / ``rerank_refs.json``: the requests ``ranking_evaluation`` re-ranks (same sample, same
+    seed), with their features, candidates and the candidates' true p; the references' values per split."""
+    from recsys_assets.defs.training.assets import RankingEvaluationConfig, _true_evaluation, _true_requests
+    from recsys_assets.lib import policy_value
+    from recsys_assets.ml.model_inputs import CONTEXT_FEATURES, USER_FEATURES
+
+    folder = paths.RETRIEVAL_EVALUATION
+    if not store.exists(f"{folder}/candidates.npz") or world is None:
+        print("no retrieval_evaluation candidates or no truth: the DLRM is judged by AUC only", flush=True)
+        return
+    config = RankingEvaluationConfig()
+    requests = store.read_parquet(f"{folder}/requests.parquet")
+    candidates = np.load(store.local_path(f"{folder}/candidates.npz"))["candidates"]
+    n = min(config.rerank_requests, len(requests))
+    pick = np.sort(np.random.default_rng(config.seed).choice(len(requests), n, replace=False))
+    picked = requests.iloc[pick].reset_index(drop=True)
+    true_requests, _ = _true_requests(picked, n, config.seed, anonymous_copies=False)
+    candidates = candidates[pick]
+    result = _true_evaluation(store, world, true_requests, {"retrieval": candidates[:, :TOP]}, config)
+    p = policy_value.truth(world, true_requests).p
+    candidate_p = np.where(candidates >= 0, np.take_along_axis(p, np.maximum(candidates, 0), axis=1), 0.0)
+    np.savez(out / "rerank.npz", candidates=candidates, p=candidate_p.astype(np.float32),
+             split=true_requests["split"].to_numpy().astype(str),
+             **{f"user_{c}": picked["user_index" if c == "user_id" else f"q_{c}"].to_numpy() for c in USER_FEATURES},
+             **{f"context_{c}": picked[f"q_{c}"].to_numpy() for c in CONTEXT_FEATURES})
+    splits = sorted(set(true_requests["split"]))
+    refs = {f"{m}/{s}/value": round(policy_value.value(result.table, m, s), 4) for m in RERANK_METHODS for s in splits}
+    (out / "rerank_refs.json").write_text(json.dumps(refs, indent=1))
+    print(f"re-rank references for {n} requests: {refs}", flush=True)
+
+
+def _rerank(model, refs: Path, table: np.ndarray) -> dict:
+    """The DLRM's top 10 of each request's 300 candidates, valued by the candidates' true p; capture per split."""
+    from recsys_assets.ml import model_inputs as mi
+
+    if not (refs / "rerank.npz").exists():
+        return {}
+    data, items = np.load(refs / "rerank.npz"), np.load(refs / "retrieval.npz")
+    references = json.loads((refs / "rerank_refs.json").read_text())
+    candidates = data["candidates"]
+    valid = candidates >= 0
+    rows = np.nonzero(valid)[0]
+    ids = candidates[valid]
+    feed = {**{c: data[f"user_{c}"][rows] for c in mi.USER_FEATURES},
+            **{c: data[f"context_{c}"][rows] for c in mi.CONTEXT_FEATURES},
+            **{c: items[f"item_{c}"][ids] for c in mi.ITEM_FEATURES}, **mi.split_multimodal(table, ids)}
+    scores = np.full(candidates.shape, -np.inf)
+    scores[valid] = mi.predict_batches(model, _typed({c: feed[c] for c in mi.DLRM_FEATURES}), 8192).reshape(-1)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP]
+    values = np.where(np.isfinite(np.take_along_axis(scores, top, 1)), np.take_along_axis(data["p"], top, 1), 0.0)
+    values = values.mean(axis=1)
+    out = {}
+    for split in sorted(set(data["split"].tolist())):
+        v = float(values[data["split"] == split].mean())
+        floor, ceiling = references[f"popularity/{split}/value"], references[f"oracle_no_taste/{split}/value"]
+        out[f"dlrm/{split}/value"] = round(v, 4)
+        out[f"dlrm/{split}/capture"] = round((v - floor) / (ceiling - floor), 3)
+    return out
 
 
 def _retrieval(model, variant: str, refs: Path, table: np.ndarray) -> dict:
@@ -218,14 +291,14 @@ def run(args) -> int:
             _give_hidden(mi, refs, [h for h in args.hidden.split(",") if h])
         params = {**DLRM, **json.loads(args.dlrm)}
         t0 = time.perf_counter()
-        _, report, valid_split, scores = dlrm.train(train, valid, table, dlrm.DlrmParams.from_dict(params))
+        model, report, valid_split, scores = dlrm.train(train, valid, table, dlrm.DlrmParams.from_dict(params))
         seconds = time.perf_counter() - t0
         results.append({"tag": args.tag, "model": "dlrm", "train_days": train_days,
                         "overrides": json.loads(args.dlrm),
                         "train_seconds": round(seconds, 1), "epoch_seconds": report["epoch_seconds"],
                         "rows_per_second": report["rows_per_second"],
                         "history_auc": [round(e.get("auc", float("nan")), 4) for e in report["history"]],
-                        **_ranking(scores, valid_split.rows, refs)})
+                        **_ranking(scores, valid_split.rows, refs), **_rerank(model, refs, table)})
         print(json.dumps(results[-1]), flush=True)
     if args.log:
         with open(args.log, "a") as f:

@@ -189,10 +189,11 @@ def main() -> int:
 def _stop_embedded_valkey(root: Path) -> None:
     if os.environ.get("RECSYS_VALKEY_URL"):
         return
+    from recsys_assets.defs.feature_store.resources import valkey_port
     from recsys_assets.lib import paths
     from recsys_assets.lib.valkey_server import stop_embedded
 
-    stop_embedded(root / paths.VALKEY_DATA)
+    stop_embedded(root / paths.VALKEY_DATA, port=valkey_port())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,14 @@ def tiny_world():
     return World(seed=7, scale="tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Real artifacts of every serving format for the tiny world (``tests.release.tiny_serving``), built once."""
+    from tests.release.tiny_serving import tiny_artifacts
+
+    return tiny_artifacts(tmp_path_factory)
+
+
 @pytest.fixture()
 def store(tmp_path):
     from recsys_assets.lib.artifacts import ArtifactStore

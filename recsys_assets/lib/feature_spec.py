@@ -66,8 +66,8 @@ class Step:
 
     ``sentinel_to_null`` (-1 -> missing), ``fill_mean_age`` (the training mean age, fixed at fit time),
     ``fill_median``, ``log1p``, ``normalize`` (fitted mean/std, float32), ``bucketize`` (``edges``), ``cyclical``
-    (``cycle`` hour or weekday, ``fn`` sin or cos, of a Unix timestamp), ``categorify`` (a fitted vocabulary;
-    always last)."""
+    (``cycle`` hour or weekday, ``fn`` sin or cos, of a Unix timestamp), ``categorify`` (a vocabulary fitted on the
+    training rows, or the feature's closed ``vocabulary``; always last)."""
 
     op: str
     edges: tuple = ()
@@ -105,6 +105,9 @@ class Feature:
     models: frozenset[str]        # which models read it
     width: int = 1                # values per row (embeddings: 0 = known only once the table is built)
     is_id: bool = False           # the group's id (user_id / item_id): tagged USER_ID / ITEM_ID for Merlin
+    vocabulary: tuple = ()        # a closed vocabulary (every known code), given to Categorify instead of fitted:
+                                  # the rows exist even when the training days hold none of them (own data
+                                  # without a users file has no gender, a shop may log no device)
 
     def __post_init__(self) -> None:
         unknown = [s.op for s in self.steps if s.op not in OPS]
@@ -114,6 +117,8 @@ class Feature:
             raise ValueError(f"categorical feature {self.name!r} must end with categorify")
         if CATEGORIFY in self.steps[:-1] or (self.kind != CATEGORICAL and CATEGORIFY in self.steps):
             raise ValueError(f"feature {self.name!r}: categorify must be the last step of a categorical feature")
+        if self.vocabulary and self.kind != CATEGORICAL:
+            raise ValueError(f"feature {self.name!r}: only a categorical feature has a vocabulary")
         if self.kind != EMBEDDING and self.width != 1:
             raise ValueError(f"feature {self.name!r}: a {self.kind} feature is one column of its group's matrix "
                              f"(width 1), got width {self.width}")
@@ -132,7 +137,7 @@ _ITEM_MODELS = frozenset({CANDIDATE, DLRM})
 _CONTEXT_MODELS = frozenset({QUERY, DLRM})  # the query tower's "context" variant only
 FEATURES = (
     Feature("user_id", "user", CATEGORICAL, "user_id", CODE, _USER_MODELS, is_id=True),
-    Feature("gender", "user", CATEGORICAL, "gender", CODE, _USER_MODELS),
+    Feature("gender", "user", CATEGORICAL, "gender", CODE, _USER_MODELS, vocabulary=tuple(GENDER_CODES.values())),
     *[Feature(name, "user", CATEGORICAL, name, CODE, _USER_MODELS) for name in USER_HISTORY],
     Feature("age_norm", "user", CONTINUOUS, "age", (Step("fill_mean_age"), Step("normalize")), _USER_MODELS),
     Feature("age_binned", "user", CATEGORICAL, "age",
@@ -143,7 +148,7 @@ FEATURES = (
     Feature("item_gender", "item", CATEGORICAL, "item_gender", (CATEGORIFY,), _ITEM_MODELS),
     Feature("price_log_norm", "item", CONTINUOUS, "price",
             (Step("fill_median"), Step("log1p"), Step("normalize")), _ITEM_MODELS),
-    Feature("device_type", "context", CATEGORICAL, "device_type", CODE, _CONTEXT_MODELS),
+    Feature("device_type", "context", CATEGORICAL, "device_type", CODE, _CONTEXT_MODELS, vocabulary=tuple(DEVICES)),
     *[Feature(f"{cycle}_{fn}", "context", CONTINUOUS, "timestamp", (Step("cyclical", cycle=cycle, fn=fn),),
               _CONTEXT_MODELS) for cycle in CYCLES for fn in ("sin", "cos")],
     # [image PCA | text PCA] halves of the multimodal table (``item_multimodal_embeddings``), by raw item id.

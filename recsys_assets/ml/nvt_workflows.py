@@ -73,10 +73,23 @@ def _steps_to_ops(feature, mean_age: float) -> list:
     return out
 
 
+def _closed_vocabulary(feature) -> dict | None:
+    """Categorify's ``vocabs`` for a feature with a closed vocabulary in the spec (None: fit on the data), in the
+    dtype the column has when it reaches Categorify (float64 after ``sentinel_to_null``)."""
+    import pandas as pd
+
+    if not feature.vocabulary:
+        return None
+    dtype = np.float64 if spec.TO_NULL in feature.steps else None
+    return {feature.name: pd.Series(np.asarray(feature.vocabulary, dtype=dtype), name=feature.name)}
+
+
 def feature_node(feature, mean_age: float, categories_dir: str):
     """``[source] >> operators >> Rename(feature) >> Categorify >> AddTags``: one spec feature's graph."""
     from merlin.schema import Tags
     from nvtabular import ops
+
+    from recsys_assets.ml.nvt_categorify import NullSafeCategorify
 
     node = [feature.source]
     for op in _steps_to_ops(feature, mean_age):
@@ -84,7 +97,7 @@ def feature_node(feature, mean_age: float, categories_dir: str):
     if feature.name != feature.source:
         node = node >> ops.Rename(name=feature.name)
     if feature.kind == CATEGORICAL:
-        node = node >> ops.Categorify(out_path=categories_dir)
+        node = node >> NullSafeCategorify(out_path=categories_dir, vocabs=_closed_vocabulary(feature))
     group_tag = {"user": Tags.USER, "item": Tags.ITEM, "context": Tags.CONTEXT}[feature.group]
     id_tag = {"user": [Tags.USER_ID], "item": [Tags.ITEM_ID]}.get(feature.group, []) if feature.is_id else []
     return node >> ops.AddTags([*id_tag, group_tag])

@@ -8,7 +8,6 @@ the evaluation's key and blocking checks, because a real evaluation needs traine
 """
 
 import dagster as dg
-import pytest
 
 from recsys_assets.definitions import build_definitions
 from recsys_assets.defs.release import assets as release_assets
@@ -20,14 +19,8 @@ from recsys_assets.release import records
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import Settings
 from tests.serving.test_serving_assets import place_trained_artifacts
-from tests.release.tiny_serving import tiny_artifacts
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return tiny_artifacts(tmp_path_factory)
 
 
 def _nothing_released(store: ArtifactStore) -> None:

@@ -2,7 +2,6 @@
 
 import dagster as dg
 import pandas as pd
-import pytest
 
 from recsys_assets.defs.ingest import assets as ingest
 from recsys_assets.lib import paths

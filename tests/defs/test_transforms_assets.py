@@ -296,3 +296,55 @@ def test_unknown_or_missing_column_fails_before_the_merlin_env_runs(two_days):
     # The step fails on the blocking check, not on the runner: the merlin env was never started.
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "blocking asset check" in str(failure.event_specific_data.error)
+
+
+_CLOSED_VOCABULARY_SCRIPT = r"""
+import json, sys
+import numpy as np, pandas as pd, nvtabular as nvt
+from recsys_assets.lib.feature_spec import MASKED_SCHEMA, USER_HISTORY
+from recsys_assets.ml.nvt_workflows import fit_workflows
+
+out = sys.argv[1]
+n = 40
+rows = {name: np.zeros(n, dtype=dtype) if dtype != "object" else ["apparel"] * n for name, dtype in MASKED_SCHEMA.items()}
+rows.update(interaction_id=np.arange(n), user_id=np.arange(n) % 7, item_id=np.arange(n) % 5, age=np.full(n, 30.0),
+            timestamp=1767225600 + 3600 * np.arange(n), click=np.arange(n) % 2, price=np.full(n, 9.5),
+            gender=np.full(n, -1), device_type=np.full(n, -1), **{h: np.full(n, -1) for h in USER_HISTORY})
+train = pd.DataFrame(rows)[list(MASKED_SCHEMA)]
+train.to_parquet(f"{out}/train.parquet")
+fit_workflows([f"{out}/train.parquet"], f"{out}/wf", mean_age=30.0)
+result = {}
+for name, group, probe in (("gender", "user", [-1, 0, 1, 7]), ("device_type", "context", [-1, 0, 1, 2, 9])):
+    wf = nvt.Workflow.load(f"{out}/wf/{group}")
+    for tag, values in (("mixed", probe), ("all_unknown", [-1, -1])):
+        batch = train.iloc[: len(values)].reset_index(drop=True).copy()
+        batch[name] = np.asarray(values, dtype=np.int64)
+        result[f"{name}/{tag}"] = wf.transform(batch)[name].tolist()
+user = nvt.Workflow.load(f"{out}/wf/user")
+history = train.iloc[:3].reset_index(drop=True).copy()
+result["history/all_unknown"] = user.transform(history)[USER_HISTORY[0]].tolist()
+history[USER_HISTORY[0]] = np.array([-1, 5, 0], dtype=np.int64)
+result["history/after_an_empty_fit"] = user.transform(history)[USER_HISTORY[0]].tolist()
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.merlin
+def test_closed_vocabularies_fit_and_encode_without_a_single_known_value(tmp_path):
+    """Own data without a users file has no gender, a shop may log no device: the workflows still fit (the spec's
+    closed vocabularies give the rows) and a batch with no value in a column lands in the null row (NVTabular's
+    Categorify alone fails on both)."""
+    proc = subprocess.run([str(MERLIN_PYTHON), "-c", _CLOSED_VOCABULARY_SCRIPT, str(tmp_path)], check=False,
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT), "HOME": str(tmp_path),
+                               "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    null, oov = NULL_INDEX, OOV_INDEX
+    g_unknown, g_f, g_m, g_other = got["gender/mixed"]
+    assert (g_unknown, g_other) == (null, oov) and g_f != g_m and min(g_f, g_m) > oov
+    d_unknown, *d_known, d_other = got["device_type/mixed"]
+    assert (d_unknown, d_other) == (null, oov) and len(set(d_known)) == 3 and min(d_known) > oov
+    assert got["gender/all_unknown"] == got["device_type/all_unknown"] == [null, null]
+    # top_category has no closed vocabulary: fit on no value at all, it keeps only the reserved rows
+    assert got["history/all_unknown"] == [null] * 3 and got["history/after_an_empty_fit"] == [null, oov, oov]

@@ -26,14 +26,9 @@ import pytest
 from recsys_assets.lib import paths, policy_value
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.sources.id_maps import load_id_map
-from recsys_assets.lib.valkey_server import free_port
+from recsys_assets.lib.valkey_server import free_port, ping
 
-# A known bug, not a skip: without a users file every gender is unknown, and fitting the user workflow stops with
-# "Failed to categorical encode column gender" (an all-null column gives Categorify nothing to fit). strict: the
-# day it is fixed this module xpasses and fails the suite, so the marker cannot outlive the bug.
-pytestmark = [pytest.mark.merlin, pytest.mark.integration,
-              pytest.mark.xfail(strict=True, reason="issue 20: nvt_workflows cannot fit gender when no user has one "
-                                                    "(own data without a users file)")]
+pytestmark = [pytest.mark.merlin, pytest.mark.integration]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 START = "2026-01-01"
@@ -96,6 +91,7 @@ def own_world(tmp_path_factory):
         "OWN_RUN_USERS": json.dumps([written["first"]["user_id"], "", "someone-new"]),
     })
     built = _run("build", env)
+    assert not ping("127.0.0.1", int(env["RECSYS_VALKEY_PORT"])), "the build left its Valkey running"
     store = ArtifactStore(root)
     before = {name: load_id_map(store, rel, name) for name, rel in (("user", paths.USER_ID_MAP),
                                                                    ("item", paths.ITEM_ID_MAP))}

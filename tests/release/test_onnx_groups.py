@@ -10,7 +10,7 @@ from recsys_assets.serving.executor import StageContext
 from recsys_assets.serving.features import CONTEXT, UNROLLED, USER
 from recsys_assets.release.onnx_groups import group_inputs
 from recsys_assets.serving.stages.onnx_models import DlrmRanking, QueryTower
-from tests.serving.test_serving_stages import tiny, version_dir  # noqa: F401 (the tiny fixture)
+from tests.serving.test_serving_stages import version_dir
 
 
 def _run(path, stage, feeds):

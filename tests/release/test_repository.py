@@ -16,12 +16,6 @@ from recsys_assets.release.repository import (
     validate_repository,
 )
 from recsys_assets.release.tiny import TinySizes, write_onnx_models
-from tests.release.tiny_serving import tiny_artifacts
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return tiny_artifacts(tmp_path_factory)
 
 
 @pytest.fixture()

@@ -14,12 +14,6 @@ from recsys_assets.release.repository import (
     validate_repository,
 )
 from recsys_assets.release.seed_faithful import SEED_FAITHFUL_STAGES, MerlinEnv, make_seed_faithful
-from tests.release.tiny_serving import tiny_artifacts
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_artifacts(tmp_path_factory)
 
 
 @pytest.fixture()

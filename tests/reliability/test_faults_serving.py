@@ -26,9 +26,7 @@ server (local profile).
 
 import collections
 import dataclasses
-import os
 import re
-import shutil
 import threading
 import time
 
@@ -36,7 +34,6 @@ import httpx
 import pytest
 
 from recsys_assets.defs.release import assets as release_assets
-from recsys_assets.lib import paths
 from recsys_assets.release import records as release_records, repository
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.feature_spec import FIRST_INDEX

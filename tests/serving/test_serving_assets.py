@@ -13,12 +13,6 @@ from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import Settings
 from recsys_assets.release import deploy
-from tests.release.tiny_serving import tiny_artifacts
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return tiny_artifacts(tmp_path_factory)
 
 
 def place_trained_artifacts(root, tiny):

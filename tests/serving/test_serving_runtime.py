@@ -9,12 +9,7 @@ from recsys_assets.serving.bloom import BloomParams, SeenFilter
 from recsys_assets.serving.executor import StageContext
 from recsys_assets.serving.runtime import Breaker, Runtime, ValkeyLink, ValkeyUnavailable, server_environ
 from recsys_assets.serving.stages.filter_seen_items import FilterSeenItems
-from tests.release.tiny_serving import tiny_artifacts
 
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return tiny_artifacts(tmp_path_factory)
 
 DAY0 = 1767225600
 

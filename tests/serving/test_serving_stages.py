@@ -21,12 +21,7 @@ from recsys_assets.serving.stages.nvt_transforms import ContextTransform, ItemTr
 from recsys_assets.serving.stages.onnx_models import DlrmRanking, QueryTower
 from recsys_assets.serving.stages.softmax_sampling import SoftmaxSampling, greedy
 from recsys_assets.serving.stages.unroll_features import UnrollFeatures
-from tests.release.tiny_serving import tiny_artifacts
 
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return tiny_artifacts(tmp_path_factory)
 
 DAY0 = 1767225600  # 2026-01-01, the tiny world's day 00
 

@@ -182,12 +182,17 @@ class FeastResource(dg.ConfigurableResource):
         )
 
 
-def build_resources(settings: Settings) -> dict:
+def valkey_port() -> int:
+    """The embedded Valkey's port: ``RECSYS_VALKEY_PORT``, default 6390."""
     raw_port = os.environ.get(PORT_ENV, str(DEFAULT_PORT))
     try:
-        port = int(raw_port)
+        return int(raw_port)
     except ValueError as exc:
         raise ValueError(f"{PORT_ENV}={raw_port!r}: expected a port number such as {DEFAULT_PORT}") from exc
+
+
+def build_resources(settings: Settings) -> dict:
+    port = valkey_port()
     local_root = "://" not in settings.artifacts
     data_dir = str(Path(settings.artifacts).resolve() / paths.VALKEY_DATA) if local_root else ""
     return {
