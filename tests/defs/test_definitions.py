@@ -97,3 +97,11 @@ def test_k8s_profile_builds_the_same_graph_with_gpu_pods():
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert merlin.command("recsys_assets.ml.env_report")[0] == "python"
     assert k8s.resources["artifacts"].root == "s3://bucket/recsys"
+
+
+def test_every_asset_check_and_job_has_a_description():
+    """The UI shows these beside every check and job; "No description provided" helps nobody."""
+    graph = defs.resolve_asset_graph()
+    checks = [graph.get_check_spec(key) for key in graph.asset_check_keys]
+    assert len(checks) > 60 and not [s.key.to_user_string() for s in checks if not (s.description or "").strip()]
+    assert not [name for name in JOBS if not (defs.resolve_job_def(name).description or "").strip()]

@@ -449,6 +449,10 @@ def test_finetune_promote_under_load_gate_and_rollback(trained_world, valkey, mo
         checks = _checks(result, "finetuned_models")
         assert checks["item_vectors_unchanged"].passed  # still frozen: only the gate stops it
         assert not (checks["no_regression"].passed and checks["beats_popularity"].passed)
+        # a rejected candidate is an outcome: the run succeeds, the failed gate check warns and names it
+        rejected = [c for c in checks.values() if not c.passed]
+        assert result.success and all(c.severity == dg.AssetCheckSeverity.WARN for c in rejected)
+        assert all("candidate rejected" in c.metadata["description"].value for c in rejected)
         assert records.record(store, 3).status == "gate_failed" and records.record(store, 3).parent == 2
         request_result, _ = _sensor_request(root, "2")
         assert not request_result.run_requests

@@ -5,7 +5,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.defs.checks_util import markdown_table
+from recsys_assets.defs.checks_util import check_specs, markdown_table
 from recsys_assets.defs.ingest.assets import items, raw_interactions
 from recsys_assets.defs.partitions import START_DATE, daily_partitions, partition_day
 from recsys_assets.defs.resources import ArtifactStoreResource
@@ -24,7 +24,7 @@ GROUP = "features"
     kinds={"pandas"},
     partitions_def=daily_partitions,
     deps=[items, raw_interactions],
-    check_specs=[dg.AssetCheckSpec("history_complete", asset="user_top_category", blocking=True)],
+    check_specs=check_specs("user_top_category", ("history_complete",)),
     output_required=False,
 )
 def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource):

@@ -17,7 +17,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.defs.checks_util import check, markdown_table
+from recsys_assets.defs.checks_util import check, check_specs, markdown_table
 from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items
 from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner
@@ -37,8 +37,7 @@ def _trained_variants(store: ArtifactStore) -> list:
 
 @dg.asset(group_name=GROUP, kinds={"tensorflow", "numpy"}, op_tags=MERLIN_TAGS,
           deps=[two_tower_model, nvt_workflows, item_multimodal_embeddings, items],
-          check_specs=[dg.AssetCheckSpec(n, asset="item_embeddings", blocking=True)
-                       for n in ("row_per_item", "finite")])
+          check_specs=check_specs("item_embeddings", ("row_per_item", "finite")))
 def item_embeddings(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
                     merlin: MerlinRunner) -> dg.MaterializeResult:
     """Candidate-tower vectors of every catalogue item (cold items through their content features), per variant."""
@@ -87,7 +86,7 @@ class FaissIndexConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"faiss"}, deps=[item_embeddings, items],
-          check_specs=[dg.AssetCheckSpec("ids_are_raw_items", asset="faiss_index", blocking=True)])
+          check_specs=check_specs("faiss_index", ("ids_are_raw_items",)))
 def faiss_index(config: FaissIndexConfig, artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
     """An inner-product FAISS index over raw item ids per variant (``index/faiss/<variant>.faiss``)."""
     store = artifacts.store()

@@ -46,7 +46,7 @@ from typing import Dict
 import dagster as dg
 import numpy as np
 
-from recsys_assets.defs.checks_util import check, markdown_table
+from recsys_assets.defs.checks_util import check, check_specs, markdown_table
 from recsys_assets.defs.params import config_from_params, params_of
 from recsys_assets.defs.resources import ArtifactStoreResource, DeploymentProfileResource, WorldResource
 from recsys_assets.defs.release.resources import TritonResource
@@ -141,7 +141,7 @@ def _failed(name: str, description: str) -> dg.MaterializeResult:
 
 
 @dg.asset(group_name=GROUP, kinds={"triton"}, deps=UPSTREAM,
-          check_specs=[dg.AssetCheckSpec("configs_valid", asset="triton_model_repository", blocking=True)])
+          check_specs=check_specs("triton_model_repository", ("configs_valid",)))
 def triton_model_repository(context: dg.AssetExecutionContext, config: RepositoryConfig,
                             artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
     """The versioned Triton repository (15 models) plus the release manifest naming every model's version."""

@@ -45,7 +45,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.defs.checks_util import check, markdown_table
+from recsys_assets.defs.checks_util import check, check_specs, markdown_table
 from recsys_assets.defs.embeddings.assets import item_multimodal_embeddings
 from recsys_assets.defs.ingest.assets import items, raw_interactions
 from recsys_assets.defs.params import config_from_params, params_of
@@ -83,6 +83,15 @@ FINETUNED_MODELS = ("query_tower", "dlrm_ranking")
 # -- helpers ---------------------------------------------------------------------------------------------------
 def _not_run(names, why: str) -> list:
     return [check(n, False, f"not run: {why}") for n in names]
+
+
+def _gate_checks(gate) -> list:
+    """The gate's outcomes as checks. A candidate the gate rejects is an outcome, not an error: its check fails
+    with WARN severity, so the run succeeds while the record says ``gate_failed`` and nothing promotes it (the
+    promotion sensor names it). Missing inputs, moved item vectors or an ONNX mismatch stay errors."""
+    return [check(n, ok, d if ok else f"candidate rejected: {d}",
+                  severity=dg.AssetCheckSeverity.ERROR if ok else dg.AssetCheckSeverity.WARN, **gate.check_metadata())
+            for n, ok, d in gate.outcomes]
 
 
 def _blocked(problems: list, checks: tuple, **metadata) -> dg.MaterializeResult:
@@ -300,7 +309,7 @@ class FineTuneConfig(config_from_params(FineTuneParams, exclude=("variant",)), G
     pool=MERLIN_POOL,
     deps=[transformed_interactions, masked_interactions, raw_interactions, "two_tower_model", "dlrm_model",
           "item_embeddings", "triton_model_repository"],
-    check_specs=[dg.AssetCheckSpec(n, asset="finetuned_models", blocking=True) for n in FINETUNE_CHECKS],
+    check_specs=check_specs("finetuned_models", FINETUNE_CHECKS),
 )
 def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, artifacts: ArtifactStoreResource,
                      merlin: MerlinRunner, world: WorldResource) -> dg.MaterializeResult:
@@ -443,7 +452,7 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
             "manifest": store.uri(paths.triton_release(number)),
         },
         check_results=[inputs_ok, *frozen, parity_check,
-                       *[check(n, ok, d, **gate.check_metadata()) for n, ok, d in gate.outcomes]],
+                       *_gate_checks(gate)],
     )
 
 
@@ -460,7 +469,7 @@ class RetrainedReleaseConfig(GateConfig):
     kinds={"triton"},
     deps=[query_tower_onnx, dlrm_onnx, "faiss_index", "item_embeddings", serving_transforms, "nvt_workflows",
           item_multimodal_embeddings, items, retrieval_evaluation, ranking_evaluation],
-    check_specs=[dg.AssetCheckSpec(n, asset="retrained_release", blocking=True) for n in RETRAIN_CHECKS],
+    check_specs=check_specs("retrained_release", RETRAIN_CHECKS),
 )
 def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleaseConfig,
                       artifacts: ArtifactStoreResource, world: WorldResource) -> dg.MaterializeResult:
@@ -571,7 +580,7 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
                   "manifest": store.uri(paths.triton_release(number))},
         check_results=[check("inputs_complete", True, f"{variant} query tower, DLRM, FAISS index, transforms and "
                               f"the held-out sessions of day {day:02d} present"),
-                       *[check(n, ok, d, **gate.check_metadata()) for n, ok, d in gate.outcomes]],
+                       *_gate_checks(gate)],
     )
 
 

@@ -28,7 +28,7 @@ import time
 import dagster as dg
 import numpy as np
 
-from recsys_assets.defs.checks_util import check, markdown_table
+from recsys_assets.defs.checks_util import check, check_specs, markdown_table
 from recsys_assets.defs.features.assets import user_top_category
 from recsys_assets.defs.ingest.assets import items, raw_interactions, users
 from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, daily_partitions, partition_day
@@ -130,7 +130,7 @@ MASKED_CHECKS = ("inputs_complete", "masking_recorded")
     kinds={"pandas", "parquet"},
     partitions_def=daily_partitions,
     deps=[raw_interactions, users, items, user_top_category],
-    check_specs=[dg.AssetCheckSpec(name, asset="masked_interactions", blocking=True) for name in MASKED_CHECKS],
+    check_specs=check_specs("masked_interactions", MASKED_CHECKS),
 )
 def masked_interactions(context: dg.AssetExecutionContext, config: MaskingConfig,
                         artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
@@ -242,7 +242,7 @@ WORKFLOW_CHECKS = ("train_days_complete", "null_and_oov_rows")
     pool=MERLIN_POOL,
     deps=[dg.AssetDep(masked_interactions, partition_mapping=dg.SpecificPartitionsPartitionMapping(TRAIN_KEYS)),
           users],
-    check_specs=[dg.AssetCheckSpec(name, asset="nvt_workflows", blocking=True) for name in WORKFLOW_CHECKS],
+    check_specs=check_specs("nvt_workflows", WORKFLOW_CHECKS),
 )
 def nvt_workflows(context: dg.AssetExecutionContext, config: WorkflowFitConfig, artifacts: ArtifactStoreResource,
                   merlin: MerlinRunner) -> dg.MaterializeResult:
@@ -388,8 +388,7 @@ TRANSFORMED_CHECKS = ("input_valid", "rows_preserved")
     pool=MERLIN_POOL,
     partitions_def=daily_partitions,
     deps=[masked_interactions, nvt_workflows],
-    check_specs=[dg.AssetCheckSpec(name, asset="transformed_interactions", blocking=True)
-                 for name in TRANSFORMED_CHECKS],
+    check_specs=check_specs("transformed_interactions", TRANSFORMED_CHECKS),
 )
 def transformed_interactions(context: dg.AssetExecutionContext, config: TransformConfig,
                              artifacts: ArtifactStoreResource, merlin: MerlinRunner) -> dg.MaterializeResult:
@@ -435,7 +434,7 @@ def transformed_interactions(context: dg.AssetExecutionContext, config: Transfor
     op_tags=MERLIN_TAGS,
     pool=MERLIN_POOL,
     deps=[nvt_workflows],
-    check_specs=[dg.AssetCheckSpec("parity", asset="serving_transforms", blocking=True)],
+    check_specs=check_specs("serving_transforms", ("parity",)),
 )
 def serving_transforms(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
                        merlin: MerlinRunner) -> dg.MaterializeResult:
@@ -471,8 +470,7 @@ class RetrainTransformConfig(dg.Config):
     op_tags=MERLIN_TAGS,
     pool=MERLIN_POOL,
     deps=[nvt_workflows, serving_transforms],
-    check_specs=[dg.AssetCheckSpec(name, asset="retrain_transformed_days", blocking=True)
-                 for name in ("input_valid", "rows_preserved")],
+    check_specs=check_specs("retrain_transformed_days", TRANSFORMED_CHECKS),
 )
 def retrain_transformed_days(context: dg.AssetExecutionContext, config: RetrainTransformConfig,
                              artifacts: ArtifactStoreResource, merlin: MerlinRunner) -> dg.MaterializeResult:
