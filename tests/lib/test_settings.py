@@ -10,6 +10,32 @@ from recsys_assets.lib.settings import Settings, SettingsError, day_index, day_n
 def test_defaults():
     s = Settings.from_env({})
     assert (s.profile, s.scale, s.start_date, s.valkey_url) == ("local", "demo", dt.date(2026, 1, 1), None)
+    assert s.last_day is None  # open-ended partitions
+
+
+@pytest.mark.parametrize("raw, last_day", [("", None), ("20", 20), (" Backfill ", "backfill")])
+def test_last_day_setting(raw, last_day):
+    assert Settings.from_env({"RECSYS_LAST_DAY": raw}).last_day == last_day
+
+
+@pytest.mark.parametrize("raw, count, last", [("", None, None), ("backfill", 14, "2026-01-14"), ("3", 4, "2026-01-04")])
+def test_the_partition_set_ends_at_the_last_day(raw, count, last):
+    """Read when the code location loads, so each setting gets a fresh interpreter."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json; from recsys_assets.defs.partitions import daily_partitions as p; k = p.get_partition_keys();"
+            "print(json.dumps([len(k), k[0], k[-1], p.end is not None]))")
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2],
+                         env={"PATH": "/usr/bin:/bin", "RECSYS_LAST_DAY": raw, "RECSYS_START_DATE": "2026-01-01"})
+    n, first, final, ended = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first == "2026-01-01" and ended == (count is not None)
+    if count is not None:
+        assert (n, final) == (count, last)
 
 
 @pytest.mark.parametrize(
@@ -19,6 +45,8 @@ def test_defaults():
         ({"RECSYS_SCALE": "huge"}, "RECSYS_SCALE"),
         ({"RECSYS_START_DATE": "01/02/2026"}, "ISO date"),
         ({"RECSYS_SEED": "abc"}, "RECSYS_SEED"),
+        ({"RECSYS_LAST_DAY": "-1"}, "RECSYS_LAST_DAY"),
+        ({"RECSYS_LAST_DAY": "yesterday"}, "RECSYS_LAST_DAY"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):
