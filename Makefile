@@ -21,9 +21,9 @@ export RECSYS_CLIP_OFFLINE_FALLBACK ?= 1
 setup:  ## create .venv and .venv-merlin from the lock files (only what changed)
 	@scripts/setup.sh
 
-# The demo and its UI end the daily partitions with the backfilled days (RECSYS_LAST_DAY, lib/settings.py), so
-# the UI shows the demo's days all filled; production leaves the set open-ended.
-demo dev: export RECSYS_LAST_DAY ?= backfill
+# The demo and its UI end the daily partitions with the demo's days 00-14 (RECSYS_LAST_DAY, lib/settings.py), so
+# the UI shows them all filled; production leaves the set open-ended.
+demo dev: export RECSYS_LAST_DAY ?= demo
 
 demo: setup  ## the whole pipeline on the embedded defaults (SOURCE=path: on a shop's own data), then a summary
 	@$(PY) -m recsys_assets.demo

@@ -33,6 +33,8 @@ SETTINGS = {
     "oov-0.3": {"oov_rate": 0.3},
     "dropout-0.2": {"dropout": 0.2},
     "top-256": {"top_mlp": [256, 128, 64]},
+    "epochs-1-lr-3e-3": {"epochs": 1, "learning_rate": 3e-3},
+    "lr-5e-4": {"learning_rate": 5e-4},
 }
 
 

@@ -3,9 +3,13 @@
     python -m recsys_assets.demo
 
 Runs ``full_build_job`` layer by layer (``defs.platform.jobs.BUILD_LAYERS``): each layer is one run of the job's
-assets in that layer (one per partition for a layer of days). Runs are recorded in the Dagster instance at
-``$DAGSTER_HOME`` (default ``artifacts/dagster_home``), so ``make dev`` afterwards shows them, with their metadata
-and checks, in the UI. A failed run or a failed check stops the demo with what went wrong.
+assets in that layer (one per partition for a layer of days). Then real recommendations and a click through the
+API, and the daily loop as production runs it: day 14 arrives, ``new_day_sensor`` requests its ``daily_job`` run
+(refresh, replay of the served list, fine-tune judged by its gate), and ``release_promotion_sensor`` switches the
+release when the gate passed. Runs are recorded in the Dagster instance at ``$DAGSTER_HOME`` (default
+``artifacts/dagster_home``), so ``make dev`` afterwards shows them, with their metadata and checks, in the UI. A
+failed run or a failed ERROR check stops the demo with what went wrong; a failed WARN check (a fine-tune its gate
+rejects, say) is an outcome and is printed.
 """
 
 import os
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from recsys_assets.defs.partitions import BACKFILL_DAYS, START_DATE, TRAIN_DAYS
+from recsys_assets.defs.partitions import BACKFILL_DAYS, DEMO_DAY, START_DATE, TRAIN_DAYS
 from recsys_assets.defs.platform.jobs import BUILD_LAYERS, FULL_BUILD_JOB
 from recsys_assets.lib.settings import Settings, partition_key
 
@@ -34,13 +38,18 @@ def _instance(settings: Settings) -> dg.DagsterInstance:
 def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, assets=None, ops: dict | None = None,
             **kwargs) -> dg.ExecuteInProcessResult:
     """One in-process run of ``job`` (of its ``assets`` only, when given; ``ops``: config of those assets, e.g. a
-    shorter training for a test); a failed run or check ends the demo."""
+    shorter training for a test); a failed run or ERROR check ends the demo, a failed WARN check is printed."""
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
              **({"ops": ops} if ops else {})}
     selection = [dg.AssetKey(a) for a in assets] if assets else None
     result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False,
                                                           run_config=quiet, asset_selection=selection, **kwargs)
-    failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    failed_checks = [e for e in failed if e.severity == dg.AssetCheckSeverity.ERROR]
+    for check in failed:
+        if check not in failed_checks:
+            print(f"[demo]   warning: {check.asset_key.to_user_string()}.{check.check_name}: "
+                  f"{_first_line(check.metadata.get('description'))}")
     if not result.success or failed_checks:
         for event in result.all_events:
             if event.is_failure:
@@ -51,6 +60,20 @@ def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, assets
         raise SystemExit(f"demo: job {job} {kwargs.get('partition_key', '')} ({', '.join(assets or [])}) failed "
                          "(see above)")
     return result
+
+
+def _first_line(value, limit: int = 160) -> str:
+    text = str(getattr(value, "value", value) or "").strip().splitlines()
+    return (text[0][:limit] + ("..." if len(text[0]) > limit else "")) if text else ""
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    """The metadata values of ``asset``'s materialization in ``result`` ({} when it did not materialize)."""
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        if mat.asset_key.to_user_string() == asset:
+            return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    return {}
 
 
 def _summary(result: dg.ExecuteInProcessResult) -> str:
@@ -141,6 +164,81 @@ def show_recommendations(settings: Settings, timestamp: int) -> None:
         api.delete(f"/users/{user}/seen")  # leave the demo user as it was
 
 
+def recommend(user, device: int, timestamp: int, k: int = 8) -> dict:
+    """One list from the running Triton through the API's code path (in process)."""
+    from fastapi.testclient import TestClient
+
+    from recsys_assets.api.app import create_app
+    from recsys_assets.api.config import ApiConfig
+
+    with TestClient(create_app(ApiConfig.from_environ(os.environ))) as api:
+        r = api.get("/recommendations", params={"user_id": user, "device_type": device, "timestamp": timestamp,
+                                                "k": k})
+    if r.status_code != 200:
+        raise SystemExit(f"demo: /recommendations answered {r.status_code}: {r.text}")
+    return r.json()
+
+
+def _number(meta: dict, key: str) -> str:
+    value = meta.get(key)
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
+def daily_loop(defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings, timestamp: int) -> None:
+    """Day 14 arrives and runs as in production: ``new_day_sensor`` (the generator's day is over on the wall clock)
+    requests ``daily_job`` for it, the run refreshes the day and fine-tunes the served models into a candidate
+    release judged by its gate, and ``release_promotion_sensor`` promotes the candidate if the gate passed. Prints
+    what happened and the demo user's list before and after."""
+    from recsys_assets.defs.ingest.resources import NewDaySource
+    from recsys_assets.defs.ingest.sensors import new_day_sensor
+    from recsys_assets.defs.release.sensors import release_promotion_sensor
+    from recsys_assets.release import records
+
+    artifacts = defs.resources["artifacts"]
+    store = artifacts.store()
+    user, _ = demo_users(settings)
+    before = recommend(user, 1, timestamp)
+    served_before = records.served_state(store).release
+    t0 = time.perf_counter()
+    source = NewDaySource(mode="generator", seconds_per_day=0, first_day=DEMO_DAY, last_day=DEMO_DAY)
+    tick = new_day_sensor(dg.build_sensor_context(instance=instance, resources={
+        "artifacts": artifacts, "new_day_source": source}))
+    if not tick.run_requests:
+        raise SystemExit(f"demo: new_day_sensor requested no run: {tick.skip_reason}")
+    request = tick.run_requests[0]
+    result = run_job(defs, "daily_job", instance, partition_key=request.partition_key, tags=request.tags)
+    replay, tuned = _metadata(result, "served_list_evaluation"), _metadata(result, "finetuned_models")
+    print(f"[demo] {'day ' + str(DEMO_DAY) + ' (daily_job)':<24} {time.perf_counter() - t0:6.1f} s  new_day_sensor "
+          f"requested {request.partition_key}; served list replayed: true expected clicks "
+          f"{_number(replay, 'true_expected_clicks/served/users')} (popularity "
+          f"{_number(replay, 'true_expected_clicks/popularity/users')})")
+    if "release" in tuned:
+        print(f"[demo] {'':<24} {'':>8}  fine-tuned candidate release {tuned['release']} ({tuned['status']}): "
+              f"true expected clicks candidate {_number(tuned, 'true_expected_clicks/candidate/users')}, served "
+              f"release {served_before} {_number(tuned, 'true_expected_clicks/served/users')}, popularity "
+              f"{_number(tuned, 'true_expected_clicks/popularity/users')}")
+    else:
+        print(f"[demo] {'':<24} {'':>8}  no candidate: {tuned.get('skipped') or tuned.get('candidate', '?')}")
+    t0 = time.perf_counter()
+    tick = release_promotion_sensor(dg.build_sensor_context(instance=instance, cursor=str(served_before),
+                                                            resources={"artifacts": artifacts}))
+    if tick.run_requests:
+        promotion = tick.run_requests[0]
+        run_job(defs, "promote_release_job", instance, ops=promotion.run_config["ops"], tags=promotion.tags)
+        what = f"promoted release {records.served_state(store).release} (release {served_before} served before)"
+    else:
+        what = _first_line(tick.skip_reason.skip_message if tick.skip_reason else "", 300)
+    print(f"[demo] {'promotion':<24} {time.perf_counter() - t0:6.1f} s  release_promotion_sensor: {what}")
+    served_after = records.served_state(store).release
+    if served_after == served_before:
+        print(f"[demo] {'':<24} {'':>8}  release {served_before} keeps serving: user {user}'s list is unchanged")
+        return
+    after = recommend(user, 1, timestamp)
+    _print_list(f"known user {user} on mobile before day {DEMO_DAY} (release {served_before})", before)
+    _print_list(f"... and after it (release {served_after})", after,
+                mark={i["item_id"] for i in after["items"]} - {i["item_id"] for i in before["items"]})
+
+
 def quiet_console(log_dir: Path) -> None:
     """Libraries' log records and Python warnings go to ``<log_dir>/demo.log``, not the console; the demo's own
     lines and Dagster's warnings and errors (its console logger, at WARNING) stay on it."""
@@ -176,7 +274,13 @@ def main() -> int:
     root = Path(settings.artifacts).resolve()
     try:
         # Midday of the first day after the backfill: every item available by then can be recommended.
-        show_recommendations(settings, int(World(start_date=START_DATE).day_start_ts(BACKFILL_DAYS.stop)) + 13 * 3600)
+        midday = int(World(start_date=START_DATE).day_start_ts(DEMO_DAY)) + 13 * 3600
+        show_recommendations(settings, midday)
+        if settings.uses_generator:
+            print(f"\n[demo] the daily loop: day {DEMO_DAY} arrives")
+            daily_loop(defs, instance, settings, midday + 86_400)
+        else:
+            print(f"\n[demo] the daily loop runs when the shop's day {DEMO_DAY} lands (docs/own-data.md)")
     finally:
         deploy.stop_local(root)
         _stop_embedded_valkey(root)

@@ -1,8 +1,8 @@
 """The one partitioning of the project: a partition per day of interactions, keyed by ISO date.
 
 Day 00 is ``RECSYS_START_DATE`` (default 2026-01-01); the set is open-ended (a partition per UTC day up to today)
-unless ``RECSYS_LAST_DAY`` ends it: ``make demo`` and ``make dev`` end it with the backfilled days, so the UI shows
-the demo's days, all filled, instead of every day up to today. These are the settings read when the code location
+unless ``RECSYS_LAST_DAY`` ends it: ``make demo`` and ``make dev`` end it with the demo's days (the backfill and
+the one new day its daily loop runs), so the UI shows those days, all filled, instead of every day up to today. These are the settings read when the code location
 loads, because they define the partition set itself; day index <-> key conversions live in lib.settings.
 """
 
@@ -13,15 +13,16 @@ import warnings
 
 import dagster as dg
 
-from recsys_assets.lib.settings import LAST_DAY_BACKFILL, Settings, day_index, partition_key
+from recsys_assets.lib.settings import LAST_DAY_DEMO, Settings, day_index, partition_key
 
 TRAIN_DAYS = range(0, 9)        # days 00-08
 VALIDATION_DAYS = range(9, 12)  # days 09-11; 12+ arrive daily
 BACKFILL_DAYS = range(0, 14)    # days 00-13
+DEMO_DAY = BACKFILL_DAYS.stop    # day 14: the new day the demo's daily loop runs
 
 _SETTINGS = Settings.from_env()
 START_DATE = _SETTINGS.start_date
-LAST_DAY = BACKFILL_DAYS[-1] if _SETTINGS.last_day == LAST_DAY_BACKFILL else _SETTINGS.last_day
+LAST_DAY = DEMO_DAY if _SETTINGS.last_day == LAST_DAY_DEMO else _SETTINGS.last_day
 daily_partitions = dg.DailyPartitionsDefinition(
     start_date=START_DATE.isoformat(), fmt="%Y-%m-%d",
     end_date=None if LAST_DAY is None else (START_DATE + dt.timedelta(days=LAST_DAY + 1)).isoformat())

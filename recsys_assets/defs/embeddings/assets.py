@@ -173,7 +173,10 @@ def item_clip_embeddings(context: dg.AssetExecutionContext, config: ClipEmbeddin
     except (emb.WeightsUnavailable, ValueError) as exc:
         raise dg.Failure(description=str(exc)) from exc
     if encoder.fallback:
-        context.log.warning(f"CLIP offline fallback in use: random {encoder.name} ({encoder.fallback_reason})")
+        # One clear notice; the download error itself is in the metadata (fallback_reason)
+        context.log.warning(f"notice: pretrained CLIP weights {config.model}/{config.pretrained} are not reachable "
+                            f"here, so image vectors come from the random {encoder.name} encoder (offline fallback "
+                            "on; the reason is in this asset's metadata)")
     present = set(store.list(paths.ITEM_IMAGES))  # one listing, not a request per item
     has_image = np.array([paths.item_image(i) in present for i in catalogue["item_id"]], dtype=bool)
     images = [store.read_bytes(paths.item_image(i)) for i in catalogue["item_id"][has_image]]
