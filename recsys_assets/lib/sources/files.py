@@ -1,7 +1,8 @@
 """Reading a source folder (a local path or an ``s3://bucket/prefix``): which tables it holds and their rows.
 
-One reader for both: fsspec addresses the local folder and S3 alike. fsspec is in the pipeline lock; S3 also
-needs ``s3fs``, which is not, so an ``s3://`` source raises :class:`SourceError` saying what to install.
+One reader for both: fsspec addresses the local folder and S3 alike (``s3fs``, in the pipeline lock, implements
+its ``s3`` protocol with the usual AWS credential chain: environment, profile, IRSA on EKS). An environment
+without s3fs gets a :class:`SourceError` saying what to install.
 
 Tables are CSV (``.csv``, ``.csv.gz``) or parquet (``.parquet``, ``.pq``). A CSV is read with every column as
 text (an empty cell is ``""``), so string ids such as ``00123`` keep their zeros and nothing is guessed.
@@ -31,8 +32,8 @@ class SourceFolder:
                 import s3fs  # noqa: F401  (fsspec's "s3" protocol is implemented by it)
             except ImportError as exc:
                 raise SourceError(
-                    f"source {self.location}: reading an s3:// source needs the s3fs package, which the pipeline "
-                    "environment does not hold; add s3fs to requirements/pipeline.in, re-lock and reinstall, or "
+                    f"source {self.location}: reading an s3:// source needs the s3fs package, which this "
+                    "environment does not hold (it is in requirements/pipeline.lock.txt: run make setup), or "
                     "copy the data to a local folder and set RECSYS_SOURCE to that folder") from exc
             import fsspec
 
