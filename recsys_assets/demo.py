@@ -129,20 +129,10 @@ def demo_users(settings: Settings) -> tuple:
 
 def show_recommendations(settings: Settings, timestamp: int) -> None:
     """Real recommendations from the running Triton through the API's own code path (in process)."""
-    from fastapi.testclient import TestClient
-
-    from recsys_assets.api.app import create_app
-    from recsys_assets.api.config import ApiConfig
-
-    config = ApiConfig.from_environ(os.environ)
     user, new_user = demo_users(settings)
-    with TestClient(create_app(config)) as api:
+    with _api() as api:
         def get(user, device, k=8):
-            r = api.get("/recommendations", params={"user_id": user, "device_type": device, "timestamp": timestamp,
-                                                    "k": k})
-            if r.status_code != 200:
-                raise SystemExit(f"demo: /recommendations answered {r.status_code}: {r.text}")
-            return r.json()
+            return _recommendations(api, user, device, timestamp, k)
 
         known = get(user, 1)
         _print_list(f"known user {user} on mobile", known)
@@ -164,19 +154,21 @@ def show_recommendations(settings: Settings, timestamp: int) -> None:
         api.delete(f"/users/{user}/seen")  # leave the demo user as it was
 
 
-def recommend(user, device: int, timestamp: int, k: int = 8) -> dict:
-    """One list from the running Triton through the API's code path (in process)."""
+def _recommendations(api, user, device: int, timestamp: int, k: int = 8) -> dict:
+    """One list from the running Triton through the API's code path (``api``: an in-process client)."""
+    r = api.get("/recommendations", params={"user_id": user, "device_type": device, "timestamp": timestamp, "k": k})
+    if r.status_code != 200:
+        raise SystemExit(f"demo: /recommendations answered {r.status_code}: {r.text}")
+    return r.json()
+
+
+def _api():
     from fastapi.testclient import TestClient
 
     from recsys_assets.api.app import create_app
     from recsys_assets.api.config import ApiConfig
 
-    with TestClient(create_app(ApiConfig.from_environ(os.environ))) as api:
-        r = api.get("/recommendations", params={"user_id": user, "device_type": device, "timestamp": timestamp,
-                                                "k": k})
-    if r.status_code != 200:
-        raise SystemExit(f"demo: /recommendations answered {r.status_code}: {r.text}")
-    return r.json()
+    return TestClient(create_app(ApiConfig.from_environ(os.environ)))
 
 
 def _number(meta: dict, key: str) -> str:
@@ -197,7 +189,8 @@ def daily_loop(defs: dg.Definitions, instance: dg.DagsterInstance, settings: Set
     artifacts = defs.resources["artifacts"]
     store = artifacts.store()
     user, _ = demo_users(settings)
-    before = recommend(user, 1, timestamp)
+    with _api() as api:
+        before = _recommendations(api, user, 1, timestamp)
     served_before = records.served_state(store).release
     t0 = time.perf_counter()
     source = NewDaySource(mode="generator", seconds_per_day=0, first_day=DEMO_DAY, last_day=DEMO_DAY)
@@ -233,7 +226,8 @@ def daily_loop(defs: dg.Definitions, instance: dg.DagsterInstance, settings: Set
     if served_after == served_before:
         print(f"[demo] {'':<24} {'':>8}  release {served_before} keeps serving: user {user}'s list is unchanged")
         return
-    after = recommend(user, 1, timestamp)
+    with _api() as api:
+        after = _recommendations(api, user, 1, timestamp)
     _print_list(f"known user {user} on mobile before day {DEMO_DAY} (release {served_before})", before)
     _print_list(f"... and after it (release {served_after})", after,
                 mark={i["item_id"] for i in after["items"]} - {i["item_id"] for i in before["items"]})

@@ -2,8 +2,9 @@
 
 Day 00 is ``RECSYS_START_DATE`` (default 2026-01-01); the set is open-ended (a partition per UTC day up to today)
 unless ``RECSYS_LAST_DAY`` ends it: ``make demo`` and ``make dev`` end it with the demo's days (the backfill and
-the one new day its daily loop runs), so the UI shows those days, all filled, instead of every day up to today. These are the settings read when the code location
-loads, because they define the partition set itself; day index <-> key conversions live in lib.settings.
+the one new day its daily loop runs), so the UI shows those days, all filled, instead of every day up to today.
+These are the settings read when the code location loads, because they define the partition set itself; day
+index <-> key conversions live in lib.settings.
 """
 
 from __future__ import annotations
