@@ -110,7 +110,7 @@ RERANK_METHODS = ("retrieval", "popularity", "heuristic", "oracle", "oracle_no_t
 def _prepare_rerank(store: ArtifactStore, world, out: Path) -> None:
     """``rerank.npz`` / ``rerank_refs.json``: the requests ``ranking_evaluation`` re-ranks (same sample, same
     seed), with their features, candidates and the candidates' true p; the references' values per split."""
-    from recsys_assets.defs.training.assets import RankingEvaluationConfig, _true_evaluation, _true_requests
+    from recsys_assets.defs.training.assets import RankingEvaluationConfig
     from recsys_assets.lib import policy_value
     from recsys_assets.ml.model_inputs import CONTEXT_FEATURES, USER_FEATURES
 
@@ -124,9 +124,10 @@ def _prepare_rerank(store: ArtifactStore, world, out: Path) -> None:
     n = min(config.rerank_requests, len(requests))
     pick = np.sort(np.random.default_rng(config.seed).choice(len(requests), n, replace=False))
     picked = requests.iloc[pick].reset_index(drop=True)
-    true_requests, _ = _true_requests(picked, n, config.seed, anonymous_copies=False)
+    true_requests, _ = policy_value.evaluation_requests(picked, n, config.seed, anonymous_copies=False)
     candidates = candidates[pick]
-    result = _true_evaluation(store, world, true_requests, {"retrieval": candidates[:, :TOP]}, config)
+    result = policy_value.evaluate_logged(store, world, true_requests, {"retrieval": candidates[:, :TOP]},
+                                          config.seed, config.bootstrap_samples)
     p = policy_value.truth(world, true_requests).p
     candidate_p = np.where(candidates >= 0, np.take_along_axis(p, np.maximum(candidates, 0), axis=1), 0.0)
     np.savez(out / "rerank.npz", candidates=candidates, p=candidate_p.astype(np.float32),
@@ -276,7 +277,7 @@ def run(args) -> int:
         for variant in args.variants.split(","):
             params = {**TWO_TOWER, **json.loads(args.two_tower), "variant": variant}
             t0 = time.perf_counter()
-            model, report, _ = two_tower.train(train, valid, table, two_tower.TwoTowerParams.from_dict(params))
+            model, report, _, _ = two_tower.train(train, valid, table, two_tower.TwoTowerParams.from_dict(params))
             seconds = time.perf_counter() - t0
             results.append({"tag": args.tag, "model": f"two_tower/{variant}", "train_days": train_days,
                             "overrides": json.loads(args.two_tower),

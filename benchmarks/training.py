@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         for variant in args.variants.split(","):
             params = {**TWO_TOWER, "variant": variant, **({"epochs": args.epochs} if args.epochs else {})}
             t0 = time.perf_counter()
-            _, report, _ = two_tower.train(train, valid, table, two_tower.TwoTowerParams.from_dict(params))
+            _, report, _, _ = two_tower.train(train, valid, table, two_tower.TwoTowerParams.from_dict(params))
             results.append({"model": f"two_tower/{variant}", "rows": report["train_rows"],
                             "epochs": params["epochs"], "rows_per_second": report["rows_per_second"],
                             "epoch_seconds": report["epoch_seconds"], "first_epoch_seconds":

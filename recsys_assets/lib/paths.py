@@ -147,8 +147,13 @@ def live_interactions(day: int) -> str:
 
 
 # -- models, index, evaluation (recsys_assets.defs.training / defs.index) --------------------------------------
-TWO_TOWER = "models/two_tower"                  # <variant>/{model,query_tower,candidate_tower}/ SavedModels + meta.json
-DLRM = "models/dlrm"                            # model/ SavedModel, meta.json, validation_scores.parquet
+TWO_TOWER = "models/two_tower"  # <variant>/: query_tower/, candidate_tower/ (SavedModels), weights/, item_counts.npy,
+#                                 meta.json
+DLRM = "models/dlrm"            # model/ SavedModel (the ONNX export's), weights/, meta.json, validation_scores.parquet
+WEIGHTS = "weights"
+"""In a trained model's folder: the checkpoint fine-tuning restores into the architecture its ``meta.json`` describes
+(``ml.model_inputs.write_weights``). Folders written before it existed hold the whole model as a ``model/``
+SavedModel instead."""
 ONNX = "models/onnx"                            # query_tower_<variant>.onnx, dlrm.onnx (+ .parity.npz each)
 DLRM_ONNX = f"{ONNX}/dlrm.onnx"
 ITEM_EMBEDDINGS = "index/item_embeddings"       # <variant>.npy: float32 (items, dim), row r = raw item id r
@@ -161,6 +166,11 @@ DEPLOYED_EVALUATION = "releases/deployed/evaluation.json"
 
 def two_tower(variant: str) -> str:
     return f"{TWO_TOWER}/{variant}"
+
+
+def restorable(model_dir: str) -> tuple[str, str]:
+    """What fine-tuning restores ``model_dir`` from: its weights, or (an older folder) its whole SavedModel."""
+    return f"{model_dir}/{WEIGHTS}", f"{model_dir}/model"
 
 
 def query_tower_onnx(variant: str) -> str:
@@ -181,7 +191,7 @@ def faiss_index(variant: str) -> str:
 
 
 # -- fine-tuning and releases (recsys_assets.defs.finetune, recsys_assets.release) ---------------------------
-FINETUNED = "models/finetuned"                # day_XX/: fine-tuned SavedModels, ONNX (+ parity), held-out ids, meta
+FINETUNED = "models/finetuned"                # day_XX/: fine-tuned weights, ONNX (+ parity), held-out ids, meta
 RELEASE_RECORDS = "releases/records"          # <n>.json: kind, lineage, gate outcome and status of release n
 SERVED_RELEASE = "releases/served.json"       # the release the server answers with, and the promotion stack
 
@@ -195,7 +205,7 @@ def release_record(release: int) -> str:
 
 
 def release_models(release: int) -> str:
-    """A full release's trainable models (SavedModels, item vectors), kept for its fine-tunes and rollbacks."""
+    """A full release's trainable models (weights, item vectors), kept for its fine-tunes and rollbacks."""
     return f"releases/models/{int(release):04d}"
 
 

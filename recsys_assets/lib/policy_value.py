@@ -434,6 +434,39 @@ def evaluate(requests, model_lists: Mapping[str, Sequence], world=None, history=
                        table=table, fingerprint=served_evaluation.fingerprint(requests))
 
 
+def evaluation_requests(requests, limit: int, seed: int, anonymous_copies: bool) -> tuple:
+    """Requests for :func:`evaluate` from evaluation requests (``evaluation.build_requests``): a seeded sample of at
+    most ``limit``, the raw user as the true user (-1 sent for a masked, anonymous one) and, with
+    ``anonymous_copies``, the identified ones again sent as user -1. Returns them and the sampled row numbers."""
+    import pandas as pd
+
+    rows = np.arange(len(requests))
+    if len(rows) > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
+    picked = requests.iloc[rows]
+    split = picked["split"].to_numpy()
+    base = pd.DataFrame({"user_id": np.where(split == "anonymous", -1, picked["user_id"]).astype(np.int64),
+                         "true_user_id": picked["user_id"].to_numpy(np.int64),
+                         "device_type": picked["device_type"].to_numpy(np.int64),
+                         "timestamp": picked["timestamp"].to_numpy(np.int64),
+                         "day": picked["day"].to_numpy(np.int64), "split": split,
+                         "relevant": list(picked["relevant"])})
+    if anonymous_copies:
+        base = pd.concat([base, base[base["split"] != "anonymous"].assign(user_id=np.int64(-1), split="anonymous")],
+                         ignore_index=True)
+    return base, rows
+
+
+def evaluate_logged(store, world, requests, lists: Mapping[str, Sequence], seed: int = 0,
+                    n_boot: int = 1000) -> PolicyValue:
+    """:func:`evaluate` with the logged days of the artifact ``store``: the history is the popularity window (7
+    days) before the first requested day up to the last one, the visits the requested days' impressions."""
+    days = sorted({int(d) for d in requests["day"]})
+    history = served_evaluation.logged_days(store, range(max(0, days[0] - 7), days[-1]))
+    return evaluate(requests, lists, world=world, history=history, visits=served_evaluation.logged_days(store, days),
+                    seed=seed, n_boot=n_boot)
+
+
 def value(table, method: str, split: str, column: str = "value") -> float:
     """One number of a :func:`summary_table`."""
     return evaluation.metric(table, method, split, column)

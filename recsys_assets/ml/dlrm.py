@@ -186,7 +186,8 @@ def main() -> int:
         with store.writing(output) as tmp:
             out = Path(tmp)
             t0 = time.perf_counter()
-            model.save(str(out / MODEL))
+            model.save(str(out / MODEL))  # the ONNX export's graph
+            mi.write_weights(model, out / mi.WEIGHTS)  # what fine-tuning restores (with META's parameters)
             report["save_seconds"] = round(time.perf_counter() - t0, 2)
             sample = valid_split.rows.iloc[:2048]
             # the same rows in the same batches on both sides: batch shape may change float summation order

@@ -1,22 +1,24 @@
 """Daily fine-tuning of the served models on a new day (merlin env, through Pipes).
 
 Contract
-- Input: the parent release's SavedModels (the full Two-Tower model of one variant, the DLRM), the new day's
-  transformed rows (already transformed with the saved workflows: no refit, unseen ids on the OOV row), older
-  transformed days for replay, the interaction ids held out for evaluation (never trained on), the
-  raw-id-keyed multimodal table, and the item vectors the served FAISS index was built from.
-- Two-Tower: the full model is restored, its candidate tower frozen (``freeze_blocks([<candidate name>])``)
-  and only the query tower trained, on the new day's pairs plus a ``replay_fraction`` sample of the older days'
-  pairs, where a pair is what it was when the parent trained (clicks, or impressions with clicks weighted, read
-  from the parent's ``meta.json``). The catalogue is then embedded with the fine-tuned candidate tower and compared with the served item
-  vectors: they must be bit-identical (check ``item_vectors_unchanged``), so the served FAISS index stays valid.
-- DLRM: restored (rebuilt from the parent's ``meta.json`` parameters, weights carried over exactly) and every
-  layer trained on the new day's impressions plus the replay sample, at the given
-  (lower) learning rate for the given (fewer) epochs.
-- Output (published atomically under ``output``): ``two_tower/<variant>/model`` (the full model; its candidate
-  tower is the served one), ``dlrm/model`` + ``dlrm/meta.json`` (its parameters: the next fine-tune restores
-  from them), ``onnx/query_tower.onnx`` and ``onnx/dlrm.onnx``, each with a ``.parity.npz`` (TensorFlow's outputs
-  on held-out rows; onnxruntime runs in the pipeline env), ``meta.json`` (rows, phase timings, losses).
+- Input: the parent release's models (each rebuilt from its ``meta.json`` parameters with its ``weights/``
+  checkpoint; an older folder's whole SavedModel otherwise), the new day's transformed rows (already transformed
+  with the saved workflows: no refit, unseen ids on the OOV row), older transformed days for replay, the
+  interaction ids held out for evaluation (never trained on), the raw-id-keyed multimodal table, and the item
+  vectors the served FAISS index was built from.
+- Two-Tower: the model is restored, its candidate tower frozen (``freeze_blocks([<candidate name>])``) and only
+  the query tower trained, on the new day's pairs plus a ``replay_fraction`` sample of the older days' pairs,
+  where a pair is what it was when the parent trained (clicks, or impressions with clicks weighted, read from the
+  parent's ``meta.json``). The catalogue is then embedded with the fine-tuned candidate tower and compared with
+  the served item vectors: they must be bit-identical (check ``item_vectors_unchanged``), so the served FAISS
+  index stays valid.
+- DLRM: restored the same way and every layer trained on the new day's impressions plus the replay sample, at
+  the given (lower) learning rate for the given (fewer) epochs.
+- Output (published atomically under ``output``): ``two_tower/<variant>/`` and ``dlrm/``, each ``weights/`` +
+  ``meta.json`` (what the next fine-tune restores; the Two-Tower's candidate tower is the served one, with the
+  parent's ``item_counts.npy``), ``onnx/query_tower.onnx`` and ``onnx/dlrm.onnx``, each with a ``.parity.npz``
+  (TensorFlow's outputs on held-out rows; onnxruntime runs in the pipeline env), ``meta.json`` (rows, phase
+  timings, losses).
 
 Imports dagster_pipes, the merlin stack and pure ``recsys_assets`` modules only.
 """
@@ -111,40 +113,22 @@ def day_folder(store, source, workflow, scratch: Path) -> Path:
     return scratch
 
 
-def parent_positives(model_dir) -> tuple[str, int]:
-    """What a positive pair was when the parent Two-Tower trained (``meta.json`` beside its model): clicks, or
-    impressions with clicks weighted. Models saved before that choice existed trained on clicks."""
-    from recsys_assets.ml.two_tower import META
-
-    meta = Path(model_dir) / META
-    params = json.loads(meta.read_text()).get("params", {}) if meta.exists() else {}
-    return params.get("positives", "clicks"), int(params.get("click_weight", 1))
-
-
 def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params: FineTuneParams, probe: dict,
                         log=print):
-    """Restore the full Two-Tower model, freeze its candidate tower, train the query tower on ``split``.
+    """Restore the Two-Tower model, freeze its candidate tower, train the query tower on ``split``.
 
     ``probe``: query features whose embeddings are returned from before the training (to show it moved)."""
-    import merlin.models.tf  # noqa: F401  (registers the Merlin layers with Keras)
-    import tensorflow as tf
-
-    from recsys_assets.ml.two_tower import FULL_MODEL
+    from recsys_assets.ml import two_tower
 
     mi.set_seeds(params.seed)
     if len(split) < params.two_tower_batch_size:
         raise ValueError(f"only {len(split)} pairs to fine-tune the query tower on, fewer than one batch of "
                          f"{params.two_tower_batch_size}: lower two_tower_batch_size or raise replay_fraction")
     t0 = time.perf_counter()
-    model = tf.keras.models.load_model(str(Path(model_dir) / FULL_MODEL))
+    model = two_tower.restore(model_dir, split, table)
     before = mi.predict_batches(model.query_encoder, probe)
     load_seconds = time.perf_counter() - t0
-    # The block's name, not the object (merlin-models 23.12); a reloaded model names its towers encoder/encoder_1.
-    model.freeze_blocks([model.candidate_encoder.name])
-    # The loss explicitly (as ml.two_tower does): a revived model's default loss reads the contrastive logits as
-    # probabilities, which clips them to a constant loss without a useful gradient.
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.two_tower_learning_rate),
-                  loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+    two_tower.freeze_candidate_tower(model, params.two_tower_learning_rate)
     timer = mi.EpochTimer(rows=(len(split) // params.two_tower_batch_size) * params.two_tower_batch_size)
     t0 = time.perf_counter()
     model.fit(mi.loader(split, table, params.two_tower_batch_size, shuffle=True, seed=params.seed, drop_last=True),
@@ -157,30 +141,32 @@ def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params:
 
 
 def restore_dlrm(parent_dir, schema, table: np.ndarray, probe) -> tuple:
-    """The parent DLRM as a freshly built model with the saved weights: ``(model, params, probe scores)``.
+    """The parent DLRM rebuilt from its ``meta.json`` parameters with its weights: ``(model, params, probe scores)``.
 
-    A merlin-models 23.12 DLRM loaded from a SavedModel cannot be saved and loaded again (its top MLP then expects
-    another input width), so the architecture is rebuilt from the parent's parameters and the weights are
-    carried over through a TensorFlow checkpoint; the two must score the probe rows identically.
+    The weights come from the parent's checkpoint (``model_inputs.WEIGHTS``). A folder from before the weights
+    existed has only the SavedModel; a merlin-models 23.12 DLRM loaded from one cannot be saved and loaded again
+    (its top MLP then expects another input width), so its variables are copied into the rebuilt model through a
+    checkpoint, and the two must score the probe rows identically.
     """
     import atexit
     import shutil
     import tempfile
 
-    import tensorflow as tf
-
     from recsys_assets.ml.dlrm import META, MODEL, DlrmParams, build_model, load_model, score
 
     parent = Path(parent_dir)
     params = DlrmParams.from_dict(json.loads((parent / META).read_text())["params"])
-    saved = load_model(parent / MODEL)
     fresh = build_model(schema, params)
     mi.predict_batches(fresh, mi.feature_arrays(probe.iloc[:8], mi.DLRM_FEATURES, table))  # creates the variables
+    if mi.has_weights(parent / mi.WEIGHTS):
+        mi.read_weights(fresh, parent / mi.WEIGHTS)
+        return fresh, params, score(fresh, probe, table)
+    saved = load_model(parent / MODEL)
     # The checkpoint must outlive this call: variables created later (metrics, at fit) restore from it lazily.
     tmp = tempfile.mkdtemp(prefix="recsys-dlrm-")
     atexit.register(shutil.rmtree, tmp, True)
-    path = tf.train.Checkpoint(model=saved).write(f"{tmp}/weights")
-    tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
+    mi.write_weights(saved, tmp)
+    mi.read_weights(fresh, tmp)
     before = score(saved, probe, table)
     diff = float(np.max(np.abs(before - score(fresh, probe, table)))) if len(probe) else 0.0
     if diff != 0.0:
@@ -218,12 +204,11 @@ def main() -> int:
     from recsys_assets.lib.artifacts import ArtifactStore
     from recsys_assets.ml import export as onnx_export
     from recsys_assets.ml.dlrm import META as DLRM_META
-    from recsys_assets.ml.dlrm import MODEL as DLRM_MODEL
     from recsys_assets.ml.dlrm import score
     from recsys_assets.ml.item_embeddings import catalogue_features, embed_catalogue
-    from recsys_assets.ml.two_tower import FULL_MODEL
+    from recsys_assets.ml.two_tower import ITEM_COUNTS as TWO_TOWER_COUNTS
     from recsys_assets.ml.two_tower import META as TWO_TOWER_META
-    from recsys_assets.ml.two_tower import weight_clicks
+    from recsys_assets.ml.two_tower import saved_params, weight_clicks
 
     with open_dagster_pipes() as pipes:
         t_all = time.perf_counter()
@@ -253,7 +238,8 @@ def main() -> int:
 
         # The query tower learns from the same kind of pairs as the training that made its parent: clicks, or
         # every impression with clicks weighted (ml.two_tower); other pairs pull it away from what it learned.
-        positives, click_weight = parent_positives(parent_two_tower)
+        tt_architecture = dataclasses.replace(saved_params(parent_two_tower), variant=params.variant)
+        positives, click_weight = tt_architecture.positives, tt_architecture.click_weight
         tt_split, tt_counts = rows_for(new_day, replay, two_tower_features, with_target=positives != "clicks",
                                        clicked_only=positives == "clicks", exclude=held_out,
                                        replay_fraction=params.replay_fraction, seed=params.seed)
@@ -289,12 +275,16 @@ def main() -> int:
         with store.writing(output) as tmp:
             out = Path(tmp)
             t0 = time.perf_counter()
-            # What the next fine-tune restores: the full Two-Tower (its candidate tower is the served one, frozen)
-            # and the DLRM with its parameters.
-            two_tower.save(str(out / "two_tower" / params.variant / FULL_MODEL))
-            (out / "two_tower" / params.variant / TWO_TOWER_META).write_text(json.dumps(
-                {"params": {"variant": params.variant, "positives": positives, "click_weight": click_weight}}))
-            dlrm.save(str(out / "dlrm" / DLRM_MODEL))
+            # What the next fine-tune restores: both models' weights with the parameters they are rebuilt from
+            # (the Two-Tower's candidate tower is the served one, frozen; its item counts are the parent's).
+            tt_out = out / "two_tower" / params.variant
+            mi.write_weights(two_tower, tt_out / mi.WEIGHTS)
+            counts = Path(parent_two_tower) / TWO_TOWER_COUNTS
+            if counts.exists():
+                shutil.copy2(counts, tt_out / TWO_TOWER_COUNTS)
+            (tt_out / TWO_TOWER_META).write_text(json.dumps({"params": {
+                **dataclasses.asdict(tt_architecture), "mlp": list(tt_architecture.mlp)}}, indent=1))
+            mi.write_weights(dlrm, out / "dlrm" / mi.WEIGHTS)
             (out / "dlrm" / DLRM_META).write_text(json.dumps({"params": {
                 **dataclasses.asdict(architecture), "bottom_mlp": list(architecture.bottom_mlp),
                 "top_mlp": list(architecture.top_mlp)}, "parent": str(parent_dlrm)}, indent=1))

@@ -8,10 +8,10 @@ Contract
   request-context features (variant ``context``, context-aware retrieval); the candidate tower encodes item
   features plus the image and text vectors. Trained with in-batch negatives and a
   contrastive (softmax cross-entropy) loss; validation: loss and in-batch top-k metrics on the validation days.
-- Output, per variant under ``<output>/<variant>/``: ``model/`` (the full SavedModel, restored for daily
-  fine-tuning with ``freeze_blocks(["candidate"])``), ``query_tower/`` and ``candidate_tower/`` (SavedModels of
-  each tower alone), ``meta.json`` (parameters, features, history, timings). The whole folder is published
-  atomically.
+- Output, per variant under ``<output>/<variant>/``: ``query_tower/`` and ``candidate_tower/`` (SavedModels of
+  each tower), ``weights/`` + ``item_counts.npy`` (what daily fine-tuning rebuilds the whole model from, then
+  freezes its candidate tower), ``meta.json`` (parameters, features, history, timings). The whole folder is
+  published atomically.
 - Check ``reload_identical``: both towers, reloaded from disk, give bit-identical outputs on validation rows.
 
 Imports dagster_pipes, the merlin stack and pure ``recsys_assets.lib`` / ``ml`` modules only.
@@ -28,9 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys_assets.lib import paths
 from recsys_assets.ml import model_inputs as mi
 
-FULL_MODEL, QUERY_TOWER, CANDIDATE_TOWER, META = "model", "query_tower", "candidate_tower", "meta.json"
+QUERY_TOWER, CANDIDATE_TOWER, META = "query_tower", "candidate_tower", "meta.json"
+ITEM_COUNTS = "item_counts.npy"
+"""A trained variant's folder: the towers as SavedModels (ONNX export, item embeddings), the whole model's
+weights (``model_inputs.WEIGHTS``) with ``META``'s parameters and ``ITEM_COUNTS`` (the logQ correction's counts),
+which :func:`restore` rebuilds it from for fine-tuning."""
 # What a positive (query, item) pair is: a click, or every logged impression (clicked ones ``click_weight`` times).
 POSITIVES = ("clicks", "impressions")
 
@@ -180,7 +185,8 @@ def features_of(params: TwoTowerParams) -> tuple[str, ...]:
 
 
 def train(train_folders, valid_folders, table: np.ndarray, params: TwoTowerParams, log=print):
-    """Fit one variant; returns ``(model, report)`` with history, timings and validation metrics."""
+    """Fit one variant; returns ``(model, report, validation split, item counts)``; the report has the history,
+    timings and validation metrics."""
     import tensorflow as tf
 
     mi.set_seeds(params.seed)
@@ -195,7 +201,8 @@ def train(train_folders, valid_folders, table: np.ndarray, params: TwoTowerParam
     train_loader = mi.loader(train_split, table, params.batch_size, shuffle=True, seed=params.seed, drop_last=True,
                              oov_rates={"user_id": params.user_oov_rate})
     schema = train_loader.output_schema
-    model = build_model(schema, params, item_click_counts(train_split))
+    counts = item_click_counts(train_split)
+    model = build_model(schema, params, counts)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.learning_rate))
     timer = mi.EpochTimer(rows=(len(train_split) // params.batch_size) * params.batch_size)
     t0 = time.perf_counter()
@@ -224,7 +231,7 @@ def train(train_folders, valid_folders, table: np.ndarray, params: TwoTowerParam
         # in-batch recall@10 of a random scorer: 10 of the batch's candidates
         "random_in_batch_recall_at_10": min(1.0, 10.0 / params.batch_size),
     }
-    return model, report, valid_split
+    return model, report, valid_split, counts
 
 
 def _steady_rate(epochs: list[dict]) -> float:
@@ -237,11 +244,52 @@ def _steady_seconds(epochs: list[dict]) -> float:
     return float(np.median(secs)) if secs else 0.0
 
 
-def save(model, out_dir) -> None:
+def save(model, out_dir, item_counts: np.ndarray | None) -> None:
+    """The towers as SavedModels and what :func:`restore` rebuilds the whole model from (``META`` is the caller's)."""
     out_dir = Path(out_dir)
-    model.save(str(out_dir / FULL_MODEL))
+    mi.write_weights(model, out_dir / mi.WEIGHTS)
+    if item_counts is not None:
+        np.save(out_dir / ITEM_COUNTS, item_counts)
     model.query_encoder.save(str(out_dir / QUERY_TOWER))
     model.candidate_encoder.save(str(out_dir / CANDIDATE_TOWER))
+
+
+def saved_params(model_dir) -> TwoTowerParams:
+    """The parameters a saved model was trained with (its ``META``). Older fine-tunes recorded only the variant and
+    the positives, and models saved before that choice existed trained on clicks."""
+    meta = Path(model_dir) / META
+    params = json.loads(meta.read_text()).get("params", {}) if meta.exists() else {}
+    known = {f.name for f in dataclasses.fields(TwoTowerParams)}
+    return TwoTowerParams.from_dict({"positives": "clicks", "click_weight": 1,
+                                     **{k: v for k, v in params.items() if k in known}})
+
+
+def restore(model_dir, split: mi.Split, table: np.ndarray):
+    """The whole model of ``model_dir``, for fine-tuning: :func:`build_model` with its saved parameters and item
+    counts over ``split``'s schema, then its weights (every variable must match). A folder from before the weights
+    existed holds the whole model as a SavedModel, loaded as such."""
+    import merlin.models.tf  # noqa: F401  (registers the Merlin layers with Keras)
+    import tensorflow as tf
+
+    model_dir = Path(model_dir)
+    if not mi.has_weights(model_dir / mi.WEIGHTS):
+        return tf.keras.models.load_model(paths.restorable(str(model_dir))[1])
+    params = saved_params(model_dir)
+    counts = np.load(model_dir / ITEM_COUNTS) if (model_dir / ITEM_COUNTS).exists() else None
+    model = build_model(mi.model_schema(split, table), params, counts)
+    sample = split.rows.iloc[:8]
+    for tower, features in ((model.query_encoder, mi.query_features(params.variant)),
+                            (model.candidate_encoder, mi.CANDIDATE_FEATURES)):
+        mi.predict_batches(tower, mi.feature_arrays(sample, features, table))  # creates the variables
+    mi.read_weights(model, model_dir / mi.WEIGHTS)
+    query = mi.feature_arrays(sample, mi.query_features(params.variant), table)
+    if (model_dir / QUERY_TOWER).exists():  # the training's folder: the rebuilt tower must answer as the saved one
+        diff = np.max(np.abs(mi.predict_batches(model.query_encoder, query)
+                             - mi.predict_batches(load_tower(model_dir / QUERY_TOWER), query)))
+        if diff != 0.0:
+            raise ValueError(f"the Two-Tower rebuilt from {model_dir} embeds queries {diff} away from its saved "
+                             f"query tower: its {META} does not describe the saved model")
+    return model
 
 
 def load_tower(path):
@@ -267,27 +315,31 @@ def reload_check(model, out_dir, rows, table, params: TwoTowerParams, n: int = 5
 
 def fine_tune_frozen_candidate(model_dir, train_folders, table: np.ndarray, params: TwoTowerParams,
                                epochs: int = 1, learning_rate: float | None = None):
-    """Restore a saved full model, freeze its candidate tower and train the query tower on ``train_folders``.
+    """Restore a saved model, freeze its candidate tower and train the query tower on ``train_folders``.
 
     The daily fine-tuning recipe: item embeddings (and so the FAISS index) stay bit-identical.
     Returns the fine-tuned model.
     """
-    import merlin.models.tf  # noqa: F401
-    import tensorflow as tf
-
     mi.set_seeds(params.seed)
-    model = tf.keras.models.load_model(str(Path(model_dir) / FULL_MODEL))
-    # Pass the block's name (passing the object trips a merlin-models 23.12 bug). A reloaded model names its
-    # towers encoder/encoder_1, so look the candidate tower up rather than assume its name.
-    model.freeze_blocks([model.candidate_encoder.name])
-    # The loss explicitly: a revived model's default loss takes the contrastive output's logits for probabilities
-    # (clipped at 1e-7: a constant loss of ln(1e7) = 16.1 and no gradient on the tiny world).
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate or params.learning_rate / 3),
-                  loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
     split = positive_pairs(train_folders, features_of(params), params)
+    model = restore(model_dir, split, table)
+    freeze_candidate_tower(model, learning_rate or params.learning_rate / 3)
     model.fit(mi.loader(split, table, params.batch_size, shuffle=True, seed=params.seed, drop_last=True),
               epochs=epochs, verbose=0)
     return model
+
+
+def freeze_candidate_tower(model, learning_rate: float) -> None:
+    """Freeze the candidate tower (the served item vectors stay bit-identical) and compile for the query tower."""
+    import tensorflow as tf
+
+    # Pass the block's name (passing the object trips a merlin-models 23.12 bug). A model loaded from a SavedModel
+    # names its towers encoder/encoder_1, so look the candidate tower up rather than assume its name.
+    model.freeze_blocks([model.candidate_encoder.name])
+    # The loss explicitly: a revived model's default loss takes the contrastive output's logits for probabilities
+    # (clipped at 1e-7: a constant loss of ln(1e7) = 16.1 and no gradient on the tiny world).
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
 
 
 def main() -> int:
@@ -308,10 +360,11 @@ def main() -> int:
         with store.writing(output) as tmp:
             for variant in variants:
                 params = TwoTowerParams.from_dict({**base, "variant": variant})
-                model, report, valid_split = train(train_folders, valid_folders, table, params, pipes.log.info)
+                model, report, valid_split, counts = train(train_folders, valid_folders, table, params,
+                                                           pipes.log.info)
                 out = Path(tmp) / variant
                 t0 = time.perf_counter()
-                save(model, out)
+                save(model, out, counts)
                 report["save_seconds"] = round(time.perf_counter() - t0, 2)
                 rows = valid_split.rows if len(valid_split) else mi.load_split(
                     train_folders, features_of(params), with_target=False, clicked_only=True).rows

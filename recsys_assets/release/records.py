@@ -2,7 +2,7 @@
 
 A *release* is a manifest (:class:`recsys_assets.release.repository.Release`, ``serving/releases/<n>.json``)
 naming one version of every model. Its record (``releases/records/<n>.json``, :class:`ReleaseRecord`) says what it
-was built from (kind ``full`` or ``finetune``, parent release, day, the SavedModels it can be fine-tuned from), its
+was built from (kind ``full`` or ``finetune``, parent release, day, the models it can be fine-tuned from), its
 gate outcome and status (``candidate`` -> ``promoted`` | ``gate_failed`` | ``load_failed`` | ``rolled_back``). The
 served state (``releases/served.json``, :class:`ServedState`) holds the release serving now and the stack of
 promoted releases (the rollback targets).

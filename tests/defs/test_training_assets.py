@@ -174,9 +174,14 @@ def test_every_check_passes_and_models_are_saved(trained):
     failed = [(e.asset_key.to_user_string(), e.check_name, e.metadata.get("description"))
               for e in result.get_asset_check_evaluations() if not e.passed]
     assert not failed
-    for part in ("model", "query_tower", "candidate_tower"):
-        assert (store.local_path(paths.two_tower(VARIANT)) / part / "saved_model.pb").exists()
+    two_tower = store.local_path(paths.two_tower(VARIANT))
+    for part in ("query_tower", "candidate_tower"):  # the towers' graphs (ONNX export, item embeddings)
+        assert (two_tower / part / "saved_model.pb").exists()
     assert (store.local_path(paths.DLRM) / "model" / "saved_model.pb").exists()
+    # what fine-tuning restores: each model's weights, rebuilt from the parameters in its meta.json
+    for folder in (two_tower, store.local_path(paths.DLRM)):
+        assert (folder / paths.WEIGHTS / "ckpt.index").exists() and (folder / "meta.json").exists()
+    assert (two_tower / "item_counts.npy").exists()
 
 
 def test_models_learn_beyond_random_on_held_out_days(trained):

@@ -209,3 +209,18 @@ def test_the_heuristic_ignores_unknown_devices_for_the_lift_only(world, requests
     scores = policy_value.heuristic_scores(masked, *args)
     assert np.isfinite(scores).all() and scores.shape == (len(requests), len(world.item_category))
     assert not np.array_equal(scores, policy_value.heuristic_scores(history, *args))
+
+
+def test_evaluation_requests_send_masked_users_as_anonymous_and_copy_the_identified_ones():
+    requests = pd.DataFrame({"user_id": [11, 12, 13, 14], "device_type": [0, 1, 2, 1],
+                             "timestamp": [100, 200, 300, 400], "day": [4, 4, 4, 4],
+                             "split": ["warm", "new", "anonymous", "warm"], "relevant": [[1], [2], [3], [4]]})
+    sent, rows = policy_value.evaluation_requests(requests, limit=10, seed=0, anonymous_copies=True)
+    assert rows.tolist() == [0, 1, 2, 3]
+    assert sent["user_id"].tolist() == [11, 12, -1, 14, -1, -1, -1]  # the masked one, then the copies
+    assert sent["true_user_id"].tolist() == [11, 12, 13, 14, 11, 12, 14]
+    assert sent["split"].tolist() == ["warm", "new", "anonymous", "warm", "anonymous", "anonymous", "anonymous"]
+    sample, rows = policy_value.evaluation_requests(requests, limit=2, seed=5, anonymous_copies=False)
+    again, _ = policy_value.evaluation_requests(requests, limit=2, seed=5, anonymous_copies=False)
+    assert len(sample) == 2 and list(rows) == sorted(rows) and sample.equals(again)
+    assert sample["true_user_id"].tolist() == requests["user_id"].to_numpy()[rows].tolist()

@@ -16,7 +16,7 @@
   there is no truth (a shop's own data: tolerance 0.005). The checks carry the table (capture per split).
 - ``retrained_release``: a whole new release from the full pipeline's outputs (the weekly retrain,
   ``full_retrain_job``: workflows refit on a sliding window, so new vocabularies, with both towers, FAISS index and
-  ranker, all together), gated the same way against the served release. It keeps a snapshot of its SavedModels
+  ranker, all together), gated the same way against the served release. It keeps a snapshot of its models
   and of its workflows (``releases/models/<n>/``) for its fine-tunes.
 - ``served_release``: the release the server answers with. Its jobs promote a candidate (``promote_release_job``,
   requested by ``release_promotion_sensor``) or roll back to the previous release (``rollback_release_job``),
@@ -347,11 +347,11 @@ def finetuned_models(context: dg.AssetExecutionContext, config: FineTuneConfig, 
         if not store.exists(rel):
             problems.append(f"{what} is missing ({store.uri(rel)}): materialize it first")
     if lineage is not None:
-        for part in (f"{lineage['two_tower']}/model", f"{lineage['dlrm']}/model", f"{lineage['dlrm']}/meta.json",
-                     lineage["item_vectors"]):
-            if not store.exists(part):
-                problems.append(f"the served release's model {store.uri(part)} is missing: it cannot be fine-tuned; "
-                                "build and promote a full release (retrained_release)")
+        for parts in (paths.restorable(lineage["two_tower"]), paths.restorable(lineage["dlrm"]),
+                      [f"{lineage['dlrm']}/meta.json"], [lineage["item_vectors"]]):
+            if not any(store.exists(part) for part in parts):
+                problems.append(f"the served release's model {store.uri(parts[0])} is missing: it cannot be "
+                                "fine-tuned; build and promote a full release (retrained_release)")
     # The parent's vocabulary (its compiled transforms) and the workflows that made it: the fine-tune reads every
     # day in that vocabulary, never in a newer fit's (a weekly retrain may have refit the workflows since).
     vocabulary = served.inputs.get("transforms_dir", "") if served is not None else ""
@@ -491,7 +491,7 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
               (f"{paths.DLRM}/model", "dlrm_model")]
     if variant:
         needed += [(paths.query_tower_onnx(variant), "query_tower_onnx"), (paths.faiss_index(variant), "faiss_index"),
-                   (f"{paths.two_tower(variant)}/model", "two_tower_model"),
+                   (f"{paths.two_tower(variant)}/{paths.WEIGHTS}", "two_tower_model"),
                    (paths.item_embeddings(variant), "item_embeddings")]
     problems += [f"{asset} output {store.uri(rel)} is missing: materialize {asset} first"
                  for rel, asset in needed if not store.exists(rel)]

@@ -43,7 +43,6 @@ from recsys_assets.defs.transforms.assets import (
 from recsys_assets.lib import evaluation as ev
 from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib import paths, policy_value, retrain
-from recsys_assets.lib import served_evaluation as se
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.feature_spec import ITEM_INPUTS
@@ -179,8 +178,8 @@ def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, a
 
     Trained on the impressions of the train days, clicks weighted up (or on the clicked rows alone, ``positives``),
     with in-batch negatives and a contrastive loss with logQ correction;
-    validation loss and in-batch recall on the validation days. Saves the full model (for fine-tuning with
-    the candidate tower frozen) and each tower alone.
+    validation loss and in-batch recall on the validation days. Saves each tower (SavedModels) and the whole
+    model's weights (for fine-tuning with the candidate tower frozen).
     """
     store = artifacts.store()
     config, where, window_problems = _windowed(store, config)
@@ -436,36 +435,6 @@ def _gates(metric: str, candidate: float, popularity: float, deployed, fingerpri
 TRUE_METRIC = f"true_expected_clicks@{policy_value.K}"
 
 
-def _true_requests(requests, limit: int, seed: int, anonymous_copies: bool) -> tuple:
-    """``lib.policy_value`` requests from evaluation requests (``ev.build_requests``): a seeded sample of at most
-    ``limit``, the raw user as the true user (-1 sent for a masked, anonymous one) and, with
-    ``anonymous_copies``, the identified ones again sent as user -1. Returns them and the sampled row numbers."""
-    rows = np.arange(len(requests))
-    if len(rows) > limit:
-        rows = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
-    picked = requests.iloc[rows]
-    split = picked["split"].to_numpy()
-    base = pd.DataFrame({"user_id": np.where(split == "anonymous", -1, picked["user_id"]).astype(np.int64),
-                         "true_user_id": picked["user_id"].to_numpy(np.int64),
-                         "device_type": picked["device_type"].to_numpy(np.int64),
-                         "timestamp": picked["timestamp"].to_numpy(np.int64),
-                         "day": picked["day"].to_numpy(np.int64), "split": split,
-                         "relevant": list(picked["relevant"])})
-    if anonymous_copies:
-        base = pd.concat([base, base[base["split"] != "anonymous"].assign(user_id=np.int64(-1), split="anonymous")],
-                         ignore_index=True)
-    return base, rows
-
-
-def _true_evaluation(store: ArtifactStore, world, requests, lists: dict, config):
-    """True expected clicks of ``lists`` on ``requests`` beside the references; the history is the popularity
-    window (7 days) before the first validation day up to the last one, the visits the validation days'."""
-    days = sorted({int(d) for d in requests["day"]})
-    history = se.logged_days(store, range(max(0, days[0] - 7), days[-1]))
-    return policy_value.evaluate(requests, lists, world=world, history=history, visits=se.logged_days(store, days),
-                                 seed=config.seed, n_boot=config.bootstrap_samples)
-
-
 def _true_gates(result, method: str, logged: tuple, deployed, fingerprint: str, config) -> list:
     """The deploy gates by true expected clicks of ``method``'s top 10 over the users' requests (warm and new).
 
@@ -589,12 +558,13 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
     fingerprint = ev.rows_fingerprint(rows["interaction_id"].to_numpy())
     true = None
     if truth is not None:
-        true_requests, picked = _true_requests(requests, config.true_requests, config.seed, anonymous_copies=True)
+        true_requests, picked = policy_value.evaluation_requests(requests, config.true_requests, config.seed,
+                                                                 anonymous_copies=True)
         identified = np.isin(requests["split"].to_numpy()[picked], ["warm", "new"])
         top = policy_value.K
-        true = _true_evaluation(store, truth, true_requests, {
+        true = policy_value.evaluate_logged(store, truth, true_requests, {
             v: np.vstack([rankings[v][picked, :top], anonymous[v][picked[identified], :top]]) for v in variants},
-            config)
+            config.seed, config.bootstrap_samples)
         selected = max(variants, key=lambda v: policy_value.pooled_value(true, v))
     else:
         selected = max(variants, key=lambda v: ev.metric(table, v, "all", "recall@100"))
@@ -780,9 +750,10 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     truth, true = world.truth(), None
     deployed = _deployed(store, "ranking")
     if truth is not None and len(reranked["requests"]):
-        true_requests, _ = _true_requests(reranked["requests"], len(reranked["requests"]), config.seed,
-                                          anonymous_copies=False)
-        true = _true_evaluation(store, truth, true_requests, reranked["lists"], config)
+        true_requests, _ = policy_value.evaluation_requests(reranked["requests"], len(reranked["requests"]),
+                                                            config.seed, anonymous_copies=False)
+        true = policy_value.evaluate_logged(store, truth, true_requests, reranked["lists"], config.seed,
+                                            config.bootstrap_samples)
         gates = _true_gates(true, "dlrm", ("auc", candidate, popularity), deployed, fingerprint, config)
     else:
         gates = _gates("auc", candidate, popularity, deployed, fingerprint, config)
