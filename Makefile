@@ -28,11 +28,11 @@ demo dev: export RECSYS_LAST_DAY ?= demo
 demo: setup  ## the whole pipeline on the embedded defaults (SOURCE=path: on a shop's own data), then a summary
 	@$(PY) -m recsys_assets.demo
 
-test: setup  ## the whole test suite (starts and stops its own services)
-	@$(PY) -m pytest
+test: setup  ## the whole test suite (starts and stops its own services), one worker per core
+	@$(PY) -m pytest -n logical --dist loadscope
 
 test-fast: setup  ## unit tests only (no merlin env, no services)
-	@$(PY) -m pytest -m "not merlin and not integration"
+	@$(PY) -m pytest -n logical --dist loadscope -m "not merlin and not integration"
 
 serve: setup  ## keep Triton, the API and the storefront up on 127.0.0.1 (after make demo); Ctrl-C stops them
 	@scripts/serve.sh

@@ -14,6 +14,26 @@ settings.register_profile("shared-cpu", deadline=None, suppress_health_check=[He
 settings.load_profile("shared-cpu")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# `make test` runs the suite on one xdist worker per core (``-n auto --dist loadscope``). A module runs whole on one
+# worker (its module fixtures train or start servers once), and the modules that read the session's tiny trained
+# world (tests/defs/conftest.py) run on one worker together, so that world is built once. xdist's own
+# ``xdist_group`` mark cannot say so here: pytest 9.2 ignores the node id suffix xdist 3.8 writes for it.
+SHARED_WORLD = "tiny trained world"
+SHARED_WORLD_MODULES = ("tests/defs/test_training_assets.py", "tests/defs/test_finetune.py",
+                        "tests/defs/test_retrain.py")
+"""Every module with a test that uses ``tiny_upstream`` (test_defs_conftest checks the list against the tests)."""
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndSharedWorld(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_WORLD if module in SHARED_WORLD_MODULES else module
+
+    return ModulesAndSharedWorld(config, log)
+
 
 @pytest.fixture(scope="session")
 def tiny_world():
@@ -47,3 +67,4 @@ def valkey(tmp_path_factory):
         yield server
     finally:
         server.stop()
+

@@ -511,15 +511,16 @@ def pooled_value(result: PolicyValue, method: str, splits=USERS) -> float:
 
 
 def release_gate(result: PolicyValue, candidate: str, served: str | None = None, n_boot: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> list[evaluation.GateOutcome]:
+                 seed: int = 0, level: float = 0.95, margin: float = 0.0) -> list[evaluation.GateOutcome]:
     """DESIGN.md "Gates" by true expected clicks, both outcomes judged on the same requests:
 
     * ``beats_popularity``: ``candidate``'s mean true value over the users' requests (warm and new together)
       is above popularity's;
     * ``no_regression``: for the users' requests and for each split, the paired bootstrap interval of
       ``candidate`` minus ``served`` (the deployed release's list, scored in the same evaluation) does not lie
-      wholly below zero, i.e. the candidate falls below the deployed release by no more than the bootstrap
-      interval. No ``served`` (the first release): popularity test only.
+      wholly below ``-margin``, i.e. the candidate falls below the deployed release by no more than the bootstrap
+      interval plus ``margin`` (a non-inferiority margin: a drop smaller than it is no regression, however
+      certain). No ``served`` (the first release): popularity test only.
     """
     if not result.has_truth:
         raise PolicyValueError(f"{result.measure}: a true-value gate needs the world; gate on the logged "
@@ -549,14 +550,15 @@ def release_gate(result: PolicyValue, candidate: str, served: str | None = None,
         diff, low, high = paired_difference(result, candidate, served, splits, n_boot, seed, level)
         parts.append(f"{name} {diff:+.4f} [{low:+.4f}, {high:+.4f}]")
         worst[f"{name}_difference"], worst[f"{name}_high"] = diff, high
-        if high < 0:
+        if high < -margin:
             failed.append(name)
     ok = not failed
     outcomes.append(evaluation.GateOutcome(
         "no_regression", ok,
         f"candidate minus deployed, true expected clicks with a paired {level:.0%} bootstrap interval: "
-        + "; ".join(parts)
-        + ("" if ok else f": worse than the deployed release beyond the interval on {', '.join(failed)}"),
+        + "; ".join(parts) + (f" (margin {margin:.4f})" if margin else "")
+        + ("" if ok else f": worse than the deployed release beyond the interval{' and margin' if margin else ''} "
+                         f"on {', '.join(failed)}"),
         worst))
     return outcomes
 

@@ -146,6 +146,12 @@ def test_the_release_gate_compares_with_the_served_list_on_the_same_requests(wor
     assert diff < 0 <= high
     assert {o.name: o.passed for o in policy_value.release_gate(close, "nudged", "good", n_boot=200)}[
         "no_regression"]
+    # a non-inferiority margin: a certain drop smaller than the margin passes, the bad list still fails
+    worst = min(v for k, v in bad["no_regression"].metadata.items() if k.endswith("_high"))
+    kept = {o.name: o for o in policy_value.release_gate(both, "bad", "good", n_boot=200, margin=-worst + 1e-6)}
+    assert kept["no_regression"].passed and "margin" in kept["no_regression"].description
+    strict = {o.name: o for o in policy_value.release_gate(both, "bad", "good", n_boot=200, margin=-worst - 1e-6)}
+    assert not strict["no_regression"].passed
 
 
 def test_results_are_deterministic_for_a_seed(world, requests, history, days, result):

@@ -368,4 +368,5 @@ def test_an_api_that_went_away_is_announced_and_the_last_list_stays(page, stack,
     page.wait_for_function("document.getElementById('health').dataset.state === 'down'")
     shop.shot("11-api-unreachable")
     page.close()
-    shop.assert_no_console_errors(allowed=r"ERR_CONNECTION_REFUSED")
+    # the request in flight when the server stopped may be reset rather than refused (seen on a loaded machine)
+    shop.assert_no_console_errors(allowed=r"ERR_CONNECTION_(REFUSED|RESET)")
