@@ -281,10 +281,9 @@ def set_seeds(seed: int) -> None:
 
 # -- what fine-tuning restores ------------------------------------------------------------------------------------
 WEIGHTS = paths.WEIGHTS
-"""In a trained model's folder: a TensorFlow checkpoint of every variable (``weights/ckpt.*``); the fine-tune
-rebuilds the architecture from the model's ``meta.json`` and reads the weights into it. Written in well under a
-second, where the whole Two-Tower as a SavedModel took 50 s on the tiny world (its save traces every Merlin layer)
-and 14 s to load; SavedModels are kept for what needs a graph (the ONNX export, item embeddings)."""
+"""``weights/ckpt.*`` (``lib.paths.WEIGHTS``). Written in well under a second, where the whole Two-Tower as a
+SavedModel took 50 s on the tiny world (its save traces every Merlin layer) and 14 s to load; SavedModels are kept
+for what needs a graph (the ONNX export, item embeddings)."""
 
 
 def _variables_of(model):

@@ -278,11 +278,10 @@ def restore(model_dir, split: mi.Split, table: np.ndarray):
     counts = np.load(model_dir / ITEM_COUNTS) if (model_dir / ITEM_COUNTS).exists() else None
     model = build_model(mi.model_schema(split, table), params, counts)
     sample = split.rows.iloc[:8]
-    for tower, features in ((model.query_encoder, mi.query_features(params.variant)),
-                            (model.candidate_encoder, mi.CANDIDATE_FEATURES)):
-        mi.predict_batches(tower, mi.feature_arrays(sample, features, table))  # creates the variables
-    mi.read_weights(model, model_dir / mi.WEIGHTS)
     query = mi.feature_arrays(sample, mi.query_features(params.variant), table)
+    mi.predict_batches(model.query_encoder, query)  # creates the variables
+    mi.predict_batches(model.candidate_encoder, mi.feature_arrays(sample, mi.CANDIDATE_FEATURES, table))
+    mi.read_weights(model, model_dir / mi.WEIGHTS)
     if (model_dir / QUERY_TOWER).exists():  # the training's folder: the rebuilt tower must answer as the saved one
         diff = np.max(np.abs(mi.predict_batches(model.query_encoder, query)
                              - mi.predict_batches(load_tower(model_dir / QUERY_TOWER), query)))
