@@ -111,6 +111,37 @@ def scrape(port: int) -> dict[tuple[str, str, str], float]:
     return samples
 
 
+def served(before, after, model) -> float:
+    """Requests ``model`` answered between two scrapes, summed over its versions."""
+    return sum(
+        v - before.get(k, 0.0)
+        for k, v in after.items()
+        if k[0] == "nv_inference_request_success" and k[1] == model
+    )
+
+
+def scrape_after(port: int, before, model: str, expected: int, timeout_s: float = 30.0):
+    """Scrape until ``model`` counted ``expected`` requests since ``before``, or the deadline passed.
+
+    Triton counts a composing model's request when the request is released, which can come after the
+    ensemble's response reached the client: on a loaded machine a scrape right after the last response
+    may miss it (CI saw 2 of 3). The caller still asserts the count, so a lost or extra request fails.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = scrape(port)
+        if served(before, after, model) >= expected or time.monotonic() > deadline:
+            return after
+        time.sleep(0.1)
+
+
+def version_states(server, headers) -> dict[str, str]:
+    """``{version: state}`` of slow_identity from the repository index."""
+    status, body = http(server["base"] + "/v2/repository/index", b"{}", headers=headers)
+    assert status == 200, body
+    return {m["version"]: m.get("state", "") for m in json.loads(body) if m["name"] == "slow_identity"}
+
+
 def queue_us_per_request(before, after, models) -> float:
     """The adapter rule over one window: sum over (model, version) of Δqueue_us / sum of Δsuccess."""
 
@@ -223,9 +254,9 @@ def test_queue_time_metric_is_microseconds_per_request_of_the_composing_models(s
 
     with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
         latencies = [t for batch in pool.map(client, range(CLIENTS)) for t in batch]
-    after = scrape(server["ports"]["metrics"])
-
     total = CLIENTS * REQUESTS_PER_CLIENT
+    after = scrape_after(server["ports"]["metrics"], before, "slow_identity", total)
+
     assert (
         after[("nv_inference_request_success", "slow_identity", "1")]
         - before.get(("nv_inference_request_success", "slow_identity", "1"), 0)
@@ -253,17 +284,19 @@ def test_a_hot_swap_starts_series_under_a_new_version_label(server):
     assert http(load, b"{}")[0] == 403  # the chart restricts the repository API: no key, no load
     status, body = http(load, b"{}", headers={"recsys-triton-admin-key": server["admin_key"]})
     assert status == 200, body
+    # The load returns once version 2 is ready; version 1 unloads behind it. Count from when it is gone,
+    # so that no request of the window can be served by a version whose series then disappears.
+    admin = {"recsys-triton-admin-key": server["admin_key"]}
+    deadline = time.monotonic() + 30
+    while version_states(server, admin).get("1") == "READY" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert version_states(server, admin).get("1") != "READY"
     before = scrape(server["ports"]["metrics"])
     for _ in range(3):
         assert http(server["base"] + "/v2/models/ensemble_model/infer", REQUEST)[0] == 200
-    after = scrape(server["ports"]["metrics"])
+    after = scrape_after(server["ports"]["metrics"], before, "slow_identity", 3)
     versions = {k[2] for k in after if k[1] == "slow_identity"}
     assert "2" in versions, versions
     # Summed over versions, the rule still sees every request of the window, whatever version served it.
-    served = sum(
-        v - before.get(k, 0.0)
-        for k, v in after.items()
-        if k[0] == "nv_inference_request_success" and k[1] == "slow_identity"
-    )
-    assert served == 3
+    assert served(before, after, "slow_identity") == 3
     assert queue_us_per_request(before, after, {"slow_identity"}) >= 0
