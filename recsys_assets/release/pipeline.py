@@ -8,76 +8,47 @@ server, and debugging a request stage by stage (:meth:`InProcessPipeline.trace`)
 
 A served release's ensemble runs aliases (``<model>_v<n>``, :func:`~recsys_assets.release.repository.write_served`):
 each step is loaded from the folder it names, as Triton does (the alias's config and version), and runs the stage
-of the model the alias serves; steps, timings and :meth:`InProcessPipeline.stage` are keyed by that model.
+of the model the alias serves; steps, timings and :meth:`InProcessPipeline.stage` are keyed by that model. A
+release served in the executor layout runs the graph its executor runs (``ensemble_model/<release>/graph.pbtxt``);
+the walking itself is :class:`~recsys_assets.serving.graph.StageGraph`, shared with that executor.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from recsys_assets.serving.executor import Executor, Metrics, StageContext, config_params
-from recsys_assets.release.repository import ENSEMBLE, config_dict, model_of, parse_config, served_versions
-from recsys_assets.serving.stages import stage_class
+from recsys_assets.serving.executor import Metrics
+from recsys_assets.serving.graph import StageGraph, served_graph
 
 
 class InProcessPipeline:
     def __init__(self, repository: Path, environ: Mapping[str, str] | None = None,
                  metrics: Metrics | None = None) -> None:
         self.repository = Path(repository)
-        self.metrics = metrics or Metrics()
-        environ = dict(os.environ if environ is None else environ)
-        ensemble = parse_config(self.repository / ENSEMBLE / "config.pbtxt")
-        self.inputs = [t.name for t in ensemble.input]
-        self.outputs = [t.name for t in ensemble.output]
-        self.steps: list[tuple[str, Executor, dict[str, str], dict[str, str]]] = []
         self.timings: dict[str, list[float]] = {}
-        try:
-            for step in ensemble.ensemble_scheduling.step:
-                name, model = step.model_name, model_of(step.model_name)
-                folder = self.repository / name
-                if not (folder / "config.pbtxt").exists():
-                    raise FileNotFoundError(f"the ensemble of {self.repository} runs {name!r}, which has no "
-                                            f"{folder / 'config.pbtxt'}: rebuild the repository (or write the "
-                                            "served release's aliases with release.repository.write_served)")
-                config = parse_config(folder / "config.pbtxt")
-                version = served_versions(config, folder)[-1]
-                ctx = StageContext(model_name=name, params=config_params(config_dict(config)),
-                                   model_dir=folder / str(version), environ=environ,
-                                   metrics=self.metrics, log=logging.getLogger(f"recsys_assets.serving.{name}"))
-                executor = Executor(stage_class(model), config_dict(config), ctx)
-                self.steps.append((model, executor, dict(step.input_map), dict(step.output_map)))
-        except BaseException:
-            self.close()
-            raise
+        self.graph = StageGraph(self.repository, served_graph(self.repository),
+                                environ=dict(os.environ if environ is None else environ), metrics=metrics,
+                                on_step=lambda model, seconds: self.timings.setdefault(model, []).append(seconds))
+        self.metrics, self.inputs, self.outputs = self.graph.metrics, self.graph.inputs, self.graph.outputs
+
+    @property
+    def steps(self):
+        return self.graph.steps
 
     def stage(self, model: str):
         """The stage object of one model (to refresh a cache, read a counter ...)."""
-        for name, executor, _, _ in self.steps:
-            if name == model:
-                return executor.stage
-        raise KeyError(model)
+        return self.graph.stage(model)
 
     def trace(self, **request) -> dict[str, np.ndarray]:
         """Every tensor of the graph for one request (ensemble inputs as numpy arrays of shape [1])."""
-        tensors: dict[str, np.ndarray] = {}
-        for name, value in request.items():
+        for name in request:
             if name not in self.inputs:
                 raise KeyError(f"the ensemble has no input {name!r}; inputs: {self.inputs}")
-            if value is not None:
-                tensors[name] = np.asarray(value)
-        for model, executor, input_map, output_map in self.steps:
-            start = time.perf_counter()
-            outputs = executor.run({key: tensors.get(tensor) for key, tensor in input_map.items()})
-            self.timings.setdefault(model, []).append(time.perf_counter() - start)
-            for key, tensor in output_map.items():
-                tensors[tensor] = outputs[key]
-        return tensors
+        return self.graph.run({name: np.asarray(v) for name, v in request.items() if v is not None})
 
     def __call__(self, user_id: int, device_type: int | None = None, timestamp: int | None = None,
                  top_k: int | None = None, diversity: bool | None = None) -> dict[str, np.ndarray]:
@@ -90,9 +61,7 @@ class InProcessPipeline:
         return {name: tensors[name] for name in self.outputs}
 
     def close(self) -> None:
-        for _, executor, _, _ in self.steps:
-            executor.close()
-        self.steps = []
+        self.graph.close()
 
     def __enter__(self) -> "InProcessPipeline":
         return self

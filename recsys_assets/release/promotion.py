@@ -26,6 +26,12 @@ Promotion (:func:`promote`)
     4. unload every model the target does not use.
     Rollback is a promotion of the previous release of the promotion stack (:class:`ServedState`).
 
+The executor layout (a release's ``layout``, ``serving.graph``)
+    ``ensemble_model`` is then one python model running the whole graph, version = the release number; step 1
+    writes the aliases' folders but loads none (the executor builds their stages itself), step 2 loads the
+    executor, which swaps versions the same way: a request runs entirely on the version it entered. Switching
+    layouts is a promotion like any other (step 4 unloads the ensemble layout's aliases).
+
 The state machine around it (:func:`switch_release`): every way a release comes to serve (promotion, rollback,
 restart, deployment) switches through :func:`serve_release` and records the outcome the same way (the target's
 record, the served state and its trimmed history, the configs restored on failure). Records and the served state:
@@ -120,6 +126,8 @@ def promote(server, repository: Path, target: Release, target_ensemble: str, cur
     serving = current.release if current is not None else None
     t0 = time.perf_counter()
     names = write_aliases(repository, target)
+    if target.layout == "executor":  # the executor builds the aliases' stages itself: Triton loads none of them
+        names = []
     with server.client() as client:
         ready = _ready_models(client, server.admin_headers)
     to_load = [n for n in names if n not in ready]
@@ -144,7 +152,8 @@ def promote(server, repository: Path, target: Release, target_ensemble: str, cur
                 raise PromotionError(f"release {target.release} failed ({reason}) and switching back to release "
                                      f"{serving} failed too ({_short(back)}): check the server log "
                                      f"{server.log_path}", None) from exc
-        still_used = set() if current is None else {alias(m, current.models[m]) for m in MODELS}
+        still_used = (set() if current is None or current.layout == "executor"
+                      else {alias(m, current.models[m]) for m in MODELS})
         _unload(server, [n for n in to_load if n not in still_used])
         raise PromotionError(f"release {target.release} was not promoted: the ensemble switch failed ({reason}); "
                              f"release {serving} keeps serving", serving) from exc

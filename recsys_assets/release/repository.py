@@ -38,7 +38,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -48,19 +47,18 @@ import numpy as np
 
 from recsys_assets.lib.digests import file_sha256, path_sha256
 from recsys_assets.lib.ensemble_request import ENSEMBLE
+from recsys_assets.serving.graph import (  # noqa: F401  (names the release layer re-exports)
+    GRAPH_FILE, LAYOUTS, alias, config_dict, is_executor, model_of, parse_alias, parse_config_text, served_graph,
+    served_versions, versions as _versions,
+)
+from recsys_assets.serving.stages import MODELS
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "triton_repo"
-MODELS = (
-    "context_preprocessor", "feast_user_lookup", "nvt_user_transform", "nvt_context_transform", "query_tower",
-    "faiss_retrieval", "filter_seen_items", "feast_item_lookup", "nvt_item_transform",
-    "multimodal_embedding_lookup", "unroll_features", "dlrm_ranking", "softmax_sampling", "item_id_decoder",
-)
+# The executor layout's shim: one python model named ensemble_model running the whole graph (serving.graph).
+EXECUTOR_SHIM = TEMPLATES / ENSEMBLE / "executor_model.py"
 # Parameters a built repository must carry a value for (the templates leave them empty on purpose).
 REQUIRED_PARAMETERS = {"feast_user_lookup": ("MEAN_AGE",), "faiss_retrieval": ("START_DATE",),
                        "filter_seen_items": ("START_DATE",)}
-
-_ALIAS = re.compile(r"^(?P<model>.+)_v(?P<version>\d+)$")
-
 
 class RepositoryError(ValueError):
     """The repository (or a template) is not servable; the message lists every problem found."""
@@ -73,20 +71,12 @@ class ReleaseError(RuntimeError):
 # -- configs ----------------------------------------------------------------------------------------------------
 def parse_config(path: Path):
     """A ``config.pbtxt`` as Triton's ``ModelConfig`` protobuf."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+    from recsys_assets.serving.executor import StageConfigError
 
     try:
-        return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
-    except text_format.ParseError as exc:
-        raise RepositoryError(f"{path}: not a valid Triton model config: {exc}") from exc
-
-
-def config_dict(config) -> dict:
-    """The config as the JSON-like dict Triton hands a python model's ``initialize`` (field names kept)."""
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+        return parse_config_text(Path(path).read_text(), str(path))
+    except StageConfigError as exc:
+        raise RepositoryError(str(exc)) from exc
 
 
 def write_config(config, path: Path, header: str = "") -> None:
@@ -171,8 +161,18 @@ class ServingDefaults:
     """Instances of every python model (one each suits 2 cores)."""
     instance_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """Per-model overrides, e.g. a second instance of an I/O-bound lookup: {"feast_user_lookup": 2}."""
+    layout: str = "ensemble"
+    """How Triton runs the graph: "ensemble" (the 14 python models wired by an ensemble: per-model instances and
+    metrics) or "executor" (one python model named ensemble_model running the same stages in one process:
+    no hop between stages; docs/serving.md compares them)."""
+    executor_instances: int = 2
+    """Instances of the executor model (each runs whole requests; two keep both cores busy)."""
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if self.executor_instances < 1:
+            raise ValueError(f"executor_instances must be >= 1, got {self.executor_instances}")
         unknown = set(self.instance_counts) - set(MODELS)
         if unknown:
             raise ValueError(f"instance_counts names unknown models {sorted(unknown)}")
@@ -247,12 +247,6 @@ def _digest(version_dir: Path, parameters: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-def _versions(model_dir: Path) -> list[int]:
-    if not model_dir.exists():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 # -- releases ---------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Release:
@@ -265,6 +259,8 @@ class Release:
     parameters: dict[str, dict[str, str]]
     inputs: dict[str, str]
     changed: list[str]
+    layout: str = "ensemble"         # ServingDefaults.layout (manifests written before it existed: "ensemble")
+    executor_instances: int = ServingDefaults.executor_instances
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -347,7 +343,8 @@ def build_repository(target: Path, trained: TrainedArtifacts, defaults: ServingD
             parameters[model] = {k: v.string_value for k, v in sorted(config.parameters.items())}
         manifest = Release(
             release=release, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            models=models, digests=digests, parameters=parameters, changed=changed,
+            models=models, digests=digests, parameters=parameters, changed=changed, layout=defaults.layout,
+            executor_instances=defaults.executor_instances,
             inputs={field.name: path_sha256(getattr(trained, field.name)) for field in dataclasses.fields(trained)
                     if isinstance(getattr(trained, field.name), Path)},
         )
@@ -394,18 +391,6 @@ def restore_release(repository: Path, release: Release) -> None:
 
 
 # -- validation -------------------------------------------------------------------------------------------------
-def served_versions(config, model_dir: Path) -> list[int]:
-    policy = config.version_policy
-    which = policy.WhichOneof("policy_choice")
-    existing = _versions(model_dir)
-    if which == "specific":
-        return list(policy.specific.versions)
-    if which == "all":
-        return existing
-    n = policy.latest.num_versions if which == "latest" else 1
-    return existing[-max(n, 1):]
-
-
 def validate_repository(root: Path, require_parameters: bool = True) -> list[str]:
     """Every problem that would keep the repository from serving (empty list: servable). See the module doc."""
     from recsys_assets.serving.executor import TRITON_DTYPES
@@ -446,8 +431,13 @@ def validate_repository(root: Path, require_parameters: bool = True) -> list[str
                 problems.append(f"{model}: tensor {tensor.name!r} is {list(tensor.dims)} wide, the feature spec says "
                                 f"{width}: rebuild the repository with this code version")
         if model == ENSEMBLE:
-            if config.platform != "ensemble":
-                problems.append(f"{model}: platform must be 'ensemble'")
+            if is_executor(config):  # the executor layout: a python model walking graph.pbtxt
+                for version in versions:
+                    for name in ("model.py", GRAPH_FILE):
+                        if not (root / model / str(version) / name).exists():
+                            problems.append(f"{model}/{version}: the executor layout needs {name}")
+            elif config.platform != "ensemble":
+                problems.append(f"{model}: platform must be 'ensemble' (or backend 'python': the executor layout)")
             continue
         if config.backend != "python":
             problems.append(f"{model}: backend {config.backend!r}, expected 'python'")
@@ -465,7 +455,19 @@ def validate_repository(root: Path, require_parameters: bool = True) -> list[str
                 if not config.parameters[key].string_value:
                     problems.append(f"{model}: parameter {key} is empty (the repository build injects it)")
     if ENSEMBLE in configs:
-        problems += _check_ensemble(configs[ENSEMBLE], {**configs, **_alias_configs(root, configs[ENSEMBLE])})
+        from recsys_assets.serving.executor import StageConfigError
+
+        try:
+            graph = served_graph(root)
+        except StageConfigError as exc:
+            return [*problems, str(exc)]
+        if is_executor(configs[ENSEMBLE]):
+            for kind in ("input", "output"):
+                have = [(t.name, t.data_type, tuple(t.dims)) for t in getattr(configs[ENSEMBLE], kind)]
+                want = [(t.name, t.data_type, tuple(t.dims)) for t in getattr(graph, kind)]
+                if have != want:
+                    problems.append(f"{ENSEMBLE}: the executor's {kind}s differ from its graph's")
+        problems += _check_ensemble(graph, {**configs, **_alias_configs(root, graph)})
     return problems
 
 
@@ -519,27 +521,6 @@ def _check_ensemble(ensemble, configs: dict) -> list[str]:
     if unused:
         problems.append(f"models not in the ensemble: {sorted(unused)}")
     return problems
-
-
-# -- names ------------------------------------------------------------------------------------------------------
-def alias(model: str, version: int) -> str:
-    """The Triton model name serving ``version`` of ``model`` (``query_tower_v3``)."""
-    return f"{model}_v{int(version)}"
-
-
-def parse_alias(name: str) -> tuple[str, int] | None:
-    """``(model, version)`` of an alias name, None for anything else (canonical names, the ensemble)."""
-    m = _ALIAS.match(name)
-    if m is None or m.group("model") not in MODELS:
-        return None
-    return m.group("model"), int(m.group("version"))
-
-
-def model_of(name: str) -> str:
-    """The model a Triton model name runs: the model of an alias (``query_tower_v3`` -> ``query_tower``), else the
-    name itself (a plain build's ensemble steps name the model folders)."""
-    parsed = parse_alias(name)
-    return parsed[0] if parsed is not None else name
 
 
 @contextlib.contextmanager
@@ -616,7 +597,8 @@ def defaults_from_release(repository: Path, release: Release) -> ServingDefaults
         bloom_ttl_s=int(fs["BLOOM_TTL_S"]), bloom_mode=fs["BLOOM_MODE"],
         item_cache_refresh_s=float(p["feast_item_lookup"]["ITEM_CACHE_REFRESH_S"]),
         feast_read=p["feast_user_lookup"]["FEAST_READ"], instances=instances,
-        instance_counts={m: c for m, c in counts.items() if c != instances},
+        instance_counts={m: c for m, c in counts.items() if c != instances}, layout=release.layout,
+        executor_instances=release.executor_instances,
     )
 
 
@@ -631,7 +613,7 @@ def canonical_ensemble(repository: Path) -> str:
     if path.exists():
         text = path.read_text()
         config = parse_config(path)
-        if not any(parse_alias(s.model_name) for s in config.ensemble_scheduling.step):
+        if not is_executor(config) and not any(parse_alias(s.model_name) for s in config.ensemble_scheduling.step):
             return text
     return (TEMPLATES / ENSEMBLE / "config.pbtxt").read_text()
 
@@ -721,7 +703,9 @@ def write_aliases(repository: Path, release: Release) -> list[str]:
 
 
 def write_served_ensemble(repository: Path, release: Release, ensemble_text: str) -> None:
-    """``ensemble_model/config.pbtxt`` serving ``release``: steps on its aliases, version = the release number."""
+    """``ensemble_model`` serving ``release`` (version = the release number), in the release's layout: an
+    ensemble whose steps run the release's aliases, or the executor (a python model walking that same graph,
+    kept in its version folder as ``graph.pbtxt``)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -734,12 +718,41 @@ def write_served_ensemble(repository: Path, release: Release, ensemble_text: str
         step.model_version = int(release.models[model])
     del config.version_policy.specific.versions[:]
     config.version_policy.specific.versions.append(int(release.release))
-    (Path(repository) / ENSEMBLE / str(release.release)).mkdir(parents=True, exist_ok=True)
+    if release.layout == "executor":
+        write_executor(repository, config, release.executor_instances)
+        return
+    folder = Path(repository) / ENSEMBLE / str(release.release)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / GRAPH_FILE).unlink(missing_ok=True)
+    (folder / "model.py").unlink(missing_ok=True)
     header = "# Served release %d (written by recsys_assets.release.repository): steps run the release's model versions.\n"
     write_config(config, Path(repository) / ENSEMBLE / "config.pbtxt", header % release.release)
 
 
+def write_executor(repository: Path, graph, instances: int) -> None:
+    """Serve ``graph`` (an ensemble config: its steps, inputs, outputs and version) in the executor layout:
+    ``ensemble_model/<version>/`` gets the graph and the executor's shim, ``ensemble_model/config.pbtxt`` a
+    python model with the graph's inputs, outputs and version. Also turns a plain build into that layout."""
+    from tritonclient.grpc import model_config_pb2
+
+    version = served_versions(graph, Path(repository) / ENSEMBLE)[-1]
+    folder = Path(repository) / ENSEMBLE / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_config(graph, folder / GRAPH_FILE, f"# The graph the executor of version {version} walks.\n")
+    shutil.copy2(EXECUTOR_SHIM, folder / "model.py")
+    config = model_config_pb2.ModelConfig(name=ENSEMBLE, backend="python", max_batch_size=0)
+    config.input.extend(graph.input)
+    config.output.extend(graph.output)
+    config.version_policy.CopyFrom(graph.version_policy)
+    config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=int(instances))
+    header = (f"# Version {version} in the executor layout (written by recsys_assets.release.repository): one python "
+              f"model\n# running the graph of {version}/{GRAPH_FILE} in one process (recsys_assets.serving.graph).\n")
+    write_config(config, Path(repository) / ENSEMBLE / "config.pbtxt", header)
+
+
 def write_served(repository: Path, release: Release, ensemble_text: str) -> list[str]:
+    """The release's aliases and its served ``ensemble_model``; returns the aliases' names. In the executor
+    layout Triton loads none of them: the executor builds their stages from the alias folders itself."""
     names = write_aliases(repository, release)
     write_served_ensemble(repository, release, ensemble_text)
     return names
@@ -748,6 +761,6 @@ def write_served(repository: Path, release: Release, ensemble_text: str) -> list
 def served_release_of(repository: Path) -> int | None:
     """The release the ensemble config on disk serves (None when it is a plain build, not a served config)."""
     config = parse_config(Path(repository) / ENSEMBLE / "config.pbtxt")
-    if not any(parse_alias(s.model_name) for s in config.ensemble_scheduling.step):
+    if not is_executor(config) and not any(parse_alias(s.model_name) for s in config.ensemble_scheduling.step):
         return None
     return int(config.version_policy.specific.versions[0])

@@ -131,6 +131,7 @@ def make_seed_faithful(source: Path, target: Path, workflows_dir: Path, merlin: 
     from recsys_assets.release.repository import (
         ENSEMBLE,
         RepositoryError,
+        is_executor,
         model_of,
         parse_config,
         served_versions,
@@ -150,6 +151,10 @@ def make_seed_faithful(source: Path, target: Path, workflows_dir: Path, merlin: 
     # copy's, and one rewrite serves both names, leaving the source untouched.
     shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(".tmp-*", ".staging"))
     ensemble = parse_config(target / ENSEMBLE / "config.pbtxt")
+    if is_executor(ensemble):
+        shutil.rmtree(target)
+        raise RepositoryError(f"{source} serves the executor layout; the seed-faithful configuration swaps the "
+                              "ensemble layout's models: write the release served in the ensemble layout first")
     served = {model_of(step.model_name): step.model_name for step in ensemble.ensemble_scheduling.step}
     for model in (*SEED_FAITHFUL_STAGES, "feast_user_lookup"):
         if model not in served:

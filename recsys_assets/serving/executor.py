@@ -136,12 +136,24 @@ class Metrics:
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
+    def observe(self, name: str, labels: Mapping[str, str], value: float, buckets: tuple[float, ...] = (),
+                description: str = "") -> None:
+        """One observation of a histogram; kept in memory as ``<name>_count`` and ``<name>_sum``."""
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            for suffix, amount in (("_count", 1.0), ("_sum", float(value))):
+                self._values[(name + suffix, key)] = self._values.get((name + suffix, key), 0.0) + amount
+
     def value(self, name: str, **labels: str) -> float:
         """The sum over every counter of ``name`` whose labels include ``labels``."""
         with self._lock:
             return sum(v for (n, lab), v in self._values.items() if n == name and set(labels.items()) <= set(lab))
 
 
+STAGE_LATENCY_METRIC = "recsys_stage_duration_us"
+STAGE_LATENCY_HELP = "Time one stage of the executor layout took for one request, microseconds, by stage"
+STAGE_LATENCY_BUCKETS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0,
+                         250000.0)
 DEGRADED_METRIC = "recsys_degraded_requests_total"
 DEGRADED_HELP = "Requests a stage served in degraded mode (dependency unreachable), by stage and reason"
 

@@ -43,6 +43,19 @@ class TritonMetrics(Metrics):
             metric = self._metrics[key] = family.Metric(labels=dict(labels))
         metric.increment(amount)
 
+    def observe(self, name, labels, value, buckets=(), description=""):
+        super().observe(name, labels, value, buckets, description)
+        key = (name, tuple(sorted(labels.items())))
+        metric = self._metrics.get(key)
+        if metric is None:
+            family = self._families.get(name)
+            if family is None:
+                family = self._pb.MetricFamily(name=name, description=description or name,
+                                               kind=self._pb.MetricFamily.HISTOGRAM)
+                self._families[name] = family
+            metric = self._metrics[key] = family.Metric(labels=dict(labels), buckets=list(buckets))
+        metric.observe(float(value))
+
 
 def _logger(model_name: str) -> logging.Logger:
     """Stage logs go to stderr, which the stub shares with the server (its log file)."""
@@ -54,6 +67,18 @@ def _logger(model_name: str) -> logging.Logger:
         log.setLevel(logging.INFO)
         log.propagate = False
     return log
+
+
+def _respond(pb, log, run, inputs: dict):
+    """One response: ``run(inputs)``'s tensors, or the error a client or a server fault gets."""
+    try:
+        outputs = run(inputs)
+    except BadRequest as exc:
+        return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
+    except Exception as exc:  # a server fault: fail this request, log why, keep serving
+        log.error("request failed: %s\n%s", exc, traceback.format_exc())
+        return pb.InferenceResponse(error=pb.TritonError(f"{type(exc).__name__}: {exc}", pb.TritonError.INTERNAL))
+    return pb.InferenceResponse([pb.Tensor(n, a) for n, a in outputs.items()])
 
 
 def python_model(stage_cls: type[Stage]) -> type:
@@ -84,17 +109,7 @@ def python_model(stage_cls: type[Stage]) -> type:
                 for spec in self._executor.input_specs:
                     tensor = given.get(spec.name)
                     inputs[spec.name] = None if tensor is None else tensor.as_numpy()
-                try:
-                    outputs = self._executor.run(inputs)
-                except BadRequest as exc:
-                    responses.append(pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG)))
-                    continue
-                except Exception as exc:  # a server fault: fail this request, log why, keep serving
-                    self._log.error("request failed: %s\n%s", exc, traceback.format_exc())
-                    responses.append(pb.InferenceResponse(
-                        error=pb.TritonError(f"{type(exc).__name__}: {exc}", pb.TritonError.INTERNAL)))
-                    continue
-                responses.append(pb.InferenceResponse([pb.Tensor(n, a) for n, a in outputs.items()]))
+                responses.append(_respond(pb, self._log, self._executor.run, inputs))
             return responses
 
         def finalize(self):
@@ -103,4 +118,59 @@ def python_model(stage_cls: type[Stage]) -> type:
                 executor.close()
 
     TritonPythonModel.__qualname__ = f"TritonPythonModel[{stage_cls.__name__}]"
+    return TritonPythonModel
+
+
+def executor_model() -> type:
+    """The ``TritonPythonModel`` of the executor layout: the whole graph of ``<version>/graph.pbtxt`` (the served
+    ensemble config, steps on the release's aliases) run in this one model (:class:`~recsys_assets.serving.graph.
+    StageGraph`), with the same request and response as the ensemble. Each stage's time goes to the histogram
+    ``recsys_stage_duration_us{stage=...}`` and the stages' degradation counters to Triton's metrics endpoint."""
+    from recsys_assets.serving.executor import STAGE_LATENCY_BUCKETS, STAGE_LATENCY_HELP, STAGE_LATENCY_METRIC
+    from recsys_assets.serving.graph import GRAPH_FILE, StageGraph, parse_config_text
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            import triton_python_backend_utils as pb_utils
+
+            self._pb = pb_utils
+            config = json.loads(args["model_config"])
+            folder = Path(args["model_repository"])  # <repository>/ensemble_model
+            version_dir = folder / str(args["model_version"])
+            self._log = _logger(args["model_name"])
+            metrics = TritonMetrics(pb_utils)
+
+            def on_step(model: str, seconds: float) -> None:
+                metrics.observe(STAGE_LATENCY_METRIC, {"stage": model}, seconds * 1e6, STAGE_LATENCY_BUCKETS,
+                                STAGE_LATENCY_HELP)
+
+            graph = parse_config_text((version_dir / GRAPH_FILE).read_text(), str(version_dir / GRAPH_FILE))
+            self._graph = StageGraph(folder.parent, graph, environ=dict(os.environ), metrics=metrics,
+                                     logger=_logger, on_step=on_step)
+            self._inputs = [entry["name"] for entry in config.get("input", [])]
+            self._outputs = [entry["name"] for entry in config.get("output", [])]
+            if self._inputs != self._graph.inputs or self._outputs != self._graph.outputs:
+                raise RuntimeError(f"{folder}/config.pbtxt declares {self._inputs} -> {self._outputs}, its graph "
+                                   f"{self._graph.inputs} -> {self._graph.outputs}: write the served release again")
+            self._log.info("executor: release %s, %d stages from %s", args["model_version"],
+                           len(self._graph.steps), folder.parent)
+
+        def _run(self, inputs):
+            tensors = self._graph.run(inputs)
+            return {name: tensors[name] for name in self._outputs}
+
+        def execute(self, requests):
+            pb = self._pb
+            responses = []
+            for request in requests:
+                given = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
+                responses.append(_respond(pb, self._log, self._run, given))
+            return responses
+
+        def finalize(self):
+            graph = getattr(self, "_graph", None)
+            if graph is not None:
+                graph.close()
+
+    TritonPythonModel.__qualname__ = "TritonPythonModel[executor]"
     return TritonPythonModel

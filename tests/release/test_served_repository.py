@@ -2,6 +2,8 @@
 validates, and the seed-faithful builder rewrites what those aliases serve (the benchmark's set-up on a release
 ``make demo`` built). The benchmark itself on such a release: tests/integration/test_serving_benchmark.py."""
 
+import json
+
 import pytest
 
 from recsys_assets.release import repository
@@ -88,3 +90,54 @@ def test_a_repository_whose_ensemble_lacks_a_rewritten_model_is_refused(served, 
     with pytest.raises(RepositoryError, match="the ensemble runs no 'nvt_item_transform'"):
         make_seed_faithful(repo, tmp_path / "repo-seed", _workflows(tmp_path / "workflows"),
                            MerlinEnv(merlin_dir, "3.11", None, {}))
+
+
+def test_a_release_served_in_the_executor_layout_validates_and_runs_the_same_graph(served, tiny, valkey, tmp_path):
+    import dataclasses
+
+    from recsys_assets.release.pipeline import InProcessPipeline
+    from recsys_assets.release.tiny import publish_online_state, serving_environ
+    from recsys_assets.serving.graph import GRAPH_FILE, served_graph
+
+    repo, release = served
+    environ = serving_environ(f"redis://127.0.0.1:{valkey.port}", tmp_path / "artifacts")
+    publish_online_state(tiny, environ)
+    requests = [(-1, 1, 1767225600 + 5 * 86400 + 9 * 3600), (3, 0, 1767225600 + 6 * 86400), (7, None, None)]
+    ensemble_steps = [s.model_name for s in parse_config(repo / ENSEMBLE / "config.pbtxt").ensemble_scheduling.step]
+    with InProcessPipeline(repo, environ=environ) as pipeline:
+        expected = [pipeline(*r) for r in requests]
+
+    text = repository.canonical_ensemble(repo)
+    repository.write_served(repo, dataclasses.replace(release, layout="executor", executor_instances=3), text)
+    config = parse_config(repo / ENSEMBLE / "config.pbtxt")
+    assert config.backend == "python" and not config.platform and not config.ensemble_scheduling.step
+    assert list(config.version_policy.specific.versions) == [release.release]
+    assert config.instance_group[0].count == 3
+    folder = repo / ENSEMBLE / str(release.release)
+    assert (folder / "model.py").read_text() == repository.EXECUTOR_SHIM.read_text()
+    assert [s.model_name for s in served_graph(repo).ensemble_scheduling.step] == ensemble_steps
+    assert validate_repository(repo) == []
+    assert repository.served_release_of(repo) == release.release
+    assert repository.canonical_ensemble(repo) == text  # the served executor is not mistaken for a build's graph
+    with InProcessPipeline(repo, environ=environ) as pipeline:
+        for want, got in zip(expected, (pipeline(*r) for r in requests)):
+            assert want["ordered_ids"].tolist() == got["ordered_ids"].tolist()
+            assert want["ordered_scores"].tolist() == got["ordered_scores"].tolist()
+
+    (folder / GRAPH_FILE).unlink()
+    assert any(GRAPH_FILE in p for p in validate_repository(repo))
+    repository.write_served(repo, release, text)  # back to the ensemble layout: a promotion like any other
+    assert parse_config(repo / ENSEMBLE / "config.pbtxt").platform == "ensemble"
+    assert not (folder / "model.py").exists() and validate_repository(repo) == []
+
+
+def test_the_layout_is_a_checked_serving_default_recorded_by_the_release(tmp_path, tiny):
+    with pytest.raises(ValueError, match="layout 'graph': expected one of ensemble, executor"):
+        ServingDefaults(layout="graph")
+    built = build_repository(tmp_path / "repo", tiny.trained, ServingDefaults(layout="executor"), tiny.start_date,
+                             release=1)
+    assert built.layout == "executor" and built.executor_instances == ServingDefaults.executor_instances
+    assert repository.Release.from_json(built.to_json()) == built
+    old = {k: v for k, v in json.loads(built.to_json()).items() if k not in ("layout", "executor_instances")}
+    assert repository.Release(**old).layout == "ensemble"  # a manifest written before layouts existed
+    assert repository.defaults_from_release(tmp_path / "repo", built).layout == "executor"

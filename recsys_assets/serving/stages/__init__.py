@@ -27,6 +27,7 @@ STAGE_CLASSES = {
     "softmax_sampling": "softmax_sampling:SoftmaxSampling",
     "item_id_decoder": "item_id_decoder:ItemIdDecoder",
 }
+MODELS = tuple(STAGE_CLASSES)  # the ensemble's composing models, in the graph's order
 
 
 def stage_class(model_name: str) -> type[Stage]:

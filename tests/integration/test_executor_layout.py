@@ -1,0 +1,161 @@
+"""The executor layout on a real tritonserver: one python model named ``ensemble_model`` running the whole graph.
+
+Release 1 serves the tiny artifacts in the ensemble layout; release 2 is the same model versions in the executor
+layout (only the layout changed, so no model got a new version). What a client sees must not change: the same
+ids and scores for the same greedy requests, the same errors for bad requests; switching layouts (and back) is a
+promotion under client traffic that fails no request; the executor exports per-stage latency histograms and the
+stages' degradation counters on the metrics port, and Triton keeps only the executor loaded.
+"""
+
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from recsys_assets.lib.ensemble_request import ENSEMBLE
+from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
+from recsys_assets.release import promotion, repository
+from recsys_assets.release.repository import ServingDefaults, build_repository
+from recsys_assets.release.tiny import publish_online_state, serving_environ
+from recsys_assets.release.triton_server import TritonServer
+from tests.release.tiny_serving import tiny_artifacts
+
+pytestmark = pytest.mark.integration
+
+DAY5_MORNING = 1767225600 + 5 * 86400 + 9 * 3600
+REQUESTS = [{"user_id": u, "device_type": d, "timestamp": DAY5_MORNING + h * 3600, "top_k": k}
+            for u, d, h, k in [(-1, 1, 0, 10), (-1, 2, 9, 10), (3, 0, 2, 10), (7, 1, 12, 5), (11, 2, 4, 20),
+                               (123456, 0, 1, 10)]]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    work = tmp_path_factory.mktemp("executor")
+    tiny = tiny_artifacts(tmp_path_factory)
+    valkey = EmbeddedValkey(work / "valkey", port=free_port()).start()
+    server = None
+    try:
+        environ = serving_environ(f"redis://127.0.0.1:{valkey.port}", work / "artifacts")
+        publish_online_state(tiny, environ)
+        live = work / "repo"
+        first = build_repository(live, tiny.trained, ServingDefaults(sampling_seed=5), tiny.start_date, release=1)
+        text = (live / ENSEMBLE / "config.pbtxt").read_text()
+        second = build_repository(live, tiny.trained, ServingDefaults(sampling_seed=5, layout="executor"),
+                                  tiny.start_date, release=2, previous=live, previous_releases=[first])
+        repository.write_served(live, first, text)
+        server = TritonServer(live, env=environ, exit_timeout=2, workdir=work / "triton")
+        server.start(models=[ENSEMBLE], timeout=900)
+        yield server, live, text, first, second
+    finally:
+        if server is not None:
+            server.stop()
+        valkey.stop()
+
+
+def answers(server) -> list[dict]:
+    with server.client() as client:
+        return [promotion.answer(client, r) for r in REQUESTS]
+
+
+def loaded(server) -> set[str]:
+    with server.client() as client:
+        return promotion._ready_models(client, server.admin_headers)
+
+
+def metric(server, name, **labels) -> float:
+    text = urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics").read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+def switch_under_traffic(server, live, target, text, current):
+    """Promote ``target`` while a client sends requests without pause; (report, releases seen, errors)."""
+    seen, errors, stop = [], [], threading.Event()
+
+    def client():
+        with server.client() as c:
+            i = 0
+            while not stop.is_set():
+                try:
+                    seen.append(promotion.answer(c, REQUESTS[i % len(REQUESTS)])["release"])
+                except Exception as exc:  # noqa: BLE001 - every failure is a finding
+                    errors.append(repr(exc))
+                i += 1
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        report = promotion.promote(server, live, target, text, current, text)
+    finally:
+        stop.set()
+        thread.join()
+    return report, seen, errors
+
+
+def test_switching_layouts_under_traffic_fails_nothing_and_answers_the_same(stack):
+    server, live, text, first, second = stack
+    assert second.models == first.models and second.layout == "executor"  # same versions, another layout
+    ensemble = answers(server)
+    assert {a["release"] for a in ensemble} == {1}
+    assert loaded(server) == {ENSEMBLE, *(repository.alias(m, v) for m, v in first.models.items()
+                                          if m != ENSEMBLE)}
+
+    report, seen, errors = switch_under_traffic(server, live, second, text, first)
+    assert errors == [] and len(seen) > 0
+    assert seen == sorted(seen) and set(seen) <= {1, 2}      # one client: once on release 2, never back
+    assert report.loaded == [] and len(report.unloaded) == len(repository.MODELS)
+    assert loaded(server) == {ENSEMBLE}                      # the executor alone: its stages are in-process
+
+    executor = answers(server)
+    assert {a["release"] for a in executor} == {2}
+    for a, b in zip(ensemble, executor):
+        assert a["ids"] == b["ids"] and a["scores"] == b["scores"]
+        assert len(a["ids"]) == next(r["top_k"] for r in REQUESTS if r is REQUESTS[ensemble.index(a)])
+
+    report, seen, errors = switch_under_traffic(server, live, first, text, second)  # back: a rollback
+    assert errors == [] and set(seen) <= {1, 2} and seen[-1] == 1
+    assert [a["ids"] for a in answers(server)] == [a["ids"] for a in ensemble]
+
+
+def test_the_executor_exports_stage_latency_histograms_and_degradation_counters(stack):
+    server, live, text, first, second = stack
+    served = repository.served_release_of(live)
+    if served != 2:
+        promotion.promote(server, live, second, text, first, text)
+    before = metric(server, "recsys_stage_duration_us_count", stage="dlrm_ranking")
+    answers(server)
+    assert metric(server, "recsys_stage_duration_us_count", stage="dlrm_ranking") == before + len(REQUESTS)
+    for stage in repository.MODELS:
+        assert metric(server, "recsys_stage_duration_us_bucket", stage=stage, le="+Inf") > 0, stage
+    assert metric(server, "recsys_stage_duration_us_sum", stage="faiss_retrieval") > 0
+    # declared at load, before any incident, as in the ensemble layout (labelled by the Triton model name the
+    # stage would have there: its alias)
+    stage = repository.alias("filter_seen_items", second.models["filter_seen_items"])
+    text_metrics = urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics").read().decode()
+    assert f'recsys_degraded_requests_total{{reason="valkey_unreachable",stage="{stage}"}} 0' in text_metrics
+
+
+@pytest.mark.parametrize("user_id, device, message", [
+    (-5, 1, "user_id -5 is negative: -1 (anonymous) is the only negative id"),
+    (1, 7, "unknown device_type 7"),
+])
+def test_bad_requests_get_the_ensembles_400_from_the_executor(stack, user_id, device, message):
+    server, live, text, first, second = stack
+    if repository.served_release_of(live) != 2:
+        promotion.promote(server, live, second, text, first, text)
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        inputs = []
+        for name, value in (("user_id", user_id), ("device_type", device)):
+            t = httpclient.InferInput(name, [1], "INT64")
+            t.set_data_from_numpy(np.array([value], np.int64))
+            inputs.append(t)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(ENSEMBLE, inputs)
+        assert message in str(info.value) and "400" in str(info.value.status())
+        assert promotion.answer(client, REQUESTS[0])["release"] == 2  # and it keeps serving
+    finally:
+        client.close()
