@@ -1,4 +1,4 @@
-"""Serving latency and throughput: the 14-model ensemble through a real tritonserver, against the in-process floor.
+"""Serving latency and throughput: both serving layouts through a real tritonserver, against the in-process floor.
 
     .venv/bin/python benchmarks/serving.py [--artifacts DIR] [--seconds 20] [--concurrency 1 4 8] [--grpc]
         [--seed-concurrency 1] [--seed-seconds S] [--rounds 3] [--in-process-requests 1000]
@@ -10,13 +10,16 @@ What it measures, in one run on one machine (client included, as a caller of the
    latency and requests/s, and the server's CPU time per request (tritonserver and its python stubs, from
    /proc: unlike latency, barely moved by other work on a shared machine); then Triton's own per-model breakdown from its statistics API (queue, input, compute,
    output per request, averaged over the run).
+   Both layouts of the same release (``serving.graph``), each on its own server over a copy of the repository:
+   the 14-model ``ensemble`` ("standard" in the tables) and the ``executor`` (one python model running every
+   stage in process, ``--executor-instances``, default the serving default; ``--no-executor`` skips it).
 2. **seed-faithful configuration** (``serving.seed_faithful``): a copy of the same repository whose item features
    come from Feast's ``get_online_features`` on every request (users through the SDK too) and whose three
    transforms run the saved NVTabular workflows per request (``Workflow.transform`` on the request's rows) inside
    the merlin env, through the python backend's ``EXECUTION_ENV_PATH``; same request mix, at ``--seed-concurrency``
-   (default 1), with its own per-model breakdown. Then, both servers up, ``--rounds`` interleaved concurrency-1
-   windows (standard 3 s, seed-faithful 6 s each), so the p50 ratio (target >= 20x) is taken under the same
-   background load; the ratio of the two level runs is printed too.
+   (default 1), with its own per-model breakdown. Then, every server up, ``--rounds`` interleaved concurrency-1
+   windows (each layout 3 s, seed-faithful 6 s), so the p50 ratios (target >= 20x) are taken under the same
+   background load; the ratio of the level runs is printed too.
 3. **in-process floor**: the same stages, configs and artifacts called directly in this process
    (``release.pipeline.InProcessPipeline``), same request mix: what the work costs without IPC and scheduling.
 4. **Feast SDK per request** (the seed's item path, in part): ``get_online_features`` for one user and for the
@@ -216,6 +219,19 @@ def interleaved_c1(urls: dict, protocol: str, rounds: int, seconds: dict, mix: l
     return {name: percentiles(v) for name, v in samples.items()}
 
 
+def layout_twin(repository: Path, layout: str, work: Path, instances: int) -> Path:
+    """A copy of ``repository`` serving the same graph (same model versions and artifacts) in ``layout``."""
+    import shutil
+
+    from recsys_assets.release.repository import convert_layout
+
+    target = work / f"repo-{layout}"
+    # symlinks=True: alias version folders link (relatively) into the copy's model folders
+    shutil.copytree(repository, target, symlinks=True, ignore=shutil.ignore_patterns(".tmp-*", ".staging*"))
+    convert_layout(target, layout, instances)
+    return target
+
+
 def make_seed_faithful_repository(repository: Path, workflows: Path, environ: dict, work: Path):
     """The same repository rewritten to the seed's per-request Feast + NVTabular paths; (path, environ, info)."""
     from recsys_assets.release import seed_faithful
@@ -303,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="interleaved concurrency-1 rounds, standard then seed-faithful (0: skip)")
     parser.add_argument("--in-process-requests", type=int, default=1000,
                         help="requests timed through the in-process floor (after 50 warm-up requests)")
+    parser.add_argument("--executor-instances", type=int, default=None,
+                        help="instances of the executor layout's model (default: the serving default)")
+    parser.add_argument("--no-executor", action="store_true", help="skip the executor layout")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     t0 = time.perf_counter()
@@ -321,21 +340,33 @@ def main(argv: list[str] | None = None) -> int:
     mix = request_mix(users, 5000)
     results: dict = {"source": source, "protocol": protocol, "cpu_count": os.cpu_count()}
     servers: list[TritonServer] = []
+    from recsys_assets.release.repository import ServingDefaults
+
+    instances = args.executor_instances or ServingDefaults.executor_instances
     try:
-        server, results["load_s"] = start_server(repository, environ, work / "triton")
+        # The same release in both layouts: the 14-model ensemble ("standard") and the executor.
+        ensemble_repo = layout_twin(repository, "ensemble", work, instances)
+        server, results["load_s"] = start_server(ensemble_repo, environ, work / "triton")
         servers.append(server)
         results.update(levels_run(server, protocol, args.concurrency, args.seconds, mix))
+        executor_server = None
+        if not args.no_executor:
+            executor_repo = layout_twin(repository, "executor", work, instances)
+            executor_server, load_s = start_server(executor_repo, environ, work / "triton-executor")
+            servers.append(executor_server)
+            results["executor"] = {"instances": instances, "load_s": load_s,
+                                   **levels_run(executor_server, protocol, args.concurrency, args.seconds, mix)}
         if args.seed_concurrency:
-            seed_repo, seed_env, info = make_seed_faithful_repository(repository, workflows, environ, work)
+            seed_repo, seed_env, info = make_seed_faithful_repository(ensemble_repo, workflows, environ, work)
             seed_server, info["load_s"] = start_server(seed_repo, seed_env, work / "triton-seed")
             servers.append(seed_server)
             results["seed_faithful"] = {**info, **levels_run(seed_server, protocol, args.seed_concurrency,
                                                              args.seed_seconds or args.seconds, mix)}
             if args.rounds > 0:
-                urls = {name: (s.http_url if protocol == "http" else s.grpc_url)
-                        for name, s in (("standard", server), ("seed_faithful", seed_server))}
+                pairs = [("standard", server), ("executor", executor_server), ("seed_faithful", seed_server)]
+                urls = {name: (s.http_url if protocol == "http" else s.grpc_url) for name, s in pairs if s}
                 results["interleaved_c1"] = interleaved_c1(
-                    urls, protocol, args.rounds, {"standard": 3.0, "seed_faithful": 6.0}, mix)
+                    urls, protocol, args.rounds, {"standard": 3.0, "executor": 3.0, "seed_faithful": 6.0}, mix)
         for s in servers:
             s.stop()
         servers = []
@@ -346,11 +377,17 @@ def main(argv: list[str] | None = None) -> int:
             s.stop()
         stop_valkey()
 
-    print(f"\nthrough tritonserver ({protocol}, client on the same {os.cpu_count()} cores; "
+    print(f"\nthrough tritonserver, ensemble layout ({protocol}, client on the same {os.cpu_count()} cores; "
           f"models loaded in {results['load_s']:.0f} s):")
     print_levels(results["server"])
     print("\nTriton per-model time, µs per request (statistics API, all concurrency levels):")
     print_breakdown(results["models"])
+    ex = results.get("executor")
+    if ex:
+        print(f"\nthrough tritonserver, executor layout ({ex['instances']} instances of one python model running "
+              f"every stage; loaded in {ex['load_s']:.0f} s):")
+        print_levels(ex["server"])
+        print_breakdown(ex["models"])
     sf = results.get("seed_faithful")
     if sf:
         print(f"\nseed-faithful configuration (Feast get_online_features per request for items and users; "
@@ -381,15 +418,32 @@ def main(argv: list[str] | None = None) -> int:
               f"{ratio:.1f}x | {'yes' if ratio >= 20 else 'no'} |")
     pair = results.get("interleaved_c1")
     if pair:
-        a, b = pair["standard"], pair["seed_faithful"]
-        ratio = b["p50"] / a["p50"]
-        results["seed_faithful_ratio_interleaved"] = ratio
-        print(f"| >= 20x lower p50 than seed-faithful (c=1, {args.rounds} interleaved rounds, n={a['n']}/{b['n']}) "
-              f"| {b['p50']:.1f} / {a['p50']:.2f} ms = {ratio:.1f}x | {'yes' if ratio >= 20 else 'no'} |")
+        for name in ("standard", "executor"):
+            if name not in pair:
+                continue
+            a, b = pair[name], pair["seed_faithful"]
+            ratio = b["p50"] / a["p50"]
+            results[f"seed_faithful_ratio_interleaved_{name}"] = ratio
+            print(f"| {name}: >= 20x lower p50 than seed-faithful (c=1, {args.rounds} interleaved rounds, "
+                  f"n={a['n']}/{b['n']}) | {b['p50']:.1f} / {a['p50']:.2f} ms = {ratio:.1f}x | "
+                  f"{'yes' if ratio >= 20 else 'no'} |")
     if p50_c1:
         floor = p50_c1 / ip["p50"]
         print(f"| <= 4x the in-process floor (c=1) | {p50_c1:.2f} / {ip['p50']:.2f} ms = {floor:.1f}x | "
               f"{'yes' if floor <= 4 else 'no'} |")
+    if ex:
+        ex_c1 = next((r["p50"] for r in ex["server"] if r["concurrency"] == 1), None)
+        ex_c4 = next((r["rps"] for r in ex["server"] if r["concurrency"] == 4), None)
+        if ex_c1:
+            floor = ex_c1 / ip["p50"]
+            print(f"| executor: p50 <= 3 ms at concurrency 1 | {ex_c1:.2f} ms | {'yes' if ex_c1 <= 3 else 'no'} |")
+            print(f"| executor: <= 1.5x the in-process floor (c=1) | {ex_c1:.2f} / {ip['p50']:.2f} ms = "
+                  f"{floor:.1f}x | {'yes' if floor <= 1.5 else 'no'} |")
+            if seed_c1:
+                print(f"| executor: >= 20x lower p50 than seed-faithful (c=1 level runs) | {seed_c1:.1f} / "
+                      f"{ex_c1:.2f} ms = {seed_c1 / ex_c1:.1f}x | {'yes' if seed_c1 / ex_c1 >= 20 else 'no'} |")
+        if ex_c4:
+            print(f"| executor: >= 500 requests/s at concurrency 4 | {ex_c4:.0f} | {'yes' if ex_c4 >= 500 else 'no'} |")
     fs = results["feast_sdk"]
     print(f"item features for 300 candidates: in-memory cache {ip['item_cache_300_us']:.0f} µs; Feast SDK per "
           f"request p50 {fs['items_300']['p50']:.1f} ms (user: {fs['user']['p50']:.1f} ms)")

@@ -750,6 +750,22 @@ def write_executor(repository: Path, graph, instances: int) -> None:
     write_config(config, Path(repository) / ENSEMBLE / "config.pbtxt", header)
 
 
+def convert_layout(repository: Path, layout: str, executor_instances: int = ServingDefaults.executor_instances) -> None:
+    """Serve the graph ``repository`` serves now (a plain build or a served release, either layout) in ``layout``,
+    in place: the layout twin the serving benchmark compares (on a copy)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    graph = served_graph(repository)
+    if layout == "executor":
+        write_executor(repository, graph, executor_instances)
+        return
+    version = served_versions(graph, Path(repository) / ENSEMBLE)[-1]
+    for name in ("model.py", GRAPH_FILE):
+        (Path(repository) / ENSEMBLE / str(version) / name).unlink(missing_ok=True)
+    write_config(graph, Path(repository) / ENSEMBLE / "config.pbtxt",
+                 f"# Version {version} in the ensemble layout (written by recsys_assets.release.repository).\n")
+
+
 def write_served(repository: Path, release: Release, ensemble_text: str) -> list[str]:
     """The release's aliases and its served ``ensemble_model``; returns the aliases' names. In the executor
     layout Triton loads none of them: the executor builds their stages from the alias folders itself."""

@@ -1,5 +1,5 @@
 """``benchmarks/serving.py --artifacts`` on a release built the way ``make demo`` builds one: every column is
-produced (ours at concurrency 1, the seed-faithful configuration, the in-process floor). Numbers are not asserted;
+produced (both layouts at concurrency 1, the seed-faithful configuration, the in-process floor). Numbers are not asserted;
 the columns rotted unnoticed once when releases started serving through aliases (issue 18).
 
 The artifact root is the pipeline's: the tiny artifacts where the upstream assets write theirs (with NVTabular
@@ -68,6 +68,10 @@ def test_the_serving_benchmark_produces_every_column_on_a_served_release(tmp_pat
         return row["n"] > 0 and math.isfinite(row["p50"]) and row["p50"] > 0
 
     ours = [row for row in results["server"] if row["concurrency"] == 1]
+    executor = [row for row in results["executor"]["server"] if row["concurrency"] == 1]
+    assert len(executor) == 1 and measured(executor[0]) and executor[0]["errors"] == 0
+    assert [m["model"] for m in results["executor"]["models"]] == ["ensemble_model"]  # one model runs it all
+    assert "executor layout (2 instances" in proc.stdout
     seed = [row for row in results["seed_faithful"]["server"] if row["concurrency"] == 1]
     assert len(ours) == 1 and measured(ours[0]) and ours[0]["errors"] == 0
     assert len(seed) == 1 and measured(seed[0]) and seed[0]["errors"] == 0
