@@ -39,7 +39,7 @@ HELM = ROOT / ".tools" / "bin" / "helm"
 # The Kubernetes releases the manifests must be valid for: an older EKS version in standard support and
 # the version of the kubectl in .tools.
 K8S_VERSIONS = ("1.32", "1.35")
-VALUES_FILES = ("values.yaml", "values-eks-gpu.yaml", "values-cpu.yaml")
+VALUES_FILES = ("values.yaml", "values-eks-gpu.yaml", "values-cpu.yaml", "values-executor.yaml")
 # The serving graph of DESIGN.md: 14 composing models and the ensemble.
 MODELS = (
     "context_preprocessor",
@@ -153,8 +153,10 @@ def karpenter() -> dict[tuple[str, str], dict]:
     return {(d["kind"], d["metadata"]["name"]): d for d in load_yaml(K8S / "karpenter-nodepools.yaml")}
 
 
-def adapter_rule() -> dict:
-    (rule,) = yaml.safe_load((K8S / "prometheus-adapter-values.yaml").read_text())["rules"]["custom"]
+def adapter_rule(name: str = "triton_queue_time_us_per_request") -> dict:
+    """The prometheus-adapter rule serving the custom metric ``name`` (one per serving layout)."""
+    rules = yaml.safe_load((K8S / "prometheus-adapter-values.yaml").read_text())["rules"]["custom"]
+    (rule,) = [r for r in rules if r["name"]["as"] == name]
     return rule
 
 
@@ -199,10 +201,14 @@ def test_hpa_is_autoscaling_v2_on_queue_time_in_microseconds(values_file):
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "triton"}
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
-    # The HPA asks for exactly the metric the prometheus-adapter rule serves.
-    assert (
-        metric["pods"]["metric"]["name"] == adapter_rule()["name"]["as"] == "triton_queue_time_us_per_request"
-    )
+    # The HPA asks for exactly the metric a prometheus-adapter rule serves: the composing models' queue in the
+    # ensemble layout, the executor's own in the executor layout.
+    name = metric["pods"]["metric"]["name"]
+    assert name == adapter_rule(name)["name"]["as"] == (
+        "triton_executor_queue_time_us_per_request" if values_file == "values-executor.yaml"
+        else "triton_queue_time_us_per_request")
+    query = adapter_rule(name)["metricsQuery"]
+    assert ('model="ensemble_model"' in query) == (values_file == "values-executor.yaml")
     target = metric["pods"]["target"]
     assert target["type"] == "AverageValue"
     wanted_us = chart_values(values_file)["autoscaling"]["targetQueueTimeUs"]
@@ -238,7 +244,9 @@ def test_probes_use_triton_health_endpoints_and_budget_model_load(values_file):
 def test_all_15_models_load_explicitly(values_file):
     args = container(rendered(values_file))["args"]
     assert "--model-control-mode=explicit" in args
-    assert [a.split("=", 1)[1] for a in args if a.startswith("--load-model=")] == list(MODELS)
+    # the executor layout loads ensemble_model alone: it runs the 14 stages itself
+    expected = ["ensemble_model"] if values_file == "values-executor.yaml" else list(MODELS)
+    assert [a.split("=", 1)[1] for a in args if a.startswith("--load-model=")] == expected
     assert "--strict-readiness=false" in args
     assert "--metrics-port=8002" in args and "--allow-metrics=true" in args
 

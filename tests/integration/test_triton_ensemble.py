@@ -1,5 +1,6 @@
-"""The 14-model ensemble on a real tritonserver, over a repository built from tiny real artifacts, with a real
-Valkey (Bloom filters, popularity, Feast's online store) and Feast's registry: what a client sees."""
+"""The serving graph on a real tritonserver, over a repository built from tiny real artifacts, with a real
+Valkey (Bloom filters, popularity, Feast's online store) and Feast's registry: what a client sees, in both layouts
+(the 14-model ensemble and the executor running the same stages in one python model)."""
 
 import re
 import time
@@ -15,7 +16,7 @@ from recsys_assets.release.triton_server import TritonServer
 from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
 from recsys_assets.serving.bloom import BloomParams, SeenFilter
 from recsys_assets.release.client import RecommendationClient
-from recsys_assets.release.repository import ServingDefaults, build_repository
+from recsys_assets.release.repository import ServingDefaults, build_repository, convert_layout
 from recsys_assets.release.tiny import publish_online_state, serving_environ
 from tests.release.tiny_serving import tiny_artifacts
 
@@ -51,9 +52,10 @@ class Served:
         return total
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    work = tmp_path_factory.mktemp("served")
+@pytest.fixture(scope="module", params=["ensemble", "executor"])
+def served(request, tmp_path_factory):
+    """The same tiny repository served in each layout (``serving.graph``): every test below holds for both."""
+    work = tmp_path_factory.mktemp(f"served-{request.param}")
     tiny = tiny_artifacts(tmp_path_factory)
     valkey = EmbeddedValkey(work / "valkey", port=free_port()).start()
     server = s = None
@@ -61,6 +63,7 @@ def served(tmp_path_factory):
         environ = serving_environ(f"redis://127.0.0.1:{valkey.port}", work / "artifacts")
         state = publish_online_state(tiny, environ)
         build_repository(work / "repo", tiny.trained, ServingDefaults(sampling_seed=5), tiny.start_date, release=1)
+        convert_layout(work / "repo", request.param)
         server = TritonServer(work / "repo", env=environ, exit_timeout=2, workdir=work / "triton")
         server.start(models=["ensemble_model"], timeout=900)
         s = Served(server, valkey, tiny, state)
@@ -186,9 +189,9 @@ def test_grpc_rejections_carry_the_same_message(served):
 
 
 def test_degradation_counters_are_exported_before_any_incident(served):
-    assert served.metric("recsys_degraded_requests_total", stage="filter_seen_items",
-                         reason="valkey_unreachable") == 0
-    assert served.metric("recsys_degraded_requests_total", stage="feast_user_lookup") == 0
+    text = urllib.request.urlopen(f"http://{served.server.host}:{served.server.metrics_port}/metrics").read().decode()
+    for stage in ("filter_seen_items", "feast_user_lookup"):  # the series exist, at 0
+        assert f'recsys_degraded_requests_total{{reason="valkey_unreachable",stage="{stage}"}} 0' in text, stage
 
 
 def test_valkey_killed_mid_test_degrades_without_errors_and_recovers(served):
