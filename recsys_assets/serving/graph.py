@@ -146,7 +146,10 @@ class StageGraph:
                 ctx = StageContext(model_name=name, params=config_params(config_dict(config)),
                                    model_dir=folder / str(version), environ=dict(environ), metrics=self.metrics,
                                    log=logger(name))
-                executor = Executor(stage_class(model), config_dict(config), ctx)
+                try:
+                    executor = Executor(stage_class(model), config_dict(config), ctx)
+                except Exception as exc:  # name the step: in the executor layout Triton only names ensemble_model
+                    raise StageConfigError(f"model {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
                 self.steps.append((model, executor, dict(step.input_map), dict(step.output_map)))
         except BaseException:
             self.close()

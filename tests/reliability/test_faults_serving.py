@@ -36,6 +36,7 @@ import pytest
 from recsys_assets.defs.release import assets as release_assets
 from recsys_assets.release import records as release_records, repository
 from recsys_assets.lib.artifacts import ArtifactStore
+from recsys_assets.lib.ensemble_request import ENSEMBLE
 from recsys_assets.lib.feature_spec import FIRST_INDEX
 from recsys_assets.release.client import RecommendationClient
 from recsys_assets.release.tiny import TinySizes, write_onnx_models
@@ -227,8 +228,11 @@ def test_hot_swap_through_the_deployment_serves_the_new_towers_and_answers_nothi
     assert sorted(release.changed) == ["dlrm_ranking", "query_tower"]
     SERVED["release"] = release
     versions = _versions(stack)
-    for model in release.changed:
-        assert versions[model].get(str(release.models[model]), "").startswith("READY"), versions[model]
+    # the executor layout (RECSYS_TEST_LAYOUT=executor) serves every stage inside ensemble_model's new version
+    for model, version in ([(ENSEMBLE, release.release)] if release.layout == "executor"
+                           else [(m, release.models[m]) for m in release.changed]):
+        assert versions[model].get(str(version), "").startswith("READY"), versions[model]
+    HOT_SWAP["layout"] = release.layout
     after = _probe(stack)
     assert isinstance(after, list) and len(after) == 10 and after != before  # the new towers answer
 
@@ -254,7 +258,9 @@ def test_hot_swap_through_the_deployment_serves_the_new_towers_and_answers_nothi
 def test_the_deployment_hot_swap_reloads_only_the_models_whose_version_changed():
     if "reloaded" not in HOT_SWAP:
         pytest.skip("observed by the hot-swap test above")
-    assert HOT_SWAP["reloaded"] == ["dlrm_ranking", "query_tower"]
+    # the executor layout has one model: a swap reloads it whole (its stubs run every stage)
+    assert HOT_SWAP["reloaded"] == ([ENSEMBLE] if HOT_SWAP["layout"] == "executor"
+                                    else ["dlrm_ranking", "query_tower"])
 
 
 # -- hot swap of only the changed models ----------------------------------------------------------------------------
@@ -282,7 +288,7 @@ def test_hot_swap_of_only_the_changed_models_under_load_fails_no_request(stack, 
 
     stubs_after = _stub_pids(stack)
     reloaded = sorted(m for m in stubs_before if stubs_before[m] != stubs_after.get(m))
-    assert reloaded == ["dlrm_ranking", "query_tower"]
+    assert reloaded == ([ENSEMBLE] if release.layout == "executor" else ["dlrm_ranking", "query_tower"])
     after = _probe(stack)
     assert isinstance(after, list) and after != before                 # the ensemble routes to the new versions
     assert not _failures(records), _failures(records)                  # zero failed requests
@@ -315,9 +321,13 @@ def test_a_dlrm_that_fails_to_load_leaves_the_old_version_serving_and_readiness_
     assert re.search(r"model 'dlrm_ranking(_v\d+)?' failed to load", _step_error(result))  # the failed model named
     broken = stack.releases()[-1]
     assert broken.changed == ["dlrm_ranking"]
-    versions = _versions(stack)["dlrm_ranking"]
-    assert not versions.get(str(broken.models["dlrm_ranking"]), "").startswith("READY"), versions
-    assert versions.get(str(served.models["dlrm_ranking"]), "").startswith("READY"), versions
+    # the broken version never serves, the served one does (in the executor layout: ensemble_model's versions)
+    model, broken_version, served_version = (
+        (ENSEMBLE, broken.release, served.release) if broken.layout == "executor"
+        else ("dlrm_ranking", broken.models["dlrm_ranking"], served.models["dlrm_ranking"]))
+    versions = _versions(stack)[model]
+    assert not versions.get(str(broken_version), "").startswith("READY"), versions
+    assert versions.get(str(served_version), "").startswith("READY"), versions
     assert _probe(stack) == before                                   # the old version answers, unchanged
     assert not _failures(records), _failures(records)                # zero failed requests
     # it could serve: every answer says ready. A probe that got no answer in time (status 0: the 2 cores are

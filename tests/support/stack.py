@@ -38,6 +38,11 @@ NEW_USER_BASE = 10**6        # ids above every registered user: new users (cold 
 PROBE_USERS = 8              # the first known users are kept out of the background load
 
 
+# Serve the stack's releases in this layout (ServingDefaults.layout) instead of the default, e.g.
+# RECSYS_TEST_LAYOUT=executor pytest tests/reliability (docs/testing.md).
+LAYOUT_ENV = "RECSYS_TEST_LAYOUT"
+
+
 class StackError(RuntimeError):
     pass
 
@@ -270,6 +275,9 @@ class Stack:
 
         selection = [release_assets.triton_model_repository, release_assets.triton_deployment] if repository \
             else [release_assets.triton_deployment]
+        layout = os.environ.get(LAYOUT_ENV)
+        if layout and repository and run_config is None:  # the whole suite against one serving layout
+            run_config = {"ops": {"triton_model_repository": {"config": {"layout": layout}}}}
         with self._deployment_environ():
             result = dg.materialize(selection, resources=self.resources(), run_config=run_config,
                                     raise_on_error=raise_on_error)
