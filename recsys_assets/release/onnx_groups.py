@@ -117,6 +117,106 @@ def group_inputs(model, stage: str, input_map: dict[str, str] | None = None):
     return model
 
 
+# -- the executor layout on the GPU image: the towers as their own models, called through BLS --------------------
+BLS_SUFFIX = "_onnx"
+_TRITON_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 6: "TYPE_INT32", 11: "TYPE_FP64", 9: "TYPE_BOOL"}  # onnx elem -> Triton
+# A stand-in for the onnxruntime backend where the server has only the python backend (this machine): the same
+# groups graph, run with onnxruntime in a python model, so the executor's BLS path runs for real here.
+PYTHON_STANDIN = '''"""Stand-in for the onnxruntime backend (release.onnx_groups.write_bls_variant, backend="python")."""
+
+import json
+from pathlib import Path
+
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        path = Path(args["model_repository"]) / str(args["model_version"]) / "model.onnx"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.outputs = [o["name"] for o in json.loads(args["model_config"])["output"]]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            values = self.session.run(self.outputs, {t.name(): t.as_numpy() for t in request.inputs()})
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in zip(self.outputs, values)]))
+        return responses
+'''
+
+
+def _io_config(values, out) -> None:
+    for value in values:
+        dims = [d.dim_value if d.dim_value > 0 else -1 for d in value.type.tensor_type.shape.dim]
+        out.add(name=value.name, data_type=_TRITON_TYPES[value.type.tensor_type.elem_type], dims=dims)
+
+
+def write_bls_variant(repository: Path, backend: str = "onnxruntime", kind: str = "KIND_GPU") -> list[str]:
+    """Turn a repository serving the executor layout into its GPU variant: each tower (``query_tower``,
+    ``dlrm_ranking``) becomes a Triton model of its own, ``<stage>_onnx``, whose version ``v`` is the served
+    version's export rewritten to take the stage's tensors (:func:`group_inputs`), served by the onnxruntime
+    backend on ``kind`` (``backend="python"``: a python model running the same graph with onnxruntime, for a
+    server without that backend); the stage's alias config gets ``ONNX_BLS_MODEL`` / ``ONNX_BLS_VERSION``, so the
+    executor's stage calls it through BLS instead of running onnxruntime itself. Returns the models Triton must
+    load beside ``ensemble_model`` (before it).
+
+    Applied to a served repository (at deployment); a promotion rewrites the alias configs from the release's
+    parameters, so the variant is applied again after one (``docs/serving.md``).
+    """
+    import onnx
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from recsys_assets.release.repository import ReleaseError, parse_config, write_config
+    from recsys_assets.serving.graph import ENSEMBLE, is_executor, model_of, served_graph, served_versions, versions
+
+    if backend not in ("onnxruntime", "python"):
+        raise ValueError(f"backend {backend!r}: expected onnxruntime or python")
+    repository = Path(repository)
+    if not is_executor(parse_config(repository / ENSEMBLE / "config.pbtxt")):
+        raise ReleaseError(f"{repository} serves the ensemble layout: its ensemble calls the onnxruntime models "
+                           "itself (docs/serving.md); the BLS variant is the executor layout's")
+    names = []
+    for step in served_graph(repository).ensemble_scheduling.step:
+        stage = model_of(step.model_name)
+        if stage not in LAYOUTS:
+            continue
+        folder = repository / step.model_name
+        config = parse_config(folder / "config.pbtxt")
+        version = served_versions(config, folder)[-1]
+        input_map = json.loads(config.parameters["INPUT_MAP"].string_value or "{}")
+        rewritten = group_inputs(onnx.load(str(folder / str(version) / "model.onnx")), stage, input_map)
+        name = stage + BLS_SUFFIX
+        target = repository / name / str(version)
+        target.mkdir(parents=True, exist_ok=True)
+        onnx.save(rewritten, str(target / "model.onnx"))
+        bls = model_config_pb2.ModelConfig(name=name, max_batch_size=0)
+        if backend == "onnxruntime":
+            bls.platform = "onnxruntime_onnx"
+            bls.default_model_filename = "model.onnx"
+        else:
+            bls.backend = "python"
+            (target / "model.py").write_text(PYTHON_STANDIN)
+        _io_config(rewritten.graph.input, bls.input)
+        _io_config(rewritten.graph.output, bls.output)
+        bls.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.Kind.Value(kind), count=1)
+        bls.version_policy.specific.versions.extend(versions(repository / name))  # every version written
+        write_config(bls, repository / name / "config.pbtxt",
+                     f"# {stage} for BLS from the executor (release.onnx_groups.write_bls_variant, {backend}).\n")
+        config.parameters["ONNX_BLS_MODEL"].string_value = name
+        config.parameters["ONNX_BLS_VERSION"].string_value = str(version)
+        text = text_format.MessageToString(config)
+        (folder / "config.pbtxt").write_text(
+            "# with ONNX_BLS_MODEL: the executor's stage calls the tower through BLS (write_bls_variant)\n" + text)
+        names.append(name)
+    if not names:
+        raise ReleaseError(f"{repository}: the served graph runs no {' or '.join(LAYOUTS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     import onnx
 

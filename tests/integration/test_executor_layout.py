@@ -159,3 +159,50 @@ def test_bad_requests_get_the_ensembles_400_from_the_executor(stack, user_id, de
         assert promotion.answer(client, REQUESTS[0])["release"] == 2  # and it keeps serving
     finally:
         client.close()
+
+
+def test_the_gpu_variant_calls_the_towers_through_bls_and_answers_the_same(stack, tmp_path):
+    """The executor on NVIDIA's GPU image calls the towers through BLS (``onnx_groups.write_bls_variant``). The
+    onnxruntime backend is not in the local server, so here the same rewritten graphs run in python stand-ins
+    (onnxruntime in a python model): the BLS calls, tensors and versions are real; only the callee's backend
+    differs. The onnxruntime variant's configs are validated offline."""
+    import shutil
+
+    from recsys_assets.release import onnx_groups
+    from recsys_assets.release.repository import convert_layout, parse_config, validate_repository
+
+    server, live, text, first, second = stack
+    expected = answers(server)
+    variants = {}
+    for backend in ("python", "onnxruntime"):
+        copy = variants[backend] = tmp_path / backend
+        shutil.copytree(live, copy, symlinks=True)
+        convert_layout(copy, "executor")
+        loaded = onnx_groups.write_bls_variant(copy, backend=backend,
+                                               kind="KIND_CPU" if backend == "python" else "KIND_GPU")
+        assert loaded == ["query_tower_onnx", "dlrm_ranking_onnx"]
+        assert validate_repository(copy) == []
+
+    gpu = {m: parse_config(variants["onnxruntime"] / m / "config.pbtxt") for m in ("query_tower_onnx",
+                                                                                  "dlrm_ranking_onnx")}
+    assert {c.platform for c in gpu.values()} == {"onnxruntime_onnx"}
+    assert all(c.instance_group[0].kind == c.instance_group[0].KIND_GPU for c in gpu.values())
+    # the rewritten towers take exactly the stages' tensors (the feature groups, item_index, the embeddings)
+    from recsys_assets.serving.stages import stage_class
+
+    for name, config in gpu.items():
+        assert {t.name for t in config.input} == set(stage_class(name.removesuffix("_onnx")).inputs)
+
+    bls_server = TritonServer(variants["python"], env=dict(server.env), exit_timeout=2,
+                              workdir=tmp_path / "triton-bls")
+    bls_server.start(models=["query_tower_onnx", "dlrm_ranking_onnx", ENSEMBLE], timeout=900)
+    try:
+        got = answers(bls_server)
+        for a, b in zip(expected, got):
+            assert a["ids"] == b["ids"]
+            np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-6)
+        with bls_server.client() as client:  # the towers really ran as their own models
+            stats = {m["name"]: int(m["inference_count"]) for m in client.get_inference_statistics()["model_stats"]}
+        assert stats["dlrm_ranking_onnx"] >= len(REQUESTS) and stats["query_tower_onnx"] >= len(REQUESTS)
+    finally:
+        bls_server.stop()
