@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="the references with the share added")
     ap.add_argument("--without", action="store_true", help="train without the share (the baseline)")
     ap.add_argument("--log", default="", help="append the result as a JSON line to this file")
+    ap.add_argument("--scores", default="", help="save the DLRM's re-rank scores (requests x 300, .npy) here")
     args = ap.parse_args(argv)
     store, refs, out = ArtifactStore(args.artifacts), Path(args.refs), Path(args.out)
     items = store.read_parquet(paths.ITEMS).sort_values("item_id")
@@ -106,7 +107,12 @@ def main(argv=None) -> int:
     def predict_with_share(model, feed, *a, **k):  # the re-rank feed: add each candidate's share
         if not args.without and "hidden_share" not in feed and len(feed.get("item_id", ())) == int(valid.sum()):
             feed = {**feed, "hidden_share": candidate_share[valid]}
-        return predict(model, feed, *a, **k)
+        out = predict(model, feed, *a, **k)
+        if args.scores and len(feed.get("item_id", ())) == int(valid.sum()):
+            scores = np.full(candidates.shape, -np.inf, np.float32)
+            scores[valid] = np.asarray(out).reshape(-1)
+            np.save(args.scores, scores)
+        return out
 
     mi.predict_batches = predict_with_share
     rerank_values = mq._rerank
