@@ -30,31 +30,26 @@ class TritonMetrics(Metrics):
         self._families: dict[str, object] = {}
         self._metrics: dict[tuple, object] = {}
 
-    def increment(self, name, labels, amount=1.0, description=""):
-        super().increment(name, labels, amount, description)
+    def _metric(self, name, labels, kind: str, description: str, **options):
+        """The metric of ``name`` with ``labels``, its family (of ``kind``) created on first use."""
         key = (name, tuple(sorted(labels.items())))
         metric = self._metrics.get(key)
         if metric is None:
             family = self._families.get(name)
             if family is None:
                 family = self._pb.MetricFamily(name=name, description=description or name,
-                                               kind=self._pb.MetricFamily.COUNTER)
+                                               kind=getattr(self._pb.MetricFamily, kind))
                 self._families[name] = family
-            metric = self._metrics[key] = family.Metric(labels=dict(labels))
-        metric.increment(amount)
+            metric = self._metrics[key] = family.Metric(labels=dict(labels), **options)
+        return metric
+
+    def increment(self, name, labels, amount=1.0, description=""):
+        super().increment(name, labels, amount, description)
+        self._metric(name, labels, "COUNTER", description).increment(amount)
 
     def observe(self, name, labels, value, buckets=(), description=""):
         super().observe(name, labels, value, buckets, description)
-        key = (name, tuple(sorted(labels.items())))
-        metric = self._metrics.get(key)
-        if metric is None:
-            family = self._families.get(name)
-            if family is None:
-                family = self._pb.MetricFamily(name=name, description=description or name,
-                                               kind=self._pb.MetricFamily.HISTOGRAM)
-                self._families[name] = family
-            metric = self._metrics[key] = family.Metric(labels=dict(labels), buckets=list(buckets))
-        metric.observe(float(value))
+        self._metric(name, labels, "HISTOGRAM", description, buckets=list(buckets)).observe(float(value))
 
 
 def _logger(model_name: str) -> logging.Logger:
