@@ -39,6 +39,9 @@ def test_local_deployment_starts_hot_swaps_and_stops(tmp_path_factory, valkey, m
                                 resources=resources)
         meta = result.asset_materializations_for_node("triton_deployment")[0].metadata
         assert meta["action"].value == "started" and meta["release"].value == 1
+        assert meta["layout"].value == "ensemble"  # the default (docs/serving.md, "Two layouts")
+        assert result.asset_materializations_for_node("triton_model_repository")[0].metadata["layout"].value \
+            == "ensemble"
         assert len(meta["smoke_test"].value["ids"]) == 10
         http = f"127.0.0.1:{ports['http_port']}"
 

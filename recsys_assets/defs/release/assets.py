@@ -202,6 +202,7 @@ def triton_model_repository(context: dg.AssetExecutionContext, config: Repositor
     return dg.MaterializeResult(
         metadata={
             "release": release,
+            "layout": manifest.layout,
             "changed_models": len(manifest.changed),
             "mean_age": float(manifest.parameters["feast_user_lookup"]["MEAN_AGE"]),
             "bytes": store.size_bytes(paths.TRITON_REPOSITORY),
@@ -285,6 +286,7 @@ def triton_deployment(context: dg.AssetExecutionContext, config: DeploymentConfi
     loaded = [parsed[0] for parsed in map(repository.parse_alias, report["loaded"]) if parsed is not None]
     return dg.MaterializeResult(metadata={
         "release": target.release,
+        "layout": target.layout,
         "previous": current.release if current is not None else -1,
         "action": report["action"],
         "loaded": ", ".join(m for m in MODELS if m in loaded) if report["action"] == "reloaded"
