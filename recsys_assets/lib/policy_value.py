@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from recsys_assets.lib import evaluation, served_evaluation
+from recsys_assets.lib import evaluation, prior, served_evaluation
 from recsys_assets.lib.generator import BASE_LOGIT
 from recsys_assets.lib.metrics import ndcg_at_k, recall_at_k
 from recsys_assets.lib.popularity import tie_broken_scores
@@ -57,11 +57,12 @@ CEILING = {"warm": "oracle_no_taste", "new": "oracle_no_taste", "anonymous": "co
 USERS = ("warm", "new")  # the identified users' requests (the anonymous ones are the same people sent as -1)
 HIDDEN_TERMS = ("taste",)  # logit terms no feature or history carries: removed for the realistic ceiling
 HEURISTIC_CLICK_WEIGHT = 5.0
-HEURISTIC_BAND_HOURS = 6
+HEURISTIC_BAND_HOURS = prior.BAND_HOURS
+band_of = prior.band_of
 TRUTH_MEASURE = "true expected clicks (generator's p(click) for the true user in the request's context)"
 LOGGED_MEASURE = ("logged clicks only (no ground truth): recall/NDCG against the day's logged clicks, "
                   "exposure-biased towards what the logging policy showed")
-SECONDS_PER_HOUR = 3600
+SECONDS_PER_HOUR = prior.SECONDS_PER_HOUR
 
 
 class PolicyValueError(ValueError):
@@ -179,11 +180,6 @@ def _history_days(history) -> np.ndarray:
     return history["day"].to_numpy(np.int64)
 
 
-def band_of(timestamps, band_hours: int = HEURISTIC_BAND_HOURS) -> np.ndarray:
-    """The ``band_hours``-hour band (0 .. 24/band_hours - 1) of each timestamp's UTC hour."""
-    return (np.asarray(timestamps, np.int64) % 86_400) // SECONDS_PER_HOUR // band_hours
-
-
 def heuristic_scores(history, requests, days: np.ndarray, item_category: np.ndarray, n_categories: int,
                      window: int = 7, band_hours: int = HEURISTIC_BAND_HOURS) -> np.ndarray:
     """(requests, items) scores of the reference heuristic (see the module doc) from rows before each day.
@@ -207,19 +203,12 @@ def heuristic_scores(history, requests, days: np.ndarray, item_category: np.ndar
         past = history[hist_days < day]
         cat = item_category[past["item_id"].to_numpy(np.int64)]
         click = past["click"].to_numpy(np.float64)
-        # Click lift of each category on each device and band, shrunk towards 1 with 50 pseudo-impressions
-        # (rows whose device is unknown, -1 in masked data, count for the mix and popularity only).
-        devices = past["device_type"].to_numpy(np.int64)
-        seen = (devices >= 0) & (devices <= 2)
-        cell = ((cat * 3 + devices) * n_bands + band_of(past["timestamp"], band_hours))[seen]
-        size = n_categories * 3 * n_bands
-        clicks = np.bincount(cell, weights=click[seen], minlength=size)
-        shown = np.bincount(cell, minlength=size)
-        base = click.sum() / max(len(click), 1)
-        lift = ((clicks + 50 * base) / (shown + 50)) / max(base, 1e-9)
+        # Click lift of each category on each device and band (the ordering prior's table, lib.prior)
+        lift = prior.lift_table(cat, past["device_type"].to_numpy(np.int64), past["timestamp"].to_numpy(np.int64),
+                                click, n_categories, band_hours).reshape(-1)
         log_pop = np.log1p(click_counts(history, n_items, int(day), window))
         request_devices = requests["device_type"].to_numpy(np.int64)[rows, None]
-        cells = ((item_category[None, :] * 3 + request_devices) * n_bands
+        cells = ((item_category[None, :] * prior.N_DEVICES + request_devices) * n_bands
                  + band_of(requests["timestamp"].to_numpy(np.int64)[rows], band_hours)[:, None])
         context = lift[cells] * log_pop[None, :]
         # The user's category mix: shares of (impressions + 5 x clicks) per category over earlier days.
@@ -322,6 +311,19 @@ class PolicyValue:
     @property
     def has_truth(self) -> bool:
         return bool(self.values)
+
+
+def renamed(result: PolicyValue, method: str, alias: str) -> PolicyValue:
+    """``result`` with ``method``'s values, list and table rows repeated under ``alias`` (e.g. the sweep's chosen
+    weight as "served")."""
+    import pandas as pd
+
+    rows = result.table[result.table["method"] == method].assign(method=alias)
+    return dataclasses.replace(
+        result, values={**result.values, **({alias: result.values[method]} if method in result.values else {})},
+        lists={**result.lists, alias: result.lists[method]},
+        invalid_slots={**result.invalid_slots, alias: result.invalid_slots.get(method, 0)},
+        table=pd.concat([result.table, rows], ignore_index=True))
 
 
 def bootstrap_indices(n: int, n_boot: int, seed: int, stream: int) -> np.ndarray:

@@ -17,6 +17,7 @@ Layout in the popularity key space (``KeySpace``: db 3 and prefix ``recsys:pop:`
     <prefix>v<N>:l2:<category_l2>   ZSET item_id -> score, one per style
     <prefix>v<N>:available          ZSET item_id -> available_from_day
     <prefix>v<N>:meta               HASH created_at, window, clicks, items, keys (JSON list)
+    <prefix>v<N>:prior              STRING the window's ordering prior (lib.prior.Prior.to_bytes), when built
 
 Publishing writes a whole new version, then switches ``current`` with one SET: a reader sees the old tables
 or the new ones, never a mix (no MULTI needed, so it works the same on a cluster). Versions older than the
@@ -28,10 +29,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from recsys_assets.lib.prior import Prior
 
 
 class PopularityNotPublished(LookupError):
@@ -44,6 +48,7 @@ class PopularityTables:
 
     items: pd.DataFrame  # item_id, category_l1, category_l2, available_from_day, clicks, score
     window: tuple[int, ...]
+    prior: Prior | None = None  # the ordering prior of the same window (lib.prior), published beside the tables
 
     @property
     def clicks(self) -> int:
@@ -81,6 +86,22 @@ def build_tables(clicked_item_ids: np.ndarray, items: pd.DataFrame, window: Sequ
     return PopularityTables(items=table.reset_index(drop=True), window=tuple(int(d) for d in window))
 
 
+WINDOW_COLUMNS = ["item_id", "click", "device_type", "timestamp"]
+
+
+def build_window(impressions: pd.DataFrame, items: pd.DataFrame, window: Sequence[int]) -> PopularityTables:
+    """The tables and the ordering prior of a window's impressions (:data:`WINDOW_COLUMNS`)."""
+    from recsys_assets.lib import prior, top_category
+
+    click = impressions["click"].to_numpy()
+    tables = build_tables(impressions.loc[click == 1, "item_id"].to_numpy(), items, window)
+    vocabulary = top_category.category_vocabulary(items["category_l1"])
+    codes = top_category.category_codes(items.sort_values("item_id")["category_l1"], vocabulary)
+    table = prior.build(impressions["item_id"].to_numpy(), impressions["device_type"].to_numpy(),
+                        impressions["timestamp"].to_numpy(), click, codes, len(vocabulary))
+    return dataclasses.replace(tables, prior=table)
+
+
 def ranking(tables: PopularityTables, day: int | None = None, category_l1: str | None = None,
             category_l2: str | None = None) -> list[int]:
     """Item ids by descending popularity, as Valkey returns them (the reference for tests and checks)."""
@@ -116,6 +137,7 @@ def publish(client, prefix: str, tables: PopularityTables, created_at: dt.dateti
     keys = _table_keys(prefix, version, tables)
     avail_key = f"{prefix}v{version}:available"
     meta_key = f"{prefix}v{version}:meta"
+    prior_key = f"{prefix}v{version}:prior"
     df = tables.items
     pipe = client.pipeline(transaction=False)
     # The meta hash goes first: it lists every key of the version, so even a publish that dies half-way
@@ -126,13 +148,15 @@ def publish(client, prefix: str, tables: PopularityTables, created_at: dt.dateti
         "window": json.dumps(list(tables.window)),
         "clicks": tables.clicks,
         "items": len(df),
-        "keys": json.dumps(sorted([*keys, avail_key, meta_key])),
+        "keys": json.dumps(sorted([*keys, avail_key, meta_key, *([prior_key] if tables.prior is not None else [])])),
     })
     for key, part in keys.items():
         pipe.delete(key)
         pipe.zadd(key, dict(zip(part["item_id"].astype(str), part["score"].astype(float))))
     pipe.delete(avail_key)
     pipe.zadd(avail_key, dict(zip(df["item_id"].astype(str), df["available_from_day"].astype(float))))
+    if tables.prior is not None:
+        pipe.set(prior_key, tables.prior.to_bytes())
     pipe.execute()
     client.set(f"{prefix}current", version)  # the switch: one atomic SET
     _drop_versions_before(client, prefix, version - keep + 1)
@@ -154,6 +178,18 @@ def current_version(client, prefix: str) -> int:
     if raw is None:
         raise PopularityNotPublished(f"no popularity tables under {prefix!r}: materialize popularity_tables")
     return int(raw)
+
+
+def read_prior(client, prefix: str, version: int | None = None) -> Prior:
+    """The ordering prior published with the current (or the given) version."""
+    from recsys_assets.lib.prior import Prior
+
+    version = current_version(client, prefix) if version is None else version
+    raw = client.get(f"{prefix}v{version}:prior")
+    if raw is None:
+        raise PopularityNotPublished(f"popularity version {version} under {prefix!r} has no ordering prior: "
+                                     "re-materialize popularity_tables (or the day's daily_popularity_tables)")
+    return Prior.from_bytes(raw)
 
 
 def metadata(client, prefix: str, version: int | None = None) -> dict:

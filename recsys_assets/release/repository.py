@@ -133,6 +133,8 @@ class TrainedArtifacts:
     query_tower_input_map: Mapping[str, str] = dataclasses.field(default_factory=dict)
     dlrm_input_map: Mapping[str, str] = dataclasses.field(default_factory=dict)
     image_dims: int = 64
+    prior_weight: float = 0.0
+    """The ordering prior's weight chosen for this DLRM (``ranking_evaluation``; lib/prior.py); 0: none."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +203,7 @@ def _parameters(model: str, trained: TrainedArtifacts, defaults: ServingDefaults
         "multimodal_embedding_lookup": {"IMAGE_DIMS": trained.image_dims},
         "dlrm_ranking": {"INPUT_MAP": json.dumps(dict(trained.dlrm_input_map), sort_keys=True)},
         "softmax_sampling": {"RANKING_TOPK": d.ranking_topk, "DIVERSITY_TEMPERATURE": repr(d.diversity_temperature),
-                             "SAMPLING_SEED": d.sampling_seed},
+                             "SAMPLING_SEED": d.sampling_seed, "PRIOR_WEIGHT": repr(float(trained.prior_weight))},
     }.get(model, {})
 
 
@@ -572,6 +574,7 @@ def trained_from_release(repository: Path, release: Release, **overrides) -> Tra
         query_tower_input_map=json.loads(params["query_tower"].get("INPUT_MAP") or "{}"),
         dlrm_input_map=json.loads(params["dlrm_ranking"].get("INPUT_MAP") or "{}"),
         image_dims=int(params["multimodal_embedding_lookup"]["IMAGE_DIMS"]),
+        prior_weight=float(params["softmax_sampling"].get("PRIOR_WEIGHT") or 0.0),
     )
     fields.update(overrides)
     return TrainedArtifacts(**fields)

@@ -343,8 +343,12 @@ def publish_online_state(tiny: TinyArtifacts, environ: dict[str, str], seed: int
         if proc.returncode != 0:
             raise RuntimeError(f"feast {args[0]} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
 
-    clicks = rng.choice(items["item_id"].to_numpy(), size=5000, p=_zipf(len(items), rng))
-    tables = popularity.build_tables(clicks, items, window=[0])
+    # Day 0's impressions (a fifth clicked): the popularity tables and the ordering prior of window [0]
+    shown = rng.choice(items["item_id"].to_numpy(), size=25_000, p=_zipf(len(items), rng))
+    impressions = pd.DataFrame({"item_id": shown, "click": (rng.random(len(shown)) < 0.2).astype(np.int64),
+                                "device_type": rng.integers(0, 3, len(shown)),
+                                "timestamp": int(day0.timestamp()) + rng.integers(0, 86_400, len(shown))})
+    tables = popularity.build_window(impressions, items, window=[0])
     endpoint = parse_url(environ["RECSYS_VALKEY_URL"])
     space = KeyLayout.make().popularity
     client = endpoint.client(db=space.db)

@@ -139,3 +139,63 @@ def test_with_valkey_down_candidates_pass_through_counted_and_filtering_resumes(
         assert call(stage, 10, [1, 2, 3], k=2) == [2, 3]
     finally:
         restarted.stop()
+
+
+# -- softmax_sampling's ordering prior ------------------------------------------------------------------------------
+def _publish_prior(valkey, tiny):
+    """Day 0 impressions where category A's items are clicked on mobile and category B's never."""
+    import pandas as pd
+
+    items = tiny.items
+    names = sorted(items["category_l1"].unique())
+    a, b = (items.index[items["category_l1"] == n][:20].to_numpy() for n in names[:2])
+    shown = np.concatenate([a, b])
+    impressions = pd.DataFrame({"item_id": np.repeat(shown, 5), "click": np.tile([1, 0, 0, 0, 0], len(shown)),
+                                "device_type": 1, "timestamp": DAY0 + 3600})
+    impressions.loc[impressions["item_id"].isin(b), "click"] = 0
+    client = valkey.endpoint.client(db=KeyLayout.make().popularity.db)
+    popularity.publish(client, KeyLayout.make().popularity.prefix,
+                       popularity.build_window(impressions, items, [0]))
+    client.close()
+    return a, b, names
+
+
+def _order(stage, ids, scores, interests=(-1, -1, -1), device=1):
+    out = stage(scores=np.asarray(scores, np.float32), item_index=np.asarray(ids, np.int64),
+                item_ids=np.asarray(ids, np.int64), top_k=np.array([len(ids)]), diversity=np.array([False]),
+                device_type=np.array([device]), timestamp=np.array([DAY0 + 3600]),
+                **{f"interest_{k + 1}": np.array([v]) for k, v in enumerate(interests)})
+    return out["selected_ids"].tolist(), out["selected_scores"]
+
+
+@pytest.mark.integration
+def test_the_prior_reorders_by_clicks_context_and_interests_and_degrades_without_valkey(valkey, tiny):
+    from recsys_assets.serving.stages.softmax_sampling import SoftmaxSampling
+
+    a, b, names = _publish_prior(valkey, tiny)
+    url = {"RECSYS_VALKEY_URL": f"redis://127.0.0.1:{valkey.port}"}
+    params = {"RANKING_TOPK": "100", "PRIOR_WEIGHT": "1.0", "RETRY_AFTER_S": "0"}
+    stage = SoftmaxSampling(StageContext("softmax_sampling", params=params, environ=url))
+    off = SoftmaxSampling(StageContext("softmax_sampling", params={**params, "PRIOR_WEIGHT": "0"}, environ=url))
+    ids, dlrm = [int(b[0]), int(a[0])], [0.30, 0.28]  # the DLRM prefers the never-clicked category's item
+    assert off(scores=np.asarray(dlrm, np.float32), item_index=np.asarray(ids), item_ids=np.asarray(ids),
+               top_k=np.array([2]), diversity=np.array([False]))["selected_ids"].tolist() == ids
+    order, scores = _order(stage, ids, dlrm)
+    assert order == ids[::-1] and scores[0] > scores[1]  # clicks and the mobile lift put A's item first
+    # a user whose interests are all category B keeps B's item first, against the same context
+    b_code = names.index(names[1])  # codes are positions in the catalogue's sorted categories (lib.top_category)
+    assert _order(stage, ids, dlrm, interests=(b_code, -1, -1))[0] == ids
+    assert stage.ctx.metrics.value("recsys_degraded_requests_total", stage="softmax_sampling",
+                                   reason="prior_unavailable") == 0
+    # without the request's context the DLRM's order stands, counted as degraded
+    plain = stage(scores=np.asarray(dlrm, np.float32), item_index=np.asarray(ids), item_ids=np.asarray(ids),
+                  top_k=np.array([2]), diversity=np.array([False]))
+    assert plain["selected_ids"].tolist() == ids
+    assert stage.ctx.metrics.value("recsys_degraded_requests_total", stage="softmax_sampling",
+                                   reason="prior_unavailable") == 1
+    # Valkey gone before the first read: the DLRM's order, degraded, no error
+    cold = SoftmaxSampling(StageContext("softmax_sampling", params=params, environ=url))
+    valkey.stop()
+    assert _order(cold, ids, dlrm)[0] == ids
+    assert cold.ctx.metrics.value("recsys_degraded_requests_total", stage="softmax_sampling",
+                                  reason="prior_unavailable") == 1

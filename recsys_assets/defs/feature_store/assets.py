@@ -218,7 +218,7 @@ def popularity_tables(context: dg.AssetExecutionContext, config: PopularityConfi
     frames, missing, empty = [], [], []
     for d in config.days:
         try:
-            df = store.read_parquet(paths.raw_interactions(d), columns=["item_id", "click"])
+            df = store.read_parquet(paths.raw_interactions(d), columns=pop.WINDOW_COLUMNS)
         except ArtifactNotFound:
             missing.append(d)
             continue
@@ -235,7 +235,7 @@ def popularity_tables(context: dg.AssetExecutionContext, config: PopularityConfi
         yield check("read_back", False, "not evaluated: the window is incomplete")
         return
     clicks = pd.concat(frames, ignore_index=True)
-    tables = pop.build_tables(clicks.loc[clicks["click"] == 1, "item_id"].to_numpy(), catalogue, config.days)
+    tables = pop.build_window(clicks, catalogue, config.days)
 
     space = valkey.layout().popularity
     t0 = time.perf_counter()

@@ -211,7 +211,7 @@ def daily_popularity_tables(context: dg.AssetExecutionContext, config: DailyPopu
     frames, missing = [], []
     for d in window:
         try:
-            frames.append(store.read_parquet(paths.raw_interactions(d), columns=["item_id", "click"]))
+            frames.append(store.read_parquet(paths.raw_interactions(d), columns=pop.WINDOW_COLUMNS))
         except ArtifactNotFound:
             missing.append(d)
     if missing:
@@ -221,7 +221,7 @@ def daily_popularity_tables(context: dg.AssetExecutionContext, config: DailyPopu
             check("window_complete", False, description),
             check("read_back", False, "not evaluated: the window is incomplete")])
     clicks = pd.concat(frames, ignore_index=True)
-    tables = pop.build_tables(clicks.loc[clicks["click"] == 1, "item_id"].to_numpy(), catalogue, window)
+    tables = pop.build_window(clicks, catalogue, window)
 
     space = valkey.layout().popularity
     client = valkey.client("popularity")

@@ -131,7 +131,18 @@ def trained_artifacts(store: ArtifactStore, config: RepositoryConfig) -> Trained
         query_tower_input_map=dict(config.query_tower_input_map),
         dlrm_input_map=dict(config.dlrm_input_map),
         image_dims=int(multimodal.shape[1]) // 2,
+        prior_weight=chosen_prior_weight(store),
     )
+
+
+def chosen_prior_weight(store: ArtifactStore) -> float:
+    """The ordering prior's weight ``ranking_evaluation`` chose for the trained DLRM (0 where it recorded none)."""
+    import json
+
+    summary = f"{paths.RANKING_EVALUATION}/summary.json"
+    if not store.exists(summary):
+        return 0.0
+    return float(json.loads(store.read_bytes(summary)).get("prior", {}).get("weight", 0.0))
 
 
 def _failed(name: str, description: str) -> dg.MaterializeResult:

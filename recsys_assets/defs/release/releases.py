@@ -56,6 +56,7 @@ from recsys_assets.defs.resources import (
     MerlinRunner,
     WorldResource,
 )
+from recsys_assets.defs.release.assets import chosen_prior_weight
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.defs.training.assets import dlrm_onnx, query_tower_onnx, ranking_evaluation, retrieval_evaluation
 from recsys_assets.defs.transforms.assets import (
@@ -539,7 +540,7 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
         # the trained index, or the daily refresh's growth of it (new items added since the training)
         faiss_index=store.local_path(served_index(store, variant)),
         multimodal=store.local_path(paths.MULTIMODAL_EMBEDDINGS), items=store.local_path(paths.ITEMS),
-        image_dims=int(multimodal.shape[1]) // 2)
+        image_dims=int(multimodal.shape[1]) // 2, prior_weight=chosen_prior_weight(store))
     live = store.local_path(paths.TRITON_REPOSITORY) if store.exists(paths.TRITON_REPOSITORY) else None
     defaults = repository.defaults_from_release(live, served) if served is not None else ServingDefaults()
     t1 = time.perf_counter()

@@ -662,6 +662,8 @@ class RankingEvaluationConfig(dg.Config):
     """Validation impressions scored (a seeded sample when there are more)."""
     rerank_requests: int = 2_000
     """Retrieval requests re-ranked by the DLRM for the end-to-end top-10 metrics."""
+    prior_weights: list[float] = [0.0, 0.25, 0.5, 1.0, 2.0]  # noqa: RUF012 (pydantic copies field defaults)
+    """Weights of the ordering prior tried (lib/prior.py); the best by true expected clicks is served."""
     context_hours: list[int] = [2, 8, 13, 20]  # noqa: RUF012 (pydantic copies field defaults)
     """Hours (UTC) of the anonymous-user context grid (with devices 0, 1, 2)."""
     top_k: int = 10
@@ -747,17 +749,25 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     retrieval = _read_json(store, f"{paths.RETRIEVAL_EVALUATION}/summary.json")
     variant = retrieval["selected_variant"]
     end_to_end, reranked = _end_to_end(store, dlrm, item_features, variant, config)
+    sweep = _prior_sweep(store, reranked, catalogue, config)
     truth, true = world.truth(), None
     deployed = _deployed(store, "ranking")
     if truth is not None and len(reranked["requests"]):
         true_requests, _ = policy_value.evaluation_requests(reranked["requests"], len(reranked["requests"]),
                                                             config.seed, anonymous_copies=False)
-        true = policy_value.evaluate_logged(store, truth, true_requests, reranked["lists"], config.seed,
-                                            config.bootstrap_samples)
-        gates = _true_gates(true, "dlrm", ("auc", candidate, popularity), deployed, fingerprint, config)
+        true = policy_value.evaluate_logged(store, truth, true_requests, {**reranked["lists"], **sweep},
+                                            config.seed, config.bootstrap_samples)
+    prior_weight, prior_rows = _choose_prior_weight(true, sweep, reranked.get("relevant", []), config)
+    if sweep:  # "served": the order serving applies, the DLRM blended with the chosen weight
+        reranked["lists"]["served"] = sweep[_prior_method(prior_weight)]
+        if true is not None:
+            true = policy_value.renamed(true, _prior_method(prior_weight), "served")
+    judged = "served" if sweep else "dlrm"
+    if true is not None:
+        gates = _true_gates(true, judged, ("auc", candidate, popularity), deployed, fingerprint, config)
     else:
         gates = _gates("auc", candidate, popularity, deployed, fingerprint, config)
-    true_metrics = {} if true is None else {TRUE_METRIC: policy_value.pooled_value(true, "dlrm")}
+    true_metrics = {} if true is None else {TRUE_METRIC: policy_value.pooled_value(true, judged)}
     sensitivity, lists = _context_sensitivity(store, dlrm, transforms, item_features, catalogue, variant, config)
 
     out = paths.RANKING_EVALUATION
@@ -771,6 +781,7 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
         "record": {"fingerprint": fingerprint, "metrics": {"auc": candidate, **true_metrics}},
         **({"true": policy_value.record(true)} if true is not None else {}),
         "metrics": ranking.to_dict(orient="records"), "end_to_end": end_to_end, "context_sensitivity": sensitivity,
+        "prior": {"weight": prior_weight, "sweep": prior_rows},
         "gates": [{"name": g.name, "passed": g.passed, "description": g.description} for g in gates],
     }
     store.write_bytes(f"{out}/summary.json", json.dumps(summary, indent=1, default=float).encode())
@@ -784,11 +795,14 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
         metadata={
             "rows": len(rows),
             "measure": policy_value.TRUTH_MEASURE if true is not None else policy_value.LOGGED_MEASURE,
-            **({f"{m}/{TRUE_METRIC}/users": policy_value.pooled_value(true, m) for m in ("dlrm", "retrieval",
-                                                                                       "popularity")}
+            **({f"{m}/{TRUE_METRIC}/users": policy_value.pooled_value(true, m) for m in (
+                "dlrm", *(["served"] if sweep else []), "retrieval", "heuristic", "popularity")}
                if true is not None else {}),
-            **({f"dlrm/capture/{s}": policy_value.value(true.table, "dlrm", s, "capture")
-                for s in sorted(set(true.table["split"]))} if true is not None else {}),
+            **({f"{m}/capture/{s}": policy_value.value(true.table, m, s, "capture")
+                for m in ("dlrm", *(["served"] if sweep else [])) for s in sorted(set(true.table["split"]))}
+               if true is not None else {}),
+            "prior_weight": prior_weight,
+            "prior_sweep": markdown_table(pd.DataFrame(prior_rows), ".4f") if prior_rows else "no requests",
             **({"true_expected_clicks": markdown_table(_true_table(true), ".4f")} if true is not None else {}),
             "auc": candidate,
             "oracle_auc": oracle_auc,
@@ -837,14 +851,14 @@ def _end_to_end(store: ArtifactStore, dlrm, item_features: dict, variant: str, c
     oracle = data["oracle"] if "oracle" in data.files else None  # own data: no oracle list
     n = min(config.rerank_requests, len(requests))
     pick = np.sort(np.random.default_rng(config.seed).choice(len(requests), n, replace=False)) if n else []
-    ranked = np.full((n, config.top_k), -1, dtype=np.int64)
+    scores = np.full((n, candidates.shape[1]), -np.inf)
     for r, i in enumerate(pick):
         row = requests.iloc[i]
         user = {c: np.array([row["user_index" if c == "user_id" else f"q_{c}"]]) for c in USER_FEATURES}
         ctx = {c: np.array([row[f"q_{c}"]]) for c in CONTEXT_FEATURES}
-        s = _dlrm_scores(dlrm, user, ctx, item_features, candidates[i])
-        top = np.argsort(-s, kind="stable")[:config.top_k]
-        ranked[r] = np.where(np.isfinite(s[top]), candidates[i][top], -1)
+        scores[r] = _dlrm_scores(dlrm, user, ctx, item_features, candidates[i])
+    picked_candidates = candidates[pick] if n else np.zeros((0, candidates.shape[1]), np.int64)
+    ranked = _top(scores, picked_candidates, config.top_k)
     relevant = [np.asarray(requests.iloc[i]["relevant"], dtype=np.int64) for i in pick]
     rows = []
     compared = [("retrieval top-10", candidates[pick, :config.top_k] if n else ranked),
@@ -854,9 +868,66 @@ def _end_to_end(store: ArtifactStore, dlrm, item_features: dict, variant: str, c
     for name, lists in compared:
         rows.append({"list": name, "requests": int(n), **(ev.retrieval_metrics(lists, relevant, (config.top_k,))
                                                          if n else {})})
-    reranked = {"requests": requests.iloc[pick].reset_index(drop=True),
+    reranked = {"requests": requests.iloc[pick].reset_index(drop=True), "scores": scores,
+                "candidates": picked_candidates, "relevant": relevant,
                 "lists": {"dlrm": ranked, "retrieval": candidates[pick, :config.top_k] if n else ranked}}
     return {"variant": variant, "table": rows}, reranked
+
+
+def _top(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """(requests, k) raw ids of the ``k`` best finite scores per row (-1 padded)."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)),
+                    np.take_along_axis(candidates, top, axis=1), -1)
+
+
+def _prior_sweep(store: ArtifactStore, reranked: dict, catalogue: pd.DataFrame, config) -> dict:
+    """The re-ranked requests' lists under ``logit(DLRM) + w x prior`` for every w of ``config.prior_weights``
+    (``lib.prior``; the prior of the training days' impressions, as the first release's popularity tables
+    publish it; each user's interest codes as of the start of the request's day, as the feature store serves them)."""
+    from recsys_assets.lib import popularity as pop
+    from recsys_assets.lib import prior, served_evaluation, top_category
+
+    requests = reranked["requests"]
+    if not len(requests):
+        return {}
+    window = served_evaluation.logged_days(store, config.train_days)
+    table = pop.build_window(window, catalogue, config.train_days).prior
+    last = int(requests["day"].max())
+    events = served_evaluation.logged_days(store, range(0, last + 1))
+    days = requests["day"].to_numpy(np.int64)
+    interests = top_category.point_in_time_interests(
+        events["user_id"], events["timestamp"], table.item_category[events["item_id"].to_numpy(np.int64)],
+        events["click"], requests["user_id"], np.array([world_day_start(int(d)) for d in days]))
+    log_prior = table.log_prior(reranked["candidates"], requests["device_type"].to_numpy(np.int64),
+                                requests["timestamp"].to_numpy(np.int64), interests)
+    p = np.where(np.isfinite(reranked["scores"]), reranked["scores"], 0.5)
+    lists = {}
+    for weight in config.prior_weights:
+        blended = np.where(np.isfinite(reranked["scores"]), prior.blend(p, log_prior, weight), -np.inf)
+        lists[_prior_method(weight)] = _top(blended, reranked["candidates"], config.top_k)
+    return lists
+
+
+def _prior_method(weight: float) -> str:
+    return f"dlrm + {weight:g} x prior"
+
+
+def _choose_prior_weight(true, sweep: dict, relevant, config) -> tuple[float, list]:
+    """The weight whose lists earn the most: true expected clicks of the users' requests, or without truth the
+    recall@k against the logged clicks (exposure-biased, said so in the table); ties go to the smaller weight."""
+    rows = []
+    for weight in config.prior_weights:
+        name = _prior_method(weight)
+        if true is not None:
+            rows.append({"weight": weight, "measure": "true expected clicks (users)",
+                         "value": policy_value.pooled_value(true, name)})
+        else:
+            recall = ev.retrieval_metrics(sweep[name], relevant, (config.top_k,))[f"recall@{config.top_k}"]
+            rows.append({"weight": weight, "measure": f"logged recall@{config.top_k} (exposure-biased)",
+                         "value": recall})
+    best = max(rows, key=lambda r: (r["value"], -r["weight"])) if rows else {"weight": 0.0}
+    return float(best["weight"]), rows
 
 
 def _context_sensitivity(store: ArtifactStore, dlrm, transforms, item_features: dict, catalogue: pd.DataFrame,

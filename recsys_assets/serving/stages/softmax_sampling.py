@@ -1,8 +1,17 @@
 """``softmax_sampling``: the final order: the greedy top K, or a score-weighted sample in diversity mode.
 
 Inputs: ``scores`` FP32 [-1] (the ranker's click probabilities), ``item_index`` INT64 [-1] (NVTabular item rows)
-and ``item_ids`` INT64 [-1] (raw ids), row-aligned; ``top_k`` INT64 [1]; ``diversity`` BOOL [1]. Outputs
-``selected_index``, ``selected_ids`` INT64 [-1] and ``selected_scores`` FP32 [-1], at most ``top_k`` rows.
+and ``item_ids`` INT64 [-1] (raw ids), row-aligned; ``top_k`` INT64 [1]; ``diversity`` BOOL [1]; optional
+``device_type``, ``timestamp``, ``interest_1..3`` INT64 [1] (the request's context and the user's interest codes,
+for the prior). Outputs ``selected_index``, ``selected_ids`` INT64 [-1] and ``selected_scores`` FP32 [-1], at most
+``top_k`` rows.
+
+The ordering score: with ``PRIOR_WEIGHT`` w > 0, each candidate's ``logit(p) + w * prior`` (``lib.prior``: the
+user's interests, the category's click lift in this device and time band, the item's clicks), turned back into
+(0, 1) by the sigmoid; ``selected_scores`` are those. The prior's table is published with the popularity tables in
+Valkey and cached for ``POPULARITY_REFRESH_S``; without it (no Valkey, none published, or the request lacks its
+inputs) the order is the DLRM's alone, counted in ``recsys_degraded_requests_total{stage="softmax_sampling",
+reason="prior_unavailable"}``. w = 0: the DLRM's scores unchanged.
 
 - greedy (``diversity`` false): the ``top_k`` highest scores, descending (ties: the earlier candidate first).
 - diversity: ``top_k`` items drawn without replacement from the ``RANKING_TOPK`` best, with probability
@@ -17,12 +26,17 @@ Seedable: ``SAMPLING_SEED`` >= 0 makes each request's draw a function of the see
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import numpy as np
 
+from recsys_assets.lib import prior
 from recsys_assets.serving.common import scalar
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
+from recsys_assets.serving.runtime import Runtime, ValkeyLink, ValkeyUnavailable
+
+PRIOR_INPUTS = ("device_type", "timestamp", "interest_1", "interest_2", "interest_3")
 
 
 def greedy(scores: np.ndarray, k: int) -> np.ndarray:
@@ -42,24 +56,64 @@ def sample(scores: np.ndarray, k: int, pool: int, temperature: float, rng: np.ra
 
 class SoftmaxSampling(Stage):
     inputs = ("scores", "item_index", "item_ids", "top_k", "diversity")
+    optional_inputs = PRIOR_INPUTS
     outputs = ("selected_index", "selected_ids", "selected_scores")
+
+    clock = staticmethod(time.monotonic)
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         self.pool = ctx.param_int("RANKING_TOPK", 100)
         self.temperature = ctx.param_float("DIVERSITY_TEMPERATURE", 0.5)
         self.seed = ctx.param_int("SAMPLING_SEED", -1)
-        if self.pool < 1 or self.temperature <= 0:
-            raise StageConfigError(f"RANKING_TOPK={self.pool} must be >= 1 and DIVERSITY_TEMPERATURE="
-                                   f"{self.temperature} > 0")
+        self.prior_weight = ctx.param_float("PRIOR_WEIGHT", 0.0)
+        if self.pool < 1 or self.temperature <= 0 or not self.prior_weight >= 0:
+            raise StageConfigError(f"RANKING_TOPK={self.pool} must be >= 1, DIVERSITY_TEMPERATURE="
+                                   f"{self.temperature} > 0 and PRIOR_WEIGHT={self.prior_weight} >= 0")
+        self.refresh_s = ctx.param_float("POPULARITY_REFRESH_S", 60.0)
+        self._prior: prior.Prior | None = None
+        self._prior_at: float | None = None
+        if self.prior_weight > 0:
+            ctx.declare_degraded("prior_unavailable")
+            self.link = ValkeyLink(Runtime.from_environ(ctx.environ), "popularity", ctx.log,
+                                   timeout_s=ctx.param_float("VALKEY_TIMEOUT_S", 0.25),
+                                   retry_after_s=ctx.param_float("RETRY_AFTER_S", 1.0))
+
+    def table(self) -> prior.Prior | None:
+        """The published prior (cached; the last good one while Valkey is away)."""
+        now = self.clock()
+        if self._prior_at is None or now - self._prior_at >= self.refresh_s:
+            from recsys_assets.lib import popularity
+
+            try:
+                self._prior = self.link.run(lambda c: popularity.read_prior(c, self.link.prefix))
+            except ValkeyUnavailable:
+                pass
+            except (popularity.PopularityNotPublished, prior.PriorError) as exc:
+                self.ctx.log.warning("ordering without the prior: %s", exc)
+            self._prior_at = now
+        return self._prior
+
+    def ordering_scores(self, scores: np.ndarray, item_ids: np.ndarray, context: dict) -> np.ndarray:
+        """The scores the order follows: the DLRM's, blended with the prior when there is one."""
+        if self.prior_weight == 0 or not len(scores):
+            return scores
+        table = self.table() if all(context.get(name) is not None for name in PRIOR_INPUTS) else None
+        if table is None:
+            self.ctx.degraded("prior_unavailable")
+            return scores
+        value = {name: int(scalar(context[name], name)) for name in PRIOR_INPUTS}
+        log_prior = table.log_prior(item_ids, np.array([value["device_type"]]), np.array([value["timestamp"]]),
+                                    np.array([[value[f"interest_{k}"] for k in (1, 2, 3)]]))[0]
+        return prior.sigmoid(prior.blend(scores, log_prior, self.prior_weight)).astype(np.float32)
 
     def rng(self, scores: np.ndarray) -> np.random.Generator:
         if self.seed < 0:
             return np.random.default_rng()
         return np.random.default_rng([self.seed, zlib.crc32(np.ascontiguousarray(scores).tobytes())])
 
-    def __call__(self, scores, item_index, item_ids, top_k, diversity):
-        scores = np.asarray(scores, dtype=np.float32)
+    def __call__(self, scores, item_index, item_ids, top_k, diversity, **context):
+        scores = self.ordering_scores(np.asarray(scores, dtype=np.float32), np.asarray(item_ids, np.int64), context)
         k = min(int(scalar(top_k, "top_k")), len(scores))
         if bool(scalar(diversity, "diversity")) and k > 0:
             chosen = sample(scores, k, max(self.pool, k), self.temperature, self.rng(scores))
