@@ -57,6 +57,7 @@ class ReleaseScorer:
         self.available_from = np.load(faiss_dir / "availability.npy")
         self.multimodal = np.load(version_dir(repository, release, "multimodal_embedding_lookup") / "multimodal.npy")
         self.image_dims = int(params["multimodal_embedding_lookup"]["IMAGE_DIMS"])
+        self.prior_weight = float(params.get("softmax_sampling", {}).get("PRIOR_WEIGHT") or 0.0)
 
     def _features(self, rows, item: bool) -> dict:
         t = self.transforms
@@ -105,13 +106,18 @@ class ReleaseScorer:
         return out
 
     def recommend(self, requests, day: int, items, k: int = 10, candidates: int = 300,
-                  batch: int = 8192) -> np.ndarray:
+                  batch: int = 8192, prior_table=None) -> np.ndarray:
         """(requests, k) raw item ids: the list this release serves with diversity off, without the seen filter.
 
         FAISS top ``candidates`` among the items available on ``day``, ranked by the DLRM's p(click) with the
         request's user and context features and each candidate's item features (``items``: the catalogue, raw
-        columns ``item_id``, ``category_l1``, ``category_l2``, ``item_gender``, ``price``); -1 padded.
+        columns ``item_id``, ``category_l1``, ``category_l2``, ``item_gender``, ``price``), blended with
+        ``prior_table`` (a ``lib.prior.Prior``: what serving reads from Valkey) at the release's ``PRIOR_WEIGHT``
+        as ``softmax_sampling`` orders them; -1 padded.
         """
+        from recsys_assets.lib import prior
+        from recsys_assets.lib.feature_spec import INTERESTS
+
         import pandas as pd
 
         requests = self.as_served(requests.reset_index(drop=True))
@@ -125,6 +131,12 @@ class ReleaseScorer:
         frame = pd.concat([frame, item_rows], axis=1).assign(item_id=raw)
         scores = np.full(found.shape, -np.inf)
         scores[rows, slots] = self.click_probability(frame, batch)
+        if prior_table is not None and self.prior_weight > 0:
+            valid = np.isfinite(scores)
+            log_prior = prior_table.log_prior(found, requests["device_type"].to_numpy(np.int64),
+                                              requests["timestamp"].to_numpy(np.int64),
+                                              requests[list(INTERESTS)].to_numpy(np.int64))
+            scores = np.where(valid, prior.blend(np.where(valid, scores, 0.5), log_prior, self.prior_weight), -np.inf)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         ranked = np.take_along_axis(found, order, axis=1)
         ranked = np.where(np.take_along_axis(scores, order, axis=1) == -np.inf, -1, ranked)

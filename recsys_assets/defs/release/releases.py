@@ -206,6 +206,7 @@ def _gate(store: ArtifactStore, live, candidate: Release, served, data: scoring.
     """Score candidate, served release and popularity on the held-out requests of the gate day: by true expected
     clicks of the served list when ``world`` holds the truth, else by the logged measures."""
     from recsys_assets.lib import policy_value, served_evaluation
+    from recsys_assets.lib import popularity as pop
 
     t0 = time.perf_counter()
     k = config.recall_k
@@ -226,10 +227,13 @@ def _gate(store: ArtifactStore, live, candidate: Release, served, data: scoring.
     requests = scoring.gate_requests(data, scorers["candidate"].known_users())
     catalogue = store.read_parquet(paths.ITEMS)
     candidates = repository.defaults_from_release(live, candidate).retrieval_topk
-    lists = {name: scorer.recommend(requests, data.day, catalogue, config.top_k, candidates)
+    # The references' history: the popularity window before the gate day (popularity, the heuristic's mix and lift),
+    # whose ordering prior is what the daily popularity refresh publishes for serving on the gate day
+    window = range(max(0, data.day - config.popularity_days), data.day)
+    history = served_evaluation.logged_days(store, window)
+    prior_table = pop.build_window(history, catalogue, list(window)).prior if len(history) else None
+    lists = {name: scorer.recommend(requests, data.day, catalogue, config.top_k, candidates, prior_table=prior_table)
              for name, scorer in scorers.items()}
-    # The references' history: the popularity window before the gate day (popularity, the heuristic's mix and lift)
-    history = served_evaluation.logged_days(store, range(max(0, data.day - config.popularity_days), data.day))
     true = scoring.true_evaluation(lists, requests, world, history,
                                    served_evaluation.logged_days(store, [data.day]), config.top_k,
                                    seed=config.holdout_seed, n_boot=config.bootstrap_samples)

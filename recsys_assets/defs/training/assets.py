@@ -662,7 +662,7 @@ class RankingEvaluationConfig(dg.Config):
     """Validation impressions scored (a seeded sample when there are more)."""
     rerank_requests: int = 2_000
     """Retrieval requests re-ranked by the DLRM for the end-to-end top-10 metrics."""
-    prior_weights: list[float] = [0.0, 0.25, 0.5, 1.0, 2.0]  # noqa: RUF012 (pydantic copies field defaults)
+    prior_weights: list[float] = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0]  # noqa: RUF012 (pydantic copies field defaults)
     """Weights of the ordering prior tried (lib/prior.py); the best by true expected clicks is served."""
     context_hours: list[int] = [2, 8, 13, 20]  # noqa: RUF012 (pydantic copies field defaults)
     """Hours (UTC) of the anonymous-user context grid (with devices 0, 1, 2)."""
