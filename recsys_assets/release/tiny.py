@@ -289,9 +289,12 @@ def build_tiny_artifacts(folder: Path, n_users: int = 60, seed: int = 7, dim: in
     trained = TrainedArtifacts(transforms_dir=folder / "transforms", query_tower=folder / "query_tower.onnx",
                                dlrm=folder / "dlrm.onnx", faiss_index=folder / "index.faiss",
                                multimodal=folder / "multimodal.npy", items=folder / "items.parquet",
-                               image_dims=sizes.content)
+                               image_dims=sizes.content, prior_weight=TINY_PRIOR_WEIGHT)
     return TinyArtifacts(folder=folder, items=items, users=users, trained=trained,
                          start_date=world.start_date.isoformat())
+
+
+TINY_PRIOR_WEIGHT = 1.0  # the served order blends the prior, so every serving test runs through it
 
 
 def serving_environ(valkey_url: str, artifacts_root: Path) -> dict[str, str]:

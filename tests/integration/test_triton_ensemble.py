@@ -192,6 +192,10 @@ def test_degradation_counters_are_exported_before_any_incident(served):
     text = urllib.request.urlopen(f"http://{served.server.host}:{served.server.metrics_port}/metrics").read().decode()
     for stage in ("filter_seen_items", "feast_user_lookup"):  # the series exist, at 0
         assert f'recsys_degraded_requests_total{{reason="valkey_unreachable",stage="{stage}"}} 0' in text, stage
+    # the tiny release blends the ordering prior (PRIOR_WEIGHT 1): every request so far found it in Valkey
+    assert 'recsys_degraded_requests_total{reason="prior_unavailable",stage="softmax_sampling"}' in text
+    served.recommend(3, device_type=1)
+    assert served.metric("recsys_degraded_requests_total", stage="softmax_sampling", reason="prior_unavailable") == 0
 
 
 def test_valkey_killed_mid_test_degrades_without_errors_and_recovers(served):
