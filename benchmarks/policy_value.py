@@ -12,6 +12,12 @@ taste term and the context ceiling, with capture and bootstrap intervals.
 ``--artifacts``: reads the days and the catalogue from the artifact root and replays every request through the
 release in ``serving/triton_repository`` in process (``InProcessPipeline``: needs the release's Valkey and
 online store reachable, as the running ensemble does). The world comes from the ``RECSYS_*`` settings.
+Before each day it publishes that day's popularity tables and ordering prior (the 7 days before it), as the
+daily refresh does. ``--prior-weights 0 2`` replays every request once per weight of the ordering prior
+(``softmax_sampling``'s ``PRIOR_WEIGHT``, lib/prior.py) as methods ``served w=<w>``, beside ``served`` (the
+release as built):
+
+    .venv/bin/python benchmarks/policy_value.py --artifacts artifacts --prior-weights 0 2
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ def stored_days(store, days) -> dict:
 
 
 def served_recommend(root: str, k: int):
-    """``(user, device, timestamp, diversity) -> ids`` through the root's release in process, and a closer."""
+    """``(user, device, timestamp, diversity) -> ids`` through the root's release in process, a closer, the
+    ordering stage (its ``prior_weight`` may be changed between replays) and the Valkey endpoint it reads."""
     from pathlib import Path
 
     from recsys_assets.lib import paths
@@ -56,13 +63,40 @@ def served_recommend(root: str, k: int):
     if not repository.is_dir():
         raise SystemExit(f"no built release at {repository}: materialize triton_model_repository (make demo) "
                          "first")
-    pipeline = InProcessPipeline(repository)
+    from recsys_assets.release import deploy
+    from recsys_assets.serving.stages.softmax_sampling import SoftmaxSampling
+
+    environ, valkey = deploy.local_environ(Path(root))
+    pipeline = InProcessPipeline(repository, environ=environ)
+    ordering = next(step[1].stage for step in pipeline.steps if isinstance(step[1].stage, SoftmaxSampling))
 
     def recommend(user_id: int, device: int, timestamp: int, diversity: bool = False) -> np.ndarray:
         return np.asarray(pipeline(user_id, device, timestamp, top_k=k, diversity=diversity)["ordered_ids"],
                           dtype=np.int64).ravel()[:k]
 
-    return recommend, pipeline.close
+    def close():
+        pipeline.close()
+        if valkey is not None and valkey.owned:
+            valkey.stop()
+
+    return recommend, close, ordering, environ["RECSYS_VALKEY_URL"] if "RECSYS_VALKEY_URL" in environ else None
+
+
+def publish_day(store, url: str, day: int, window: int = 7) -> None:
+    """The popularity tables and ordering prior of the ``window`` days before ``day``, as the daily refresh
+    publishes them for serving on ``day``."""
+    from recsys_assets.lib import paths, popularity, served_evaluation
+    from recsys_assets.lib.valkey_server import KeyLayout, parse_url
+
+    days = list(range(max(0, day - window), day))
+    tables = popularity.build_window(served_evaluation.logged_days(store, days), store.read_parquet(paths.ITEMS),
+                                     days)
+    space = KeyLayout.make().popularity
+    client = parse_url(url).client(db=space.db)
+    try:
+        popularity.publish(client, space.prefix, tables)
+    finally:
+        client.close()
 
 
 def replay(recommend, requests) -> tuple[list, int]:
@@ -107,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-split", type=int, default=1000)
     parser.add_argument("--eval-seed", type=int, default=0, help="request sampling, random list, bootstrap")
     parser.add_argument("--artifacts", default=None, help="an artifact root with a built release to score")
+    parser.add_argument("--prior-weights", type=float, nargs="*", default=[],
+                        help="with --artifacts: also replay with these weights of the ordering prior")
     args = parser.parse_args(argv)
 
     from recsys_assets.defs.partitions import TRAIN_DAYS, VALIDATION_DAYS
@@ -116,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args.days = args.days or [max(VALIDATION_DAYS) + 1, max(VALIDATION_DAYS) + 2]
     if min(args.days) <= max(TRAIN_DAYS):
         parser.error(f"--days must be after the train days 00-{max(TRAIN_DAYS):02d}")
-    recommend, close = None, lambda: None
+    recommend, close, ordering, url = None, lambda: None, None, None
     if args.artifacts:
         from recsys_assets.lib.artifacts import ArtifactStore
         from recsys_assets.lib.settings import Settings
@@ -127,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         days = stored_days(store, args.days)
         known, known_from = served_evaluation.known_users(store, max(TRAIN_DAYS))
         print(f"warm users: {known_from}")
-        recommend, close = served_recommend(args.artifacts, policy_value.K)
+        recommend, close, ordering, url = served_recommend(args.artifacts, policy_value.K)
     else:
         world = World(args.seed, args.scale)
         t0 = time.perf_counter()
@@ -149,8 +185,15 @@ def main(argv: list[str] | None = None) -> int:
             history = pd.concat([days[d] for d in range(day) if d in days], ignore_index=True)
             models = {}
             if recommend is not None:
-                models["served"], failed = replay(recommend, requests)
-                print(f"day {day:02d}: {len(requests)} requests served, {failed} failed")
+                if url is not None:
+                    publish_day(store, url, day)
+                    ordering._prior_at = None  # read the day's prior now, not after the cache's refresh period
+                built = ordering.prior_weight
+                for name, weight in [("served", built), *((f"served w={w:g}", w) for w in args.prior_weights)]:
+                    ordering.prior_weight = weight
+                    models[name], failed = replay(recommend, requests)
+                    print(f"day {day:02d}: {len(requests)} requests served ({name}), {failed} failed")
+                ordering.prior_weight = built
             result = policy_value.evaluate(requests, models, world=world, history=history, visits=days[day],
                                            seed=args.eval_seed)
             print_table(day, result, time.perf_counter() - t0)

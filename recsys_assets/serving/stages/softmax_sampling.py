@@ -73,11 +73,12 @@ class SoftmaxSampling(Stage):
         self.refresh_s = ctx.param_float("POPULARITY_REFRESH_S", 60.0)
         self._prior: prior.Prior | None = None
         self._prior_at: float | None = None
+        # connects on the first read only: a release without the prior never talks to Valkey
+        self.link = ValkeyLink(Runtime.from_environ(ctx.environ), "popularity", ctx.log,
+                               timeout_s=ctx.param_float("VALKEY_TIMEOUT_S", 0.25),
+                               retry_after_s=ctx.param_float("RETRY_AFTER_S", 1.0))
         if self.prior_weight > 0:
             ctx.declare_degraded("prior_unavailable")
-            self.link = ValkeyLink(Runtime.from_environ(ctx.environ), "popularity", ctx.log,
-                                   timeout_s=ctx.param_float("VALKEY_TIMEOUT_S", 0.25),
-                                   retry_after_s=ctx.param_float("RETRY_AFTER_S", 1.0))
 
     def table(self) -> prior.Prior | None:
         """The published prior (cached; the last good one while Valkey is away)."""
