@@ -266,14 +266,19 @@ class Executor:
         self.input_specs = [TensorSpec.from_config(e) for e in config.get("input", [])]
         self.output_specs = [TensorSpec.from_config(e) for e in config.get("output", [])]
         self._check_declared(stage_cls)
+        self._undeclared = tuple(n for n in stage_cls.optional_inputs if n not in {s.name for s in self.input_specs})
         self.stage = stage_cls(ctx)
 
     def _check_declared(self, stage_cls: type[Stage]) -> None:
         declared_in = {s.name: s for s in self.input_specs}
         wanted_in = set(stage_cls.inputs) | set(stage_cls.optional_inputs)
         problems = []
-        if set(declared_in) != wanted_in:
-            problems.append(f"inputs {sorted(declared_in)} != the stage's {sorted(wanted_in)}")
+        # An optional input may be left out of the config (a release built before the stage gained it: the stage
+        # then runs without it); a required one may not, nor may the config declare one the stage does not know.
+        if not set(stage_cls.inputs) <= set(declared_in) <= wanted_in:
+            problems.append(f"inputs {sorted(declared_in)} != the stage's {sorted(wanted_in)}"
+                            + (f" (of which {sorted(stage_cls.optional_inputs)} optional)"
+                               if stage_cls.optional_inputs else ""))
         for name in stage_cls.inputs:
             if name in declared_in and declared_in[name].optional:
                 problems.append(f"input {name!r} is required by the stage but declared optional")
@@ -284,7 +289,7 @@ class Executor:
             raise StageConfigError(f"model {self.name!r} ({stage_cls.__name__}): " + "; ".join(problems))
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        args: dict[str, np.ndarray | None] = {}
+        args: dict[str, np.ndarray | None] = dict.fromkeys(self._undeclared)
         for spec in self.input_specs:
             value = inputs.get(spec.name)
             if value is None:

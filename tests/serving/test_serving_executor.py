@@ -88,6 +88,18 @@ def test_a_config_that_does_not_match_the_stage_fails_the_load_naming_the_tensor
     required_made_optional = {**CONFIG, "input": [{**CONFIG["input"][0], "optional": True}, CONFIG["input"][1]]}
     with pytest.raises(StageConfigError, match="required by the stage but declared optional"):
         make(required_made_optional)
+    with pytest.raises(StageConfigError, match=r"inputs \['scale'\] != the stage's"):
+        make({**CONFIG, "input": CONFIG["input"][1:]})  # the required input left out
+    unknown = {**CONFIG, "input": [*CONFIG["input"], {"name": "z", "data_type": "TYPE_FP32", "dims": [1]}]}
+    with pytest.raises(StageConfigError, match=r"inputs \['scale', 'x', 'z'\] != the stage's"):
+        make(unknown)
+
+
+def test_a_config_from_before_an_optional_input_existed_still_loads_and_the_stage_gets_none():
+    older = make({**CONFIG, "input": CONFIG["input"][:1]})
+    assert older.run({"x": np.array([2.0], np.float32)})["y"].tolist() == [2.0]
+    with pytest.raises(BadRequest, match=r"no inputs named \['scale'\]"):  # not declared: not accepted either
+        older.run({"x": np.array([2.0], np.float32), "scale": np.array([3], np.int64)})
 
 
 def test_a_stage_output_of_the_wrong_kind_is_a_server_fault_not_a_silent_cast():
