@@ -26,7 +26,7 @@ from recsys_assets.lib.onnx_model import ALIASES
 from recsys_assets.serving.features import CONTEXT, ITEM, ITEM_INDEX, UNROLLED, USER, FeatureGroup
 
 # stage -> the groups its tensors carry, and the plain tensors it takes as they are ([N] or [N, D])
-LAYOUTS: dict[str, tuple[tuple[FeatureGroup, ...], dict[str, str]]] = {
+GROUP_LAYOUTS: dict[str, tuple[tuple[FeatureGroup, ...], dict[str, str]]] = {
     "query_tower": ((USER, CONTEXT), {}),
     "dlrm_ranking": ((UNROLLED, ITEM), {"item_id": ITEM_INDEX, "image_embedding": "image_embedding",
                                         "text_embedding": "text_embedding"}),
@@ -38,9 +38,9 @@ def group_inputs(model, stage: str, input_map: dict[str, str] | None = None):
     import onnx
     from onnx import TensorProto, helper
 
-    if stage not in LAYOUTS:
-        raise ValueError(f"no feature-group layout for {stage!r}: expected one of {sorted(LAYOUTS)}")
-    groups, plain = LAYOUTS[stage]
+    if stage not in GROUP_LAYOUTS:
+        raise ValueError(f"no feature-group layout for {stage!r}: expected one of {sorted(GROUP_LAYOUTS)}")
+    groups, plain = GROUP_LAYOUTS[stage]
     input_map = input_map or {}
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -182,7 +182,7 @@ def write_bls_variant(repository: Path, backend: str = "onnxruntime", kind: str 
     names = []
     for step in served_graph(repository).ensemble_scheduling.step:
         stage = model_of(step.model_name)
-        if stage not in LAYOUTS:
+        if stage not in GROUP_LAYOUTS:
             continue
         folder = repository / step.model_name
         config = parse_config(folder / "config.pbtxt")
@@ -213,7 +213,7 @@ def write_bls_variant(repository: Path, backend: str = "onnxruntime", kind: str 
             "# with ONNX_BLS_MODEL: the executor's stage calls the tower through BLS (write_bls_variant)\n" + text)
         names.append(name)
     if not names:
-        raise ReleaseError(f"{repository}: the served graph runs no {' or '.join(LAYOUTS)}")
+        raise ReleaseError(f"{repository}: the served graph runs no {' or '.join(GROUP_LAYOUTS)}")
     return names
 
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=sorted(LAYOUTS))
+    parser.add_argument("stage", choices=sorted(GROUP_LAYOUTS))
     parser.add_argument("source", type=Path, help="the exported model.onnx")
     parser.add_argument("target", type=Path)
     parser.add_argument("--input-map", default="{}", help="JSON: ONNX input name -> feature (the INPUT_MAP parameter)")
