@@ -15,9 +15,10 @@ online store reachable, as the running ensemble does). The world comes from the 
 Before each day it publishes that day's popularity tables and ordering prior (the 7 days before it), as the
 daily refresh does. ``--prior-weights 0 2`` replays every request once per weight of the ordering prior
 (``softmax_sampling``'s ``PRIOR_WEIGHT``, lib/prior.py) as methods ``served w=<w>``, beside ``served`` (the
-release as built):
+release as built); ``--context-candidates 0 100`` likewise for anonymous requests' context candidates
+(``filter_seen_items``' ``CONTEXT_CANDIDATES``) as ``served c=<n>``:
 
-    .venv/bin/python benchmarks/policy_value.py --artifacts artifacts --prior-weights 0 2
+    .venv/bin/python benchmarks/policy_value.py --artifacts artifacts --prior-weights 0 2 --context-candidates 100
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def stored_days(store, days) -> dict:
 
 def served_recommend(root: str, k: int):
     """``(user, device, timestamp, diversity) -> ids`` through the root's release in process, a closer, the
-    ordering stage (its ``prior_weight`` may be changed between replays) and the Valkey endpoint it reads."""
+    ordering and seen-filter stages (their ``prior_weight`` / ``context_candidates`` may be changed between
+    replays) and the Valkey endpoint they read."""
     from pathlib import Path
 
     from recsys_assets.lib import paths
@@ -64,11 +66,13 @@ def served_recommend(root: str, k: int):
         raise SystemExit(f"no built release at {repository}: materialize triton_model_repository (make demo) "
                          "first")
     from recsys_assets.release import deploy
+    from recsys_assets.serving.stages.filter_seen_items import FilterSeenItems
     from recsys_assets.serving.stages.softmax_sampling import SoftmaxSampling
 
     environ, valkey = deploy.local_environ(Path(root))
     pipeline = InProcessPipeline(repository, environ=environ)
     ordering = next(step[1].stage for step in pipeline.steps if isinstance(step[1].stage, SoftmaxSampling))
+    seen = next(step[1].stage for step in pipeline.steps if isinstance(step[1].stage, FilterSeenItems))
 
     def recommend(user_id: int, device: int, timestamp: int, diversity: bool = False) -> np.ndarray:
         return np.asarray(pipeline(user_id, device, timestamp, top_k=k, diversity=diversity)["ordered_ids"],
@@ -79,7 +83,7 @@ def served_recommend(root: str, k: int):
         if valkey is not None and valkey.owned:
             valkey.stop()
 
-    return recommend, close, ordering, environ["RECSYS_VALKEY_URL"] if "RECSYS_VALKEY_URL" in environ else None
+    return recommend, close, (ordering, seen), environ.get("RECSYS_VALKEY_URL")
 
 
 def publish_day(store, url: str, day: int, window: int = 7) -> None:
@@ -143,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", default=None, help="an artifact root with a built release to score")
     parser.add_argument("--prior-weights", type=float, nargs="*", default=[],
                         help="with --artifacts: also replay with these weights of the ordering prior")
+    parser.add_argument("--context-candidates", type=int, nargs="*", default=[],
+                        help="with --artifacts: also replay with these numbers of context candidates for anonymous "
+                             "requests (filter_seen_items' CONTEXT_CANDIDATES)")
     args = parser.parse_args(argv)
 
     from recsys_assets.defs.partitions import TRAIN_DAYS, VALIDATION_DAYS
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args.days = args.days or [max(VALIDATION_DAYS) + 1, max(VALIDATION_DAYS) + 2]
     if min(args.days) <= max(TRAIN_DAYS):
         parser.error(f"--days must be after the train days 00-{max(TRAIN_DAYS):02d}")
-    recommend, close, ordering, url = None, lambda: None, None, None
+    recommend, close, stages, url = None, lambda: None, None, None
     if args.artifacts:
         from recsys_assets.lib.artifacts import ArtifactStore
         from recsys_assets.lib.settings import Settings
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         days = stored_days(store, args.days)
         known, known_from = served_evaluation.known_users(store, max(TRAIN_DAYS))
         print(f"warm users: {known_from}")
-        recommend, close, ordering, url = served_recommend(args.artifacts, policy_value.K)
+        recommend, close, stages, url = served_recommend(args.artifacts, policy_value.K)
     else:
         world = World(args.seed, args.scale)
         t0 = time.perf_counter()
@@ -185,15 +192,19 @@ def main(argv: list[str] | None = None) -> int:
             history = pd.concat([days[d] for d in range(day) if d in days], ignore_index=True)
             models = {}
             if recommend is not None:
+                ordering, seen = stages
                 if url is not None:
                     publish_day(store, url, day)
-                    ordering._prior_at = None  # read the day's prior now, not after the cache's refresh period
-                built = ordering.prior_weight
-                for name, weight in [("served", built), *((f"served w={w:g}", w) for w in args.prior_weights)]:
-                    ordering.prior_weight = weight
+                    for stage in stages:  # read the day's prior now, not after the cache's refresh period
+                        stage.prior.invalidate()
+                built = ordering.prior_weight, seen.context_candidates
+                variants = [("served", built), *((f"served w={w:g}", (w, built[1])) for w in args.prior_weights),
+                            *((f"served c={c}", (built[0], c)) for c in args.context_candidates)]
+                for name, (weight, context) in variants:
+                    ordering.prior_weight, seen.context_candidates = weight, context
                     models[name], failed = replay(recommend, requests)
                     print(f"day {day:02d}: {len(requests)} requests served ({name}), {failed} failed")
-                ordering.prior_weight = built
+                ordering.prior_weight, seen.context_candidates = built
             result = policy_value.evaluate(requests, models, world=world, history=history, visits=days[day],
                                            seed=args.eval_seed)
             print_table(day, result, time.perf_counter() - t0)

@@ -96,25 +96,35 @@ class Prior:
     def n_categories(self) -> int:
         return int(self.lift.shape[0])
 
+    def _categories(self, item_ids, n_requests: int) -> tuple[np.ndarray, np.ndarray]:
+        """(requests, items) ids broadcast and their category codes (-1: an id the table does not know)."""
+        ids = np.asarray(item_ids, np.int64)
+        ids = np.broadcast_to(ids, (n_requests, ids.shape[-1]))
+        known = (ids >= 0) & (ids < len(self.clicks))
+        return ids, np.where(known, self.item_category[np.where(known, ids, 0)], -1)
+
+    def context_log_prior(self, item_ids, device: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+        """(requests, items): the terms that need no user, log lift + log log(2 + clicks) (what an anonymous
+        visitor's prior is, up to a constant)."""
+        device = np.asarray(device, np.int64).reshape(-1)
+        ids, category = self._categories(item_ids, len(device))
+        known = (ids >= 0) & (ids < len(self.clicks))
+        clicks = np.where(known, self.clicks[np.where(known, ids, 0)], 0.0)
+        device_known = (device >= 0) & (device < N_DEVICES)
+        band = band_of(np.asarray(timestamp, np.int64).reshape(-1), self.band_hours)
+        lift = self.lift[np.maximum(category, 0), np.maximum(device, 0)[:, None], band[:, None]]
+        log_lift = np.where((category >= 0) & device_known[:, None], np.log(lift), 0.0)
+        return log_lift + np.log(np.log(2.0 + clicks))
+
     def log_prior(self, item_ids, device: np.ndarray, timestamp: np.ndarray, interests: np.ndarray) -> np.ndarray:
         """(requests, items) prior of ``item_ids`` ((items,) shared, or (requests, items)) for each request's
         device, timestamp and (requests, 3) interest codes. Unknown ids and devices get the neutral terms."""
-        ids = np.asarray(item_ids, np.int64)
         device = np.asarray(device, np.int64).reshape(-1)
-        ids = np.broadcast_to(ids, (len(device), ids.shape[-1]))
-        known = (ids >= 0) & (ids < len(self.clicks))
-        safe = np.where(known, ids, 0)
-        clicks = np.where(known, self.clicks[safe], 0.0)
-        category = np.where(known, self.item_category[safe], -1)
-        has_category = category >= 0
-        safe_category = np.maximum(category, 0)
+        _, category = self._categories(item_ids, len(device))
         mix = interest_mix(interests, self.n_categories)
-        log_mix = np.where(has_category, np.log(np.take_along_axis(mix, safe_category, axis=1)), np.log(MIX_FLOOR))
-        device_known = (device >= 0) & (device < N_DEVICES)
-        band = band_of(np.asarray(timestamp, np.int64).reshape(-1), self.band_hours)
-        lift = self.lift[safe_category, np.maximum(device, 0)[:, None], band[:, None]]
-        log_lift = np.where(has_category & device_known[:, None], np.log(lift), 0.0)
-        return log_mix + log_lift + np.log(np.log(2.0 + clicks))
+        log_mix = np.where(category >= 0, np.log(np.take_along_axis(mix, np.maximum(category, 0), axis=1)),
+                           np.log(MIX_FLOOR))
+        return log_mix + self.context_log_prior(item_ids, device, timestamp)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()

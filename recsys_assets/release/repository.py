@@ -156,6 +156,9 @@ class ServingDefaults:
     bloom_error_rate: float = 0.01
     bloom_ttl_s: int = 7 * 24 * 3600
     bloom_mode: str = "auto"
+    context_candidates: int = 0
+    """CONTEXT_CANDIDATES: retrieval candidates of an anonymous request swapped for the best items of its context
+    by the ordering prior (filter_seen_items; 0: none)."""
     item_cache_refresh_s: float = 300.0
     feast_read: str = "provider"
     """feast_user_lookup: "provider" (online_read) or "sdk" (get_online_features)."""
@@ -198,7 +201,8 @@ def _parameters(model: str, trained: TrainedArtifacts, defaults: ServingDefaults
                             "START_DATE": start_date},
         "filter_seen_items": {"RETRIEVAL_TOPK": d.retrieval_topk, "START_DATE": start_date,
                               "BLOOM_CAPACITY": d.bloom_capacity, "BLOOM_ERROR_RATE": repr(d.bloom_error_rate),
-                              "BLOOM_TTL_S": d.bloom_ttl_s, "BLOOM_MODE": d.bloom_mode},
+                              "BLOOM_TTL_S": d.bloom_ttl_s, "BLOOM_MODE": d.bloom_mode,
+                              "CONTEXT_CANDIDATES": d.context_candidates},
         "feast_item_lookup": {"ITEM_CACHE_REFRESH_S": repr(float(d.item_cache_refresh_s))},
         "multimodal_embedding_lookup": {"IMAGE_DIMS": trained.image_dims},
         "dlrm_ranking": {"INPUT_MAP": json.dumps(dict(trained.dlrm_input_map), sort_keys=True)},
@@ -598,6 +602,7 @@ def defaults_from_release(repository: Path, release: Release) -> ServingDefaults
         sampling_seed=int(p["softmax_sampling"]["SAMPLING_SEED"]),
         bloom_capacity=int(fs["BLOOM_CAPACITY"]), bloom_error_rate=float(fs["BLOOM_ERROR_RATE"]),
         bloom_ttl_s=int(fs["BLOOM_TTL_S"]), bloom_mode=fs["BLOOM_MODE"],
+        context_candidates=int(fs.get("CONTEXT_CANDIDATES") or 0),
         item_cache_refresh_s=float(p["feast_item_lookup"]["ITEM_CACHE_REFRESH_S"]),
         feast_read=p["feast_user_lookup"]["FEAST_READ"], instances=instances,
         instance_counts={m: c for m, c in counts.items() if c != instances}, layout=release.layout,

@@ -217,3 +217,37 @@ class ValkeyLink:
     def close(self) -> None:
         self._drop_client()
 
+
+
+class PublishedPrior:
+    """The ordering prior published with the popularity tables (``lib.popularity.read_prior``), read through a
+    :class:`ValkeyLink` on the popularity space at most every ``refresh_s``; the last good table while Valkey is
+    away or nothing newer is published. Connects on the first :meth:`get` only."""
+
+    def __init__(self, runtime: Runtime, log: logging.Logger, refresh_s: float = 60.0, timeout_s: float = 0.25,
+                 retry_after_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.link = ValkeyLink(runtime, "popularity", log, timeout_s=timeout_s, retry_after_s=retry_after_s)
+        self.log = log
+        self.refresh_s = refresh_s
+        self.clock = clock
+        self._table = None
+        self._read_at: float | None = None
+
+    def invalidate(self) -> None:
+        """Read again on the next :meth:`get` (a new table was just published)."""
+        self._read_at = None
+
+    def get(self):
+        """The current ``lib.prior.Prior``, or None when none could be read yet."""
+        now = self.clock()
+        if self._read_at is None or now - self._read_at >= self.refresh_s:
+            from recsys_assets.lib import popularity, prior
+
+            try:
+                self._table = self.link.run(lambda c: popularity.read_prior(c, self.link.prefix))
+            except ValkeyUnavailable:
+                pass
+            except (popularity.PopularityNotPublished, prior.PriorError) as exc:
+                self.log.warning("no ordering prior: %s", exc)
+            self._read_at = now
+        return self._table

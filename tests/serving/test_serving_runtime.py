@@ -199,3 +199,29 @@ def test_the_prior_reorders_by_clicks_context_and_interests_and_degrades_without
     assert _order(cold, ids, dlrm)[0] == ids
     assert cold.ctx.metrics.value("recsys_degraded_requests_total", stage="softmax_sampling",
                                   reason="prior_unavailable") == 1
+
+
+@pytest.mark.integration
+def test_anonymous_requests_swap_their_last_candidates_for_the_contexts_best_items(tmp_path, tiny, valkey):
+    a, b, _ = _publish_prior(valkey, tiny)
+    np.save(tmp_path / "availability.npy", np.zeros(len(tiny.items), np.int64))
+    stage = FilterSeenItems(StageContext("filter_seen_items", model_dir=tmp_path, environ={
+        "RECSYS_VALKEY_URL": f"redis://127.0.0.1:{valkey.port}"}, params={
+        "START_DATE": "2026-01-01", "RETRIEVAL_TOPK": "5", "CONTEXT_CANDIDATES": "2", "RETRY_AFTER_S": "0"}))
+    try:
+        retrieved = [int(i) for i in b[:7]]  # never clicked: the context's best are category A's clicked items
+
+        def run(user, device=1):
+            return stage(user_id=np.array([user]), candidate_ids=np.asarray(retrieved, np.int64),
+                         timestamp=np.array([DAY0 + 3600]), top_k=np.array([3]),
+                         **({"device_type": np.array([device])} if device is not None else {}))["item_ids"].tolist()
+
+        anonymous = run(-1)
+        assert anonymous[:3] == retrieved[:3] and len(anonymous) == 5
+        assert set(anonymous[3:]) <= set(a.tolist())  # swapped in from the prior's context ranking
+        assert run(12) == retrieved[:5]                 # a known user keeps retrieval's candidates
+        assert run(-1, device=None) == retrieved[:5]    # no context, nothing to rank by
+        assert stage.ctx.metrics.value("recsys_degraded_requests_total", stage="filter_seen_items",
+                                       reason="prior_unavailable") == 0
+    finally:
+        stage.close()

@@ -5,6 +5,12 @@ knows them; -1 is never filtered), ``candidate_ids`` INT64 [-1] (retrieval order
 ``top_k`` INT64 [1]. Output: ``item_ids`` INT64 [-1]: the unseen candidates in retrieval order, at most
 ``RETRIEVAL_TOPK`` of them (what the ranker scores).
 
+Anonymous requests (user -1) with ``CONTEXT_CANDIDATES`` n > 0 and a ``device_type`` (optional input) swap the last
+n of those for the n available items the ordering prior ranks best in the request's device and time band without
+a user (``lib.prior.Prior.context_log_prior``: the category's click lift there and the item's clicks): a
+context-conditioned candidate source beside the query tower, which knows nothing of an anonymous visitor. Without
+the prior (not published, Valkey away) the retrieval candidates stay, counted as ``prior_unavailable``.
+
 When fewer than ``top_k`` survive, the list is filled from the popularity tables (``lib.popularity``, global
 table, cached for ``POPULARITY_REFRESH_S``) with popular items that are available on the request's day, unseen
 and not already candidates, so a heavy user never gets a short list.
@@ -27,13 +33,14 @@ import numpy as np
 from recsys_assets.serving.bloom import BloomParams, SeenFilter
 from recsys_assets.serving.common import AVAILABILITY_FILE, Availability, day_of, epoch_of, scalar
 from recsys_assets.serving.executor import Stage, StageContext
-from recsys_assets.serving.runtime import Runtime, ValkeyLink, ValkeyUnavailable
+from recsys_assets.serving.runtime import PublishedPrior, Runtime, ValkeyLink, ValkeyUnavailable
 
 NEVER = 10**9  # a day late enough that every item counts as released (availability is checked locally)
 
 
 class FilterSeenItems(Stage):
     inputs = ("user_id", "candidate_ids", "timestamp", "top_k")
+    optional_inputs = ("device_type",)
     outputs = ("item_ids",)
 
     clock = staticmethod(time.monotonic)
@@ -56,6 +63,11 @@ class FilterSeenItems(Stage):
         self.availability = Availability.load(ctx.artifact(AVAILABILITY_FILE))
         self._popular = np.zeros(0, np.int64)
         self._popular_at: float | None = None
+        self.context_candidates = ctx.param_int("CONTEXT_CANDIDATES", 0)
+        self.prior = PublishedPrior(runtime, ctx.log, refresh_s=self.popularity_refresh_s, timeout_s=timeout,
+                                    retry_after_s=retry, clock=lambda: self.clock())
+        if self.context_candidates > 0:
+            ctx.declare_degraded("prior_unavailable")
         if not runtime.valkey_url:
             ctx.log.warning("RECSYS_VALKEY_URL is not set: seen items are not filtered and there is no popularity "
                             "fill (every request counts as degraded)")
@@ -87,11 +99,28 @@ class FilterSeenItems(Stage):
             self.ctx.degraded("valkey_unreachable")
             return np.zeros(len(ids), dtype=bool)
 
-    def __call__(self, user_id, candidate_ids, timestamp, top_k):
+    def with_context_candidates(self, kept: np.ndarray, device: int, timestamp: int) -> np.ndarray:
+        """``kept`` with its last ``CONTEXT_CANDIDATES`` replaced by the best available items of the context."""
+        table = self.prior.get()
+        if table is None:
+            self.ctx.degraded("prior_unavailable")
+            return kept
+        n = min(self.context_candidates, self.topk)
+        ids = np.arange(len(table.clicks), dtype=np.int64)
+        ids = ids[self.availability.mask(ids, day_of(timestamp, self.start_epoch))]
+        score = table.context_log_prior(ids, np.array([device]), np.array([timestamp]))[0]
+        head = kept[:self.topk - n]
+        best = ids[np.argsort(-score, kind="stable")]
+        return np.concatenate([head, best[~np.isin(best, head)][:n]])
+
+    def __call__(self, user_id, candidate_ids, timestamp, top_k, device_type=None):
         uid = int(scalar(user_id, "user_id"))
         k = int(scalar(top_k, "top_k"))
         candidates = np.asarray(candidate_ids, dtype=np.int64)
         kept = candidates[~self.seen(uid, candidates)][:self.topk]
+        if uid < 0 and self.context_candidates > 0 and device_type is not None:
+            kept = self.with_context_candidates(kept, int(scalar(device_type, "device_type")),
+                                                int(scalar(timestamp, "timestamp")))
         if len(kept) < k:  # rare: a heavy user or a tiny catalogue; fill from the popular items
             day = day_of(int(scalar(timestamp, "timestamp")), self.start_epoch)
             popular = self.popular()

@@ -26,7 +26,6 @@ Seedable: ``SAMPLING_SEED`` >= 0 makes each request's draw a function of the see
 
 from __future__ import annotations
 
-import time
 import zlib
 
 import numpy as np
@@ -34,7 +33,7 @@ import numpy as np
 from recsys_assets.lib import prior
 from recsys_assets.serving.common import scalar
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
-from recsys_assets.serving.runtime import Runtime, ValkeyLink, ValkeyUnavailable
+from recsys_assets.serving.runtime import PublishedPrior, Runtime
 
 PRIOR_INPUTS = ("device_type", "timestamp", "interest_1", "interest_2", "interest_3")
 
@@ -59,8 +58,6 @@ class SoftmaxSampling(Stage):
     optional_inputs = PRIOR_INPUTS
     outputs = ("selected_index", "selected_ids", "selected_scores")
 
-    clock = staticmethod(time.monotonic)
-
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         self.pool = ctx.param_int("RANKING_TOPK", 100)
@@ -70,36 +67,19 @@ class SoftmaxSampling(Stage):
         if self.pool < 1 or self.temperature <= 0 or not self.prior_weight >= 0:
             raise StageConfigError(f"RANKING_TOPK={self.pool} must be >= 1, DIVERSITY_TEMPERATURE="
                                    f"{self.temperature} > 0 and PRIOR_WEIGHT={self.prior_weight} >= 0")
-        self.refresh_s = ctx.param_float("POPULARITY_REFRESH_S", 60.0)
-        self._prior: prior.Prior | None = None
-        self._prior_at: float | None = None
         # connects on the first read only: a release without the prior never talks to Valkey
-        self.link = ValkeyLink(Runtime.from_environ(ctx.environ), "popularity", ctx.log,
-                               timeout_s=ctx.param_float("VALKEY_TIMEOUT_S", 0.25),
-                               retry_after_s=ctx.param_float("RETRY_AFTER_S", 1.0))
+        self.prior = PublishedPrior(Runtime.from_environ(ctx.environ), ctx.log,
+                                    refresh_s=ctx.param_float("POPULARITY_REFRESH_S", 60.0),
+                                    timeout_s=ctx.param_float("VALKEY_TIMEOUT_S", 0.25),
+                                    retry_after_s=ctx.param_float("RETRY_AFTER_S", 1.0))
         if self.prior_weight > 0:
             ctx.declare_degraded("prior_unavailable")
-
-    def table(self) -> prior.Prior | None:
-        """The published prior (cached; the last good one while Valkey is away)."""
-        now = self.clock()
-        if self._prior_at is None or now - self._prior_at >= self.refresh_s:
-            from recsys_assets.lib import popularity
-
-            try:
-                self._prior = self.link.run(lambda c: popularity.read_prior(c, self.link.prefix))
-            except ValkeyUnavailable:
-                pass
-            except (popularity.PopularityNotPublished, prior.PriorError) as exc:
-                self.ctx.log.warning("ordering without the prior: %s", exc)
-            self._prior_at = now
-        return self._prior
 
     def ordering_scores(self, scores: np.ndarray, item_ids: np.ndarray, context: dict) -> np.ndarray:
         """The scores the order follows: the DLRM's, blended with the prior when there is one."""
         if self.prior_weight == 0 or not len(scores):
             return scores
-        table = self.table() if all(context.get(name) is not None for name in PRIOR_INPUTS) else None
+        table = self.prior.get() if all(context.get(name) is not None for name in PRIOR_INPUTS) else None
         if table is None:
             self.ctx.degraded("prior_unavailable")
             return scores
