@@ -70,7 +70,12 @@ def served_recommend(root: str, k: int):
     from recsys_assets.serving.stages.softmax_sampling import SoftmaxSampling
 
     environ, valkey = deploy.local_environ(Path(root))
-    pipeline = InProcessPipeline(repository, environ=environ)
+    try:
+        pipeline = InProcessPipeline(repository, environ=environ)
+    except BaseException:  # a release that does not load: leave no Valkey behind
+        if valkey is not None and valkey.owned:
+            valkey.stop()
+        raise
     ordering = next(step[1].stage for step in pipeline.steps if isinstance(step[1].stage, SoftmaxSampling))
     seen = next(step[1].stage for step in pipeline.steps if isinstance(step[1].stage, FilterSeenItems))
 
