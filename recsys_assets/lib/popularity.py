@@ -89,17 +89,20 @@ def build_tables(clicked_item_ids: np.ndarray, items: pd.DataFrame, window: Sequ
 WINDOW_COLUMNS = ["item_id", "click", "device_type", "timestamp"]
 
 
-def build_window(impressions: pd.DataFrame, items: pd.DataFrame, window: Sequence[int]) -> PopularityTables:
-    """The tables and the ordering prior of a window's impressions (:data:`WINDOW_COLUMNS`)."""
+def window_prior(impressions: pd.DataFrame, items: pd.DataFrame) -> "Prior":
+    """The ordering prior of a window's impressions (:data:`WINDOW_COLUMNS`) over the catalogue ``items``."""
     from recsys_assets.lib import prior, top_category
 
-    click = impressions["click"].to_numpy()
-    tables = build_tables(impressions.loc[click == 1, "item_id"].to_numpy(), items, window)
     vocabulary = top_category.category_vocabulary(items["category_l1"])
     codes = top_category.category_codes(items.sort_values("item_id")["category_l1"], vocabulary)
-    table = prior.build(impressions["item_id"].to_numpy(), impressions["device_type"].to_numpy(),
-                        impressions["timestamp"].to_numpy(), click, codes, len(vocabulary))
-    return dataclasses.replace(tables, prior=table)
+    return prior.build(impressions["item_id"].to_numpy(), impressions["device_type"].to_numpy(),
+                       impressions["timestamp"].to_numpy(), impressions["click"].to_numpy(), codes, len(vocabulary))
+
+
+def build_window(impressions: pd.DataFrame, items: pd.DataFrame, window: Sequence[int]) -> PopularityTables:
+    """The tables and the ordering prior of a window's impressions (:data:`WINDOW_COLUMNS`)."""
+    clicked = impressions.loc[impressions["click"].to_numpy() == 1, "item_id"].to_numpy()
+    return dataclasses.replace(build_tables(clicked, items, window), prior=window_prior(impressions, items))
 
 
 def ranking(tables: PopularityTables, day: int | None = None, category_l1: str | None = None,

@@ -27,6 +27,7 @@ them in Valkey (``lib.popularity``), so the daily popularity refresh moves both 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 
 import numpy as np
@@ -76,10 +77,10 @@ def interest_mix(interests: np.ndarray, n_categories: int) -> np.ndarray:
     """(users, categories) mix from (users, 3) interest codes (-1: none)."""
     interests = np.asarray(interests, np.int64).reshape(-1, len(INTEREST_WEIGHTS))
     mix = np.full((len(interests), n_categories), MIX_FLOOR)
-    total = sum(INTEREST_WEIGHTS)
-    for k, weight in enumerate(INTEREST_WEIGHTS):
-        has = (interests[:, k] >= 0) & (interests[:, k] < n_categories)
-        mix[np.flatnonzero(has), interests[has, k]] += weight / total
+    has = (interests >= 0) & (interests < n_categories)
+    users = np.broadcast_to(np.arange(len(interests))[:, None], interests.shape)
+    shares = np.broadcast_to(np.asarray(INTEREST_WEIGHTS) / sum(INTEREST_WEIGHTS), interests.shape)
+    np.add.at(mix, (users[has], interests[has]), shares[has])
     return mix
 
 
@@ -96,35 +97,42 @@ class Prior:
     def n_categories(self) -> int:
         return int(self.lift.shape[0])
 
-    def _categories(self, item_ids, n_requests: int) -> tuple[np.ndarray, np.ndarray]:
-        """(requests, items) ids broadcast and their category codes (-1: an id the table does not know)."""
-        ids = np.asarray(item_ids, np.int64)
-        ids = np.broadcast_to(ids, (n_requests, ids.shape[-1]))
-        known = (ids >= 0) & (ids < len(self.clicks))
-        return ids, np.where(known, self.item_category[np.where(known, ids, 0)], -1)
+    @functools.cached_property
+    def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per request-independent logs, computed once per table: the item's category and log log(2 + clicks)
+        with one extra slot at the end for an unknown id, and log lift padded with a neutral (0) last category and
+        last device, so -1 (unknown) indexes the neutral entries."""
+        category = np.append(self.item_category, -1)
+        log_pop = np.append(np.log(np.log(2.0 + self.clicks)), np.log(np.log(2.0)))
+        log_lift = np.zeros((self.n_categories + 1, N_DEVICES + 1, self.lift.shape[2]))
+        log_lift[:-1, :-1] = np.log(self.lift)
+        return category, log_pop, log_lift
+
+    def _rows(self, item_ids, n_requests: int) -> np.ndarray:
+        """(requests, items) row numbers into :attr:`_tables` (-1: an id the table does not know)."""
+        ids = np.broadcast_to(np.asarray(item_ids, np.int64), (n_requests, np.shape(item_ids)[-1]))
+        return np.where((ids >= 0) & (ids < len(self.clicks)), ids, -1)
+
+    def _context(self, rows: np.ndarray, device: np.ndarray, timestamp) -> np.ndarray:
+        category, log_pop, log_lift = self._tables
+        device = np.where((device >= 0) & (device < N_DEVICES), device, -1)
+        band = band_of(np.asarray(timestamp, np.int64).reshape(-1), self.band_hours)
+        return log_lift[category[rows], device[:, None], band[:, None]] + log_pop[rows]
 
     def context_log_prior(self, item_ids, device: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
         """(requests, items): the terms that need no user, log lift + log log(2 + clicks) (what an anonymous
         visitor's prior is, up to a constant)."""
         device = np.asarray(device, np.int64).reshape(-1)
-        ids, category = self._categories(item_ids, len(device))
-        known = (ids >= 0) & (ids < len(self.clicks))
-        clicks = np.where(known, self.clicks[np.where(known, ids, 0)], 0.0)
-        device_known = (device >= 0) & (device < N_DEVICES)
-        band = band_of(np.asarray(timestamp, np.int64).reshape(-1), self.band_hours)
-        lift = self.lift[np.maximum(category, 0), np.maximum(device, 0)[:, None], band[:, None]]
-        log_lift = np.where((category >= 0) & device_known[:, None], np.log(lift), 0.0)
-        return log_lift + np.log(np.log(2.0 + clicks))
+        return self._context(self._rows(item_ids, len(device)), device, timestamp)
 
     def log_prior(self, item_ids, device: np.ndarray, timestamp: np.ndarray, interests: np.ndarray) -> np.ndarray:
         """(requests, items) prior of ``item_ids`` ((items,) shared, or (requests, items)) for each request's
         device, timestamp and (requests, 3) interest codes. Unknown ids and devices get the neutral terms."""
         device = np.asarray(device, np.int64).reshape(-1)
-        _, category = self._categories(item_ids, len(device))
-        mix = interest_mix(interests, self.n_categories)
-        log_mix = np.where(category >= 0, np.log(np.take_along_axis(mix, np.maximum(category, 0), axis=1)),
-                           np.log(MIX_FLOOR))
-        return log_mix + self.context_log_prior(item_ids, device, timestamp)
+        rows = self._rows(item_ids, len(device))
+        log_mix = np.full((len(device), self.n_categories + 1), np.log(MIX_FLOOR))  # last column: no category
+        log_mix[:, :-1] = np.log(interest_mix(interests, self.n_categories))
+        return np.take_along_axis(log_mix, self._tables[0][rows], axis=1) + self._context(rows, device, timestamp)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -167,9 +175,14 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 
 def blend(p: np.ndarray, log_prior: np.ndarray | None, weight: float) -> np.ndarray:
-    """The ordering score: ``logit(p) + weight * log_prior`` (just the logit when there is no prior)."""
-    score = logit(p)
-    return score if log_prior is None or weight == 0 else score + weight * log_prior
+    """The ordering score: ``logit(p) + weight * log_prior`` (just the logit when there is no prior); a slot
+    without a candidate (p = -inf) stays -inf."""
+    p = np.asarray(p, np.float64)
+    empty = ~np.isfinite(p)
+    score = logit(np.where(empty, 0.5, p))
+    if log_prior is not None and weight != 0:
+        score = score + weight * log_prior
+    return np.where(empty, -np.inf, score)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

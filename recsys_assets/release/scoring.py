@@ -132,11 +132,10 @@ class ReleaseScorer:
         scores = np.full(found.shape, -np.inf)
         scores[rows, slots] = self.click_probability(frame, batch)
         if prior_table is not None and self.prior_weight > 0:
-            valid = np.isfinite(scores)
             log_prior = prior_table.log_prior(found, requests["device_type"].to_numpy(np.int64),
                                               requests["timestamp"].to_numpy(np.int64),
                                               requests[list(INTERESTS)].to_numpy(np.int64))
-            scores = np.where(valid, prior.blend(np.where(valid, scores, 0.5), log_prior, self.prior_weight), -np.inf)
+            scores = prior.blend(scores, log_prior, self.prior_weight)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         ranked = np.take_along_axis(found, order, axis=1)
         ranked = np.where(np.take_along_axis(scores, order, axis=1) == -np.inf, -1, ranked)

@@ -221,12 +221,14 @@ class ValkeyLink:
 
 class PublishedPrior:
     """The ordering prior published with the popularity tables (``lib.popularity.read_prior``), read through a
-    :class:`ValkeyLink` on the popularity space at most every ``refresh_s``; the last good table while Valkey is
+    :class:`ValkeyLink` on the popularity space (the stage's own, shared) at most every ``refresh_s``; the last good table while Valkey is
     away or nothing newer is published. Connects on the first :meth:`get` only."""
 
-    def __init__(self, runtime: Runtime, log: logging.Logger, refresh_s: float = 60.0, timeout_s: float = 0.25,
-                 retry_after_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.link = ValkeyLink(runtime, "popularity", log, timeout_s=timeout_s, retry_after_s=retry_after_s)
+    def __init__(self, link: ValkeyLink, log: logging.Logger, refresh_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if link.space != "popularity":
+            raise ValueError(f"the prior lives in the popularity key space, not {link.space!r}")
+        self.link = link
         self.log = log
         self.refresh_s = refresh_s
         self.clock = clock

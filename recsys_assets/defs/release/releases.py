@@ -231,7 +231,7 @@ def _gate(store: ArtifactStore, live, candidate: Release, served, data: scoring.
     # whose ordering prior is what the daily popularity refresh publishes for serving on the gate day
     window = range(max(0, data.day - config.popularity_days), data.day)
     history = served_evaluation.logged_days(store, window)
-    prior_table = pop.build_window(history, catalogue, list(window)).prior if len(history) else None
+    prior_table = pop.window_prior(history, catalogue) if len(history) else None
     lists = {name: scorer.recommend(requests, data.day, catalogue, config.top_k, candidates, prior_table=prior_table)
              for name, scorer in scorers.items()}
     true = scoring.true_evaluation(lists, requests, world, history,

@@ -892,7 +892,7 @@ def _prior_sweep(store: ArtifactStore, reranked: dict, catalogue: pd.DataFrame, 
     if not len(requests):
         return {}
     window = served_evaluation.logged_days(store, config.train_days)
-    table = pop.build_window(window, catalogue, config.train_days).prior
+    table = pop.window_prior(window, catalogue)
     last = int(requests["day"].max())
     events = served_evaluation.logged_days(store, range(0, last + 1))
     days = requests["day"].to_numpy(np.int64)
@@ -901,12 +901,8 @@ def _prior_sweep(store: ArtifactStore, reranked: dict, catalogue: pd.DataFrame, 
         events["click"], requests["user_id"], np.array([world_day_start(int(d)) for d in days]))
     log_prior = table.log_prior(reranked["candidates"], requests["device_type"].to_numpy(np.int64),
                                 requests["timestamp"].to_numpy(np.int64), interests)
-    p = np.where(np.isfinite(reranked["scores"]), reranked["scores"], 0.5)
-    lists = {}
-    for weight in config.prior_weights:
-        blended = np.where(np.isfinite(reranked["scores"]), prior.blend(p, log_prior, weight), -np.inf)
-        lists[_prior_method(weight)] = _top(blended, reranked["candidates"], config.top_k)
-    return lists
+    return {_prior_method(w): _top(prior.blend(reranked["scores"], log_prior, w), reranked["candidates"], config.top_k)
+            for w in config.prior_weights}
 
 
 def _prior_method(weight: float) -> str:

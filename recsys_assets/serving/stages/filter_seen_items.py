@@ -64,8 +64,8 @@ class FilterSeenItems(Stage):
         self._popular = np.zeros(0, np.int64)
         self._popular_at: float | None = None
         self.context_candidates = ctx.param_int("CONTEXT_CANDIDATES", 0)
-        self.prior = PublishedPrior(runtime, ctx.log, refresh_s=self.popularity_refresh_s, timeout_s=timeout,
-                                    retry_after_s=retry, clock=lambda: self.clock())
+        self.prior = PublishedPrior(self.popularity_link, ctx.log, refresh_s=self.popularity_refresh_s,
+                                    clock=lambda: self.clock())
         if self.context_candidates > 0:
             ctx.declare_degraded("prior_unavailable")
         if not runtime.valkey_url:
@@ -98,6 +98,10 @@ class FilterSeenItems(Stage):
         except ValkeyUnavailable:
             self.ctx.degraded("valkey_unreachable")
             return np.zeros(len(ids), dtype=bool)
+
+    def close(self) -> None:
+        self.seen_link.close()
+        self.popularity_link.close()
 
     def with_context_candidates(self, kept: np.ndarray, device: int, timestamp: int) -> np.ndarray:
         """``kept`` with its last ``CONTEXT_CANDIDATES`` replaced by the best available items of the context."""

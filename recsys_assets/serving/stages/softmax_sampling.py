@@ -33,7 +33,7 @@ import numpy as np
 from recsys_assets.lib import prior
 from recsys_assets.serving.common import scalar
 from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
-from recsys_assets.serving.runtime import PublishedPrior, Runtime
+from recsys_assets.serving.runtime import PublishedPrior, Runtime, ValkeyLink
 
 PRIOR_INPUTS = ("device_type", "timestamp", "interest_1", "interest_2", "interest_3")
 
@@ -68,10 +68,10 @@ class SoftmaxSampling(Stage):
             raise StageConfigError(f"RANKING_TOPK={self.pool} must be >= 1, DIVERSITY_TEMPERATURE="
                                    f"{self.temperature} > 0 and PRIOR_WEIGHT={self.prior_weight} >= 0")
         # connects on the first read only: a release without the prior never talks to Valkey
-        self.prior = PublishedPrior(Runtime.from_environ(ctx.environ), ctx.log,
-                                    refresh_s=ctx.param_float("POPULARITY_REFRESH_S", 60.0),
-                                    timeout_s=ctx.param_float("VALKEY_TIMEOUT_S", 0.25),
-                                    retry_after_s=ctx.param_float("RETRY_AFTER_S", 1.0))
+        link = ValkeyLink(Runtime.from_environ(ctx.environ), "popularity", ctx.log,
+                          timeout_s=ctx.param_float("VALKEY_TIMEOUT_S", 0.25),
+                          retry_after_s=ctx.param_float("RETRY_AFTER_S", 1.0))
+        self.prior = PublishedPrior(link, ctx.log, refresh_s=ctx.param_float("POPULARITY_REFRESH_S", 60.0))
         if self.prior_weight > 0:
             ctx.declare_degraded("prior_unavailable")
 
@@ -87,6 +87,9 @@ class SoftmaxSampling(Stage):
         log_prior = table.log_prior(item_ids, np.array([value["device_type"]]), np.array([value["timestamp"]]),
                                     np.array([[value[f"interest_{k}"] for k in (1, 2, 3)]]))[0]
         return prior.sigmoid(prior.blend(scores, log_prior, self.prior_weight)).astype(np.float32)
+
+    def close(self) -> None:
+        self.prior.link.close()
 
     def rng(self, scores: np.ndarray) -> np.random.Generator:
         if self.seed < 0:
