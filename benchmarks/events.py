@@ -8,7 +8,7 @@ worker), then measures from a client on the same machine:
 1. ``POST /events`` round trips (``--clicks`` by 100 users new to the online store, random available items,
    after a warm-up), once per durability mode (``fsync``, the default with an append-only file: the response once the
    event is fsynced, WAITAOF; ``async``: once the server has it), with the server's own breakdown (stream, seen
-   filter, window, Feast read, Feast push);
+   filter, window, Feast reads, the Feast pushes of top_category and of the interests);
 2. click -> changed recommendations (``--trials``): ask for a user's top 10, click the first one, ask again at
    once; the time from the click's response to the new list (which no longer holds the clicked item), and from
    sending the click to the new list.
@@ -161,9 +161,12 @@ def main(argv=None) -> int:
                 with api_process({**env, "RECSYS_EVENTS_DURABILITY": mode}, free_port(), Path(tmp) / "api.log") as base:
                     rtt, parts = click_latencies(base, 10**6 * (n + 1), items, args.clicks, seed=11)
                     print(row(f"POST /events round trip ({mode})", rtt))
-                    for name in ("stream", "seen_filter", "window", "feast_read", "feast_push", "total"):
+                    for name in ("stream", "seen_filter", "window", "feast_read", "feast_push",
+                                 "feast_push_interests", "total"):
                         if name in parts:
                             print(row(f"  server: {name}", parts[name]))
+                    print(f"  clicks that pushed a new top_category: {len(parts.get('feast_push', []))}/{len(rtt)}, "
+                          f"new interests: {len(parts.get('feast_push_interests', []))}/{len(rtt)}")
                     if triton is not None and mode == "fsync":
                         change = click_to_change(base, users, args.trials)
             if triton is not None:

@@ -1,13 +1,15 @@
 """The recommender's Feast repository: entities, sources, feature views and the user feature service.
 
-Entities are keyed by the names serving uses (``user_id``, ``item_id``, int64). Four feature views:
+Entities are keyed by the names serving uses (``user_id``, ``item_id``, int64). Five feature views:
 
 - ``user_profile``: age, gender (from the users table, timestamped at signup);
 - ``user_top_category``: top_category, fed in batch from the daily snapshots and in real time through the
   ``user_top_category_push`` push source (the click path pushes a new value; a push must carry every feature
   of its view, which is why top_category has a view of its own instead of sharing one with age and gender);
 - ``user_interests``: interest_1..3, the user's top categories by recency-weighted activity, fed in batch from
-  the daily snapshots only;
+  the daily snapshots and in real time through ``user_interests_push`` (the click path ranks them again);
+- ``user_interest_weights``: the weights interest_1..3 rank (one float per category code) as of the latest
+  snapshot, batch only: what the click path adds a click to (serving's feature service does not read them);
 - ``item_features``: price, category_l1, category_l2, item_gender.
 
 The ``user_features`` feature service reads age, gender, top_category and the interests together (serving reads
@@ -24,7 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Float64, Int64, String
+from feast.types import Array, Float32, Float64, Int64, String
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_FOLDER = "feature_store/offline"  # = recsys_assets.lib.paths.FEAST_OFFLINE
@@ -54,10 +56,14 @@ user_top_category_source = _offline_source(
     "user_top_category", "Each user's top_category at the end of every day it changed (-1 at signup)")
 user_interests_source = _offline_source(
     "user_interests", "Each user's interest_1..3 at the end of every day they changed (-1 at signup)")
+user_interest_weights_source = _offline_source(
+    "user_interest_weights", "Each user's interest weights per category at the end of the latest day (0 at signup)")
 items_source = _offline_source("items", "The catalogue's item attributes, from the day each item is available")
 
 user_top_category_push = PushSource(name="user_top_category_push", batch_source=user_top_category_source,
                                     description="Real-time top_category updates from the click path")
+user_interests_push = PushSource(name="user_interests_push", batch_source=user_interests_source,
+                                 description="Real-time interest_1..3 updates from the click path")
 
 # ttl 0: no expiry. The values hold until replaced (top_category falls back to all earlier clicks anyway).
 user_profile = FeatureView(
@@ -84,7 +90,17 @@ user_interests = FeatureView(
     ttl=timedelta(0),
     schema=[Field(name="user_id", dtype=Int64),
             *[Field(name=f"interest_{k}", dtype=Int64) for k in (1, 2, 3)]],  # = lib.feature_spec.INTERESTS
-    source=user_interests_source,
+    source=user_interests_push,
+    online=True,
+)
+
+user_interest_weights = FeatureView(
+    name="user_interest_weights",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[Field(name="user_id", dtype=Int64),
+            Field(name="interest_weights", dtype=Array(Float32))],  # = lib.top_category.INTEREST_WEIGHTS
+    source=user_interest_weights_source,
     online=True,
 )
 

@@ -275,7 +275,7 @@ def _warm(backends: Backends) -> None:
     """Connect and open the Feast store at startup; a dependency that is down now is retried per request."""
     try:
         backends.resolve()
-        backends.top_category.warm()
+        backends.history.warm()
     except (ServiceUnavailable, OnlineStoreUnavailable) as exc:
         log.warning("not ready yet (clicks answer 503 until this is fixed): %s", exc)
 

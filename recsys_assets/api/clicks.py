@@ -11,13 +11,17 @@ A click, in this order (each step only after the previous one succeeded):
 3. **Window**: add the click to the user's 24 h recent-items window and read the window back (one script).
 4. **top_category**: recompute it from the window (:func:`~recsys_assets.api.events.window_top_category`), read
    the stored value (the "before"), and push the new one through Feast when it changed.
+5. **interest_1..3**: add the window's clicks since the latest end-of-day snapshot to that snapshot's interest
+   weights (:func:`~recsys_assets.lib.top_category.interests_after_clicks`, the batch definition's own arithmetic),
+   rank them again and push the codes through Feast when they changed. The snapshot is only read, so a retry
+   computes the same values (the window is the state).
 
-Steps 2-4 are idempotent (the window member carries the event id), so when one of them fails after step 1 the
+Steps 2-5 are idempotent (the window member carries the event id), so when one of them fails after step 1 the
 503 names the recorded event and a retry with the same ``Idempotency-Key`` completes them without a second event.
 Anonymous clicks (user -1) stop after step 1.
 
 Clicks of one user are serialised within the process (striped locks), so two concurrent clicks cannot push
-their top_category values in the wrong order; across API processes the window script keeps the window itself
+their history values in the wrong order; across API processes the window script keeps the window itself
 consistent and the push-time rule of :mod:`~recsys_assets.api.online` keeps the newest value.
 """
 
@@ -32,7 +36,8 @@ from collections.abc import Callable
 from recsys_assets.api import events as ev
 from recsys_assets.api import stream
 from recsys_assets.api.config import ApiConfig
-from recsys_assets.api.online import OnlineStoreUnavailable, TopCategoryStore, push_time
+from recsys_assets.api.online import OnlineStoreUnavailable, UserHistoryStore, push_time
+from recsys_assets.lib.top_category import interests_after_clicks
 from recsys_assets.lib.valkey_server import is_unavailable
 
 LOCK_STRIPES = 64
@@ -62,7 +67,7 @@ class Backends:
         self.seen = None
         self.seen_prefix = ""
         self.cluster = False
-        self.top_category: TopCategoryStore | None = None
+        self.history: UserHistoryStore | None = None
         self.seen_filter = None
         self.durability = ""
 
@@ -102,7 +107,7 @@ class Backends:
             environ = {**cfg.environ, "RECSYS_ARTIFACTS": cfg.artifacts, FEAST_REGISTRY_ENV: cfg.registry(),
                        FEAST_ONLINE_STORE_ENV: feast_connection_string(self.endpoint, db=layout.feast.db,
                                                                        cluster=cluster)}
-            self.top_category = TopCategoryStore(cfg.feast_repo, cfg.feast_yaml, environ)
+            self.history = UserHistoryStore(cfg.feast_repo, cfg.feast_yaml, environ)
             self.seen_filter = seen_filter
             self.seen_prefix, self.cluster, self.durability, self.seen = layout.seen.prefix, cluster, durability, seen
             self.events = events  # last: other threads take a set ``events`` to mean "resolved"
@@ -156,6 +161,9 @@ class ClickOutcome:
     top_category_before: int | None = None
     top_category_after: int | None = None
     pushed: bool = False
+    interests_before: list[int] | None = None
+    interests_after: list[int] | None = None
+    interests_pushed: bool = False
     window_size: int = 0
     timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -164,6 +172,8 @@ class ClickOutcome:
         out = dataclasses.asdict(self)
         out["top_category_before_name"] = ev.category_name(self.top_category_before, categories)
         out["top_category_after_name"] = ev.category_name(self.top_category_after, categories)
+        out["interests_after_names"] = (None if self.interests_after is None else
+                                        [ev.category_name(c, categories) for c in self.interests_after])
         return out
 
 
@@ -222,12 +232,12 @@ class ClickPath:
                 raise
             except OnlineStoreUnavailable as exc:
                 raise ServiceUnavailable(
-                    f"the click was recorded as event {event_id}, but top_category could not be written: {exc}; "
+                    f"the click was recorded as event {event_id}, but the user's history could not be written: {exc}; "
                     "retry with the same Idempotency-Key to complete it", event_id) from exc
             except Exception as exc:
                 if is_unavailable(exc):
                     raise ServiceUnavailable(
-                        f"the click was recorded as event {event_id}, but the seen state / top_category were not "
+                        f"the click was recorded as event {event_id}, but the seen state / history features were not "
                         f"updated (Valkey unreachable: {exc}); retry with the same Idempotency-Key to complete it",
                         event_id) from exc
                 raise
@@ -262,18 +272,30 @@ class ClickPath:
         timings["window"] = _ms(t)
 
         t = time.perf_counter()
-        before, stored_at = backends.top_category.read(outcome.user_id)
+        before, stored_at = backends.history.read(outcome.user_id)
+        stored = backends.history.read_interests(outcome.user_id)
         timings["feast_read"] = _ms(t)
         outcome.top_category_before, outcome.top_category_after = before, after
+        newest = max(e.timestamp for e in window) if window else outcome.timestamp
         if after != before:
             t = time.perf_counter()
-            newest = max(e.timestamp for e in window) if window else outcome.timestamp
-            backends.top_category.push(outcome.user_id, after, push_time(newest, stored_at))
+            backends.history.push(outcome.user_id, after, push_time(newest, stored_at))
             outcome.pushed = True
             timings["feast_push"] = _ms(t)
 
+        _, interests = interests_after_clicks(stored.weights, stored.weights_at,
+                                              [(e.timestamp, e.category) for e in window], newest + 1)
+        outcome.interests_before = None if stored.codes is None else list(stored.codes)
+        outcome.interests_after = interests.tolist()
+        if outcome.interests_after != outcome.interests_before:
+            t = time.perf_counter()
+            backends.history.push_interests(outcome.user_id, outcome.interests_after,
+                                            push_time(newest, stored.codes_at))
+            outcome.interests_pushed = True
+            timings["feast_push_interests"] = _ms(t)
+
     def reset_seen(self, user_id: int) -> dict:
-        """Forget what a user has seen: their Bloom filter and recent-items window (top_category stays)."""
+        """Forget what a user has seen: their Bloom filter and recent-items window (the history features stay)."""
         try:
             ev.check_user_id(user_id)
         except ValueError as exc:

@@ -1,9 +1,12 @@
-"""``top_category`` in the online store, read and written through Feast's APIs (no key format of our own).
+"""A user's history features in the online store, read and written through Feast's APIs (no key format of our own).
 
-Reading uses the provider's ``online_read`` of the ``user_top_category`` view (one round trip; it also returns
-the value's event time). Writing uses Feast's push path: ``store.push("user_top_category_push", df)`` with the
-default ``PushMode.ONLINE``, which writes every view fed by that push source. The offline side is not written
-per click: training recomputes top_category point in time from the landed events (``live_interactions``).
+``top_category`` (view ``user_top_category``) and ``interest_1..3`` (view ``user_interests``) are read with the
+provider's ``online_read`` (one round trip per view; it also returns the value's event time) and written through
+Feast's push path (``store.push(source, df)`` with the default ``PushMode.ONLINE``, which writes every view fed by
+that push source). The interest weights (view ``user_interest_weights``, the latest end-of-day snapshot) are only
+read: the click path adds its clicks to them (``lib.top_category.interests_after_clicks``) and pushes the codes.
+The offline side is not written per click: training recomputes the history point in time from the landed events
+(``live_interactions``).
 
 Event times: Feast's Redis store keeps a value only when its event time is *later, in whole seconds,* than the
 stored one (an equal second is silently skipped). A click's value is pushed with the click's timestamp, moved
@@ -16,16 +19,24 @@ open it is reported as :class:`OnlineStoreUnavailable` with the reason, and the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from recsys_assets.lib import feast_store
+import numpy as np
 
-PUSH_SOURCE = "user_top_category_push"
-FEATURE_VIEW = "user_top_category"
-FEATURE = "top_category"
+from recsys_assets.lib import feast_store
+from recsys_assets.lib.feature_spec import INTERESTS
+from recsys_assets.lib.top_category import INTEREST_WEIGHTS
+
+# view -> (its push source or None, its features)
+VIEWS = {
+    "user_top_category": ("user_top_category_push", ("top_category",)),
+    "user_interests": ("user_interests_push", INTERESTS),
+    "user_interest_weights": (None, (INTEREST_WEIGHTS,)),
+}
 
 
 class OnlineStoreUnavailable(RuntimeError):
@@ -40,15 +51,25 @@ def open_feature_store(repo_dir: Path, yaml_file: str, environ: Mapping[str, str
         raise OnlineStoreUnavailable(str(exc)) from exc
 
 
-class TopCategoryStore:
-    """Read and push one user's ``top_category`` through Feast."""
+@dataclasses.dataclass(frozen=True)
+class StoredInterests:
+    """A user's interests as stored: the codes (None: never written) and the latest snapshot's weights (None:
+    none), each with its event time in Unix seconds."""
+    codes: tuple[int, ...] | None
+    codes_at: int | None
+    weights: np.ndarray | None
+    weights_at: int | None
+
+
+class UserHistoryStore:
+    """Read and push one user's ``top_category`` and ``interest_1..3`` through Feast."""
 
     def __init__(self, repo_dir: Path, yaml_file: str, environ: Mapping[str, str]) -> None:
         self.repo_dir = Path(repo_dir)
         self.yaml_file = yaml_file
         self.environ = dict(environ)
         self._store = None
-        self._view = None
+        self._views = None
         self._provider = None
         self._lock = threading.Lock()
 
@@ -58,8 +79,10 @@ class TopCategoryStore:
                 if self._store is None:
                     try:
                         store = open_feature_store(self.repo_dir, self.yaml_file, self.environ)
-                        view = store.get_feature_view(FEATURE_VIEW)
-                        store.get_data_source(PUSH_SOURCE)
+                        views = {name: store.get_feature_view(name) for name in VIEWS}
+                        for source, _ in VIEWS.values():
+                            if source is not None:
+                                store.get_data_source(source)
                         from feast.infra.provider import get_provider
 
                         provider = get_provider(store.config)
@@ -69,34 +92,54 @@ class TopCategoryStore:
                         raise OnlineStoreUnavailable(
                             f"the Feast repository {self.repo_dir} cannot be used ({type(exc).__name__}: {exc}): "
                             "materialize online_features first (it applies the registry)") from exc
-                    self._store, self._view, self._provider = store, view, provider
+                    self._store, self._views, self._provider = store, views, provider
         return self._store
 
     def warm(self) -> None:
         """Open the store now (at startup), so the first click does not pay for it."""
         self._open()
 
-    def read(self, user_id: int) -> tuple[int | None, int | None]:
-        """``(top_category, event time in Unix seconds)`` as stored; ``(None, None)`` for a user never written."""
+    def _read(self, view: str, user_id: int) -> tuple[dict, int | None]:
+        """The view's stored feature protos by name (absent: never written) and their event time."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
         store = self._open()
         key = EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=int(user_id))])
-        ts, values = self._provider.online_read(config=store.config, table=self._view, entity_keys=[key],
-                                                requested_features=[FEATURE])[0]
-        proto = (values or {}).get(FEATURE)
-        if proto is None or proto.WhichOneof("val") is None:
-            return None, _seconds(ts)
-        return int(proto.int64_val), _seconds(ts)
+        ts, values = self._provider.online_read(config=store.config, table=self._views[view], entity_keys=[key],
+                                                requested_features=list(VIEWS[view][1]))[0]
+        present = {name: proto for name, proto in (values or {}).items()
+                   if proto is not None and proto.WhichOneof("val") is not None}
+        return present, _seconds(ts)
 
-    def push(self, user_id: int, top_category: int, timestamp: int) -> None:
+    def read(self, user_id: int) -> tuple[int | None, int | None]:
+        """``(top_category, event time in Unix seconds)`` as stored; ``(None, None)`` for a user never written."""
+        values, ts = self._read("user_top_category", user_id)
+        proto = values.get("top_category")
+        return (None if proto is None else int(proto.int64_val)), ts
+
+    def read_interests(self, user_id: int) -> StoredInterests:
+        values, codes_at = self._read("user_interests", user_id)
+        codes = (tuple(int(values[name].int64_val) for name in INTERESTS) if all(n in values for n in INTERESTS)
+                 else None)
+        weights, weights_at = self._read("user_interest_weights", user_id)
+        proto = weights.get(INTEREST_WEIGHTS)
+        return StoredInterests(codes, codes_at, None if proto is None else np.asarray(proto.float_list_val.val,
+                                                                                      np.float64), weights_at)
+
+    def _push(self, view: str, user_id: int, values: dict, timestamp: int) -> None:
         import pandas as pd
 
         store = self._open()
-        frame = pd.DataFrame({"user_id": [int(user_id)], FEATURE: [int(top_category)],
+        frame = pd.DataFrame({"user_id": [int(user_id)], **{k: [int(v)] for k, v in values.items()},
                               "event_timestamp": [pd.Timestamp(int(timestamp), unit="s", tz="UTC")]})
-        store.push(PUSH_SOURCE, frame)
+        store.push(VIEWS[view][0], frame)
+
+    def push(self, user_id: int, top_category: int, timestamp: int) -> None:
+        self._push("user_top_category", user_id, {"top_category": top_category}, timestamp)
+
+    def push_interests(self, user_id: int, codes, timestamp: int) -> None:
+        self._push("user_interests", user_id, dict(zip(INTERESTS, codes, strict=True)), timestamp)
 
 
 def _seconds(ts) -> int | None:

@@ -136,7 +136,7 @@ def recent(request: Request, user_id: int = PathParam(..., description="user id 
         raise
     window = ev.parse_window([v for member, score in reply for v in (member, score)])
     try:
-        top, stored_at = backends.top_category.read(user_id)
+        top, stored_at = backends.history.read(user_id)
     except OnlineStoreUnavailable as exc:
         raise ServiceUnavailable(f"the online store cannot be read ({exc}); retry") from exc
     except Exception as exc:

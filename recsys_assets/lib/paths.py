@@ -82,10 +82,12 @@ FEAST_OFFLINE = "feature_store/offline"
 FEAST_USERS = f"{FEAST_OFFLINE}/users.parquet"                          # user_id, age, gender, event_timestamp
 FEAST_USER_TOP_CATEGORY = f"{FEAST_OFFLINE}/user_top_category.parquet"  # user_id, top_category, event_timestamp
 FEAST_USER_INTERESTS = f"{FEAST_OFFLINE}/user_interests.parquet"        # user_id, interest_1..3, event_timestamp
+FEAST_USER_INTEREST_WEIGHTS = f"{FEAST_OFFLINE}/user_interest_weights.parquet"  # user_id, interest_weights, ...
 FEAST_ITEMS = f"{FEAST_OFFLINE}/items.parquet"                          # item_id, price, category_l1/l2, ...
 # Every offline source by its Feast name (feature_repo/features.py declares the same names).
 FEAST_TABLES = {"users": FEAST_USERS, "user_top_category": FEAST_USER_TOP_CATEGORY,
-                "user_interests": FEAST_USER_INTERESTS, "items": FEAST_ITEMS}
+                "user_interests": FEAST_USER_INTERESTS, "user_interest_weights": FEAST_USER_INTEREST_WEIGHTS,
+                "items": FEAST_ITEMS}
 FEAST_REGISTRY = "feature_store/registry.db"
 VALKEY_DATA = "valkey"                                                  # the embedded Valkey's AOF folder
 

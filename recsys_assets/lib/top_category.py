@@ -19,7 +19,9 @@ categories with the most recency-weighted activity strictly before the event. Ev
 knows of them, what they clicked says more), each halved every :data:`HALF_LIFE_DAYS` days of age, so a drifting
 interest takes over within weeks. Fewer than three categories with activity leave -1 in the rest; no history at
 all is -1 everywhere (the cold-start value). Computed in batch (:func:`point_in_time_interests`) for every
-training row and for the end-of-day snapshot the feature store serves.
+training row and for the end-of-day snapshot the feature store serves; the snapshot also keeps the weights
+(:data:`INTEREST_WEIGHTS`), so the click path adds each click to them (:func:`interests_after_clicks`) and pushes
+the new interests as it does top_category.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ WINDOW_SECONDS = 24 * 3600
 NONE = -1
 IMPRESSION_WEIGHT, CLICK_WEIGHT = 1.0, 4.0   # a clicked impression weighs 1 + 4 = 5 unclicked ones
 HALF_LIFE_DAYS = 7.0
+# The column (and online feature) holding each user's end-of-day weight per category, what interest_1..3 rank.
+INTEREST_WEIGHTS = "interest_weights"
 
 CATEGORIES = (
     "accessories", "apparel", "beauty", "books", "cold dispensed", "electronics", "floral", "food service",
@@ -143,14 +147,16 @@ def top_category_of_window(history: list[tuple[int, int]], now: int, window: int
     return max((c for c in counts if counts[c] == best), key=lambda c: latest[c])
 
 
-def point_in_time_interests(events_user, events_ts, events_category, events_click, query_user, query_ts,
-                            n_interests: int = 3, half_life_days: float = HALF_LIFE_DAYS) -> np.ndarray:
-    """``interest_1..n`` at each query (user, timestamp): shape (n_queries, n_interests), category codes, -1 none.
+def point_in_time_interest_weights(events_user, events_ts, events_category, events_click, query_user, query_ts,
+                                   n_categories: int, half_life_days: float = HALF_LIFE_DAYS) -> np.ndarray:
+    """Each query's recency-weighted activity per category, as of the query's time: shape (n_queries,
+    n_categories), float64, 0 where none. ``interest_1..3`` are its top three (:func:`rank_interests`); the
+    end-of-day values are what the click path adds to (:func:`interests_after_clicks`).
 
     events_*: every impression of the history (any order), categories as codes, ``events_click`` 0/1. Only events
     strictly before the query time count. Weights decay as ``2 ** ((t_event - t_ref) / half_life)`` with one
-    reference time for all: the ranking of a user's categories does not depend on the reference (every weight is
-    scaled alike), so one cumulative sum per category serves every query. Ties go to the lower code.
+    reference time for all, so one cumulative sum per category serves every query; each row is then moved to its
+    own query time.
     """
     eu = np.asarray(events_user, np.int64)
     et = np.asarray(events_ts, np.int64)
@@ -158,9 +164,10 @@ def point_in_time_interests(events_user, events_ts, events_category, events_clic
     ek = np.asarray(events_click, np.int64)
     qu = np.asarray(query_user, np.int64)
     qt = np.asarray(query_ts, np.int64)
-    out = np.full((len(qu), n_interests), NONE, dtype=np.int64)
+    n_cat = max(int(n_categories), int(ec.max()) + 1 if len(ec) else 0)
+    totals = np.zeros((len(qu), n_cat))
     if len(eu) == 0 or len(qu) == 0:
-        return out
+        return totals
     if et.min() < 0 or qt.min() < 0 or max(et.max(), qt.max()) >= 2**32:
         raise ValueError("timestamps must be Unix seconds in 0..2^32")
     if half_life_days <= 0:
@@ -175,24 +182,64 @@ def point_in_time_interests(events_user, events_ts, events_category, events_clic
     # Where each event's user starts (cumulative sums are reset there).
     first = np.r_[0, np.flatnonzero(np.diff(eu)) + 1]
     start_of = np.repeat(first, np.diff(np.r_[first, len(eu)]))
-    weight = (IMPRESSION_WEIGHT + CLICK_WEIGHT * ek) * np.exp2((et - et.max()) / (half_life_days * 86_400.0))
-    n_cat = max(int(ec.max()) + 1, n_interests)  # a catalogue may have fewer categories than interests
-    totals = np.zeros((len(qu), n_cat))
+    reference = int(et.max())
+    weight = (IMPRESSION_WEIGHT + CLICK_WEIGHT * ek) * _decay(et - reference, half_life_days)
     for c in range(n_cat):  # one category at a time: memory stays O(events + queries x categories)
         cum = np.cumsum(np.where(ec == c, weight, 0.0))
         before_user = np.where(start_of > 0, cum[np.maximum(start_of - 1, 0)], 0.0)
         totals[:, c] = np.where(has, cum[idx] - before_user[idx], 0.0)
     # The differences of running sums leave rounding dust (about eps x the running total) where a user has no
     # weight in a category: below this, a category is no interest. Real weight this small is some 150 days old.
-    dust = 1e-12 * weight.sum()
-    totals[totals <= dust] = 0.0
-    ranked = np.argsort(-totals, axis=1, kind="stable")[:, :n_interests]
-    picked = np.take_along_axis(totals, ranked, axis=1)
+    totals[totals <= 1e-12 * weight.sum()] = 0.0
+    return totals * _decay(reference - qt, half_life_days)[:, None]
+
+
+def _decay(age_seconds, half_life_days: float) -> np.ndarray:
+    return np.exp2(np.asarray(age_seconds, np.float64) / (half_life_days * 86_400.0))
+
+
+def rank_interests(weights: np.ndarray, n_interests: int = 3) -> np.ndarray:
+    """The ``n_interests`` categories with the most weight, per row (ties to the lower code), -1 past the last
+    category with any weight."""
+    weights = np.atleast_2d(np.asarray(weights, np.float64))
+    if weights.shape[1] < n_interests:  # a catalogue may have fewer categories than interests
+        weights = np.pad(weights, ((0, 0), (0, n_interests - weights.shape[1])))
+    ranked = np.argsort(-weights, axis=1, kind="stable")[:, :n_interests]
+    picked = np.take_along_axis(weights, ranked, axis=1)
     return np.where(picked > 0.0, ranked, NONE)
 
 
-def history_codes(events, category: np.ndarray, query_user, query_ts) -> dict[str, np.ndarray]:
-    """Every history code (``feature_spec.USER_HISTORY``) at each query (user, timestamp), point in time.
+def point_in_time_interests(events_user, events_ts, events_category, events_click, query_user, query_ts,
+                            n_interests: int = 3, half_life_days: float = HALF_LIFE_DAYS) -> np.ndarray:
+    """``interest_1..n`` at each query (user, timestamp): shape (n_queries, n_interests), category codes, -1 none
+    (the top categories of :func:`point_in_time_interest_weights`)."""
+    weights = point_in_time_interest_weights(events_user, events_ts, events_category, events_click, query_user,
+                                             query_ts, n_interests, half_life_days)
+    return rank_interests(weights, n_interests)
+
+
+def interests_after_clicks(weights, weights_at: int | None, clicks, now: int, n_interests: int = 3,
+                           half_life_days: float = HALF_LIFE_DAYS) -> tuple[np.ndarray, np.ndarray]:
+    """The click path's ``interest_1..n``: the stored end-of-day ``weights`` (as of ``weights_at``; None or empty:
+    no history) moved to ``now``, plus every click ``(timestamp, category)`` at or after ``weights_at`` as a clicked
+    impression. Returns ``(weights as of now, codes)``: what :func:`point_in_time_interests` gives at ``now`` over
+    the history plus those clicks. The impressions served since the snapshot are not known here (the API sees
+    clicks only): the next end-of-day snapshot counts them."""
+    base = np.asarray(weights if weights is not None else [], np.float64).reshape(-1)
+    fresh = [(int(t), int(c)) for t, c in clicks if weights_at is None or int(t) >= int(weights_at)]
+    n_cat = max([len(base), n_interests, *[c + 1 for _, c in fresh]])
+    totals = np.zeros(n_cat)
+    if len(base) and weights_at is not None:
+        totals[:len(base)] = base * _decay(int(weights_at) - int(now), half_life_days)
+    for t, c in fresh:
+        totals[c] += (IMPRESSION_WEIGHT + CLICK_WEIGHT) * _decay(t - int(now), half_life_days)
+    return totals, rank_interests(totals, n_interests)[0]
+
+
+def history_codes(events, category: np.ndarray, query_user, query_ts,
+                  with_weights: bool = False) -> dict[str, np.ndarray]:
+    """Every history code (``feature_spec.USER_HISTORY``) at each query (user, timestamp), point in time, and with
+    ``with_weights`` the interest weights they come from (:data:`INTEREST_WEIGHTS`: one float32 array per row).
 
     ``events``: the impressions so far (a DataFrame with ``user_id``, ``timestamp``, ``item_id``, ``click``; rows at
     or after a query's time do not count for it); ``category``: the code of every raw item id (row = item id)."""
@@ -200,6 +247,10 @@ def history_codes(events, category: np.ndarray, query_user, query_ts) -> dict[st
     codes = category[events["item_id"].to_numpy()]
     top = point_in_time_top_category(events["user_id"].to_numpy()[clicked], events["timestamp"].to_numpy()[clicked],
                                      codes[clicked], query_user, query_ts)
-    interests = point_in_time_interests(events["user_id"], events["timestamp"], codes, events["click"],
-                                        query_user, query_ts, n_interests=len(INTERESTS))
-    return {"top_category": top, **{name: interests[:, k] for k, name in enumerate(INTERESTS)}}
+    weights = point_in_time_interest_weights(events["user_id"], events["timestamp"], codes, events["click"],
+                                             query_user, query_ts, n_categories=int(category.max()) + 1)
+    interests = rank_interests(weights, len(INTERESTS))
+    out = {"top_category": top, **{name: interests[:, k] for k, name in enumerate(INTERESTS)}}
+    if with_weights:
+        out[INTEREST_WEIGHTS] = list(weights.astype(np.float32))
+    return out

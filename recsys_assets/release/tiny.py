@@ -315,6 +315,7 @@ def publish_online_state(tiny: TinyArtifacts, environ: dict[str, str], seed: int
     import pandas as pd
 
     from recsys_assets.lib import popularity
+    from recsys_assets.lib.top_category import INTEREST_WEIGHTS
     from recsys_assets.lib.valkey_server import KeyLayout, parse_url
 
     root = Path(environ["RECSYS_ARTIFACTS"])
@@ -332,6 +333,13 @@ def publish_online_state(tiny: TinyArtifacts, environ: dict[str, str], seed: int
     interests = {name: np.where(top >= 0, (top + k) % 20, -1).astype(np.int64) for k, name in enumerate(INTERESTS)}
     pd.DataFrame({"user_id": users["user_id"].astype(np.int64), **interests,
                   "event_timestamp": signup}).to_parquet(offline / "user_interests.parquet", index=False)
+    # the weights those interests rank: 3, 2, 1 on interest_1..3 (zeros for a user without interests)
+    weights = np.zeros((len(users), 20), np.float32)
+    for k, codes in enumerate(interests.values()):
+        has = codes >= 0
+        weights[np.flatnonzero(has), codes[has]] = 3 - k
+    pd.DataFrame({"user_id": users["user_id"].astype(np.int64), INTEREST_WEIGHTS: list(weights),
+                  "event_timestamp": signup}).to_parquet(offline / "user_interest_weights.parquet", index=False)
     day0 = dt.datetime.fromisoformat(tiny.start_date).replace(tzinfo=dt.timezone.utc)
     item_table = items[["item_id", "price", "category_l1", "category_l2", "item_gender", "available_from_day"]].copy()
     item_table["event_timestamp"] = [day0 + dt.timedelta(days=int(d)) for d in item_table["available_from_day"]]

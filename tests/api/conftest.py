@@ -10,6 +10,7 @@ import pytest
 from recsys_assets.api.config import ApiConfig
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
+from recsys_assets.lib.feature_spec import INTERESTS
 from recsys_assets.lib.valkey_server import EmbeddedValkey, free_port
 from tests.release.tiny_serving import tiny_artifacts
 
@@ -22,6 +23,7 @@ class Online:
     tiny: object
     top_category: dict  # user -> published top_category
     catalogue: object   # DataFrame
+    interests: dict = dataclasses.field(default_factory=dict)  # user -> published (interest_1, .._2, .._3)
 
     @property
     def url(self) -> str:
@@ -74,8 +76,9 @@ def online(tmp_path_factory):
         first = tiny.items.iloc[0]
         with store.writing(paths.item_image(0)) as tmp:
             render_item_image(first["category_l1"], first["category_l2"], "red").save(tmp, format="JPEG")
+        interests = {u: tuple(published[name][u] for name in INTERESTS) for u in published["top_category"]}
         yield Online(root=root, valkey=server, environ=environ, tiny=tiny, top_category=published["top_category"],
-                     catalogue=tiny.items, closed_port=free_port(), started=started)
+                     catalogue=tiny.items, interests=interests, closed_port=free_port(), started=started)
     finally:
         for each in started:  # the restarted ones too (stop() of a stopped server does nothing)
             each.stop()

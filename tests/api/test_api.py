@@ -11,7 +11,7 @@ from recsys_assets.api import events as ev
 from recsys_assets.api import landing, stream
 from recsys_assets.api.app import create_app
 from recsys_assets.lib.artifacts import ArtifactStore
-from recsys_assets.lib.top_category import CATEGORIES
+from recsys_assets.lib.top_category import CATEGORIES, interests_after_clicks
 from recsys_assets.lib.valkey_server import KeyLayout, free_port
 from recsys_assets.serving.bloom import SeenFilter
 
@@ -50,12 +50,12 @@ def _stream(online) -> list[stream.Event]:
 
 
 def _online_top_category(api, online, user):
-    store = api.app.state.api.backends.top_category
+    store = api.app.state.api.backends.history
     return store.read(user)[0]
 
 
 # -- the click path -----------------------------------------------------------------------------------------------
-def test_clicks_update_the_seen_filter_the_window_and_top_category_in_the_online_store(api, online):
+def test_clicks_update_the_seen_filter_the_window_top_category_and_interests_in_the_online_store(api, online):
     user = _user(online, 0)
     before = online.top_category[user]
     category = next(c for c in sorted(set(online.catalogue["category_l1"])) if ev.CATEGORIES.index(c) != before)
@@ -76,6 +76,21 @@ def test_clicks_update_the_seen_filter_the_window_and_top_category_in_the_online
     assert [(e.user_id, e.item_id, e.timestamp, e.device_type) for e in recorded] == [
         (user, item, DAY3 + i, 1) for i, item in enumerate(items)]
     assert [e.event_id for e in recorded] == [b["event_id"] for b in bodies]
+
+    # interest_1..3: the published weights (3, 2, 1 on the published interests) plus the clicks, ranked again
+    code = CATEGORIES.index(category)
+    stored = api.app.state.api.backends.history.read_interests(user)
+    published = online.interests[user]
+    assert bodies[0]["interests_before"] == list(published) and stored.weights_at is not None
+    expected = np.zeros(len(CATEGORIES))
+    expected[list(published)] = [3, 2, 1]
+    np.testing.assert_array_equal(stored.weights, expected)  # the float list read back through Feast
+    _, want = interests_after_clicks(stored.weights, stored.weights_at, [(DAY3 + i, code) for i in range(3)],
+                                     DAY3 + 3)
+    assert bodies[-1]["interests_after"] == want.tolist() and want[0] == code
+    assert bodies[-1]["interests_after_names"][0] == category and bodies[0]["interests_pushed"]
+    assert list(stored.codes) == want.tolist()  # read back from Feast's online store
+    assert "feast_push_interests" in bodies[0]["timings_ms"]
 
 
 def test_ties_go_to_the_most_recent_click_and_the_window_is_24_hours(api, online):
@@ -110,6 +125,7 @@ def test_a_new_user_gets_state_and_an_anonymous_click_is_only_recorded(api, onli
     item = online.items_of("tools", 1)[0]
     body = _click(api, new_user, item, DAY3).json()
     assert body["top_category_before"] is None and body["top_category_after"] == CATEGORIES.index("tools")
+    assert body["interests_before"] is None and body["interests_after"] == [CATEGORIES.index("tools"), -1, -1]
     assert _seen(online, new_user, [item]) == [True]
 
     n_stream = len(_stream(online))

@@ -91,6 +91,17 @@ def test_offline_online_push_and_popularity_on_a_real_valkey(resources, valkey):
     again = fs.get_online_features(features=["user_top_category:top_category", "user_profile:age"],
                                    entity_rows=[{"user_id": clicker}]).to_dict()
     assert again["top_category"] == [new_value] and again["age"] == [int(by_id.at[clicker, "age"])]
+    # the interests the same way (their own push source), and the weights of the latest snapshot read back
+    fs.push("user_interests_push", pd.DataFrame({
+        "user_id": [clicker], "interest_1": [new_value], "interest_2": [-1], "interest_3": [-1],
+        "event_timestamp": [pd.Timestamp.now(tz="UTC")]}))
+    weights = fs.get_online_features(features=["user_interests:interest_1", "user_interest_weights:interest_weights"],
+                                     entity_rows=[{"user_id": clicker}, {"user_id": never_clicked}]).to_dict()
+    latest = store.read_parquet(paths.user_top_category(DAYS[-1])).set_index("user_id")
+    assert weights["interest_1"][0] == new_value
+    np.testing.assert_allclose(weights["interest_weights"][0], latest.at[clicker, "interest_weights"])
+    if never_clicked not in latest.index:  # never shown anything by the last day: zeros from signup
+        assert weights["interest_weights"][1] == [0.0] * len(latest.at[clicker, "interest_weights"])
 
     # popularity tables read back in click-count order, from db 3, without items not yet available
     clicks = pd.concat([store.read_parquet(paths.raw_interactions(d)) for d in DAYS])
@@ -151,6 +162,19 @@ def test_top_category_history_keeps_changes_only():
     assert str(history["event_timestamp"].dt.tz) == "UTC"
 
 
+def test_interest_weights_keep_the_latest_snapshot_and_zeros_for_users_without_one():
+    def snapshot(day, weights):
+        return pd.DataFrame({"user_id": list(weights), "interest_weights": [np.float32(w) for w in weights.values()],
+                             "event_timestamp": pd.Timestamp((day + 1) * 86_400, unit="s", tz="UTC")})
+
+    table = t.interest_weights_table(USERS, {0: snapshot(0, {0: [1.0, 0.0]}), 1: snapshot(1, {1: [0.5, 2.0]})}, 2)
+    got = [(u, np.asarray(w).tolist(), int(ts.timestamp() // 86_400)) for u, w, ts in table.itertuples(index=False)]
+    assert got == [(0, [0.0, 0.0], 0), (1, [0.5, 2.0], 2), (2, [0.0, 0.0], 1)]  # user 0 is not in the latest
+    assert not t.value_problems({"user_interest_weights": table}, ("a", "b"))
+    bad = table.assign(interest_weights=[np.array([-1.0, 0.0], np.float32)] + list(table["interest_weights"][1:]))
+    assert [str(p).split(":")[0] for p in t.value_problems({"w": bad}, ("a", "b"))] == ["w.interest_weights"]
+
+
 def test_coverage_and_value_problems_name_table_and_column():
     items = pd.DataFrame({"item_id": [0, 1], "price": [1.0, np.nan], "category_l1": ["books", "toys"],
                           "category_l2": ["a", "b"], "item_gender": ["U", "F"], "available_from_day": [0, 0]})
@@ -199,5 +223,5 @@ def test_k8s_configuration_loads_with_athena_and_a_cluster_online_store(monkeypa
     kinds = {type(s).__name__ for s in contents.data_sources}
     assert kinds == {"AthenaSource", "PushSource"}
     assert {fv.name for fv in contents.feature_views} == {"user_profile", "user_top_category", "user_interests",
-                                                            "item_features"}
+                                                            "user_interest_weights", "item_features"}
     assert [s.name for s in contents.feature_services] == ["user_features"]

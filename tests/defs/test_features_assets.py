@@ -7,10 +7,13 @@ from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.feature_spec import INTERESTS
 from recsys_assets.lib.top_category import (
+    CATEGORIES,
     CLICK_WEIGHT,
     HALF_LIFE_DAYS,
     IMPRESSION_WEIGHT,
+    INTEREST_WEIGHTS,
     category_codes,
+    rank_interests,
     top_category_of_window,
 )
 
@@ -50,6 +53,16 @@ def test_top_category_is_point_in_time_and_never_sees_its_own_click(resources):
     clickers = snapshot["user_id"].isin(clicks["user_id"])
     assert (snapshot.loc[clickers, "top_category"] >= 0).all() and (snapshot.loc[~clickers, "top_category"] == -1).all()
     assert (snapshot["interest_1"] >= 0).all()  # everyone in the logs was shown something
+    # the weights the interests rank (what the click path adds to): per category, as of the end of the day
+    weights = np.stack(snapshot[INTEREST_WEIGHTS].to_numpy())
+    assert weights.shape == (len(snapshot), len(CATEGORIES)) and weights.dtype == np.float32
+    np.testing.assert_array_equal(rank_interests(weights), snapshot[list(INTERESTS)].to_numpy())
+    u, at = int(snapshot["user_id"].iloc[0]), int(snapshot["event_timestamp"].iloc[0].timestamp())
+    earlier = hist[hist["user_id"] == u]
+    weight = ((IMPRESSION_WEIGHT + CLICK_WEIGHT * earlier["click"].to_numpy())
+              * 2.0 ** ((earlier["timestamp"].to_numpy() - at) / (HALF_LIFE_DAYS * 86_400)))
+    want = np.bincount(cat[earlier["item_id"].to_numpy()], weights=weight, minlength=len(CATEGORIES))
+    np.testing.assert_allclose(weights[0], want, rtol=1e-6)
     meta = result.asset_materializations_for_node("user_top_category")[0].metadata
     assert 0 < meta["share_with_top_category"].value < 1
 

@@ -8,7 +8,10 @@ from recsys_assets.lib.top_category import (
     HALF_LIFE_DAYS,
     IMPRESSION_WEIGHT,
     category_codes,
+    interests_after_clicks,
+    point_in_time_interest_weights,
     point_in_time_interests,
+    rank_interests,
     point_in_time_top_category,
     top_category_of_window,
 )
@@ -122,3 +125,40 @@ def test_interests_rank_clicks_and_recent_activity_first():
     old = [(0, 0, 4, 0)] * 10 + [(0, int(3 * HALF_LIFE_DAYS * day), 6, 0)] * 2
     eu, et, ec, ek = map(np.array, zip(*old))
     assert point_in_time_interests(eu, et, ec, ek, [0], [int(3 * HALF_LIFE_DAYS * day) + 1])[0, :2].tolist() == [6, 4]
+
+
+def test_clicks_added_to_the_end_of_day_weights_give_the_batch_interests_of_history_plus_clicks():
+    """The click path's update (stored end-of-day weights + the clicks since, as clicked impressions) equals the
+    batch definition over the whole history with those clicks appended: the online/offline parity of interests."""
+    rng = np.random.default_rng(11)
+    day = 86_400
+    for case in range(40):
+        n = int(rng.integers(0, 80))
+        eu = rng.integers(0, 3, n)
+        et = rng.integers(0, 10 * day, n)
+        ec = rng.integers(0, 8, n)
+        ek = (rng.random(n) < 0.2).astype(int)
+        snapshot_at = 10 * day
+        weights = point_in_time_interest_weights(eu, et, ec, ek, [0], [snapshot_at], n_categories=8)[0]
+        clicks = [(int(t), int(c)) for t, c in zip(rng.integers(snapshot_at - day, snapshot_at + day, 5),
+                                                   rng.integers(0, 10, 5))]  # categories past the stored ones too
+        now = max(t for t, _ in clicks) + 1
+        after = [(t, c) for t, c in clicks if t >= snapshot_at]  # the ones before are in the snapshot already
+        all_u = np.r_[eu, np.zeros(len(after), int)]
+        all_t = np.r_[et, [t for t, _ in after]].astype(np.int64)
+        all_c = np.r_[ec, [c for _, c in after]].astype(np.int64)
+        all_k = np.r_[ek, np.ones(len(after), int)]
+        want = point_in_time_interests(all_u, all_t, all_c, all_k, [0], [now])[0]
+        got_weights, got = interests_after_clicks(weights, snapshot_at, clicks, now)
+        assert got.tolist() == want.tolist(), case
+        batch = point_in_time_interest_weights(all_u, all_t, all_c, all_k, [0], [now], n_categories=10)[0]
+        np.testing.assert_allclose(got_weights, batch[:len(got_weights)], rtol=1e-9, atol=1e-12)
+    # no stored weights (a user registered since the snapshot): every click of the window counts
+    _, codes = interests_after_clicks(None, None, [(5, 2), (6, 2), (7, 4)], 8)
+    assert codes.tolist() == [2, 4, NONE]
+    assert interests_after_clicks([], None, [], 8)[1].tolist() == [NONE, NONE, NONE]
+
+
+def test_rank_interests_breaks_ties_to_the_lower_code_and_pads_small_catalogues():
+    assert rank_interests(np.array([0.0, 2.0, 2.0, 1.0])).tolist() == [[1, 2, 3]]
+    assert rank_interests(np.array([[0.5, 0.0]])).tolist() == [[0, NONE, NONE]]

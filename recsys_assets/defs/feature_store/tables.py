@@ -7,7 +7,11 @@
   ends the history holds the earlier day's value; training uses the per-row point-in-time feature instead
   (``features/top_category/day_XX.parquet``), and serving the value the click path pushes.
 - ``user_interests``: user_id, interest_1..3, event_timestamp, built the same way from the same snapshots
-  (batch only: nothing pushes interests per click).
+  (the click path pushes new values, as for top_category).
+- ``user_interest_weights``: user_id, interest_weights (float32 per category code), event_timestamp: each user's
+  weights of the latest snapshot (zeros at signup for a user without one), what the click path adds a click to
+  before it ranks the interests again (``lib.top_category.interests_after_clicks``). Only the latest row is kept:
+  training computes interests point in time itself, the history is not needed.
 - ``items``: item_id, price, category_l1, category_l2, item_gender, available_from_day, event_timestamp
   (the start of the day the item becomes available).
 
@@ -23,12 +27,13 @@ import pandas as pd
 from recsys_assets.lib.feature_spec import INTERESTS
 from recsys_assets.lib.masking import NO_KNOWN_AGE
 from recsys_assets.lib.sources.catalogue import NO_GENDER
-from recsys_assets.lib.top_category import CATEGORIES, NONE
+from recsys_assets.lib.top_category import CATEGORIES, INTEREST_WEIGHTS, NONE, category_vocabulary
 
 SECONDS_PER_DAY = 86_400
 USER_COLUMNS = ["user_id", "age", "gender", "event_timestamp"]
 TOP_CATEGORY_COLUMNS = ["user_id", "top_category", "event_timestamp"]
 INTEREST_COLUMNS = ["user_id", *INTERESTS, "event_timestamp"]
+WEIGHT_COLUMNS = ["user_id", INTEREST_WEIGHTS, "event_timestamp"]
 ITEM_COLUMNS = ["item_id", "price", "category_l1", "category_l2", "item_gender", "available_from_day",
                 "event_timestamp"]
 
@@ -73,12 +78,32 @@ def top_category_history(users: pd.DataFrame, snapshots: dict[int, pd.DataFrame]
     return history_table(users, snapshots, TOP_CATEGORY_COLUMNS)
 
 
+def interest_weights_table(users: pd.DataFrame, snapshots: dict[int, pd.DataFrame],
+                           n_categories: int) -> pd.DataFrame:
+    """The latest snapshot's interest weights per user; a user it lacks gets zeros at signup."""
+    latest = snapshots[max(snapshots)] if snapshots else pd.DataFrame(columns=WEIGHT_COLUMNS)
+    if INTEREST_WEIGHTS not in latest.columns:  # a snapshot written before the weights existed
+        latest = latest.iloc[:0].assign(**{INTEREST_WEIGHTS: []})
+    latest = latest[WEIGHT_COLUMNS].copy()
+    latest["user_id"] = latest["user_id"].astype(np.int64)
+    latest["event_timestamp"] = pd.to_datetime(latest["event_timestamp"], utc=True)
+    rest = users.loc[~users["user_id"].isin(latest["user_id"])]
+    zeros = np.zeros(n_categories, np.float32)
+    base = pd.DataFrame({"user_id": rest["user_id"].astype(np.int64),
+                         INTEREST_WEIGHTS: [zeros] * len(rest), "event_timestamp": _utc(rest["signup_timestamp"])})
+    df = pd.concat([base, latest], ignore_index=True)
+    df[INTEREST_WEIGHTS] = [np.asarray(w, np.float32) for w in df[INTEREST_WEIGHTS]]
+    return df.sort_values("user_id", kind="stable").reset_index(drop=True)[WEIGHT_COLUMNS]
+
+
 def offline_tables(users: pd.DataFrame, items: pd.DataFrame, snapshots: dict[int, pd.DataFrame], mean_age: float,
                    start_date: dt.date) -> dict[str, pd.DataFrame]:
     """Every offline source Feast reads, by its name (``lib.paths.FEAST_TABLES`` says where each is written)."""
     return {"users": users_table(users, mean_age),
             "user_top_category": top_category_history(users, snapshots),
             "user_interests": history_table(users, snapshots, INTEREST_COLUMNS),
+            "user_interest_weights": interest_weights_table(users, snapshots, len(category_vocabulary(
+                items["category_l1"]))),
             "items": items_table(items, start_date)}
 
 
@@ -127,6 +152,8 @@ def domains(categories: tuple[str, ...] = CATEGORIES) -> dict:
         "age": lambda s: s.between(18, 100) | (s == round(NO_KNOWN_AGE)),
         "gender": lambda s: s.isin(["M", "F", NO_GENDER]),
         **{code: (lambda s: s.between(NONE, len(categories) - 1)) for code in ("top_category", *INTERESTS)},
+        INTEREST_WEIGHTS: lambda s: s.map(lambda w: len(w) <= len(categories) and bool(np.all(np.isfinite(w)))
+                                          and bool(np.all(np.asarray(w) >= 0))).astype(bool),
         "price": lambda s: s > 0,
         "item_gender": lambda s: s.isin(["M", "F", "U"]),
         "category_l1": lambda s: s.isin(categories),

@@ -35,7 +35,8 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
     00..d-1 of ``raw_interactions`` must exist; a missing one fails the blocking check, naming the partition, and
     nothing is written or recorded as materialized.
     Writes ``features/top_category/day_XX.parquet`` (row-aligned with the raw day) and
-    ``features/user_top_category/day_XX.parquet`` (the feature store's source).
+    ``features/user_top_category/day_XX.parquet`` (the feature store's source; with the interest weights the
+    click path adds to).
     """
     day = partition_day(context)
     store = artifacts.store()
@@ -70,7 +71,7 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
     seen = np.unique(history["user_id"].to_numpy())
     seen = seen[seen >= 0]
     at_end = np.full(len(seen), end_of_day)
-    snapshot = pd.DataFrame({"user_id": seen, **history_codes(history, category, seen, at_end),
+    snapshot = pd.DataFrame({"user_id": seen, **history_codes(history, category, seen, at_end, with_weights=True),
                              "event_timestamp": pd.to_datetime(at_end, unit="s", utc=True)})
     store.write_parquet(paths.user_top_category(day), snapshot)
 
