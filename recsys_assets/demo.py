@@ -147,8 +147,10 @@ def show_recommendations(settings: Settings, timestamp: int) -> None:
         after = get(user, 1)
         before_ids = {i["item_id"] for i in known["items"]}
         gone = clicked["item_id"] not in {i["item_id"] for i in after["items"]}
-        print(f"\n  user {user} clicks {clicked['name']!r}: top_category {r.json().get('top_category_before')} -> "
-              f"{r.json().get('top_category_after')}; the item is {'gone from' if gone else 'STILL IN'} the next list")
+        click = r.json()
+        print(f"\n  user {user} clicks {clicked['name']!r}: top_category {click.get('top_category_before_name')} -> "
+              f"{click.get('top_category_after_name')}, interests now {click.get('interests_after_names')}; "
+              f"the item is {'gone from' if gone else 'STILL IN'} the next list")
         _print_list(f"known user {user} on mobile, after the click", after,
                     mark={i["item_id"] for i in after["items"]} - before_ids)
         api.delete(f"/users/{user}/seen")  # leave the demo user as it was

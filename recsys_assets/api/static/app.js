@@ -310,6 +310,10 @@ function renderClickChange(item, click, before, after) {
       categoryChip(click.top_category_after_name,
         { id: "change-top-after", class: changed ? "chip chip-changed" : "chip" }),
       changed ? " (changed: the next lists lean on it)" : " (unchanged)"));
+    const interests = (click.interests_after_names || []).filter((name) => name);
+    lines.push(el("li", { id: "change-interests" }, "Interests: ",
+      interests.length ? interests.map((name) => categoryChip(name)) : categoryChip(null),
+      click.interests_pushed ? " (re-ranked with this click)" : " (unchanged)"));
   } else {
     lines.push(el("li", {},
       "Anonymous click: recorded in the click stream only; there is no seen filter or top category to update."));
