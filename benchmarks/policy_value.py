@@ -16,7 +16,8 @@ Before each day it publishes that day's popularity tables and ordering prior (th
 daily refresh does. ``--prior-weights 0 2`` replays every request once per weight of the ordering prior
 (``softmax_sampling``'s ``PRIOR_WEIGHT``, lib/prior.py) as methods ``served w=<w>``, beside ``served`` (the
 release as built); ``--context-candidates 0 100`` likewise for anonymous requests' context candidates
-(``filter_seen_items``' ``CONTEXT_CANDIDATES``) as ``served c=<n>``:
+(``filter_seen_items``' ``CONTEXT_CANDIDATES``) as ``served c=<n>``; ``--prior-coefficients 1,1,1,0,0,0``
+for the prior's term coefficients (``PRIOR_COEFFICIENTS``) as ``served k=<coefficients>``:
 
     .venv/bin/python benchmarks/policy_value.py --artifacts artifacts --prior-weights 0 2 --context-candidates 100
 """
@@ -99,7 +100,7 @@ def publish_day(store, url: str, day: int, window: int = 7) -> None:
 
     days = list(range(max(0, day - window), day))
     tables = popularity.build_window(served_evaluation.logged_days(store, days), store.read_parquet(paths.ITEMS),
-                                     days)
+                                     days, popularity.registered_users(store))
     space = KeyLayout.make().popularity
     client = parse_url(url).client(db=space.db)
     try:
@@ -152,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", default=None, help="an artifact root with a built release to score")
     parser.add_argument("--prior-weights", type=float, nargs="*", default=[],
                         help="with --artifacts: also replay with these weights of the ordering prior")
+    parser.add_argument("--prior-coefficients", nargs="*", default=[],
+                        help="with --artifacts: also replay with these coefficients of the prior's terms "
+                             "(comma-separated, lib.prior.TERMS order; PRIOR_COEFFICIENTS) at the built weight")
     parser.add_argument("--context-candidates", type=int, nargs="*", default=[],
                         help="with --artifacts: also replay with these numbers of context candidates for anonymous "
                              "requests (filter_seen_items' CONTEXT_CANDIDATES)")
     args = parser.parse_args(argv)
 
     from recsys_assets.defs.partitions import TRAIN_DAYS, VALIDATION_DAYS
-    from recsys_assets.lib import policy_value, served_evaluation
+    from recsys_assets.lib import policy_value, prior, served_evaluation
     from recsys_assets.lib.generator import World
 
     args.days = args.days or [max(VALIDATION_DAYS) + 1, max(VALIDATION_DAYS) + 2]
@@ -202,14 +206,17 @@ def main(argv: list[str] | None = None) -> int:
                     publish_day(store, url, day)
                     for stage in stages:  # read the day's prior now, not after the cache's refresh period
                         stage.prior.invalidate()
-                built = ordering.prior_weight, seen.context_candidates
-                variants = [("served", built), *((f"served w={w:g}", (w, built[1])) for w in args.prior_weights),
-                            *((f"served c={c}", (built[0], c)) for c in args.context_candidates)]
-                for name, (weight, context) in variants:
-                    ordering.prior_weight, seen.context_candidates = weight, context
+                built = ordering.prior_weight, seen.context_candidates, ordering.coefficients
+                variants = [("served", built),
+                            *((f"served w={w:g}", (w, *built[1:])) for w in args.prior_weights),
+                            *((f"served c={c}", (built[0], c, built[2])) for c in args.context_candidates),
+                            *((f"served k={k}", (built[0], built[1], prior.parse_coefficients(k)))
+                              for k in args.prior_coefficients)]
+                for name, (weight, context, coefficients) in variants:
+                    ordering.prior_weight, seen.context_candidates, ordering.coefficients = weight, context, coefficients
                     models[name], failed = replay(recommend, requests)
                     print(f"day {day:02d}: {len(requests)} requests served ({name}), {failed} failed")
-                ordering.prior_weight, seen.context_candidates = built
+                ordering.prior_weight, seen.context_candidates, ordering.coefficients = built
             result = policy_value.evaluate(requests, models, world=world, history=history, visits=days[day],
                                            seed=args.eval_seed)
             print_table(day, result, time.perf_counter() - t0)

@@ -89,20 +89,34 @@ def build_tables(clicked_item_ids: np.ndarray, items: pd.DataFrame, window: Sequ
 WINDOW_COLUMNS = ["item_id", "click", "device_type", "timestamp"]
 
 
-def window_prior(impressions: pd.DataFrame, items: pd.DataFrame) -> "Prior":
-    """The ordering prior of a window's impressions (:data:`WINDOW_COLUMNS`) over the catalogue ``items``."""
+def window_prior(impressions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None = None) -> "Prior":
+    """The ordering prior of a window's impressions (:data:`WINDOW_COLUMNS`) over the catalogue ``items``
+    (category, gender, price); ``users`` (their ``age``), when given, standardises a request's age."""
     from recsys_assets.lib import prior, top_category
+    from recsys_assets.lib.feature_spec import encode_gender
 
+    ordered = items.sort_values("item_id")
     vocabulary = top_category.category_vocabulary(items["category_l1"])
-    codes = top_category.category_codes(items.sort_values("item_id")["category_l1"], vocabulary)
+    codes = top_category.category_codes(ordered["category_l1"], vocabulary)
     return prior.build(impressions["item_id"].to_numpy(), impressions["device_type"].to_numpy(),
-                       impressions["timestamp"].to_numpy(), impressions["click"].to_numpy(), codes, len(vocabulary))
+                       impressions["timestamp"].to_numpy(), impressions["click"].to_numpy(), codes, len(vocabulary),
+                       item_gender=encode_gender(ordered["item_gender"]), price=ordered["price"].to_numpy(),
+                       user_age=None if users is None else users["age"].to_numpy(np.float64))
 
 
-def build_window(impressions: pd.DataFrame, items: pd.DataFrame, window: Sequence[int]) -> PopularityTables:
+def registered_users(store) -> pd.DataFrame | None:
+    """The registered users' ages (``raw/users.parquet``), what :func:`window_prior` standardises a request's age
+    with; None where the store has no users table."""
+    from recsys_assets.lib import paths
+
+    return store.read_parquet(paths.USERS, columns=["age"]) if store.exists(paths.USERS) else None
+
+
+def build_window(impressions: pd.DataFrame, items: pd.DataFrame, window: Sequence[int],
+                 users: pd.DataFrame | None = None) -> PopularityTables:
     """The tables and the ordering prior of a window's impressions (:data:`WINDOW_COLUMNS`)."""
     clicked = impressions.loc[impressions["click"].to_numpy() == 1, "item_id"].to_numpy()
-    return dataclasses.replace(build_tables(clicked, items, window), prior=window_prior(impressions, items))
+    return dataclasses.replace(build_tables(clicked, items, window), prior=window_prior(impressions, items, users))
 
 
 def ranking(tables: PopularityTables, day: int | None = None, category_l1: str | None = None,

@@ -45,6 +45,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from recsys_assets.lib import prior
 from recsys_assets.lib.digests import file_sha256, path_sha256
 from recsys_assets.lib.ensemble_request import ENSEMBLE
 from recsys_assets.serving.graph import (  # noqa: F401  (names the release layer re-exports)
@@ -135,6 +136,8 @@ class TrainedArtifacts:
     image_dims: int = 64
     prior_weight: float = 0.0
     """The ordering prior's weight chosen for this DLRM (``ranking_evaluation``; lib/prior.py); 0: none."""
+    prior_coefficients: tuple[float, ...] = prior.DEFAULT_COEFFICIENTS
+    """Its terms' coefficients (``lib.prior.TERMS`` order), chosen with the weight."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +210,8 @@ def _parameters(model: str, trained: TrainedArtifacts, defaults: ServingDefaults
         "multimodal_embedding_lookup": {"IMAGE_DIMS": trained.image_dims},
         "dlrm_ranking": {"INPUT_MAP": json.dumps(dict(trained.dlrm_input_map), sort_keys=True)},
         "softmax_sampling": {"RANKING_TOPK": d.ranking_topk, "DIVERSITY_TEMPERATURE": repr(d.diversity_temperature),
-                             "SAMPLING_SEED": d.sampling_seed, "PRIOR_WEIGHT": repr(float(trained.prior_weight))},
+                             "SAMPLING_SEED": d.sampling_seed, "PRIOR_WEIGHT": repr(float(trained.prior_weight)),
+                             "PRIOR_COEFFICIENTS": prior.format_coefficients(trained.prior_coefficients)},
     }.get(model, {})
 
 
@@ -579,6 +583,7 @@ def trained_from_release(repository: Path, release: Release, **overrides) -> Tra
         dlrm_input_map=json.loads(params["dlrm_ranking"].get("INPUT_MAP") or "{}"),
         image_dims=int(params["multimodal_embedding_lookup"]["IMAGE_DIMS"]),
         prior_weight=float(params["softmax_sampling"].get("PRIOR_WEIGHT") or 0.0),
+        prior_coefficients=prior.parse_coefficients(params["softmax_sampling"].get("PRIOR_COEFFICIENTS")),
     )
     fields.update(overrides)
     return TrainedArtifacts(**fields)

@@ -29,6 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
+from recsys_assets.lib import prior
 from recsys_assets.lib.feature_spec import USER_HISTORY, WORKFLOW_INPUTS
 from recsys_assets.release.repository import Release, version_dir
 
@@ -57,7 +58,9 @@ class ReleaseScorer:
         self.available_from = np.load(faiss_dir / "availability.npy")
         self.multimodal = np.load(version_dir(repository, release, "multimodal_embedding_lookup") / "multimodal.npy")
         self.image_dims = int(params["multimodal_embedding_lookup"]["IMAGE_DIMS"])
-        self.prior_weight = float(params.get("softmax_sampling", {}).get("PRIOR_WEIGHT") or 0.0)
+        sampling = params.get("softmax_sampling", {})
+        self.prior_weight = float(sampling.get("PRIOR_WEIGHT") or 0.0)
+        self.prior_coefficients = prior.parse_coefficients(sampling.get("PRIOR_COEFFICIENTS"))
 
     def _features(self, rows, item: bool) -> dict:
         t = self.transforms
@@ -113,9 +116,8 @@ class ReleaseScorer:
         request's user and context features and each candidate's item features (``items``: the catalogue, raw
         columns ``item_id``, ``category_l1``, ``category_l2``, ``item_gender``, ``price``), blended with
         ``prior_table`` (a ``lib.prior.Prior``: what serving reads from Valkey) at the release's ``PRIOR_WEIGHT``
-        as ``softmax_sampling`` orders them; -1 padded.
+        and ``PRIOR_COEFFICIENTS`` as ``softmax_sampling`` orders them; -1 padded.
         """
-        from recsys_assets.lib import prior
         from recsys_assets.lib.feature_spec import INTERESTS
 
         import pandas as pd
@@ -134,7 +136,9 @@ class ReleaseScorer:
         if prior_table is not None and self.prior_weight > 0:
             log_prior = prior_table.log_prior(found, requests["device_type"].to_numpy(np.int64),
                                               requests["timestamp"].to_numpy(np.int64),
-                                              requests[list(INTERESTS)].to_numpy(np.int64))
+                                              requests[list(INTERESTS)].to_numpy(np.int64), self.prior_coefficients,
+                                              gender=requests["gender"].to_numpy(np.int64),
+                                              age=requests["age"].to_numpy(np.float64))
             scores = prior.blend(scores, log_prior, self.prior_weight)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         ranked = np.take_along_axis(found, order, axis=1)

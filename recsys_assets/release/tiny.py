@@ -359,7 +359,7 @@ def publish_online_state(tiny: TinyArtifacts, environ: dict[str, str], seed: int
     impressions = pd.DataFrame({"item_id": shown, "click": (rng.random(len(shown)) < 0.2).astype(np.int64),
                                 "device_type": rng.integers(0, 3, len(shown)),
                                 "timestamp": int(day0.timestamp()) + rng.integers(0, 86_400, len(shown))})
-    tables = popularity.build_window(impressions, items, window=[0])
+    tables = popularity.build_window(impressions, items, window=[0], users=users)
     endpoint = parse_url(environ["RECSYS_VALKEY_URL"])
     space = KeyLayout.make().popularity
     client = endpoint.client(db=space.db)

@@ -20,7 +20,7 @@ import pytest
 from recsys_assets.defs.index import assets as index_assets
 from recsys_assets.defs.resources import PROJECT_ROOT, ArtifactStoreResource, MerlinRunner, WorldResource
 from recsys_assets.defs.training import assets as training
-from recsys_assets.lib import dataset, masking, paths, policy_value
+from recsys_assets.lib import dataset, masking, paths, policy_value, prior
 from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.generator import World
@@ -279,6 +279,19 @@ def test_evaluation_reports_references_and_context_sensitivity(trained):
         rows = true[true["method"] == method]
         assert len(rows) and rows["capture"].notna().all() and rows["value"].between(0, 1).all()
     assert summary["measure"] == ranking["measure"] == policy_value.TRUTH_MEASURE
+    # the prior: the weight from the sweep, then the coefficients searched from the defaults (never worse)
+    chosen = ranking["prior"]
+    assert chosen["terms"] == list(prior.TERMS) and len(chosen["coefficients"]) == len(prior.TERMS)
+    best = max(row["value"] for row in chosen["sweep"])
+    assert chosen["weight"] in [row["weight"] for row in chosen["sweep"] if row["value"] == best]
+    if chosen["weight"] > 0:
+        assert chosen["search"][0]["coefficients"] == prior.format_coefficients(prior.DEFAULT_COEFFICIENTS)
+        assert chosen["search"][0]["value"] == pytest.approx(best)
+        assert prior.format_coefficients(chosen["coefficients"]) == chosen["search"][-1]["coefficients"]
+        true = pd.read_parquet(store.local_path(f"{paths.RANKING_EVALUATION}/true_table.parquet"))
+        served = true[(true["method"] == "served") & true["split"].isin(["warm", "new"])]
+        pooled = (served["value"] * served["requests"]).sum() / served["requests"].sum()
+        assert pooled == pytest.approx(chosen["search"][-1]["value"], rel=1e-6)
     lists = pd.read_parquet(store.local_path(f"{paths.RANKING_EVALUATION}/context_lists.parquet"))
     assert len(lists) == 3 * 4 * 10 and lists["item_id"].between(0, 2464).all()
 

@@ -72,3 +72,58 @@ def test_build_rejects_ids_outside_the_catalogue():
     item, device, stamp, click = _impressions()
     with pytest.raises(prior.PriorError, match="outside the catalogue"):
         prior.build(item + 10, device, stamp, click, CATEGORY, 2)
+
+
+def _crossed():
+    """The table of :func:`_impressions` with item genders (F, M, unisex, F), prices and users' ages 20..60."""
+    return prior.build(*_impressions(), item_category=CATEGORY, n_categories=2, item_gender=[0, 1, -1, 0],
+                       price=[10.0, 100.0, 50.0, 1000.0], user_age=np.array([20.0, 40.0, 60.0, np.nan]))
+
+
+def test_the_default_coefficients_are_the_first_three_terms_and_the_crosses_need_the_user():
+    p = _crossed()
+    ids, device, stamp, interests = np.arange(4), np.array([1, 1]), np.array([DAY, DAY]), np.array(
+        [[0, -1, -1], [1, 0, -1]])
+    terms = p.terms(ids, device, stamp, interests, gender=np.array([0, -1]), age=np.array([60.0, 40.0]))
+    assert terms.shape == (2, 4, len(prior.TERMS))
+    assert np.allclose(p.log_prior(ids, device, stamp, interests), terms[..., :3].sum(axis=2))
+    match, mismatch, price_age = (terms[..., prior.TERMS.index(t)] for t in ("gender_match", "gender_mismatch",
+                                                                            "price_age"))
+    assert match[0].tolist() == [1, 0, 0, 1] and mismatch[0].tolist() == [0, 1, 0, 0]  # a woman; item 2 unisex
+    assert not match[1].any() and not mismatch[1].any()                                  # unknown gender: 0
+    assert p.age_mean == pytest.approx(40.0) and price_age[1].tolist() == [0, 0, 0, 0]   # the mean age: 0
+    assert price_age[0, 3] > 0 > price_age[0, 0]   # an older user: expensive up, cheap down
+    # without the user's gender and age (an older release's inputs) the crosses are 0
+    assert not p.terms(ids, device, stamp, interests)[..., 3:].any()
+    with pytest.raises(prior.PriorError, match="6 finite numbers"):
+        p.log_prior(ids, device, stamp, interests, coefficients=(1, 1, 1))
+
+
+def test_the_crossed_table_round_trips_and_an_older_table_reads_without_the_crosses():
+    import io
+
+    p = _crossed()
+    back = prior.Prior.from_bytes(p.to_bytes())
+    args = (np.arange(4), np.array([1]), np.array([DAY]), np.array([[0, -1, -1]]))
+    kwargs = {"coefficients": (1, 2, 3, 0.5, -1, 0.25), "gender": np.array([1]), "age": np.array([25.0])}
+    assert np.allclose(back.log_prior(*args, **kwargs), p.log_prior(*args, **kwargs), atol=1e-5)
+    old = io.BytesIO()  # what a release before the crosses published
+    np.savez(old, clicks=p.clicks.astype(np.float32), item_category=p.item_category.astype(np.int32),
+             lift=p.lift.astype(np.float32), band_hours=np.array(p.band_hours))
+    older = prior.Prior.from_bytes(old.getvalue())
+    assert older.item_gender is None and older.age_std == 0.0
+    assert not older.terms(*args, gender=np.array([1]), age=np.array([25.0]))[..., 3:].any()
+
+
+def test_coefficients_parse_and_the_search_climbs_to_the_best():
+    assert prior.parse_coefficients("") == prior.DEFAULT_COEFFICIENTS
+    assert prior.parse_coefficients("2,1,0.5,0,-1,0.25") == (2.0, 1.0, 0.5, 0.0, -1.0, 0.25)
+    assert prior.format_coefficients((2.0, 1.0, 0.5, 0.0, -1.0, 0.25)) == "2,1,0.5,0,-1,0.25"
+    for bad in ("1,2,x,0,0,0", "1,1,1", "1,1,1,0,0,nan"):
+        with pytest.raises(prior.PriorError):
+            prior.parse_coefficients(bad)
+    target = np.array([2.0, 0.5, 1.5, 1.0, -2.0, 0.25])
+    best, path = prior.search_coefficients(lambda c: -float(np.sum((np.asarray(c) - target) ** 2)), rounds=20)
+    assert np.allclose(best, target)
+    values = [step["value"] for step in path]
+    assert values == sorted(values) and path[0]["term"] == "start"

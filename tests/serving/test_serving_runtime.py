@@ -6,7 +6,7 @@ import pytest
 from recsys_assets.lib import popularity
 from recsys_assets.lib.valkey_server import EmbeddedValkey, KeyLayout
 from recsys_assets.serving.bloom import BloomParams, SeenFilter
-from recsys_assets.serving.executor import StageContext
+from recsys_assets.serving.executor import StageConfigError, StageContext
 from recsys_assets.serving.runtime import Breaker, Runtime, ValkeyLink, ValkeyUnavailable, server_environ
 from recsys_assets.serving.stages.filter_seen_items import FilterSeenItems
 
@@ -193,6 +193,21 @@ def test_the_prior_reorders_by_clicks_context_and_interests_and_degrades_without
     assert plain["selected_ids"].tolist() == ids
     assert stage.ctx.metrics.value("recsys_degraded_requests_total", stage="softmax_sampling",
                                    reason="prior_unavailable") == 1
+    # the gender terms (PRIOR_COEFFICIENTS): an item for the other gender falls behind, only for a known gender
+    genders = tiny.items["item_gender"].to_numpy()
+    female, male = (int(np.flatnonzero(genders == g)[0]) for g in ("F", "M"))
+    crossed = SoftmaxSampling(StageContext("softmax_sampling", params={
+        **params, "PRIOR_COEFFICIENTS": "0,0,0,0,-5,0"}, environ=url))
+    pair, even = [female, male], [0.30, 0.29]
+    for gender, first in ((0, female), (1, male)):
+        out = crossed(scores=np.asarray(even, np.float32), item_index=np.asarray(pair), item_ids=np.asarray(pair),
+                      top_k=np.array([2]), diversity=np.array([False]), device_type=np.array([1]),
+                      timestamp=np.array([DAY0 + 3600]), age=np.array([40.0]), gender=np.array([gender]),
+                      **{f"interest_{k}": np.array([-1]) for k in (1, 2, 3)})
+        assert out["selected_ids"].tolist()[0] == first
+    assert _order(crossed, pair, even)[0] == pair  # no gender with the request: the terms are 0
+    with pytest.raises(StageConfigError, match="PRIOR_COEFFICIENTS"):
+        SoftmaxSampling(StageContext("softmax_sampling", params={**params, "PRIOR_COEFFICIENTS": "1,2"}, environ=url))
     # Valkey gone before the first read: the DLRM's order, degraded, no error
     cold = SoftmaxSampling(StageContext("softmax_sampling", params=params, environ=url))
     valkey.stop()

@@ -199,8 +199,8 @@ class PopularityConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     kinds={"valkey"},
-    deps=[items, dg.AssetDep(raw_interactions,
-                             partition_mapping=dg.SpecificPartitionsPartitionMapping(partition_keys(TRAIN_DAYS)))],
+    deps=[items, users, dg.AssetDep(raw_interactions, partition_mapping=dg.SpecificPartitionsPartitionMapping(
+        partition_keys(TRAIN_DAYS)))],
     check_specs=check_specs("popularity_tables", ("window_complete", "read_back")),
     output_required=False,
 )
@@ -235,7 +235,7 @@ def popularity_tables(context: dg.AssetExecutionContext, config: PopularityConfi
         yield check("read_back", False, "not evaluated: the window is incomplete")
         return
     clicks = pd.concat(frames, ignore_index=True)
-    tables = pop.build_window(clicks, catalogue, config.days)
+    tables = pop.build_window(clicks, catalogue, config.days, pop.registered_users(store))
 
     space = valkey.layout().popularity
     t0 = time.perf_counter()

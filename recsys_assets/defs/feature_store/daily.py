@@ -221,7 +221,7 @@ def daily_popularity_tables(context: dg.AssetExecutionContext, config: DailyPopu
             check("window_complete", False, description),
             check("read_back", False, "not evaluated: the window is incomplete")])
     clicks = pd.concat(frames, ignore_index=True)
-    tables = pop.build_window(clicks, catalogue, window)
+    tables = pop.build_window(clicks, catalogue, window, pop.registered_users(store))
 
     space = valkey.layout().popularity
     client = valkey.client("popularity")

@@ -131,18 +131,21 @@ def trained_artifacts(store: ArtifactStore, config: RepositoryConfig) -> Trained
         query_tower_input_map=dict(config.query_tower_input_map),
         dlrm_input_map=dict(config.dlrm_input_map),
         image_dims=int(multimodal.shape[1]) // 2,
-        prior_weight=chosen_prior_weight(store),
+        **chosen_prior(store),
     )
 
 
-def chosen_prior_weight(store: ArtifactStore) -> float:
-    """The ordering prior's weight ``ranking_evaluation`` chose for the trained DLRM (0 where it recorded none)."""
+def chosen_prior(store: ArtifactStore) -> dict:
+    """The ordering prior's weight and coefficients ``ranking_evaluation`` chose for the trained DLRM, as
+    :class:`TrainedArtifacts` fields (weight 0 and the default coefficients where it recorded none)."""
     import json
 
+    from recsys_assets.lib import prior
+
     summary = f"{paths.RANKING_EVALUATION}/summary.json"
-    if not store.exists(summary):
-        return 0.0
-    return float(json.loads(store.read_bytes(summary)).get("prior", {}).get("weight", 0.0))
+    chosen = json.loads(store.read_bytes(summary)).get("prior", {}) if store.exists(summary) else {}
+    return {"prior_weight": float(chosen.get("weight", 0.0)),
+            "prior_coefficients": prior.check_coefficients(chosen.get("coefficients", prior.DEFAULT_COEFFICIENTS))}
 
 
 def _failed(name: str, description: str) -> dg.MaterializeResult:

@@ -56,7 +56,7 @@ from recsys_assets.defs.resources import (
     MerlinRunner,
     WorldResource,
 )
-from recsys_assets.defs.release.assets import chosen_prior_weight
+from recsys_assets.defs.release.assets import chosen_prior
 from recsys_assets.defs.release.resources import TritonResource
 from recsys_assets.defs.training.assets import dlrm_onnx, query_tower_onnx, ranking_evaluation, retrieval_evaluation
 from recsys_assets.defs.transforms.assets import (
@@ -231,7 +231,8 @@ def _gate(store: ArtifactStore, live, candidate: Release, served, data: scoring.
     # whose ordering prior is what the daily popularity refresh publishes for serving on the gate day
     window = range(max(0, data.day - config.popularity_days), data.day)
     history = served_evaluation.logged_days(store, window)
-    prior_table = pop.window_prior(history, catalogue) if len(history) else None
+    prior_table = (pop.window_prior(history, catalogue, pop.registered_users(store)) if len(history)
+                   else None)
     lists = {name: scorer.recommend(requests, data.day, catalogue, config.top_k, candidates, prior_table=prior_table)
              for name, scorer in scorers.items()}
     true = scoring.true_evaluation(lists, requests, world, history,
@@ -544,7 +545,7 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
         # the trained index, or the daily refresh's growth of it (new items added since the training)
         faiss_index=store.local_path(served_index(store, variant)),
         multimodal=store.local_path(paths.MULTIMODAL_EMBEDDINGS), items=store.local_path(paths.ITEMS),
-        image_dims=int(multimodal.shape[1]) // 2, prior_weight=chosen_prior_weight(store))
+        image_dims=int(multimodal.shape[1]) // 2, **chosen_prior(store))
     live = store.local_path(paths.TRITON_REPOSITORY) if store.exists(paths.TRITON_REPOSITORY) else None
     defaults = repository.defaults_from_release(live, served) if served is not None else ServingDefaults()
     t1 = time.perf_counter()

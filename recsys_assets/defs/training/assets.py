@@ -46,6 +46,7 @@ from recsys_assets.lib import paths, policy_value, retrain
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.feature_spec import ITEM_INPUTS
+from recsys_assets.lib.prior import TERMS as PRIOR_TERMS
 from recsys_assets.ml.dlrm import DlrmParams
 from recsys_assets.ml.two_tower import TwoTowerParams
 
@@ -663,7 +664,8 @@ class RankingEvaluationConfig(dg.Config):
     rerank_requests: int = 2_000
     """Retrieval requests re-ranked by the DLRM for the end-to-end top-10 metrics."""
     prior_weights: list[float] = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0]  # noqa: RUF012 (pydantic copies field defaults)
-    """Weights of the ordering prior tried (lib/prior.py); the best by true expected clicks is served."""
+    """Weights of the ordering prior tried (lib/prior.py, default coefficients); the best by true expected clicks
+    is served, with its terms' coefficients then searched on the same requests."""
     context_hours: list[int] = [2, 8, 13, 20]  # noqa: RUF012 (pydantic copies field defaults)
     """Hours (UTC) of the anonymous-user context grid (with devices 0, 1, 2)."""
     top_k: int = 10
@@ -749,19 +751,20 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     retrieval = _read_json(store, f"{paths.RETRIEVAL_EVALUATION}/summary.json")
     variant = retrieval["selected_variant"]
     end_to_end, reranked = _end_to_end(store, dlrm, item_features, variant, config)
-    sweep = _prior_sweep(store, reranked, catalogue, config)
+    sweep, terms = _prior_sweep(store, reranked, catalogue, config)
     truth, true = world.truth(), None
     deployed = _deployed(store, "ranking")
+    true_requests = None
     if truth is not None and len(reranked["requests"]):
         true_requests, _ = policy_value.evaluation_requests(reranked["requests"], len(reranked["requests"]),
                                                             config.seed, anonymous_copies=False)
+    chosen = _choose_prior(truth, true_requests, reranked, sweep, terms, config)
+    if sweep:  # "served": the order serving applies, the DLRM blended with the chosen weight and coefficients
+        reranked["lists"]["served"] = chosen["lists"]
+    if true_requests is not None:
         true = policy_value.evaluate_logged(store, truth, true_requests, {**reranked["lists"], **sweep},
                                             config.seed, config.bootstrap_samples)
-    prior_weight, prior_rows = _choose_prior_weight(true, sweep, reranked.get("relevant", []), config)
-    if sweep:  # "served": the order serving applies, the DLRM blended with the chosen weight
-        reranked["lists"]["served"] = sweep[_prior_method(prior_weight)]
-        if true is not None:
-            true = policy_value.renamed(true, _prior_method(prior_weight), "served")
+    prior_weight, prior_rows = chosen["weight"], chosen["sweep"]
     judged = "served" if sweep else "dlrm"
     if true is not None:
         gates = _true_gates(true, judged, ("auc", candidate, popularity), deployed, fingerprint, config)
@@ -781,7 +784,8 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
         "record": {"fingerprint": fingerprint, "metrics": {"auc": candidate, **true_metrics}},
         **({"true": policy_value.record(true)} if true is not None else {}),
         "metrics": ranking.to_dict(orient="records"), "end_to_end": end_to_end, "context_sensitivity": sensitivity,
-        "prior": {"weight": prior_weight, "sweep": prior_rows},
+        "prior": {"weight": prior_weight, "coefficients": list(chosen["coefficients"]), "terms": list(PRIOR_TERMS),
+                  "sweep": prior_rows, "search": chosen["search"]},
         "gates": [{"name": g.name, "passed": g.passed, "description": g.description} for g in gates],
     }
     store.write_bytes(f"{out}/summary.json", json.dumps(summary, indent=1, default=float).encode())
@@ -802,7 +806,10 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
                 for m in ("dlrm", *(["served"] if sweep else [])) for s in sorted(set(true.table["split"]))}
                if true is not None else {}),
             "prior_weight": prior_weight,
+            "prior_coefficients": dg.MetadataValue.json(dict(zip(PRIOR_TERMS, chosen["coefficients"]))),
             "prior_sweep": markdown_table(pd.DataFrame(prior_rows), ".4f") if prior_rows else "no requests",
+            "prior_search": (markdown_table(pd.DataFrame(chosen["search"]), ".4f") if chosen["search"]
+                             else "not searched (no truth, or the prior is off)"),
             **({"true_expected_clicks": markdown_table(_true_table(true), ".4f")} if true is not None else {}),
             "auc": candidate,
             "oracle_auc": oracle_auc,
@@ -881,49 +888,81 @@ def _top(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
                     np.take_along_axis(candidates, top, axis=1), -1)
 
 
-def _prior_sweep(store: ArtifactStore, reranked: dict, catalogue: pd.DataFrame, config) -> dict:
-    """The re-ranked requests' lists under ``logit(DLRM) + w x prior`` for every w of ``config.prior_weights``
-    (``lib.prior``; the prior of the training days' impressions, as the first release's popularity tables
-    publish it; each user's interest codes as of the start of the request's day, as the feature store serves them)."""
+def _prior_sweep(store: ArtifactStore, reranked: dict, catalogue: pd.DataFrame, config) -> tuple[dict, object]:
+    """The re-ranked requests' lists under ``logit(DLRM) + w x prior`` (the default coefficients) for every w of
+    ``config.prior_weights``, and the prior's terms of every candidate ((requests, candidates, terms), for
+    :func:`_choose_prior`). The prior of the training days' impressions, as the first release's popularity tables
+    publish it; each user's interest codes as of the start of the request's day, as the feature store serves them;
+    the registered user's gender and age, as ``feast_user_lookup`` reads them."""
     from recsys_assets.lib import popularity as pop
     from recsys_assets.lib import prior, served_evaluation, top_category
+    from recsys_assets.lib.feature_spec import encode_gender
 
     requests = reranked["requests"]
     if not len(requests):
-        return {}
+        return {}, None
+    users = pop.registered_users(store)
     window = served_evaluation.logged_days(store, config.train_days)
-    table = pop.window_prior(window, catalogue)
+    table = pop.window_prior(window, catalogue, users)
     last = int(requests["day"].max())
     events = served_evaluation.logged_days(store, range(0, last + 1))
     days = requests["day"].to_numpy(np.int64)
     interests = top_category.point_in_time_interests(
         events["user_id"], events["timestamp"], table.item_category[events["item_id"].to_numpy(np.int64)],
         events["click"], requests["user_id"], np.array([world_day_start(int(d)) for d in days]))
-    log_prior = table.log_prior(reranked["candidates"], requests["device_type"].to_numpy(np.int64),
-                                requests["timestamp"].to_numpy(np.int64), interests)
-    return {_prior_method(w): _top(prior.blend(reranked["scores"], log_prior, w), reranked["candidates"], config.top_k)
-            for w in config.prior_weights}
+    profile = (store.read_parquet(paths.USERS, columns=["user_id", "age", "gender"]).set_index("user_id")
+               .reindex(requests["user_id"].to_numpy(np.int64)) if users is not None else None)
+    terms = table.terms(reranked["candidates"], requests["device_type"].to_numpy(np.int64),
+                        requests["timestamp"].to_numpy(np.int64), interests,
+                        gender=None if profile is None else np.asarray(encode_gender(profile["gender"]), np.int64),
+                        age=None if profile is None else profile["age"].fillna(table.age_mean).to_numpy(np.float64))
+    base = terms @ np.asarray(prior.DEFAULT_COEFFICIENTS)
+    return {_prior_method(w): _top(prior.blend(reranked["scores"], base, w), reranked["candidates"], config.top_k)
+            for w in config.prior_weights}, terms
 
 
 def _prior_method(weight: float) -> str:
     return f"dlrm + {weight:g} x prior"
 
 
-def _choose_prior_weight(true, sweep: dict, relevant, config) -> tuple[float, list]:
-    """The weight whose lists earn the most: true expected clicks of the users' requests, or without truth the
-    recall@k against the logged clicks (exposure-biased, said so in the table); ties go to the smaller weight."""
-    rows = []
-    for weight in config.prior_weights:
-        name = _prior_method(weight)
-        if true is not None:
-            rows.append({"weight": weight, "measure": "true expected clicks (users)",
-                         "value": policy_value.pooled_value(true, name)})
-        else:
-            recall = ev.retrieval_metrics(sweep[name], relevant, (config.top_k,))[f"recall@{config.top_k}"]
-            rows.append({"weight": weight, "measure": f"logged recall@{config.top_k} (exposure-biased)",
-                         "value": recall})
-    best = max(rows, key=lambda r: (r["value"], -r["weight"])) if rows else {"weight": 0.0}
-    return float(best["weight"]), rows
+def _choose_prior(truth_world, true_requests, reranked: dict, sweep: dict, terms, config) -> dict:
+    """The weight whose lists earn the most (true expected clicks of the users' requests, or without truth the
+    recall@k against the logged clicks: exposure-biased, said so in the table; ties to the smaller weight), then,
+    with truth and a weight > 0, the terms' coefficients by coordinate ascent on the same measure
+    (``lib.prior.search_coefficients``). Returns the weight, the coefficients, the sweep's rows, the search's kept
+    moves and the served lists."""
+    from recsys_assets.lib import prior
+
+    rows, search = [], []
+    if not sweep:
+        return {"weight": 0.0, "coefficients": prior.DEFAULT_COEFFICIENTS, "sweep": rows, "search": search,
+                "lists": reranked["lists"].get("dlrm")}
+    if true_requests is not None:
+        truth = policy_value.truth(truth_world, true_requests)
+        users = np.isin(true_requests["split"].to_numpy(), list(policy_value.USERS))
+
+        def pooled(lists) -> float:
+            values, _ = policy_value.list_values(truth.p, lists, truth.allowed, config.top_k)
+            return float(values[users].mean()) if users.any() else float("nan")
+
+        measure = "true expected clicks (users)"
+    else:
+        def pooled(lists) -> float:
+            return ev.retrieval_metrics(lists, reranked.get("relevant", []), (config.top_k,))[f"recall@{config.top_k}"]
+
+        measure = f"logged recall@{config.top_k} (exposure-biased)"
+    rows = [{"weight": w, "measure": measure, "value": pooled(sweep[_prior_method(w)])} for w in config.prior_weights]
+    weight = float(max(rows, key=lambda r: (r["value"], -r["weight"]))["weight"])
+    coefficients = prior.DEFAULT_COEFFICIENTS
+
+    def lists_of(c):
+        return _top(prior.blend(reranked["scores"], terms @ np.asarray(c), weight), reranked["candidates"],
+                    config.top_k)
+
+    if true_requests is not None and weight > 0:
+        coefficients, search = prior.search_coefficients(lambda c: pooled(lists_of(c)))
+    return {"weight": weight, "coefficients": coefficients, "sweep": rows, "search": search,
+            "lists": lists_of(coefficients)}
 
 
 def _context_sensitivity(store: ArtifactStore, dlrm, transforms, item_features: dict, catalogue: pd.DataFrame,

@@ -3,12 +3,14 @@
 Inputs: ``scores`` FP32 [-1] (the ranker's click probabilities), ``item_index`` INT64 [-1] (NVTabular item rows)
 and ``item_ids`` INT64 [-1] (raw ids), row-aligned; ``top_k`` INT64 [1]; ``diversity`` BOOL [1]; optional
 ``device_type``, ``timestamp``, ``interest_1..3`` INT64 [1] (the request's context and the user's interest codes,
-for the prior). Outputs ``selected_index``, ``selected_ids`` INT64 [-1] and ``selected_scores`` FP32 [-1], at most
+for the prior), ``age`` FP64 [1] and ``gender`` INT64 [1] (the user's, for the prior's gender and price x age
+terms; without them those terms are 0). Outputs ``selected_index``, ``selected_ids`` INT64 [-1] and ``selected_scores`` FP32 [-1], at most
 ``top_k`` rows.
 
 The ordering score: with ``PRIOR_WEIGHT`` w > 0, each candidate's ``logit(p) + w * prior`` (``lib.prior``: the
-user's interests, the category's click lift in this device and time band, the item's clicks), turned back into
-(0, 1) by the sigmoid; ``selected_scores`` are those. The prior's table is published with the popularity tables in
+user's interests, the category's click lift in this device and time band, the item's clicks, the user's gender
+against the item's and the item's price against the user's age, weighted by ``PRIOR_COEFFICIENTS``), turned back
+into (0, 1) by the sigmoid; ``selected_scores`` are those. The prior's table is published with the popularity tables in
 Valkey and cached for ``POPULARITY_REFRESH_S``; without it (no Valkey, none published, or the request lacks its
 inputs) the order is the DLRM's alone, counted in ``recsys_degraded_requests_total{stage="softmax_sampling",
 reason="prior_unavailable"}``. w = 0: the DLRM's scores unchanged.
@@ -36,6 +38,7 @@ from recsys_assets.serving.executor import Stage, StageConfigError, StageContext
 from recsys_assets.serving.runtime import PublishedPrior, Runtime, ValkeyLink
 
 PRIOR_INPUTS = ("device_type", "timestamp", "interest_1", "interest_2", "interest_3")
+USER_INPUTS = ("age", "gender")  # the prior's cross terms: 0 without them
 
 
 def greedy(scores: np.ndarray, k: int) -> np.ndarray:
@@ -55,7 +58,7 @@ def sample(scores: np.ndarray, k: int, pool: int, temperature: float, rng: np.ra
 
 class SoftmaxSampling(Stage):
     inputs = ("scores", "item_index", "item_ids", "top_k", "diversity")
-    optional_inputs = PRIOR_INPUTS
+    optional_inputs = (*PRIOR_INPUTS, *USER_INPUTS)
     outputs = ("selected_index", "selected_ids", "selected_scores")
 
     def __init__(self, ctx: StageContext) -> None:
@@ -64,6 +67,10 @@ class SoftmaxSampling(Stage):
         self.temperature = ctx.param_float("DIVERSITY_TEMPERATURE", 0.5)
         self.seed = ctx.param_int("SAMPLING_SEED", -1)
         self.prior_weight = ctx.param_float("PRIOR_WEIGHT", 0.0)
+        try:
+            self.coefficients = prior.parse_coefficients(ctx.param("PRIOR_COEFFICIENTS", ""))
+        except prior.PriorError as exc:
+            raise StageConfigError(f"PRIOR_COEFFICIENTS: {exc}") from None
         if self.pool < 1 or self.temperature <= 0 or not self.prior_weight >= 0:
             raise StageConfigError(f"RANKING_TOPK={self.pool} must be >= 1, DIVERSITY_TEMPERATURE="
                                    f"{self.temperature} > 0 and PRIOR_WEIGHT={self.prior_weight} >= 0")
@@ -84,8 +91,11 @@ class SoftmaxSampling(Stage):
             self.ctx.degraded("prior_unavailable")
             return scores
         value = {name: int(scalar(context[name], name)) for name in PRIOR_INPUTS}
+        age, gender = context.get("age"), context.get("gender")
         log_prior = table.log_prior(item_ids, np.array([value["device_type"]]), np.array([value["timestamp"]]),
-                                    np.array([[value[f"interest_{k}"] for k in (1, 2, 3)]]))[0]
+                                    np.array([[value[f"interest_{k}"] for k in (1, 2, 3)]]), self.coefficients,
+                                    gender=None if gender is None else np.array([int(scalar(gender, "gender"))]),
+                                    age=None if age is None else np.array([float(scalar(age, "age"))]))[0]
         return prior.sigmoid(prior.blend(scores, log_prior, self.prior_weight)).astype(np.float32)
 
     def close(self) -> None:
