@@ -7,7 +7,9 @@ assets in that layer (one per partition for a layer of days). Then real recommen
 API, and the daily loop as production runs it: day 14 arrives, ``new_day_sensor`` requests its ``daily_job`` run
 (refresh, replay of the served list, fine-tune judged by its gate), and ``release_promotion_sensor`` switches the
 release when the gate passed. Runs are recorded in the Dagster instance at ``$DAGSTER_HOME`` (default
-``artifacts/dagster_home``), so ``make dev`` afterwards shows them, with their metadata and checks, in the UI. A
+``artifacts/dagster_home``), so ``make dev`` afterwards shows them, with their metadata and checks, in the UI; each
+carries the label of the workspace's code location (:func:`run_tags`), so the UI lists it under its job as it does a
+run it launched itself. A
 failed run or a failed ERROR check stops the demo with what went wrong; a failed WARN check (a fine-tune its gate
 rejects, say) is an outcome and is printed.
 """
@@ -25,6 +27,27 @@ from recsys_assets.defs.platform.jobs import BUILD_LAYERS, FULL_BUILD_JOB
 from recsys_assets.lib.settings import Settings, partition_key
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = PROJECT_ROOT / "workspace.yaml"
+
+
+def code_location(workspace: Path = WORKSPACE) -> str:
+    """The name of the code location ``workspace.yaml`` loads (what ``make dev``'s UI calls it)."""
+    import yaml
+
+    entries = yaml.safe_load(workspace.read_text())["load_from"]
+    names = [target.get("location_name") for entry in entries for target in entry.values()]
+    if len(names) != 1 or not names[0]:
+        raise ValueError(f"{workspace}: expected one code location with a location_name, found {names}")
+    return names[0]
+
+
+def run_tags(location: str | None = None) -> dict[str, str]:
+    """Tags that file an in-process run under its job in the UI: the repository label a run the webserver or the
+    daemon launches carries (``<repository>@<code location>``; Dagster filters a job's runs by it)."""
+    from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # Dagster's own tag; no public name for it
+
+    return {REPOSITORY_LABEL_TAG: f"{SINGLETON_REPOSITORY_NAME}@{location or code_location()}"}
 
 
 def _instance(settings: Settings) -> dg.DagsterInstance:
@@ -42,6 +65,7 @@ def run_job(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, assets
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
              **({"ops": ops} if ops else {})}
     selection = [dg.AssetKey(a) for a in assets] if assets else None
+    kwargs["tags"] = {**run_tags(), **(kwargs.get("tags") or {})}
     result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False,
                                                           run_config=quiet, asset_selection=selection, **kwargs)
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,10 @@ import pytest
 from recsys_assets.api.config import ApiConfig
 from recsys_assets.lib.valkey_server import free_port
 from tests.support.api_server import ApiServer
+from tests.support.browser import chromium
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "storefront"
-CHROMIUM = Path("/usr/bin/chromium")
-# Quiet, reproducible headless runs: no GPU, no update/sync/field-trial traffic, no first-run pages.
-CHROMIUM_ARGS = ["--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 # Authentication is on for every server of these tests: the page's writes must pass with its session cookie.
 API_TOKEN = "storefront-test-token-" + "0" * 16
 SAMPLING_SEED = 11  # diversity mode draws the same list for the same request: the test can compare lists
@@ -89,24 +85,8 @@ def api_server(stack):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    """Debian's Chromium through Playwright: headless, a fresh user-data-dir, never a downloaded browser."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"Chromium is not installed ({CHROMIUM} is missing): run `make setup`, which installs "
-                    "Debian's chromium package (apt-get install -y chromium) that these tests drive")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the Python package playwright is missing from the pipeline env: run `make setup` "
-                    "(never `playwright install`: the tests use the system's Chromium)")
-    args = CHROMIUM_ARGS + (["--no-sandbox"] if os.geteuid() == 0 else [])  # Chromium's sandbox refuses root
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
-            args=args, viewport={"width": 1360, "height": 1000}, locale="en-US", timezone_id="UTC")
-        try:
-            yield context
-        finally:
-            context.close()
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
 
 
 @pytest.fixture(scope="session")
