@@ -272,14 +272,20 @@ def quiet_console(log_dir: Path) -> None:
     warnings.simplefilter("default")  # every warning once per place, into the log file
 
 
+def quiet_definitions(settings: Settings) -> tuple[dg.Definitions, Path]:
+    """The definitions the demo runs, with the console kept to the demo's lines (:func:`quiet_console`) and the
+    merlin subprocesses' output in ``<artifacts>/logs/merlin/<step>.log``; returns them and the log folder."""
+    from recsys_assets.definitions import build_definitions
+
+    logs = Path(settings.artifacts).resolve() / "logs"
+    quiet_console(logs)
+    return build_definitions(settings, merlin_log_dir=str(logs / "merlin")), logs
+
+
 def main() -> int:
     settings = Settings.from_env()
     instance = _instance(settings)
-    logs = Path(settings.artifacts).resolve() / "logs"
-    quiet_console(logs)
-    from recsys_assets.definitions import build_definitions
-
-    defs = build_definitions(settings, merlin_log_dir=str(logs / "merlin"))
+    defs, logs = quiet_definitions(settings)
     t0 = time.perf_counter()
     print(f"[demo] artifacts: {settings.artifacts}  scale: {settings.scale}  instance: {os.environ['DAGSTER_HOME']}")
     print(f"[demo] logs: {logs}/demo.log (libraries' messages and warnings), {logs}/merlin/<step>.log "

@@ -5,7 +5,8 @@ of its own (the settings are read from its environment: ``RECSYS_SOURCE``, ``REC
 does (``recsys_assets.demo.run_plan``: ingest, top_category and masking per day, NVTabular workflows and
 transformed days, embeddings, Feast into Valkey, a short training of both models, ONNX, FAISS, the evaluation
 gates, the Triton repository and its local deployment), with the tiny training settings of the other merlin
-tests, then asks the API (its own app, in process, against the running Triton and Valkey) for recommendations
+tests, with the demo's quiet console (``recsys_assets.demo.quiet_definitions``), then asks the API (its own app, in
+process, against the running Triton and Valkey) for recommendations
 in the shop's ids, posts a click, and stops Triton and Valkey. ``... more_days`` re-runs the catalogue and ingests
 the day the test added. Each prints one JSON line.
 """
@@ -43,13 +44,13 @@ def build() -> dict:
 
     from recsys_assets.api.app import create_app
     from recsys_assets.api.config import ApiConfig
-    from recsys_assets.definitions import defs
-    from recsys_assets.demo import _stop_embedded_valkey, run_plan
+    from recsys_assets.demo import _stop_embedded_valkey, quiet_definitions, run_plan
     from recsys_assets.lib.settings import Settings
     from recsys_assets.release import deploy
 
     settings = Settings.from_env()
     assert not settings.uses_generator, settings.source
+    defs, _ = quiet_definitions(settings)  # the console as make demo keeps it: the test reads it
     t0 = time.perf_counter()
     timings = run_plan(defs, _instance(), ops=OPS)
     root = Path(settings.artifacts).resolve()

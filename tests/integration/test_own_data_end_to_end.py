@@ -72,7 +72,8 @@ def _run(step: str, env: dict) -> dict:
                           env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise AssertionError(f"own_data_run {step} failed:\n{(proc.stdout + proc.stderr)[-8000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    return {**json.loads(lines[-1]), "console": lines[:-1]}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,15 @@ def own_world(tmp_path_factory):
     more = _run("more_days", env)
     return {"store": store, "built": built, "before": before, "day0": day0, "written": written,
             "day0_counts": more["day0"]}
+
+
+def test_the_builds_console_is_the_demos_lines_only(own_world):
+    """What make demo prints of its steps (on the tiny world here): one ``[demo]`` line per step, no library
+    warnings, log records or tracebacks (those go to the log files under the artifact root)."""
+    console = own_world["built"]["console"]
+    assert len(console) >= 10 and all(line.startswith("[demo]") for line in console), "\n".join(
+        line for line in console if not line.startswith("[demo]"))[:4000]
+    assert not [line for line in console if "Traceback" in line or "Warning" in line]
 
 
 def test_the_api_answers_in_the_shops_string_ids(own_world):
