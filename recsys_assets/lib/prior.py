@@ -50,6 +50,7 @@ from recsys_assets.lib.feature_spec import DEVICES
 
 BAND_HOURS = 6
 INTEREST_WEIGHTS = (3.0, 2.0, 1.0)   # interest_1..3, as shares of their sum
+_SHARES = np.asarray(INTEREST_WEIGHTS) / sum(INTEREST_WEIGHTS)
 MIX_FLOOR = 1e-3                     # every category keeps a little, so unseen categories rank by context
 LIFT_PSEUDO_IMPRESSIONS = 50.0
 N_DEVICES = len(DEVICES)
@@ -109,6 +110,12 @@ def check_coefficients(coefficients) -> tuple[float, ...]:
     if len(values) != len(TERMS) or not np.all(np.isfinite(values)):
         raise PriorError(f"prior coefficients {coefficients!r}: expected {len(TERMS)} finite numbers for {TERMS}")
     return values
+
+
+@functools.lru_cache(maxsize=64)
+def _checked(coefficients: tuple) -> tuple[float, ...]:
+    """:func:`check_coefficients`, once per distinct tuple (serving passes the same one on every request)."""
+    return check_coefficients(coefficients)
 
 
 def parse_coefficients(text: str | None) -> tuple[float, ...]:
@@ -172,6 +179,23 @@ class Prior:
         lift, pop = self._context(self._rows(item_ids, len(device)), device, timestamp)
         return lift + pop
 
+    def _interests(self, rows: np.ndarray, interests: np.ndarray) -> np.ndarray:
+        """log mix[c] of each candidate (:func:`interest_mix`, computed for the candidates' categories only)."""
+        codes = np.asarray(interests, np.int64).reshape(len(rows), len(INTEREST_WEIGHTS))
+        codes = np.where((codes >= 0) & (codes < self.n_categories), codes, -2)  # never an item's category
+        hit = self._tables[0][rows][:, :, None] == codes[:, None, :]
+        return np.log(MIX_FLOOR + hit @ _SHARES)
+
+    def _gender(self, rows: np.ndarray, gender) -> tuple[np.ndarray, np.ndarray]:
+        user = np.asarray(gender, np.int64).reshape(-1)[:, None]
+        items = self._tables[3][rows]
+        known = (user >= 0) & (items >= 0)
+        return known & (items == user), known & (items != user)
+
+    def _price_age(self, rows: np.ndarray, age) -> np.ndarray:
+        age_z = (np.asarray(age, np.float64).reshape(-1) - self.age_mean) / self.age_std
+        return self._tables[4][rows] * np.where(np.isfinite(age_z), age_z, 0.0)[:, None]
+
     def terms(self, item_ids, device: np.ndarray, timestamp: np.ndarray, interests: np.ndarray,
               gender: np.ndarray | None = None, age: np.ndarray | None = None) -> np.ndarray:
         """(requests, items, :data:`TERMS`) for ``item_ids`` ((items,) shared, or (requests, items)), each
@@ -179,29 +203,35 @@ class Prior:
         (None: unknown, those terms 0). Unknown ids and devices get the neutral terms."""
         device = np.asarray(device, np.int64).reshape(-1)
         rows = self._rows(item_ids, len(device))
-        category, _, _, item_gender, price = self._tables
-        log_mix = np.full((len(device), self.n_categories + 1), np.log(MIX_FLOOR))  # last column: no category
-        log_mix[:, :-1] = np.log(interest_mix(interests, self.n_categories))
-        lift, pop = self._context(rows, device, timestamp)
         out = np.zeros((*rows.shape, len(TERMS)))
-        out[..., 0] = np.take_along_axis(log_mix, category[rows], axis=1)
-        out[..., 1], out[..., 2] = lift, pop
+        out[..., 0] = self._interests(rows, interests)
+        out[..., 1], out[..., 2] = self._context(rows, device, timestamp)
         if gender is not None:
-            user = np.asarray(gender, np.int64).reshape(-1)[:, None]
-            known = (user >= 0) & (item_gender[rows] >= 0)
-            out[..., 3] = known & (item_gender[rows] == user)
-            out[..., 4] = known & (item_gender[rows] != user)
+            out[..., 3], out[..., 4] = self._gender(rows, gender)
         if age is not None and self.age_std > 0:
-            age_z = (np.asarray(age, np.float64).reshape(-1) - self.age_mean) / self.age_std
-            out[..., 5] = price[rows] * np.nan_to_num(age_z)[:, None]
+            out[..., 5] = self._price_age(rows, age)
         return out
 
     def log_prior(self, item_ids, device: np.ndarray, timestamp: np.ndarray, interests: np.ndarray,
                   coefficients=DEFAULT_COEFFICIENTS, gender: np.ndarray | None = None,
                   age: np.ndarray | None = None) -> np.ndarray:
-        """(requests, items): :meth:`terms` weighted by ``coefficients`` (:data:`TERMS` order)."""
-        return self.terms(item_ids, device, timestamp, interests, gender, age) @ np.asarray(
-            check_coefficients(coefficients))
+        """(requests, items): :meth:`terms` weighted by ``coefficients`` (:data:`TERMS` order), computed term by
+        term (a term with a zero coefficient, or without its user input, is skipped)."""
+        c = _checked(tuple(coefficients))
+        device = np.asarray(device, np.int64).reshape(-1)
+        rows = self._rows(item_ids, len(device))
+        lift, pop = self._context(rows, device, timestamp)
+        total = c[1] * lift + c[2] * pop
+        if c[0]:
+            total += c[0] * self._interests(rows, interests)
+        if gender is not None and (c[3] or c[4]):
+            user = np.asarray(gender, np.int64).reshape(-1)
+            if (user >= 0).any():  # an unknown gender (every anonymous visitor) adds nothing
+                items = self._tables[3][rows]
+                total += np.where(items < 0, 0.0, np.where(items == user[:, None], c[3], c[4])) * (user >= 0)[:, None]
+        if age is not None and self.age_std > 0 and c[5]:
+            total += c[5] * self._price_age(rows, age)
+        return total
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()

@@ -127,3 +127,18 @@ def test_coefficients_parse_and_the_search_climbs_to_the_best():
     assert np.allclose(best, target)
     values = [step["value"] for step in path]
     assert values == sorted(values) and path[0]["term"] == "start"
+
+
+def test_the_interest_term_is_the_log_of_the_interest_mix_of_each_candidates_category():
+    rng = np.random.default_rng(3)
+    n_items, n_cat = 50, 6
+    category = rng.integers(0, n_cat, n_items)
+    p = prior.build(rng.integers(0, n_items, 500), rng.integers(0, 3, 500), DAY + rng.integers(0, 86_400, 500),
+                    rng.integers(0, 2, 500), category, n_cat)
+    interests = np.array([[2, 0, 5], [1, -1, -1], [-1, -1, -1], [3, 3, 9]])  # 9: outside the catalogue's codes
+    ids = np.append(rng.integers(0, n_items, 30), [-1, 99])                  # unknown ids: no category
+    got = p.terms(ids, np.array([0, 1, 2, 1]), np.full(4, DAY), interests)[..., 0]
+    mix = np.log(prior.interest_mix(interests, n_cat))
+    known = np.append(category[ids[:30]], [-1, -1])
+    want = np.where(known >= 0, mix[:, np.maximum(known, 0)], np.log(prior.MIX_FLOOR))
+    np.testing.assert_allclose(got, want)
