@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +27,11 @@ from recsys_assets.defs.resources import (
 from recsys_assets.lib.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# The jobs hold transformed_interactions (a backfill of many days is one run: BackfillPolicy.single_run) beside
+# assets run per day. Dagster warns that a backfill of such a job runs one partition per run, which is what the job
+# should do; an asset backfill still gives each asset its own policy.
+warnings.filterwarnings("ignore", message=r"Asset job .* materializes assets with varying BackfillPolicies")
 
 
 def build_resources(settings: Settings, merlin_log_dir: str = "") -> dict:

@@ -147,6 +147,24 @@ def test_transformed_days_put_sentinels_on_row_1_and_unseen_users_on_row_2(pipel
 
 
 @pytest.mark.merlin
+def test_a_backfill_of_many_days_is_one_run_with_the_same_output(pipeline):
+    """The single-run backfill policy: days 00-01 in one run (one merlin process) write what per-day runs write."""
+    from recsys_assets.demo import partition_range_tags
+
+    store, _ = pipeline
+    per_day = _read_folder(store, paths.transformed_interactions(1))
+    result = dg.materialize([tf.transformed_interactions], resources=_resources(store.root),
+                            tags=partition_range_tags(key(0), key(1)), run_config={
+                                "ops": {"transformed_interactions": {"config": {"part_size": "1MB"}}}})
+    assert result.success and all(e.passed for e in _checks(result).values())
+    materialized = {m.partition for m in result.asset_materializations_for_node("transformed_interactions")}
+    assert materialized == {key(0), key(1)}
+    pd.testing.assert_frame_equal(_read_folder(store, paths.transformed_interactions(1)), per_day)
+    day0 = _read_folder(store, paths.transformed_interactions(0))
+    assert len(day0) == len(store.read_parquet(paths.masked_interactions(0)))
+
+
+@pytest.mark.merlin
 def test_serving_transforms_pass_parity_and_load_numpy_only(pipeline):
     store, results = pipeline
     assert _checks(results["serving"])["parity"].passed

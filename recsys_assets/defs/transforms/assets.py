@@ -35,7 +35,7 @@ from recsys_assets.defs.partitions import START_DATE, TRAIN_DAYS, daily_partitio
 from recsys_assets.defs.resources import ArtifactStoreResource, MerlinRunner
 from recsys_assets.lib import masking, paths, retrain
 from recsys_assets.lib.artifacts import ArtifactNotFound, ArtifactStore
-from recsys_assets.lib.settings import partition_key
+from recsys_assets.lib.settings import day_index, partition_key
 from recsys_assets.lib.feature_spec import MASKED_SCHEMA, SENTINEL, USER_HISTORY
 
 GROUP = "transforms"
@@ -387,6 +387,7 @@ TRANSFORMED_CHECKS = ("input_valid", "rows_preserved")
     op_tags=MERLIN_TAGS,
     pool=MERLIN_POOL,
     partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[masked_interactions, nvt_workflows],
     check_specs=check_specs("transformed_interactions", TRANSFORMED_CHECKS),
 )
@@ -395,34 +396,42 @@ def transformed_interactions(context: dg.AssetExecutionContext, config: Transfor
     """The full workflow applied to the day (masked on train days, unmasked otherwise), with the Merlin schema.
 
     A folder of parquet part files + ``schema.pbtxt``; ``item_id_raw`` keeps the raw item id beside the index.
+    A backfill of many days is one run (single-run backfill policy): one merlin process transforms them all,
+    instead of one process start (most of a tiny day's time) per day.
     """
-    day = partition_day(context)
+    days = [day_index(key, START_DATE) for key in context.partition_keys]
     store = artifacts.store()
-    out = paths.transformed_interactions(day)
-    problems = masked_table_problems(store, day)
+    problems = [p for day in days for p in masked_table_problems(store, day)]
     if not store.exists(f"{paths.NVT_WORKFLOWS}/full/workflow.pkl"):
         problems.append(f"nvt_workflows not found ({store.uri(paths.NVT_WORKFLOWS)}): materialize it first")
     if problems:
-        store.delete(out)
-        return _blocked(check("input_valid", False, "; ".join(problems)), ("rows_preserved",), day=day)
+        for day in days:
+            store.delete(paths.transformed_interactions(day))
+        return _blocked(check("input_valid", False, "; ".join(problems)), ("rows_preserved",), days=str(days))
 
-    invocation = merlin.run(
-        context, "recsys_assets.ml.nvt_transform",
-        extras={"root": store.root, "workflow": f"{paths.NVT_WORKFLOWS}/full",
-                "input": paths.masked_interactions(day), "output": out,
-                "part_size": config.part_size, "output_files": config.output_files},
-    )
-    result = invocation.get_materialize_result()
-    fit = retrain.current_fit(store)
-    if fit:  # which vocabulary this day is in: a fine-tune reads it only for a parent with the same one
-        retrain.record_day_vocabulary(store, day, fit)
+    extras = {"root": store.root, "workflow": f"{paths.NVT_WORKFLOWS}/full", "part_size": config.part_size,
+              "output_files": config.output_files}
+    if len(days) == 1:
+        extras.update(input=paths.masked_interactions(days[0]), output=paths.transformed_interactions(days[0]))
     else:
-        store.delete(paths.transformed_vocabulary(day))
+        extras["days"] = [{"day": day, "input": paths.masked_interactions(day),
+                           "output": paths.transformed_interactions(day)} for day in days]
+    result = merlin.run(context, "recsys_assets.ml.nvt_transform", extras=extras).get_materialize_result()
+    fit = retrain.current_fit(store)
+    for day in days:  # which vocabulary each day is in: a fine-tune reads it only for a parent with the same one
+        if fit:
+            retrain.record_day_vocabulary(store, day, fit)
+        else:
+            store.delete(paths.transformed_vocabulary(day))
+    which = (f"partition {context.partition_key}" if len(days) == 1 else
+             f"partitions {context.partition_keys[0]}..{context.partition_keys[-1]} ({len(days)} days)")
+    split = ("train (masked)" if days[0] in TRAIN_DAYS else "unmasked") if len(days) == 1 else (
+        f"{sum(d in TRAIN_DAYS for d in days)} train (masked), {sum(d not in TRAIN_DAYS for d in days)} unmasked")
     return dg.MaterializeResult(
-        metadata={**result.metadata, "day": day, "split": "train (masked)" if day in TRAIN_DAYS else "unmasked",
-                  "vocabulary": fit[:16] or "unknown (workflows newer than the compiled transforms)"},
-        check_results=[check("input_valid", True, f"masked_interactions partition {context.partition_key}: "
-                              "present, non-empty, expected columns"),
+        metadata={**result.metadata, "day" if len(days) == 1 else "days": days[0] if len(days) == 1 else str(days),
+                  "split": split, "vocabulary": fit[:16] or "unknown (workflows newer than the compiled transforms)"},
+        check_results=[check("input_valid", True, f"masked_interactions {which}: present, non-empty, expected "
+                                                  "columns"),
                        *result.check_results],
     )
 
