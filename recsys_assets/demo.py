@@ -108,7 +108,7 @@ def _summary(result: dg.ExecuteInProcessResult) -> str:
         figures = [f"{k}={meta[k].value:.3f}" if isinstance(meta[k].value, float) else f"{k}={meta[k].value}"
                    for k in ("rows", "ctr", "images", "items", "seconds") if k in meta]
         parts.append(f"{mat.asset_key.to_user_string()}" + (f" ({', '.join(figures)})" if figures else ""))
-    return "; ".join(parts)
+    return "; ".join(dict.fromkeys(parts))  # a run over many partitions materializes each: say it once
 
 
 def _single_run(defs: dg.Definitions, assets) -> bool:
