@@ -65,59 +65,28 @@ user_top_category_push = PushSource(name="user_top_category_push", batch_source=
 user_interests_push = PushSource(name="user_interests_push", batch_source=user_interests_source,
                                  description="Real-time interest_1..3 updates from the click path")
 
-# ttl 0: no expiry. The values hold until replaced (top_category falls back to all earlier clicks anyway).
-user_profile = FeatureView(
-    name="user_profile",
-    entities=[user],
-    ttl=timedelta(0),
-    schema=[Field(name="user_id", dtype=Int64), Field(name="age", dtype=Int64), Field(name="gender", dtype=String)],
-    source=users_source,
-    online=True,
-)
+def _view(name: str, entity: Entity, fields: list, source) -> FeatureView:
+    """An online view of one entity, keyed by its join key. ttl 0: no expiry; the values hold until replaced
+    (top_category falls back to all earlier clicks anyway)."""
+    key = Field(name=entity.join_key, dtype=Int64)
+    return FeatureView(name=name, entities=[entity], ttl=timedelta(0), schema=[key, *fields], source=source,
+                       online=True)
 
-user_top_category = FeatureView(
-    name="user_top_category",
-    entities=[user],
-    ttl=timedelta(0),
-    schema=[Field(name="user_id", dtype=Int64), Field(name="top_category", dtype=Int64)],
-    source=user_top_category_push,
-    online=True,
-)
 
-user_interests = FeatureView(
-    name="user_interests",
-    entities=[user],
-    ttl=timedelta(0),
-    schema=[Field(name="user_id", dtype=Int64),
-            *[Field(name=f"interest_{k}", dtype=Int64) for k in (1, 2, 3)]],  # = lib.feature_spec.INTERESTS
-    source=user_interests_push,
-    online=True,
-)
-
-user_interest_weights = FeatureView(
-    name="user_interest_weights",
-    entities=[user],
-    ttl=timedelta(0),
-    schema=[Field(name="user_id", dtype=Int64),
-            Field(name="interest_weights", dtype=Array(Float32))],  # = lib.top_category.INTEREST_WEIGHTS
-    source=user_interest_weights_source,
-    online=True,
-)
-
-item_features = FeatureView(
-    name="item_features",
-    entities=[item],
-    ttl=timedelta(0),
-    schema=[
-        Field(name="item_id", dtype=Int64),
-        Field(name="price", dtype=Float64),
-        Field(name="category_l1", dtype=String),
-        Field(name="category_l2", dtype=String),
-        Field(name="item_gender", dtype=String),
-    ],
-    source=items_source,
-    online=True,
-)
+user_profile = _view("user_profile", user, [Field(name="age", dtype=Int64), Field(name="gender", dtype=String)],
+                     users_source)
+user_top_category = _view("user_top_category", user, [Field(name="top_category", dtype=Int64)],
+                          user_top_category_push)
+user_interests = _view("user_interests", user,  # = lib.feature_spec.INTERESTS
+                       [Field(name=f"interest_{k}", dtype=Int64) for k in (1, 2, 3)], user_interests_push)
+user_interest_weights = _view("user_interest_weights", user,  # = lib.top_category.INTEREST_WEIGHTS
+                              [Field(name="interest_weights", dtype=Array(Float32))], user_interest_weights_source)
+item_features = _view("item_features", item, [
+    Field(name="price", dtype=Float64),
+    Field(name="category_l1", dtype=String),
+    Field(name="category_l2", dtype=String),
+    Field(name="item_gender", dtype=String),
+], items_source)
 
 user_features = FeatureService(name="user_features", features=[user_profile, user_top_category, user_interests],
                                description="What serving reads for a user: age, gender, top_category, interests")

@@ -14,6 +14,7 @@ failed run or a failed ERROR check stops the demo with what went wrong; a failed
 rejects, say) is an outcome and is printed.
 """
 
+import functools
 import os
 import shutil
 import sys
@@ -30,6 +31,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
 
 
+@functools.cache
 def code_location(workspace: Path = WORKSPACE) -> str:
     """The name of the code location ``workspace.yaml`` loads (what ``make dev``'s UI calls it)."""
     import yaml

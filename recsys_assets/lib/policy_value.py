@@ -313,19 +313,6 @@ class PolicyValue:
         return bool(self.values)
 
 
-def renamed(result: PolicyValue, method: str, alias: str) -> PolicyValue:
-    """``result`` with ``method``'s values, list and table rows repeated under ``alias`` (e.g. the sweep's chosen
-    weight as "served")."""
-    import pandas as pd
-
-    rows = result.table[result.table["method"] == method].assign(method=alias)
-    return dataclasses.replace(
-        result, values={**result.values, **({alias: result.values[method]} if method in result.values else {})},
-        lists={**result.lists, alias: result.lists[method]},
-        invalid_slots={**result.invalid_slots, alias: result.invalid_slots.get(method, 0)},
-        table=pd.concat([result.table, rows], ignore_index=True))
-
-
 def bootstrap_indices(n: int, n_boot: int, seed: int, stream: int) -> np.ndarray:
     """(n_boot, n) resample indices, one seeded stream per split (every method of a split shares them)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
@@ -390,13 +377,14 @@ def summary_table(requests, values: Mapping[str, np.ndarray], lists: Mapping[str
 
 def evaluate(requests, model_lists: Mapping[str, Sequence], world=None, history=None, visits=None, k: int = K,
              seed: int = 0, n_boot: int = 1000, popularity_days: int = 7, context_users: int = 100,
-             band_hours: int = HEURISTIC_BAND_HOURS) -> PolicyValue:
+             band_hours: int = HEURISTIC_BAND_HOURS, truth_: Truth | None = None) -> PolicyValue:
     """Score ``model_lists`` (method -> lists row-aligned with ``requests``) and the references on them.
 
     ``world``: the generator (None: no ground truth; only logged recall/NDCG, and :attr:`PolicyValue.measure`
     says so). ``history``: logged impressions of earlier days with a ``day`` column (popularity, heuristic);
     ``visits``: impressions whose sessions the context ceiling samples users from: the requests' days' (the
-    traffic of that day; the benchmark's choice) or by default ``history`` (earlier days' traffic).
+    traffic of that day; the benchmark's choice) or by default ``history`` (earlier days' traffic). ``truth_``: the
+    requests' :func:`truth` when the caller already has it (computed here otherwise).
     """
     missing = sorted({"user_id", "true_user_id", "device_type", "timestamp", "split"} - set(requests.columns))
     if missing:
@@ -416,7 +404,7 @@ def evaluate(requests, model_lists: Mapping[str, Sequence], world=None, history=
         if history is None:
             raise PolicyValueError("the references need the logged impressions of earlier days (history)")
         measure = TRUTH_MEASURE
-        truth_ = truth(world, requests)
+        truth_ = truth(world, requests) if truth_ is None else truth_
         references = reference_lists(world, requests, truth_, history, history if visits is None else visits,
                                      k, seed, popularity_days, band_hours, context_users)
         for name, ranked in {**lists, **references}.items():
@@ -460,13 +448,13 @@ def evaluation_requests(requests, limit: int, seed: int, anonymous_copies: bool)
 
 
 def evaluate_logged(store, world, requests, lists: Mapping[str, Sequence], seed: int = 0,
-                    n_boot: int = 1000) -> PolicyValue:
+                    n_boot: int = 1000, truth_: Truth | None = None) -> PolicyValue:
     """:func:`evaluate` with the logged days of the artifact ``store``: the history is the popularity window (7
     days) before the first requested day up to the last one, the visits the requested days' impressions."""
     days = sorted({int(d) for d in requests["day"]})
     history = served_evaluation.logged_days(store, range(max(0, days[0] - 7), days[-1]))
     return evaluate(requests, lists, world=world, history=history, visits=served_evaluation.logged_days(store, days),
-                    seed=seed, n_boot=n_boot)
+                    seed=seed, n_boot=n_boot, truth_=truth_)
 
 
 def value(table, method: str, split: str, column: str = "value") -> float:

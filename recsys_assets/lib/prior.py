@@ -96,7 +96,7 @@ def interest_mix(interests: np.ndarray, n_categories: int) -> np.ndarray:
     mix = np.full((len(interests), n_categories), MIX_FLOOR)
     has = (interests >= 0) & (interests < n_categories)
     users = np.broadcast_to(np.arange(len(interests))[:, None], interests.shape)
-    shares = np.broadcast_to(np.asarray(INTEREST_WEIGHTS) / sum(INTEREST_WEIGHTS), interests.shape)
+    shares = np.broadcast_to(_SHARES, interests.shape)
     np.add.at(mix, (users[has], interests[has]), shares[has])
     return mix
 
@@ -224,11 +224,9 @@ class Prior:
         total = c[1] * lift + c[2] * pop
         if c[0]:
             total += c[0] * self._interests(rows, interests)
-        if gender is not None and (c[3] or c[4]):
-            user = np.asarray(gender, np.int64).reshape(-1)
-            if (user >= 0).any():  # an unknown gender (every anonymous visitor) adds nothing
-                items = self._tables[3][rows]
-                total += np.where(items < 0, 0.0, np.where(items == user[:, None], c[3], c[4])) * (user >= 0)[:, None]
+        if gender is not None and (c[3] or c[4]) and (np.asarray(gender) >= 0).any():  # unknown: adds nothing
+            match, mismatch = self._gender(rows, gender)
+            total += c[3] * match + c[4] * mismatch
         if age is not None and self.age_std > 0 and c[5]:
             total += c[5] * self._price_age(rows, age)
         return total

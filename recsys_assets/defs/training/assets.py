@@ -754,16 +754,17 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     sweep, terms = _prior_sweep(store, reranked, catalogue, config)
     truth, true = world.truth(), None
     deployed = _deployed(store, "ranking")
-    true_requests = None
+    true_requests = true_p = None
     if truth is not None and len(reranked["requests"]):
         true_requests, _ = policy_value.evaluation_requests(reranked["requests"], len(reranked["requests"]),
                                                             config.seed, anonymous_copies=False)
-    chosen = _choose_prior(truth, true_requests, reranked, sweep, terms, config)
+        true_p = policy_value.truth(truth, true_requests)  # once, for the choice and the evaluation
+    chosen = _choose_prior(true_p, true_requests, reranked, sweep, terms, config)
     if sweep:  # "served": the order serving applies, the DLRM blended with the chosen weight and coefficients
         reranked["lists"]["served"] = chosen["lists"]
     if true_requests is not None:
         true = policy_value.evaluate_logged(store, truth, true_requests, {**reranked["lists"], **sweep},
-                                            config.seed, config.bootstrap_samples)
+                                            config.seed, config.bootstrap_samples, truth_=true_p)
     prior_weight, prior_rows = chosen["weight"], chosen["sweep"]
     judged = "served" if sweep else "dlrm"
     if true is not None:
@@ -901,7 +902,8 @@ def _prior_sweep(store: ArtifactStore, reranked: dict, catalogue: pd.DataFrame, 
     requests = reranked["requests"]
     if not len(requests):
         return {}, None
-    users = pop.registered_users(store)
+    users = (store.read_parquet(paths.USERS, columns=["user_id", "age", "gender"]).set_index("user_id")
+             if store.exists(paths.USERS) else None)
     window = served_evaluation.logged_days(store, config.train_days)
     table = pop.window_prior(window, catalogue, users)
     last = int(requests["day"].max())
@@ -910,8 +912,7 @@ def _prior_sweep(store: ArtifactStore, reranked: dict, catalogue: pd.DataFrame, 
     interests = top_category.point_in_time_interests(
         events["user_id"], events["timestamp"], table.item_category[events["item_id"].to_numpy(np.int64)],
         events["click"], requests["user_id"], np.array([world_day_start(int(d)) for d in days]))
-    profile = (store.read_parquet(paths.USERS, columns=["user_id", "age", "gender"]).set_index("user_id")
-               .reindex(requests["user_id"].to_numpy(np.int64)) if users is not None else None)
+    profile = None if users is None else users.reindex(requests["user_id"].to_numpy(np.int64))
     terms = table.terms(reranked["candidates"], requests["device_type"].to_numpy(np.int64),
                         requests["timestamp"].to_numpy(np.int64), interests,
                         gender=None if profile is None else np.asarray(encode_gender(profile["gender"]), np.int64),
@@ -925,7 +926,7 @@ def _prior_method(weight: float) -> str:
     return f"dlrm + {weight:g} x prior"
 
 
-def _choose_prior(truth_world, true_requests, reranked: dict, sweep: dict, terms, config) -> dict:
+def _choose_prior(truth, true_requests, reranked: dict, sweep: dict, terms, config) -> dict:
     """The weight whose lists earn the most (true expected clicks of the users' requests, or without truth the
     recall@k against the logged clicks: exposure-biased, said so in the table; ties to the smaller weight), then,
     with truth and a weight > 0, the terms' coefficients by coordinate ascent on the same measure
@@ -937,8 +938,7 @@ def _choose_prior(truth_world, true_requests, reranked: dict, sweep: dict, terms
     if not sweep:
         return {"weight": 0.0, "coefficients": prior.DEFAULT_COEFFICIENTS, "sweep": rows, "search": search,
                 "lists": reranked["lists"].get("dlrm")}
-    if true_requests is not None:
-        truth = policy_value.truth(truth_world, true_requests)
+    if true_requests is not None:  # truth: policy_value.truth of those requests
         users = np.isin(true_requests["split"].to_numpy(), list(policy_value.USERS))
 
         def pooled(lists) -> float:

@@ -423,13 +423,16 @@ def transformed_interactions(context: dg.AssetExecutionContext, config: Transfor
             retrain.record_day_vocabulary(store, day, fit)
         else:
             store.delete(paths.transformed_vocabulary(day))
-    which = (f"partition {context.partition_key}" if len(days) == 1 else
-             f"partitions {context.partition_keys[0]}..{context.partition_keys[-1]} ({len(days)} days)")
-    split = ("train (masked)" if days[0] in TRAIN_DAYS else "unmasked") if len(days) == 1 else (
-        f"{sum(d in TRAIN_DAYS for d in days)} train (masked), {sum(d not in TRAIN_DAYS for d in days)} unmasked")
+    if len(days) == 1:
+        which = f"partition {context.partition_key}"
+        described = {"day": days[0], "split": "train (masked)" if days[0] in TRAIN_DAYS else "unmasked"}
+    else:
+        which = f"partitions {context.partition_keys[0]}..{context.partition_keys[-1]} ({len(days)} days)"
+        train = sum(d in TRAIN_DAYS for d in days)
+        described = {"days": str(days), "split": f"{train} train (masked), {len(days) - train} unmasked"}
     return dg.MaterializeResult(
-        metadata={**result.metadata, "day" if len(days) == 1 else "days": days[0] if len(days) == 1 else str(days),
-                  "split": split, "vocabulary": fit[:16] or "unknown (workflows newer than the compiled transforms)"},
+        metadata={**result.metadata, **described,
+                  "vocabulary": fit[:16] or "unknown (workflows newer than the compiled transforms)"},
         check_results=[check("input_valid", True, f"masked_interactions {which}: present, non-empty, expected "
                                                   "columns"),
                        *result.check_results],
