@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 # in the embeddings metadata. Unset it (and provide weights, see README) for real image embeddings.
 export RECSYS_CLIP_OFFLINE_FALLBACK ?= 1
 
-.PHONY: setup demo test test-fast serve dev clean
+.PHONY: setup demo test test-fast serve dev seed-scale clean
 
 setup:  ## create .venv and .venv-merlin from the lock files (only what changed)
 	@scripts/setup.sh
@@ -41,5 +41,9 @@ dev: setup  ## the Dagster UI on http://127.0.0.1:3000 over the local artifacts
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	@.venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
+seed-scale: setup  ## the whole pipeline at the seed's scale (300k users, ~13 M impressions): stage times, peak memory
+	@DAGSTER_HOME=$(CURDIR)/artifacts-seed/dagster_home $(PY) benchmarks/seed_scale.py \
+		--artifacts $(CURDIR)/artifacts-seed --json $(CURDIR)/artifacts-seed/seed_scale.json
+
 clean:  ## remove generated artifacts (keeps the environments)
-	rm -rf artifacts artifacts-own test-artifacts
+	rm -rf artifacts artifacts-own artifacts-seed test-artifacts
