@@ -50,6 +50,12 @@ def top_category(day: int) -> str:
     return f"features/top_category/{day_name(day)}.parquet"
 
 
+def history_state(day: int) -> str:
+    """Every user's history summed up at the end of ``day`` (``lib.top_category.HistoryState``): what the next
+    days' history codes start from instead of re-reading every earlier day."""
+    return f"features/history_state/{day_name(day)}.npz"
+
+
 def user_top_category(day: int) -> str:
     """Each user's ``top_category`` as of the end of ``day`` (user_id, top_category, event_timestamp)."""
     return f"features/user_top_category/{day_name(day)}.parquet"

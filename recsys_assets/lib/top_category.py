@@ -22,9 +22,17 @@ all is -1 everywhere (the cold-start value). Computed in batch (:func:`point_in_
 training row and for the end-of-day snapshot the feature store serves; the snapshot also keeps the weights
 (:data:`INTEREST_WEIGHTS`), so the click path adds each click to them (:func:`interests_after_clicks`) and pushes
 the new interests as it does top_category.
+
+A day's values need the history before it, which grows with every day; :class:`HistoryState` sums it up at an
+instant (each user's click counts and last-click times per category, and the interest weights), so a day is
+computed from the state two days back and the raw events since (:func:`history_codes` with ``state``), the same
+values as from the whole history, at a cost that does not grow with the days.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import io
 
 import numpy as np
 
@@ -74,10 +82,12 @@ def _dominant(counts: np.ndarray, last_ts: np.ndarray) -> np.ndarray:
 
 
 def point_in_time_top_category(clicks_user, clicks_ts, clicks_category, query_user, query_ts,
-                               window: int = WINDOW_SECONDS) -> np.ndarray:
+                               window: int = WINDOW_SECONDS, state: "HistoryState | None" = None) -> np.ndarray:
     """``top_category`` at each query (user, timestamp), from the clicks strictly before it.
 
     clicks_*: the click history (any order), categories as codes. query_*: the rows to compute for.
+    ``state``: the history before ``state.at`` summed up; then ``clicks_*`` are the clicks from ``state.at`` on,
+    and every query's window must start at or after ``state.at``.
     Vectorised: one sort of the clicks, cumulative per-user category counts, and binary searches for the
     last click before ``t`` and before ``t - window``.
     """
@@ -87,9 +97,18 @@ def point_in_time_top_category(clicks_user, clicks_ts, clicks_category, query_us
     qu = np.asarray(query_user, np.int64)
     qt = np.asarray(query_ts, np.int64)
     out = np.full(len(qu), NONE, dtype=np.int64)
-    if len(cu) == 0 or len(qu) == 0:
+    base_counts, base_last = (None, None) if state is None else state.rows(qu, "clicks", "last_click")
+    if state is not None and len(qt) and int(qt.min()) - window < state.at:
+        raise ValueError(f"a query's {window} s window starts before the state's instant {state.at}: the state "
+                         "has no clicks by time, so it cannot count a window")
+    if len(qu) == 0:
         return out
-    n_cat = int(cc.max()) + 1  # codes are positions in the catalogue's vocabulary (any size)
+    if len(cu) == 0:
+        if base_counts is not None:
+            return _dominant(base_counts, base_last)
+        return out
+    # codes are positions in the catalogue's vocabulary (any size)
+    n_cat = max(int(cc.max()) + 1, 0 if state is None else state.n_categories)
     if ct.min() < 0 or qt.min() < 0 or max(ct.max(), qt.max()) >= 2**32:
         raise ValueError("timestamps must be Unix seconds in 0..2^32")
 
@@ -118,12 +137,16 @@ def point_in_time_top_category(clicks_user, clicks_ts, clicks_category, query_us
     # (i.e. strictly before the window start t - window).
     idx_t = np.searchsorted(key, (qu << 32) | qt, side="left") - 1
     idx_w = np.searchsorted(key, (qu << 32) | np.maximum(qt - window, 0), side="left") - 1
-    has_t = (idx_t >= 0) & (cu[np.maximum(idx_t, 0)] == qu)
+    has_t = (idx_t >= 0) & (cu[np.maximum(idx_t, 0)] == qu) & (qu >= 0)  # anonymous (-1) rows have no history
     has_w = (idx_w >= 0) & (cu[np.maximum(idx_w, 0)] == qu) & (qt - window > 0)
     all_counts = np.where(has_t[:, None], cum[np.maximum(idx_t, 0)], 0)
     before_window = np.where(has_w[:, None], cum[np.maximum(idx_w, 0)], 0)
     window_counts = all_counts - before_window
     last_t = np.where(has_t[:, None], last[np.maximum(idx_t, 0)], -1)
+    if base_counts is not None:  # the history before the state's instant: counts add, last clicks are earlier
+        all_counts = all_counts + _widen(base_counts, n_cat)
+        last_t = np.where(last_t >= 0, last_t, _widen(base_last, n_cat, fill=-1))
+        has_t = has_t | (all_counts.sum(axis=1) > 0)
 
     in_window = window_counts.sum(axis=1) > 0
     out[in_window] = _dominant(window_counts[in_window], last_t[in_window])
@@ -148,7 +171,8 @@ def top_category_of_window(history: list[tuple[int, int]], now: int, window: int
 
 
 def point_in_time_interest_weights(events_user, events_ts, events_category, events_click, query_user, query_ts,
-                                   n_categories: int, half_life_days: float = HALF_LIFE_DAYS) -> np.ndarray:
+                                   n_categories: int, half_life_days: float = HALF_LIFE_DAYS,
+                                   state: "HistoryState | None" = None) -> np.ndarray:
     """Each query's recency-weighted activity per category, as of the query's time: shape (n_queries,
     n_categories), float64, 0 where none. ``interest_1..3`` are its top three (:func:`rank_interests`); the
     end-of-day values are what the click path adds to (:func:`interests_after_clicks`).
@@ -164,10 +188,17 @@ def point_in_time_interest_weights(events_user, events_ts, events_category, even
     ek = np.asarray(events_click, np.int64)
     qu = np.asarray(query_user, np.int64)
     qt = np.asarray(query_ts, np.int64)
-    n_cat = max(int(n_categories), int(ec.max()) + 1 if len(ec) else 0)
-    totals = np.zeros((len(qu), n_cat))
+    n_cat = max(int(n_categories), int(ec.max()) + 1 if len(ec) else 0,
+                0 if state is None else state.n_categories)
+    base_totals = np.zeros((len(qu), n_cat))
+    if state is not None and len(qu):
+        if int(qt.min()) < state.at:
+            raise ValueError(f"a query at {int(qt.min())} is before the state's instant {state.at}")
+        (base,) = state.rows(qu, "weights")
+        base_totals += _widen(base, n_cat) * _decay(state.at - qt, half_life_days)[:, None]
     if len(eu) == 0 or len(qu) == 0:
-        return totals
+        return base_totals
+    totals = np.zeros((len(qu), n_cat))
     if et.min() < 0 or qt.min() < 0 or max(et.max(), qt.max()) >= 2**32:
         raise ValueError("timestamps must be Unix seconds in 0..2^32")
     if half_life_days <= 0:
@@ -191,7 +222,7 @@ def point_in_time_interest_weights(events_user, events_ts, events_category, even
     # The differences of running sums leave rounding dust (about eps x the running total) where a user has no
     # weight in a category: below this, a category is no interest. Real weight this small is some 150 days old.
     totals[totals <= 1e-12 * weight.sum()] = 0.0
-    return totals * _decay(reference - qt, half_life_days)[:, None]
+    return base_totals + totals * _decay(reference - qt, half_life_days)[:, None]
 
 
 def _decay(age_seconds, half_life_days: float) -> np.ndarray:
@@ -236,19 +267,98 @@ def interests_after_clicks(weights, weights_at: int | None, clicks, now: int, n_
     return totals, rank_interests(totals, n_interests)[0]
 
 
-def history_codes(events, category: np.ndarray, query_user, query_ts,
-                  with_weights: bool = False) -> dict[str, np.ndarray]:
+def _widen(table: np.ndarray, n_cat: int, fill=0) -> np.ndarray:
+    """``table`` with columns up to ``n_cat`` (``fill`` in the new ones)."""
+    if table.shape[1] >= n_cat:
+        return table
+    return np.pad(table, ((0, 0), (0, n_cat - table.shape[1])), constant_values=fill)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryState:
+    """Every user's history strictly before ``at`` (Unix seconds) summed up, one row per ``user`` (sorted): the
+    ``clicks`` per category, the ``last_click`` time per category (-1: none) and the interest ``weights`` as of
+    ``at``. With it, the values at any later time need only the events from ``at`` on (:func:`history_codes`).
+    ``vocabulary``: the category names the codes index (a state of another vocabulary does not apply)."""
+
+    user: np.ndarray
+    clicks: np.ndarray
+    last_click: np.ndarray
+    weights: np.ndarray
+    at: int
+    vocabulary: tuple[str, ...] = ()
+
+    @property
+    def n_categories(self) -> int:
+        return int(self.clicks.shape[1])
+
+    def rows(self, users, *fields: str) -> list[np.ndarray]:
+        """Each field's row for every one of ``users`` (0, or -1 for ``last_click``, where the state has none)."""
+        users = np.asarray(users, np.int64)
+        pos = np.minimum(np.searchsorted(self.user, users), max(len(self.user) - 1, 0))
+        found = (self.user[pos] == users) & (users >= 0) if len(self.user) else np.zeros(len(users), bool)
+        out = []
+        for field in fields:
+            table = getattr(self, field)
+            rows = np.full((len(users), table.shape[1]), -1 if field == "last_click" else 0, dtype=table.dtype)
+            rows[found] = table[pos[found]]
+            out.append(rows)
+        return out
+
+    @classmethod
+    def of(cls, events, category: np.ndarray, at: int, state: "HistoryState | None" = None,
+           vocabulary: tuple[str, ...] = (), half_life_days: float = HALF_LIFE_DAYS) -> "HistoryState":
+        """The state at ``at`` from ``events`` (a DataFrame with ``user_id``, ``timestamp``, ``item_id``, ``click``:
+        the whole history, or the events from ``state.at`` on when ``state`` is given; those at or after ``at``
+        do not count). Every user with an impression so far has a row."""
+        events = events[events["timestamp"].to_numpy() < at]
+        eu = events["user_id"].to_numpy().astype(np.int64)
+        known = eu >= 0
+        codes = category[events["item_id"].to_numpy()]
+        n_cat = max(int(category.max()) + 1, 0 if state is None else state.n_categories)
+        users = np.union1d(eu[known], state.user if state is not None else np.empty(0, np.int64))
+        clicked = known & (events["click"].to_numpy() == 1)
+        where = (np.searchsorted(users, eu[clicked]), codes[clicked])
+        clicks = np.zeros((len(users), n_cat), np.int64)
+        last = np.full((len(users), n_cat), -1, np.int64)
+        np.add.at(clicks, where, 1)
+        np.maximum.at(last, where, events["timestamp"].to_numpy().astype(np.int64)[clicked])
+        if state is not None:
+            base_clicks, base_last = state.rows(users, "clicks", "last_click")
+            clicks += _widen(base_clicks, n_cat)
+            last = np.maximum(last, _widen(base_last, n_cat, fill=-1))
+        weights = point_in_time_interest_weights(eu, events["timestamp"], codes, events["click"], users,
+                                                 np.full(len(users), at), n_cat, half_life_days, state=state)
+        return cls(users, clicks, last, weights, int(at), tuple(vocabulary))
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, user=self.user, clicks=self.clicks.astype(np.int32), last_click=self.last_click,
+                            weights=self.weights, at=np.int64(self.at), vocabulary=np.array(self.vocabulary, dtype=str))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "HistoryState":
+        with np.load(io.BytesIO(data)) as z:
+            return cls(z["user"], z["clicks"].astype(np.int64), z["last_click"], z["weights"], int(z["at"]),
+                       tuple(str(v) for v in z["vocabulary"]))
+
+
+def history_codes(events, category: np.ndarray, query_user, query_ts, with_weights: bool = False,
+                  state: HistoryState | None = None) -> dict[str, np.ndarray]:
     """Every history code (``feature_spec.USER_HISTORY``) at each query (user, timestamp), point in time, and with
     ``with_weights`` the interest weights they come from (:data:`INTEREST_WEIGHTS`: one float32 array per row).
 
     ``events``: the impressions so far (a DataFrame with ``user_id``, ``timestamp``, ``item_id``, ``click``; rows at
-    or after a query's time do not count for it); ``category``: the code of every raw item id (row = item id)."""
+    or after a query's time do not count for it), or with ``state`` those from ``state.at`` on (every query's 24 h
+    window after ``state.at``); ``category``: the code of every raw item id (row = item id)."""
     clicked = events["click"].to_numpy() == 1
     codes = category[events["item_id"].to_numpy()]
     top = point_in_time_top_category(events["user_id"].to_numpy()[clicked], events["timestamp"].to_numpy()[clicked],
-                                     codes[clicked], query_user, query_ts)
+                                     codes[clicked], query_user, query_ts, state=state)
     weights = point_in_time_interest_weights(events["user_id"], events["timestamp"], codes, events["click"],
-                                             query_user, query_ts, n_categories=int(category.max()) + 1)
+                                             query_user, query_ts, n_categories=int(category.max()) + 1,
+                                             state=state)
     interests = rank_interests(weights, len(INTERESTS))
     out = {"top_category": top, **{name: interests[:, k] for k, name in enumerate(INTERESTS)}}
     if with_weights:

@@ -162,3 +162,65 @@ def test_clicks_added_to_the_end_of_day_weights_give_the_batch_interests_of_hist
 def test_rank_interests_breaks_ties_to_the_lower_code_and_pads_small_catalogues():
     assert rank_interests(np.array([0.0, 2.0, 2.0, 1.0])).tolist() == [[1, 2, 3]]
     assert rank_interests(np.array([[0.5, 0.0]])).tolist() == [[0, NONE, NONE]]
+
+
+def _random_days(rng, days: int, users: int, per_day: int, n_items: int = 60):
+    import pandas as pd
+
+    frames = []
+    for d in range(days):
+        frames.append(pd.DataFrame({
+            "user_id": rng.integers(-1, users, per_day),          # -1: anonymous rows
+            "timestamp": d * 86_400 + np.sort(rng.integers(0, 86_400, per_day)),
+            "item_id": rng.integers(0, n_items, per_day),
+            "click": (rng.random(per_day) < 0.2).astype(np.int64)}))
+    return frames
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_day_from_the_state_two_days_back_equals_the_day_from_the_whole_history(seed):
+    """What the daily asset does (the state at the start of day d-1, the raw events of days d-1 and d) gives the
+    codes of the whole history exactly and its weights to float rounding, for every row and every user at the end
+    of the day; the state rolled forward day by day equals the state of the whole history."""
+    import pandas as pd
+
+    from recsys_assets.lib.top_category import HistoryState, history_codes
+
+    rng = np.random.default_rng(seed)
+    category = rng.integers(0, 7, 60)  # 7 categories over 60 items
+    frames = _random_days(rng, 6, users=40, per_day=400)
+    states = {}
+    for d in range(6):
+        end = (d + 1) * 86_400
+        whole = pd.concat(frames[: d + 1], ignore_index=True)
+        state = states.get(d - 2)
+        recent = pd.concat(frames[max(d - 1, 0): d + 1], ignore_index=True) if state else whole
+        states[d] = HistoryState.of(recent, category, end, state)
+        full = HistoryState.of(whole, category, end)
+        np.testing.assert_array_equal(states[d].user, full.user)
+        np.testing.assert_array_equal(states[d].clicks, full.clicks)
+        np.testing.assert_array_equal(states[d].last_click, full.last_click)
+        np.testing.assert_allclose(states[d].weights, full.weights, rtol=1e-9, atol=1e-12)
+        for users, times in ((frames[d]["user_id"], frames[d]["timestamp"]), (full.user, np.full(len(full.user), end))):
+            want = history_codes(whole, category, users, times, with_weights=True)
+            got = history_codes(recent, category, users, times, with_weights=True, state=state)
+            for name in want:
+                if name == "interest_weights":
+                    np.testing.assert_allclose(np.stack(got[name]), np.stack(want[name]), rtol=1e-6, atol=1e-9)
+                else:
+                    np.testing.assert_array_equal(got[name], want[name], err_msg=f"day {d} {name}")
+
+
+def test_a_state_round_trips_and_refuses_a_window_it_cannot_count():
+    from recsys_assets.lib.top_category import HistoryState, history_codes
+
+    rng = np.random.default_rng(3)
+    category = rng.integers(0, 5, 60)
+    frames = _random_days(rng, 2, users=10, per_day=100)
+    state = HistoryState.of(frames[0], category, 86_400, vocabulary=("a", "b", "c", "d", "e"))
+    again = HistoryState.from_bytes(state.to_bytes())
+    for field in ("user", "clicks", "last_click", "weights"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(state, field))
+    assert again.at == state.at == 86_400 and again.vocabulary == ("a", "b", "c", "d", "e")
+    with pytest.raises(ValueError, match="window starts before"):   # a row at 12:00 of day 1 looks back to day 0
+        history_codes(frames[1], category, [1], [86_400 + 12 * 3600], state=state)

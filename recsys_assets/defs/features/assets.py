@@ -11,10 +11,9 @@ from recsys_assets.defs.partitions import START_DATE, daily_partitions, partitio
 from recsys_assets.defs.resources import ArtifactStoreResource
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactNotFound
-from recsys_assets.lib.generator import SECONDS_PER_DAY
-from recsys_assets.lib.settings import partition_key
+from recsys_assets.lib.settings import day_start, partition_key, start_epoch
 from recsys_assets.lib.feature_spec import INTERESTS
-from recsys_assets.lib.top_category import NONE, category_codes, category_vocabulary, history_codes
+from recsys_assets.lib.top_category import NONE, HistoryState, category_codes, category_vocabulary, history_codes
 
 GROUP = "features"
 
@@ -31,20 +30,24 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
     """The user history codes (``top_category``, ``interest_1..3``) for every row of the day, point in time, plus
     each user's values at the end of the day.
 
-    Reads the clicks of every day up to this one (the feature looks back over all earlier clicks), so days
-    00..d-1 of ``raw_interactions`` must exist; a missing one fails the blocking check, naming the partition, and
-    nothing is written or recorded as materialized.
-    Writes ``features/top_category/day_XX.parquet`` (row-aligned with the raw day) and
+    The codes look back over the whole history. Day d starts from the history summed up at the end of day d-2
+    (``features/history_state/day_XX.npz``, which each day writes) and reads only days d-1 and d of
+    ``raw_interactions``, so a day costs the same on day 300 as on day 3; without that state (the first days, or a
+    catalogue whose categories changed) it reads every day from 00. A missing day it needs fails the blocking
+    check, naming the partition, and nothing is written or recorded as materialized.
+    Writes ``features/top_category/day_XX.parquet`` (row-aligned with the raw day),
     ``features/user_top_category/day_XX.parquet`` (the feature store's source; with the interest weights the
-    click path adds to).
+    click path adds to) and the day's history state.
     """
     day = partition_day(context)
     store = artifacts.store()
     category_l1 = store.read_parquet(paths.ITEMS, columns=["category_l1"])["category_l1"]
     vocabulary = category_vocabulary(category_l1)
     category = category_codes(category_l1, vocabulary)
+    state = _earlier_state(store, day - 2, vocabulary)
+    first = 0 if state is None else day - 1
     missing, frames = [], []
-    for d in range(day + 1):
+    for d in range(first, day + 1):
         try:
             frames.append(store.read_parquet(paths.raw_interactions(d),
                                              columns=["interaction_id", "user_id", "timestamp", "item_id", "click"]))
@@ -53,27 +56,28 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
     if missing:
         keys = [partition_key(d, START_DATE) for d in missing]
         description = (f"raw_interactions partitions {keys} (days {missing}) are missing; top_category of day {day} "
-                       f"needs every earlier day's clicks: materialize them first (a backfill runs them in order)")
+                       f"needs the clicks of days {first:02d}..{day:02d}: materialize them first (a backfill runs "
+                       "them in order)")
         yield dg.AssetCheckResult(check_name="history_complete", passed=False, description=description,
                                   metadata={"description": description, "missing_days": str(missing)})
         return
     history = pd.concat(frames, ignore_index=True)
-    clicks = history[history["click"] == 1]
     today = frames[-1]
     rows = pd.DataFrame({"interaction_id": today["interaction_id"], "user_id": today["user_id"],
                          "timestamp": today["timestamp"],
-                         **history_codes(history, category, today["user_id"], today["timestamp"])})
+                         **history_codes(history, category, today["user_id"], today["timestamp"], state=state)})
     pit = rows["top_category"].to_numpy()
     store.write_parquet(paths.top_category(day), rows)
 
     # Each user's values at the end of the day, for users with any impression so far (-1 where none applies).
-    end_of_day = int(today["timestamp"].max() // SECONDS_PER_DAY + 1) * SECONDS_PER_DAY if len(today) else 0
-    seen = np.unique(history["user_id"].to_numpy())
-    seen = seen[seen >= 0]
-    at_end = np.full(len(seen), end_of_day)
-    snapshot = pd.DataFrame({"user_id": seen, **history_codes(history, category, seen, at_end, with_weights=True),
+    end_of_day = day_start(day + 1, start_epoch(START_DATE))
+    summed = HistoryState.of(history, category, end_of_day, state, vocabulary)
+    at_end = np.full(len(summed.user), end_of_day)
+    snapshot = pd.DataFrame({"user_id": summed.user,
+                             **history_codes(history, category, summed.user, at_end, with_weights=True, state=state),
                              "event_timestamp": pd.to_datetime(at_end, unit="s", utc=True)})
     store.write_parquet(paths.user_top_category(day), snapshot)
+    store.write_bytes(paths.history_state(day), summed.to_bytes())
 
     dist = pd.Series(pit[pit != NONE]).map(dict(enumerate(vocabulary))).value_counts(normalize=True)
     table = dist.head(8).rename("share").reset_index().rename(columns={"index": "top_category"})
@@ -84,10 +88,20 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
             "share_with_top_category": float((pit != NONE).mean()) if len(pit) else 0.0,
             "share_with_interest_1": float((rows[INTERESTS[0]] != NONE).mean()) if len(rows) else 0.0,
             "users_with_value": len(snapshot),
-            "history_clicks": len(clicks),
+            "history_clicks": int(summed.clicks.sum()),
+            "days_read": f"{first:02d}..{day:02d}" + ("" if state is None else f" + the state of day {day - 2:02d}"),
             "path": store.uri(paths.top_category(day)),
             "distribution": markdown_table(table),
         },
         check_results=[dg.AssetCheckResult(check_name="history_complete", passed=True,
-                                            description=f"days 00..{day:02d} of raw_interactions present")],
+                                            description=f"days {first:02d}..{day:02d} of raw_interactions present"
+                                            + ("" if state is None else f", the history state of day {day - 2:02d}"))],
     )
+
+
+def _earlier_state(store, day: int, vocabulary: tuple[str, ...]) -> HistoryState | None:
+    """The history state of ``day`` when it exists and codes the catalogue's categories (else None: read all)."""
+    if day < 0 or not store.exists(paths.history_state(day)):
+        return None
+    state = HistoryState.from_bytes(store.read_bytes(paths.history_state(day)))
+    return state if state.vocabulary == tuple(vocabulary) else None
