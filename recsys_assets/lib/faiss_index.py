@@ -11,20 +11,45 @@ Contract
 - :func:`recall_vs_exact` measures an approximate index against exact search on the same vectors.
 - The merlin env never imports FAISS (DESIGN.md): it writes the vectors as ``.npy``; this module reads them.
 
+Device (``RECSYS_FAISS_DEVICE``: ``auto`` default, ``cpu``, ``gpu``; :func:`resolve_device`, read when asked)
+- ``auto`` uses the GPU when the installed faiss is a GPU build and sees one, else the CPU; ``gpu`` without a
+  usable GPU is a :class:`~recsys_assets.lib.settings.SettingsError` naming the variable.
+- :func:`build` on the GPU trains and fills ``flat`` and ``ivf`` indexes through ``index_cpu_to_gpu`` and
+  brings them back with ``index_gpu_to_cpu``: the returned (and saved) index is a CPU index of the same
+  classes and file format as a CPU build, so serving and :func:`load` never see a GPU index. ``hnsw`` has no
+  FAISS GPU implementation and is built on the CPU; ``BuiltIndex.device`` / ``params["device"]`` say where
+  it was built. GPU k-means does not reproduce CPU k-means bit for bit: a GPU-built ``ivf`` has other
+  centroids.
+- :func:`for_search` puts a loaded index on the GPU for batch search (:class:`GpuSearchIndex`). The classic
+  GPU indexes ignore ``IDSelector`` search parameters (faiss issues #3114, #3924), so a search restricted to
+  ``allowed_ids`` over-fetches on the GPU by the number of excluded ids and filters the result (the same
+  top-k as the selector, flat and IVF alike), or runs on the CPU copy when that depth exceeds
+  :data:`GPU_MAX_K`.
+- No GPU was available where this module was written and tested (faiss-cpu): the unit tests cover the device
+  choice and run the GPU code path with a CPU index standing in for the GPU copy; it has not run on a GPU.
+
 ``faiss`` is imported inside the functions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from recsys_assets.lib.settings import SettingsError
+
 KINDS = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX_ITEMS = 100_000
+ENV_DEVICE = "RECSYS_FAISS_DEVICE"
+DEVICES = ("auto", "cpu", "gpu")
+GPU_KINDS = ("flat", "ivf")  # kinds with a FAISS GPU implementation; hnsw builds and searches on the CPU
+GPU_MAX_K = 2048  # classic FAISS GPU indexes: at most 2048 neighbours (and 2048 probed cells) a query
 
 
 def choose_kind(n_items: int, kind: str = "auto") -> str:
@@ -41,6 +66,70 @@ def default_nlist(n_items: int) -> int:
     return int(max(1, min(4 * np.sqrt(n_items), n_items // 39)))
 
 
+def device_setting(environ: Mapping[str, str] | None = None) -> str:
+    """``RECSYS_FAISS_DEVICE`` as one of :data:`DEVICES` (unset or empty: ``auto``); read when called."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_DEVICE, "")
+    device = raw.strip().lower() or "auto"
+    if device not in DEVICES:
+        raise SettingsError(f"{ENV_DEVICE}={raw!r}: expected one of {', '.join(DEVICES)}")
+    return device
+
+
+def gpu_available() -> bool:
+    """Whether the installed faiss is a GPU build (``StandardGpuResources``) and sees at least one GPU."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def resolve_device(device: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """``cpu`` or ``gpu`` for ``device`` (None: the ``RECSYS_FAISS_DEVICE`` setting); ``auto`` takes the GPU
+    when :func:`gpu_available`; ``gpu`` without one raises a SettingsError that names the setting."""
+    if device is None:
+        requested = device_setting(environ)
+    else:
+        requested = device.strip().lower()
+        if requested not in DEVICES:
+            raise SettingsError(f"unknown FAISS device {device!r}: expected one of {', '.join(DEVICES)} "
+                                f"(the {ENV_DEVICE} setting)")
+    if requested == "cpu":
+        return "cpu"
+    if gpu_available():
+        return "gpu"
+    if requested == "auto":
+        return "cpu"
+    import faiss
+
+    why = ("the installed faiss is a CPU-only build (faiss-cpu)" if not hasattr(faiss, "StandardGpuResources")
+           else "faiss sees no GPU (faiss.get_num_gpus() == 0)")
+    raise SettingsError(f"{ENV_DEVICE}=gpu but {why}: run where faiss-gpu and an NVIDIA GPU are installed, "
+                        f"or set {ENV_DEVICE}=auto (the GPU when there is one) or cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_resources():
+    # one per process: each StandardGpuResources reserves its own scratch memory on the GPU
+    import faiss
+
+    return faiss.StandardGpuResources()
+
+
+def _to_gpu(index):
+    """A copy of ``index`` on GPU 0 (a pod sees only the GPUs it requested, numbered from 0)."""
+    import faiss
+
+    return faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
+
+
+def _from_gpu(index):
+    """A CPU copy of a GPU ``index``, of exactly the classes :func:`load` returns (``IndexFlatIP``, not the
+    ``IndexFlat`` the GPU cloner makes): the round trip through FAISS's own serialization guarantees it."""
+    import faiss
+
+    return faiss.deserialize_index(faiss.serialize_index(faiss.index_gpu_to_cpu(index)))
+
+
 @dataclasses.dataclass
 class IndexParams:
     kind: str = "auto"
@@ -55,12 +144,13 @@ class IndexParams:
 
 @dataclasses.dataclass
 class BuiltIndex:
-    index: object
+    index: object  # always a CPU index, whatever the device
     kind: str
     params: dict
     n_items: int
     dim: int
     build_seconds: float
+    device: str = "cpu"  # where it was trained and filled: ``cpu``, or ``gpu`` for flat / ivf on a GPU
 
 
 def _as_matrix(vectors) -> np.ndarray:
@@ -72,8 +162,10 @@ def _as_matrix(vectors) -> np.ndarray:
     return x
 
 
-def build(vectors, ids: Sequence[int], params: IndexParams | None = None) -> BuiltIndex:
-    """An inner-product index over ``vectors`` (row r has raw id ``ids[r]``)."""
+def build(vectors, ids: Sequence[int], params: IndexParams | None = None,
+          device: str | None = None) -> BuiltIndex:
+    """An inner-product index over ``vectors`` (row r has raw id ``ids[r]``), trained and filled on ``device``
+    (None: the ``RECSYS_FAISS_DEVICE`` setting, :func:`resolve_device`); a CPU index either way."""
     import faiss
 
     params = params or IndexParams()
@@ -87,8 +179,13 @@ def build(vectors, ids: Sequence[int], params: IndexParams | None = None) -> Bui
         raise ValueError("item ids must be unique")
     n, d = x.shape
     kind = choose_kind(n, params.kind)
+    chosen = resolve_device(device)
+    on_gpu = chosen == "gpu" and kind in GPU_KINDS
     t0 = time.perf_counter()
-    used = {"kind": kind}
+    used = {"kind": kind, "device": "gpu" if on_gpu else "cpu"}
+    if chosen == "gpu" and not on_gpu:
+        used["device_note"] = f"{kind} has no FAISS GPU implementation: built on the CPU"
+    sample = None
     if kind == "flat":
         inner = faiss.IndexFlatIP(d)
     elif kind == "ivf":
@@ -98,7 +195,6 @@ def build(vectors, ids: Sequence[int], params: IndexParams | None = None) -> Bui
         rng = np.random.default_rng(params.seed)
         sample = x if n <= params.train_sample else x[rng.choice(n, params.train_sample, replace=False)]
         inner.cp.seed = params.seed
-        inner.train(sample)
         inner.nprobe = min(params.nprobe, nlist)
         used.update(nlist=nlist, nprobe=inner.nprobe)
     elif kind == "hnsw":
@@ -109,14 +205,34 @@ def build(vectors, ids: Sequence[int], params: IndexParams | None = None) -> Bui
     else:  # pragma: no cover - choose_kind validated it
         raise AssertionError(kind)
     index = faiss.IndexIDMap(inner)
-    index.add_with_ids(x, ids)
+    # On the GPU the IndexIDMap wrapper stays on the host (FAISS's cloner moves only the wrapped index)
+    target = _to_gpu(index) if on_gpu else index
+    if sample is not None:
+        if on_gpu:
+            _seed_gpu_kmeans(target, params.seed)
+        target.train(sample)
+    target.add_with_ids(x, ids)
+    if on_gpu:
+        index = _from_gpu(target)
+        if kind == "ivf":
+            _inner(index).nprobe = used["nprobe"]
     return BuiltIndex(index=index, kind=kind, params=used, n_items=n, dim=d,
-                      build_seconds=time.perf_counter() - t0)
+                      build_seconds=time.perf_counter() - t0, device=used["device"])
+
+
+def _seed_gpu_kmeans(index, seed: int) -> None:
+    # not every FAISS version's GPU cloner copies the clustering parameters (the k-means seed) of an IVF index
+    import faiss
+
+    gpu_ivf = faiss.downcast_index(index.index)
+    if hasattr(gpu_ivf, "cp"):
+        gpu_ivf.cp.seed = seed
 
 
 def _inner(index):
     import faiss
 
+    index = _cpu(index)
     return faiss.downcast_index(index.index) if hasattr(index, "index") else index
 
 
@@ -150,13 +266,73 @@ class Neighbours:
         return out
 
 
+@dataclasses.dataclass
+class GpuSearchIndex:
+    """A loaded index with a GPU copy for batch search (:func:`for_search`); ``cpu`` is the index itself.
+
+    Everything other than :func:`search` (:func:`describe`, :func:`id_map`, :func:`save`) uses ``cpu``."""
+
+    cpu: object
+    gpu: object
+    ids: np.ndarray  # the raw ids the index holds: the excluded count of a filtered search
+
+
+def _cpu(index):
+    return index.cpu if isinstance(index, GpuSearchIndex) else index
+
+
+def for_search(index, device: str | None = None):
+    """The loaded ``index`` ready for batch search on ``device`` (None: the ``RECSYS_FAISS_DEVICE`` setting):
+    a :class:`GpuSearchIndex` for a flat or IVF index on the GPU; ``index`` itself on the CPU and for HNSW.
+
+    Worth it for many queries at once (evaluation batches); one query at a time is faster on the CPU."""
+    import faiss
+
+    if isinstance(index, GpuSearchIndex) or resolve_device(device) != "gpu":
+        return index
+    if isinstance(_inner(index), faiss.IndexHNSW):  # no GPU implementation
+        return index
+    return GpuSearchIndex(cpu=index, gpu=_to_gpu(index), ids=id_map(index))
+
+
 def search(index, queries, k: int, allowed_ids: Sequence[int] | None = None) -> Neighbours:
     """The ``k`` best items per query by inner product, optionally among ``allowed_ids`` only."""
     q = _as_matrix(np.atleast_2d(queries))
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(index, GpuSearchIndex):
+        found = _search_gpu(index, q, int(k), allowed_ids)
+        if found is not None:
+            return found
+        index = index.cpu
     params, _sel = _search_params(index, allowed_ids, k)  # keep the selector alive during the search
     scores, ids = index.search(q, int(k), params=params) if params is not None else index.search(q, int(k))
+    return _neighbours(scores, ids)
+
+
+def _search_gpu(index: GpuSearchIndex, q: np.ndarray, k: int, allowed_ids) -> Neighbours | None:
+    """The search on the GPU copy, or None when it must run on the CPU (deeper than :data:`GPU_MAX_K`).
+
+    A filter cannot go to the GPU as an IDSelector (GPU indexes ignore it), so the GPU returns the best
+    ``k + excluded`` items and the excluded ones are dropped: at most ``excluded`` of them can rank above the
+    k-th allowed item, so this is the selector's top-k (same probed cells for IVF)."""
+    if allowed_ids is None:
+        depth, allowed = k, None
+    else:
+        allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+        depth = k + int(len(index.ids) - np.isin(index.ids, allowed).sum())
+    depth = min(depth, len(index.ids))
+    if depth > GPU_MAX_K:
+        return None
+    scores, ids = index.gpu.search(q, max(depth, 1))
+    if allowed is None:
+        return _neighbours(scores, ids)
+    keep = np.isin(ids, allowed) & (ids >= 0)
+    return Neighbours(ids=[ids[r][keep[r]][:k] for r in range(len(ids))],
+                      scores=[scores[r][keep[r]][:k] for r in range(len(ids))])
+
+
+def _neighbours(scores: np.ndarray, ids: np.ndarray) -> Neighbours:
     keep = ids >= 0
     return Neighbours(ids=[ids[r][keep[r]] for r in range(len(ids))],
                       scores=[scores[r][keep[r]] for r in range(len(ids))])
@@ -179,7 +355,7 @@ def recall_vs_exact(built: BuiltIndex, vectors, ids, queries, k: int = 100) -> f
 def save(index, path) -> None:
     import faiss
 
-    faiss.write_index(index, str(Path(path)))
+    faiss.write_index(_cpu(index), str(Path(path)))
 
 
 def load(path):
@@ -195,6 +371,7 @@ def describe(index) -> dict:
     """Kind and search parameters of a loaded index (for metadata and for serving's logs)."""
     import faiss
 
+    index = _cpu(index)
     inner = _inner(index)
     out = {"n_items": int(index.ntotal), "dim": int(index.d), "type": type(inner).__name__}
     if isinstance(inner, faiss.IndexIVF):
@@ -208,4 +385,4 @@ def id_map(index) -> np.ndarray:
     """The raw ids held by an ``IndexIDMap`` (row order)."""
     import faiss
 
-    return faiss.vector_to_array(index.id_map).astype(np.int64)
+    return faiss.vector_to_array(_cpu(index).id_map).astype(np.int64)

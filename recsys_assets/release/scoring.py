@@ -52,7 +52,7 @@ class ReleaseScorer:
                               json.loads(params["dlrm_ranking"].get("INPUT_MAP") or "{}"),
                               set(DlrmRanking.features) | set(DlrmRanking.derived))
         faiss_dir = version_dir(repository, release, "faiss_retrieval")
-        self.index = fx.load(faiss_dir / "index.faiss")
+        self.index = fx.for_search(fx.load(faiss_dir / "index.faiss"))  # batch search: the GPU where there is one
         ids = faiss_dir / "index_ids.npy"
         self.position_ids = np.load(ids) if ids.exists() else None
         self.available_from = np.load(faiss_dir / "availability.npy")

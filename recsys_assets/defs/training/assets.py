@@ -545,7 +545,7 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, config: RetrievalEva
     anonymous, timing = {}, {}
     for variant in variants:
         model = ev.OnnxModel(store.local_path(paths.query_tower_onnx(variant)))
-        index = fx.load(store.local_path(paths.faiss_index(variant)))
+        index = fx.for_search(fx.load(store.local_path(paths.faiss_index(variant))))  # the GPU where there is one
         features = query_features(variant)
         real = _query_columns(features, requests)
         anon = {**real, **{c: anon_user[c] for c in USER_FEATURES}}
