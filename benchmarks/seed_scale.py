@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -155,6 +156,10 @@ class StageLog:
             self.out.write_text(json.dumps(self.report, indent=2) + "\n")
 
 
+def names_of(layers) -> list[str]:
+    return [a for layer in layers for a in layer.assets]
+
+
 def data_size(root: Path) -> dict:
     """Rows of the generated world: users, items and logged impressions and clicks per day."""
     import pyarrow.parquet as pq
@@ -222,6 +227,9 @@ def run(args) -> int:
     if args.from_layer and args.from_layer not in names:
         raise SystemExit(f"--from-layer {args.from_layer!r}: expected one of {', '.join(names)}")
     start = names.index(args.from_layer) if args.from_layer else 0
+    unknown = sorted(set(args.skip) - set(names_of(BUILD_LAYERS)))
+    if unknown:
+        raise SystemExit(f"--skip {unknown}: not assets of the build layers ({', '.join(names_of(BUILD_LAYERS))})")
     ops = json.loads(Path(args.ops).read_text()) if args.ops else None
     instance = demo._instance(settings)
     defs, logs = demo.quiet_definitions(settings)
@@ -229,12 +237,14 @@ def run(args) -> int:
     out = Path(args.json).resolve() if args.json else None
     log = StageLog(sampler, out, {
         "scale": args.scale, "profile": vars(SCALES[args.scale]), "artifacts": str(root), "cpus": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / GIB, 1), "from_layer": args.from_layer,
+        "memory_gib": round(psutil.virtual_memory().total / GIB, 1), "from_layer": args.from_layer, "skip": args.skip,
         "ops": ops, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(f"[seed-scale] scale {args.scale}: {vars(SCALES[args.scale])}; artifacts {root}; logs {logs}", flush=True)
     try:
         for layer in BUILD_LAYERS[start:]:
-            with log.stage(layer.name, assets=list(layer.assets)):
+            skipped = [a for a in layer.assets if a in args.skip]
+            layer = dataclasses.replace(layer, assets=tuple(a for a in layer.assets if a not in args.skip))
+            with log.stage(layer.name, assets=list(layer.assets), skipped=skipped):
                 demo.run_plan(defs, instance, layers=(layer,), ops=ops)
             if layer.name == "days":
                 log.report["data"] = data_size(root)
@@ -308,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", help="the artifact root (a new folder; or an earlier run's with --from-layer)")
     parser.add_argument("--json", help="write the stages, data size and Valkey memory here (after every stage)")
     parser.add_argument("--from-layer", help="skip the build layers before this one (their artifacts on disk)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="assets of the resumed layers not to run again (materialized by the earlier run)")
     parser.add_argument("--ops", help="a JSON file of op config by asset (e.g. shorter trainings for a test)")
     parser.add_argument("--serving-seconds", type=float, default=10.0,
                         help="duration of each serving concurrency level (0: skip the serving benchmark)")
