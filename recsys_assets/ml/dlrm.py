@@ -122,7 +122,7 @@ def train(train_folders, valid_folders, table: np.ndarray, params: DlrmParams, l
     model = build_model(train_loader.output_schema, params)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.learning_rate),
                   metrics=[tf.keras.metrics.AUC(name="auc")])
-    timer = mi.EpochTimer(rows=len(train_split))
+    timer = mi.EpochTimer(rows=len(train_split), what="dlrm")
     t0 = time.perf_counter()
     model.fit(train_loader, epochs=params.epochs, callbacks=[timer], verbose=0)
     fit_seconds = time.perf_counter() - t0

@@ -129,7 +129,8 @@ def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params:
     before = mi.predict_batches(model.query_encoder, probe)
     load_seconds = time.perf_counter() - t0
     two_tower.freeze_candidate_tower(model, params.two_tower_learning_rate)
-    timer = mi.EpochTimer(rows=(len(split) // params.two_tower_batch_size) * params.two_tower_batch_size)
+    timer = mi.EpochTimer(rows=(len(split) // params.two_tower_batch_size) * params.two_tower_batch_size,
+                          what="fine-tune two-tower")
     t0 = time.perf_counter()
     model.fit(mi.loader(split, table, params.two_tower_batch_size, shuffle=True, seed=params.seed, drop_last=True),
               epochs=params.two_tower_epochs, callbacks=[timer], verbose=0)
@@ -186,7 +187,7 @@ def fine_tune_dlrm(parent_dir, split: "mi.Split", table: np.ndarray, params: Fin
     load_seconds = time.perf_counter() - t0
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.dlrm_learning_rate),
                   metrics=[tf.keras.metrics.AUC(name="auc")])
-    timer = mi.EpochTimer(rows=len(split))
+    timer = mi.EpochTimer(rows=len(split), what="fine-tune dlrm")
     t0 = time.perf_counter()
     model.fit(mi.loader(split, table, params.dlrm_batch_size, shuffle=True, seed=params.seed),
               epochs=params.dlrm_epochs, callbacks=[timer], verbose=0)

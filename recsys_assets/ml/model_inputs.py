@@ -245,9 +245,11 @@ def predict_batches(fn, arrays: dict[str, np.ndarray], batch_size: int = 4096) -
 
 
 class EpochTimer:
-    """A Keras callback recording each epoch's wall time and loss (throughput = rows / seconds)."""
+    """A Keras callback recording each epoch's wall time and loss (throughput = rows / seconds), and printing a
+    line per epoch to the step's log (``<artifacts>/logs/merlin/<step>.log`` under the demo): a long training shows
+    its progress."""
 
-    def __new__(cls, rows: int):
+    def __new__(cls, rows: int, what: str = "training"):
         import tensorflow as tf
 
         class _Timer(tf.keras.callbacks.Callback):
@@ -265,6 +267,10 @@ class EpochTimer:
                           "rows_per_second": round(self.rows / max(seconds, 1e-9), 1)}
                 record.update({k: float(v) for k, v in (logs or {}).items()})
                 self.epochs.append(record)
+                print(f"{what}: epoch {epoch + 1}/{self.params.get('epochs', '?')} in {seconds:.1f} s "
+                      f"({record['rows_per_second']:,.0f} rows/s), "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in
+                                  ("epoch", "seconds", "rows_per_second")), flush=True)
 
         return _Timer()
 

@@ -204,7 +204,7 @@ def train(train_folders, valid_folders, table: np.ndarray, params: TwoTowerParam
     counts = item_click_counts(train_split)
     model = build_model(schema, params, counts)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.learning_rate))
-    timer = mi.EpochTimer(rows=(len(train_split) // params.batch_size) * params.batch_size)
+    timer = mi.EpochTimer(rows=(len(train_split) // params.batch_size) * params.batch_size, what="two-tower")
     t0 = time.perf_counter()
     model.fit(train_loader, epochs=params.epochs, callbacks=[timer], verbose=0)
     fit_seconds = time.perf_counter() - t0
