@@ -1,6 +1,6 @@
 """What an optimizer step costs as the id tables grow: the user-id table of the seed's 300k users against the
-demo's 4k, with the DLRM's settings (Adam, L2 on the whole id table) and the alternatives that touch only the
-looked-up rows.
+demo's 4k, with the DLRM's settings (Adam, L2 on the whole id table), the Two-Tower's (Adam), and the
+alternatives that touch only the looked-up rows (merlin-models' LazyAdam, Adagrad).
 
     .venv-merlin/bin/python benchmarks/id_tables.py [--rows 4000 300000] [--steps 200]
 
@@ -24,13 +24,18 @@ def step_seconds(rows: int, variant: str, steps: int, batch: int = 1024, dim: in
     import tensorflow as tf
 
     tf.random.set_seed(0)
-    reg = tf.keras.regularizers.L2(1e-4) if variant == "adam + table L2 (DLRM)" else None
+    reg = tf.keras.regularizers.L2(1e-4) if "table L2" in variant else None
     ids = tf.keras.Input(shape=(1,), dtype=tf.int64)
     emb = tf.keras.layers.Embedding(rows, dim, embeddings_regularizer=reg)(ids)
     out = tf.keras.layers.Dense(1)(tf.keras.layers.Flatten()(emb))
     model = tf.keras.Model(ids, out)
-    optimizer = {"adagrad": tf.keras.optimizers.Adagrad(1e-2)}.get(variant.split(" ")[0],
-                                                                  tf.keras.optimizers.Adam(1e-3))
+    kind = variant.split(" ")[0]
+    if kind == "lazyadam":
+        import merlin.models.tf as mm
+
+        optimizer = mm.LazyAdam(1e-3)
+    else:
+        optimizer = tf.keras.optimizers.Adagrad(1e-2) if kind == "adagrad" else tf.keras.optimizers.Adam(1e-3)
     loss_fn = tf.keras.losses.BinaryCrossentropy(from_logits=True)
 
     @tf.function
@@ -58,7 +63,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[4_000, 300_000])
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
-    variants = ("adam + table L2 (DLRM)", "adam (Two-Tower)", "adagrad")
+    variants = ("adam + table L2 (DLRM)", "adam (Two-Tower)", "lazyadam + table L2", "lazyadam (merlin's)",
+                "adagrad")
     print(f"load average {os.getloadavg()[0]:.2f}; batch 1024, dim 64, median of {args.steps} steps")
     print(f"| variant | {' | '.join(f'{r:,} rows' for r in args.rows)} | ratio |")
     print(f"|---|{'---|' * len(args.rows)}---|")

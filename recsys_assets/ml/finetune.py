@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from recsys_assets.ml import model_inputs as mi
+from recsys_assets.ml.dlrm import DlrmParams
+from recsys_assets.ml.two_tower import TwoTowerParams
 
 INTERACTION_ID = "interaction_id"
 
@@ -59,6 +61,8 @@ class FineTuneParams:
     dlrm_learning_rate: float = 1e-4
     """A tenth of the full training's rate; every layer trains."""
     dlrm_batch_size: int = 1024
+    two_tower_optimizer: str = TwoTowerParams.optimizer
+    dlrm_optimizer: str = DlrmParams.optimizer
     parity_rows: int = 512
     seed: int = 0
 
@@ -71,6 +75,8 @@ class FineTuneParams:
         out = cls(**d)
         if not 0.0 <= out.replay_fraction <= 1.0:
             raise ValueError(f"replay_fraction {out.replay_fraction}: expected a fraction in [0, 1]")
+        mi.check_optimizer(out.two_tower_optimizer, "fine-tuning two_tower_optimizer")
+        mi.check_optimizer(out.dlrm_optimizer, "fine-tuning dlrm_optimizer")
         return out
 
 
@@ -128,7 +134,7 @@ def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params:
     model = two_tower.restore(model_dir, split, table)
     before = mi.predict_batches(model.query_encoder, probe)
     load_seconds = time.perf_counter() - t0
-    two_tower.freeze_candidate_tower(model, params.two_tower_learning_rate)
+    two_tower.freeze_candidate_tower(model, params.two_tower_learning_rate, params.two_tower_optimizer)
     timer = mi.EpochTimer(rows=(len(split) // params.two_tower_batch_size) * params.two_tower_batch_size,
                           what="fine-tune two-tower")
     t0 = time.perf_counter()
@@ -185,7 +191,7 @@ def fine_tune_dlrm(parent_dir, split: "mi.Split", table: np.ndarray, params: Fin
     schema = mi.loader(split, table, params.dlrm_batch_size, shuffle=False).output_schema
     model, architecture, before = restore_dlrm(parent_dir, schema, table, probe)
     load_seconds = time.perf_counter() - t0
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.dlrm_learning_rate),
+    model.compile(optimizer=mi.optimizer(params.dlrm_optimizer, params.dlrm_learning_rate),
                   metrics=[tf.keras.metrics.AUC(name="auc")])
     timer = mi.EpochTimer(rows=len(split), what="fine-tune dlrm")
     t0 = time.perf_counter()

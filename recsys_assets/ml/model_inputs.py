@@ -244,6 +244,30 @@ def predict_batches(fn, arrays: dict[str, np.ndarray], batch_size: int = 4096) -
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
 
+OPTIMIZERS = ("adam", "lazyadam")
+"""``adam``: Keras' Adam, whose moment updates run over every row of an embedding table each step, so a step costs
+O(rows) of the id tables (300k users: ~270 ms a step, 4k: ~3 ms; ``benchmarks/id_tables.py``). ``lazyadam``:
+merlin-models' LazyAdam, which updates the moments of the rows a batch looks up only (~3 ms at either size)."""
+
+
+def optimizer(name: str, learning_rate: float):
+    """The Keras optimizer ``name`` (one of :data:`OPTIMIZERS`) at ``learning_rate``."""
+    import tensorflow as tf
+
+    if name == "lazyadam":
+        import merlin.models.tf as mm
+
+        return mm.LazyAdam(learning_rate=learning_rate)
+    if name == "adam":
+        return tf.keras.optimizers.Adam(learning_rate=learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+
+
+def check_optimizer(name: str, what: str) -> None:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"{what} {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+
+
 class EpochTimer:
     """A Keras callback recording each epoch's wall time and loss (throughput = rows / seconds), and printing a
     line per epoch to the step's log (``<artifacts>/logs/merlin/<step>.log`` under the demo): a long training shows
