@@ -279,7 +279,8 @@ class HistoryState:
     """Every user's history strictly before ``at`` (Unix seconds) summed up, one row per ``user`` (sorted): the
     ``clicks`` per category, the ``last_click`` time per category (-1: none) and the interest ``weights`` as of
     ``at``. With it, the values at any later time need only the events from ``at`` on (:func:`history_codes`).
-    ``vocabulary``: the category names the codes index (a state of another vocabulary does not apply)."""
+    ``vocabulary``: the category names the codes index (a state of another vocabulary does not apply);
+    ``sources``: a digest of each day of events it sums up, in day order (a day rewritten since does not apply)."""
 
     user: np.ndarray
     clicks: np.ndarray
@@ -287,6 +288,7 @@ class HistoryState:
     weights: np.ndarray
     at: int
     vocabulary: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
 
     @property
     def n_categories(self) -> int:
@@ -307,10 +309,12 @@ class HistoryState:
 
     @classmethod
     def of(cls, events, category: np.ndarray, at: int, state: "HistoryState | None" = None,
-           vocabulary: tuple[str, ...] = (), half_life_days: float = HALF_LIFE_DAYS) -> "HistoryState":
+           vocabulary: tuple[str, ...] = (), sources: tuple[str, ...] = (),
+           half_life_days: float = HALF_LIFE_DAYS) -> "HistoryState":
         """The state at ``at`` from ``events`` (a DataFrame with ``user_id``, ``timestamp``, ``item_id``, ``click``:
         the whole history, or the events from ``state.at`` on when ``state`` is given; those at or after ``at``
-        do not count). Every user with an impression so far has a row."""
+        do not count). Every user with an impression so far has a row. ``sources``: the digests of the days of
+        ``events`` (appended to ``state``'s)."""
         events = events[events["timestamp"].to_numpy() < at]
         eu = events["user_id"].to_numpy().astype(np.int64)
         known = eu >= 0
@@ -329,19 +333,21 @@ class HistoryState:
             last = np.maximum(last, _widen(base_last, n_cat, fill=-1))
         weights = point_in_time_interest_weights(eu, events["timestamp"], codes, events["click"], users,
                                                  np.full(len(users), at), n_cat, half_life_days, state=state)
-        return cls(users, clicks, last, weights, int(at), tuple(vocabulary))
+        earlier = state.sources if state is not None else ()
+        return cls(users, clicks, last, weights, int(at), tuple(vocabulary), tuple(earlier) + tuple(sources))
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, user=self.user, clicks=self.clicks.astype(np.int32), last_click=self.last_click,
-                            weights=self.weights, at=np.int64(self.at), vocabulary=np.array(self.vocabulary, dtype=str))
+                            weights=self.weights, at=np.int64(self.at), vocabulary=np.array(self.vocabulary, dtype=str),
+                            sources=np.array(self.sources, dtype=str))
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "HistoryState":
         with np.load(io.BytesIO(data)) as z:
             return cls(z["user"], z["clicks"].astype(np.int64), z["last_click"], z["weights"], int(z["at"]),
-                       tuple(str(v) for v in z["vocabulary"]))
+                       tuple(str(v) for v in z["vocabulary"]), tuple(str(v) for v in z["sources"]))
 
 
 def history_codes(events, category: np.ndarray, query_user, query_ts, with_weights: bool = False,

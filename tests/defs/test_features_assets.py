@@ -78,7 +78,8 @@ def test_missing_history_fails_the_blocking_check_naming_the_partition(resources
 
 def test_a_day_from_the_state_two_days_back_equals_the_day_from_every_earlier_day(resources):
     """Days 00..03 in order: days 02 and 03 start from the history state of days 00 and 01 and read two raw days;
-    the same day 03 computed again from every raw day (the states removed) writes the same codes and weights."""
+    the same day 03 computed again from every raw day (the states removed) writes the same codes and weights. A
+    state whose raw days were rewritten since is not used."""
     import pandas as pd
 
     _ingest(resources, [0, 1, 2, 3])
@@ -98,6 +99,15 @@ def test_a_day_from_the_state_two_days_back_equals_the_day_from_every_earlier_da
             np.testing.assert_allclose(np.stack(frame.pop(INTEREST_WEIGHTS)), np.stack(whole.pop(INTEREST_WEIGHTS)),
                                        rtol=1e-6)
         pd.testing.assert_frame_equal(frame, whole)
+    # a raw day rewritten after the state was written: the state no longer applies, every day is read again
+    for d in (0, 1):
+        assert dg.materialize([user_top_category], resources=resources, partition_key=f"2026-01-0{d + 1}").success
+    day0 = store.read_parquet(paths.raw_interactions(0))
+    store.write_parquet(paths.raw_interactions(0), day0.iloc[:-10])
+    rewritten = dg.materialize([user_top_category], resources=resources, partition_key="2026-01-04")
+    meta = rewritten.asset_materializations_for_node("user_top_category")[0].metadata
+    assert meta["days_read"].value == "00..03"
+    assert meta["state_unused"].value == "raw day 00 was rewritten after the state of day 01"
     # a raw day the state does not stand for is still required: day 02 missing fails day 03's check
     store.delete(paths.raw_interactions(2))
     failed = dg.materialize([user_top_category], resources=resources, partition_key="2026-01-04",

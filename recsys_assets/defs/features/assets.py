@@ -11,6 +11,7 @@ from recsys_assets.defs.partitions import START_DATE, daily_partitions, partitio
 from recsys_assets.defs.resources import ArtifactStoreResource
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactNotFound
+from recsys_assets.lib.digests import file_sha256
 from recsys_assets.lib.settings import day_start, partition_key, start_epoch
 from recsys_assets.lib.feature_spec import INTERESTS
 from recsys_assets.lib.top_category import NONE, HistoryState, category_codes, category_vocabulary, history_codes
@@ -32,8 +33,9 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
 
     The codes look back over the whole history. Day d starts from the history summed up at the end of day d-2
     (``features/history_state/day_XX.npz``, which each day writes) and reads only days d-1 and d of
-    ``raw_interactions``, so a day costs the same on day 300 as on day 3; without that state (the first days, or a
-    catalogue whose categories changed) it reads every day from 00. A missing day it needs fails the blocking
+    ``raw_interactions``, so a day costs the same on day 300 as on day 3; without a state that applies (the first
+    days, a catalogue whose categories changed, or an earlier raw day rewritten since: the state keeps each day's
+    digest) it reads every day from 00. A missing day it needs fails the blocking
     check, naming the partition, and nothing is written or recorded as materialized.
     Writes ``features/top_category/day_XX.parquet`` (row-aligned with the raw day),
     ``features/user_top_category/day_XX.parquet`` (the feature store's source; with the interest weights the
@@ -44,7 +46,7 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
     category_l1 = store.read_parquet(paths.ITEMS, columns=["category_l1"])["category_l1"]
     vocabulary = category_vocabulary(category_l1)
     category = category_codes(category_l1, vocabulary)
-    state = _earlier_state(store, day - 2, vocabulary)
+    state, unused = _earlier_state(store, day - 2, vocabulary)
     first = 0 if state is None else day - 1
     missing, frames = [], []
     for d in range(first, day + 1):
@@ -71,7 +73,8 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
 
     # Each user's values at the end of the day, for users with any impression so far (-1 where none applies).
     end_of_day = day_start(day + 1, start_epoch(START_DATE))
-    summed = HistoryState.of(history, category, end_of_day, state, vocabulary)
+    summed = HistoryState.of(history, category, end_of_day, state, vocabulary,
+                             sources=tuple(_digest(store, d) for d in range(first, day + 1)))
     at_end = np.full(len(summed.user), end_of_day)
     snapshot = pd.DataFrame({"user_id": summed.user,
                              **history_codes(history, category, summed.user, at_end, with_weights=True, state=state),
@@ -90,6 +93,7 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
             "users_with_value": len(snapshot),
             "history_clicks": int(summed.clicks.sum()),
             "days_read": f"{first:02d}..{day:02d}" + ("" if state is None else f" + the state of day {day - 2:02d}"),
+            **({"state_unused": unused} if unused else {}),
             "path": store.uri(paths.top_category(day)),
             "distribution": markdown_table(table),
         },
@@ -99,9 +103,23 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
     )
 
 
-def _earlier_state(store, day: int, vocabulary: tuple[str, ...]) -> HistoryState | None:
-    """The history state of ``day`` when it exists and codes the catalogue's categories (else None: read all)."""
+def _digest(store, day: int) -> str:
+    return file_sha256(store.local_path(paths.raw_interactions(day)))
+
+
+def _earlier_state(store, day: int, vocabulary: tuple[str, ...]) -> tuple[HistoryState | None, str]:
+    """The history state of ``day`` when it exists and applies: it codes the catalogue's categories and sums up
+    days 00..``day`` as they are now. Else None, and why (empty when there is no state to use)."""
     if day < 0 or not store.exists(paths.history_state(day)):
-        return None
+        return None, ""
     state = HistoryState.from_bytes(store.read_bytes(paths.history_state(day)))
-    return state if state.vocabulary == tuple(vocabulary) else None
+    if state.vocabulary != tuple(vocabulary):
+        return None, f"the state of day {day:02d} codes other categories"
+    if len(state.sources) != day + 1:
+        return None, f"the state of day {day:02d} does not record the days it sums up"
+    for d, digest in enumerate(state.sources):
+        if not store.exists(paths.raw_interactions(d)):
+            return None, f"raw day {d:02d} is missing"
+        if _digest(store, d) != digest:
+            return None, f"raw day {d:02d} was rewritten after the state of day {day:02d}"
+    return state, ""
