@@ -295,9 +295,10 @@ def plot(reports: list[Path], out: Path) -> None:
         seconds = [by_stage[s]["seconds"] if s in by_stage else 0 for s in stages]
         ax_time.barh(y, seconds, height, label=label)
         ax_mem.barh(y, [by_stage[s]["peak_rss_gib"] if s in by_stage else 0 for s in stages], height)
-        for yy, sec in zip(y, seconds):
+        for yy, sec, stage in zip(y, seconds, stages):
             if sec:
-                ax_time.text(sec, yy, f" {sec:.0f} s", va="center", fontsize=7)
+                stopped = " (stopped)" if "failed" in by_stage[stage] else ""
+                ax_time.text(sec, yy, f" {sec:.0f} s{stopped}", va="center", fontsize=7)
     ax_time.set_xscale("log")
     ax_time.set_yticks(np.arange(len(stages)) + 0.4 - height / 2, stages)
     ax_time.invert_yaxis()
