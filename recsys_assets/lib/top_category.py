@@ -351,20 +351,22 @@ class HistoryState:
 
 
 def history_codes(events, category: np.ndarray, query_user, query_ts, with_weights: bool = False,
-                  state: HistoryState | None = None) -> dict[str, np.ndarray]:
+                  state: HistoryState | None = None, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every history code (``feature_spec.USER_HISTORY``) at each query (user, timestamp), point in time, and with
     ``with_weights`` the interest weights they come from (:data:`INTEREST_WEIGHTS`: one float32 array per row).
 
     ``events``: the impressions so far (a DataFrame with ``user_id``, ``timestamp``, ``item_id``, ``click``; rows at
     or after a query's time do not count for it), or with ``state`` those from ``state.at`` on (every query's 24 h
-    window after ``state.at``); ``category``: the code of every raw item id (row = item id)."""
+    window after ``state.at``); ``category``: the code of every raw item id (row = item id). ``weights``: the
+    interest weights at the queries when already computed (``HistoryState.of`` for the same users and time)."""
     clicked = events["click"].to_numpy() == 1
     codes = category[events["item_id"].to_numpy()]
     top = point_in_time_top_category(events["user_id"].to_numpy()[clicked], events["timestamp"].to_numpy()[clicked],
                                      codes[clicked], query_user, query_ts, state=state)
-    weights = point_in_time_interest_weights(events["user_id"], events["timestamp"], codes, events["click"],
-                                             query_user, query_ts, n_categories=int(category.max()) + 1,
-                                             state=state)
+    if weights is None:
+        weights = point_in_time_interest_weights(events["user_id"], events["timestamp"], codes, events["click"],
+                                                 query_user, query_ts, n_categories=int(category.max()) + 1,
+                                                 state=state)
     interests = rank_interests(weights, len(INTERESTS))
     out = {"top_category": top, **{name: interests[:, k] for k, name in enumerate(INTERESTS)}}
     if with_weights:

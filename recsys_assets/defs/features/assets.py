@@ -77,7 +77,8 @@ def user_top_category(context: dg.AssetExecutionContext, artifacts: ArtifactStor
                              sources=tuple(_digest(store, d) for d in range(first, day + 1)))
     at_end = np.full(len(summed.user), end_of_day)
     snapshot = pd.DataFrame({"user_id": summed.user,
-                             **history_codes(history, category, summed.user, at_end, with_weights=True, state=state),
+                             **history_codes(history, category, summed.user, at_end, with_weights=True, state=state,
+                                             weights=summed.weights),
                              "event_timestamp": pd.to_datetime(at_end, unit="s", utc=True)})
     store.write_parquet(paths.user_top_category(day), snapshot)
     store.write_bytes(paths.history_state(day), summed.to_bytes())
