@@ -19,6 +19,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+VARIANTS = ("adam + table L2 (DLRM)", "adam (Two-Tower)", "lazyadam + table L2", "lazyadam (merlin's)", "adagrad",
+            "legacy-adam + table L2", "adam-xla + table L2")
+
+
 def step_seconds(rows: int, variant: str, steps: int, batch: int = 1024, dim: int = 64) -> float:
     import numpy as np
     import tensorflow as tf
@@ -34,6 +38,10 @@ def step_seconds(rows: int, variant: str, steps: int, batch: int = 1024, dim: in
         import merlin.models.tf as mm
 
         optimizer = mm.LazyAdam(1e-3)
+    elif kind == "adam-xla":
+        optimizer = tf.keras.optimizers.Adam(1e-3, jit_compile=True)
+    elif kind == "legacy-adam":  # TF's fused ResourceApplyAdam kernel
+        optimizer = tf.keras.optimizers.legacy.Adam(1e-3)
     else:
         optimizer = tf.keras.optimizers.Adagrad(1e-2) if kind == "adagrad" else tf.keras.optimizers.Adam(1e-3)
     loss_fn = tf.keras.losses.BinaryCrossentropy(from_logits=True)
@@ -62,9 +70,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[4_000, 300_000])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     args = parser.parse_args()
-    variants = ("adam + table L2 (DLRM)", "adam (Two-Tower)", "lazyadam + table L2", "lazyadam (merlin's)",
-                "adagrad")
+    variants = args.variants
     print(f"load average {os.getloadavg()[0]:.2f}; batch 1024, dim 64, median of {args.steps} steps")
     print(f"| variant | {' | '.join(f'{r:,} rows' for r in args.rows)} | ratio |")
     print(f"|---|{'---|' * len(args.rows)}---|")

@@ -45,8 +45,11 @@ TRAIN_DAYS, VALIDATION_DAYS = list(range(9)), [9, 10, 11]
 K = 300
 TOP = 10  # the served list
 # The generator's hidden logit terms, which ``run --hidden`` may hand the DLRM as extra continuous inputs (an
-# analysis of what limits it, never a servable model).
-HIDDEN = ("persona", "taste")
+# analysis of what limits it, never a servable model), and ``shares``: an observable candidate feature, the
+# user's recency-weighted activity share per category strictly before the row (``lib.top_category`` weights,
+# normalised, one column per category, plus log1p of the total) and ``affinity``, the share of the row's own item's
+# category: observable candidate features, measured before building them.
+HIDDEN = ("persona", "taste", "shares", "affinity")
 
 
 def prepare(args) -> int:
@@ -91,17 +94,45 @@ def prepare(args) -> int:
     ranking["popularity_ctr"] = ev.smoothed_ctr(clicks, shown)[ranking["item_id"].to_numpy()]
     ranking.to_parquet(out / "ranking.parquet")
     hidden = []
-    for d in sorted(set(args.train_days) | set(args.validation_days)):
+    days = sorted(set(args.train_days) | set(args.validation_days))
+    history = pd.concat([store.read_parquet(paths.raw_interactions(d)) for d in range(max(days) + 1)],
+                        ignore_index=True)
+    shares = _activity_shares(history, catalogue)
+    for d in days:
         raw = store.read_parquet(paths.raw_interactions(d))
         parts = world.logit_components(raw["user_id"], raw["item_id"], raw["device_type"], raw["timestamp"])
         hidden.append(pd.DataFrame({"interaction_id": raw["interaction_id"].to_numpy(),
-                                    **{f"hidden_{k}": parts[k].astype(np.float32) for k in HIDDEN}}))
-    pd.concat(hidden, ignore_index=True).to_parquet(out / "hidden.parquet")
+                                    **{f"hidden_{k}": parts[k].astype(np.float32) for k in HIDDEN if k in parts}}))
+    hidden = pd.concat(hidden, ignore_index=True)
+    hidden.merge(shares, on="interaction_id", how="left").to_parquet(out / "hidden.parquet")
     _prepare_rerank(store, world, out)
     (out / "meta.json").write_text(json.dumps({"artifacts": str(args.artifacts), "train_days": args.train_days,
                                                "validation_days": args.validation_days, "dlrm_features":
                                                list(DLRM_FEATURES), "requests": len(requests)}))
     return 0
+
+
+def _activity_shares(history, catalogue):
+    """Per interaction: the user's recency-weighted activity per category strictly before it, as shares, and
+    log1p of the total (0 for users without history and the anonymous id)."""
+    import pandas as pd
+
+    from recsys_assets.lib import top_category as tc
+
+    vocabulary = tc.category_vocabulary(catalogue["category_l1"])
+    category = tc.category_codes(catalogue["category_l1"], vocabulary)[history["item_id"].to_numpy()]
+    user, ts = history["user_id"].to_numpy(), history["timestamp"].to_numpy()
+    known = user >= 0
+    weights = np.zeros((len(history), len(vocabulary)))
+    weights[known] = tc.point_in_time_interest_weights(user[known], ts[known], category[known],
+                                                       history["click"].to_numpy()[known], user[known], ts[known],
+                                                       len(vocabulary))
+    total = weights.sum(axis=1)
+    shares = weights / np.maximum(total, 1e-12)[:, None]
+    return pd.DataFrame({"interaction_id": history["interaction_id"].to_numpy(),
+                         **{f"hidden_shares_{i:02d}": shares[:, i].astype(np.float32) for i in range(len(vocabulary))},
+                         "hidden_shares_total": np.log1p(total).astype(np.float32),
+                         "hidden_affinity": shares[np.arange(len(history)), category].astype(np.float32)})
 
 
 RERANK_METHODS = ("retrieval", "popularity", "heuristic", "oracle", "oracle_no_taste")
@@ -155,6 +186,9 @@ def _rerank(model, refs: Path, table: np.ndarray) -> dict:
     feed = {**{c: data[f"user_{c}"][rows] for c in mi.USER_FEATURES},
             **{c: data[f"context_{c}"][rows] for c in mi.CONTEXT_FEATURES},
             **{c: items[f"item_{c}"][ids] for c in mi.ITEM_FEATURES}, **mi.split_multimodal(table, ids)}
+    missing = [c for c in mi.DLRM_FEATURES if c not in feed]
+    if missing:  # an analysis input the candidates have no value for
+        return {"rerank": f"skipped: the candidates have no {missing[0]}"}
     scores = np.full(candidates.shape, -np.inf)
     scores[valid] = mi.predict_batches(model, _typed({c: feed[c] for c in mi.DLRM_FEATURES}), 8192).reshape(-1)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP]
@@ -235,7 +269,7 @@ def _give_hidden(mi, refs: Path, names) -> None:
     if unknown:
         raise ValueError(f"unknown hidden terms {unknown}: expected some of {list(HIDDEN)}")
     hidden = pd.read_parquet(refs / "hidden.parquet").set_index("interaction_id")
-    columns = [f"hidden_{n}" for n in names]
+    columns = [c for n in names for c in hidden.columns if c == f"hidden_{n}" or c.startswith(f"hidden_{n}_")]
     original = mi.load_split
 
     def load_split(folders, features, with_target, clicked_only=False, shuffle_seed=None):
@@ -290,6 +324,19 @@ def run(args) -> int:
     if "dlrm" in args.models:
         if args.hidden:
             _give_hidden(mi, refs, [h for h in args.hidden.split(",") if h])
+        if args.drop:  # the DLRM without these inputs (e.g. user_id: what its table costs at seed scale buys)
+            drop = set(args.drop.split(","))
+            if drop - set(mi.DLRM_FEATURES):
+                raise ValueError(f"--drop {sorted(drop - set(mi.DLRM_FEATURES))}: not DLRM inputs")
+            mi.DLRM_FEATURES = tuple(f for f in mi.DLRM_FEATURES if f not in drop)
+            original = mi.load_split
+
+            def load_split(folders, features, with_target, clicked_only=False, shuffle_seed=None):
+                # the rows keep the dropped columns (the splits of the report need user_id), the model never sees
+                split = original(folders, [*features, *sorted(drop)], with_target, clicked_only, shuffle_seed)
+                return mi.Split(rows=split.rows, schema=split.schema.excluding_by_name(sorted(drop)))
+
+            mi.load_split = load_split
         params = {**DLRM, **json.loads(args.dlrm)}
         t0 = time.perf_counter()
         model, report, valid_split, scores = dlrm.train(train, valid, table, dlrm.DlrmParams.from_dict(params))
@@ -327,6 +374,7 @@ def main(argv=None) -> int:
     r.add_argument("--dlrm", default="{}", help="JSON overrides of the DLRM defaults")
     r.add_argument("--hidden", default="", help="analysis only: give the DLRM the generator's hidden terms "
                    f"(comma-separated, of {', '.join(HIDDEN)}) as extra inputs")
+    r.add_argument("--drop", default="", help="train and score the DLRM without these inputs (comma-separated)")
     r.add_argument("--train-days", default="", help="train on these days instead (the references keep theirs)")
     r.add_argument("--tag", default="")
     r.add_argument("--log", default="", help="append each result as a JSON line to this file")

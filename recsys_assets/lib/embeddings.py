@@ -393,6 +393,9 @@ def _packaged_minilm() -> tuple[Path, str]:
 
 def load_text_encoder(spec: TextSpec = TextSpec(), device: str = "auto") -> TextEncoder:
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its weight-loading bar; the encoding has its own (_progress)
 
     device = resolve_device(device)
     base = {"kind": "sentence-transformers", "code_version": ENCODER_CODE_VERSION, "model": spec.model}
