@@ -45,11 +45,8 @@ TRAIN_DAYS, VALIDATION_DAYS = list(range(9)), [9, 10, 11]
 K = 300
 TOP = 10  # the served list
 # The generator's hidden logit terms, which ``run --hidden`` may hand the DLRM as extra continuous inputs (an
-# analysis of what limits it, never a servable model), and ``shares``: an observable candidate feature, the
-# user's recency-weighted activity share per category strictly before the row (``lib.top_category`` weights,
-# normalised, one column per category, plus log1p of the total) and ``affinity``, the share of the row's own item's
-# category: observable candidate features, measured before building them.
-HIDDEN = ("persona", "taste", "shares", "affinity")
+# analysis of what limits it, never a servable model).
+HIDDEN = ("persona", "taste")
 
 
 def prepare(args) -> int:
@@ -94,45 +91,17 @@ def prepare(args) -> int:
     ranking["popularity_ctr"] = ev.smoothed_ctr(clicks, shown)[ranking["item_id"].to_numpy()]
     ranking.to_parquet(out / "ranking.parquet")
     hidden = []
-    days = sorted(set(args.train_days) | set(args.validation_days))
-    history = pd.concat([store.read_parquet(paths.raw_interactions(d)) for d in range(max(days) + 1)],
-                        ignore_index=True)
-    shares = _activity_shares(history, catalogue)
-    for d in days:
+    for d in sorted(set(args.train_days) | set(args.validation_days)):
         raw = store.read_parquet(paths.raw_interactions(d))
         parts = world.logit_components(raw["user_id"], raw["item_id"], raw["device_type"], raw["timestamp"])
         hidden.append(pd.DataFrame({"interaction_id": raw["interaction_id"].to_numpy(),
-                                    **{f"hidden_{k}": parts[k].astype(np.float32) for k in HIDDEN if k in parts}}))
-    hidden = pd.concat(hidden, ignore_index=True)
-    hidden.merge(shares, on="interaction_id", how="left").to_parquet(out / "hidden.parquet")
+                                    **{f"hidden_{k}": parts[k].astype(np.float32) for k in HIDDEN}}))
+    pd.concat(hidden, ignore_index=True).to_parquet(out / "hidden.parquet")
     _prepare_rerank(store, world, out)
     (out / "meta.json").write_text(json.dumps({"artifacts": str(args.artifacts), "train_days": args.train_days,
                                                "validation_days": args.validation_days, "dlrm_features":
                                                list(DLRM_FEATURES), "requests": len(requests)}))
     return 0
-
-
-def _activity_shares(history, catalogue):
-    """Per interaction: the user's recency-weighted activity per category strictly before it, as shares, and
-    log1p of the total (0 for users without history and the anonymous id)."""
-    import pandas as pd
-
-    from recsys_assets.lib import top_category as tc
-
-    vocabulary = tc.category_vocabulary(catalogue["category_l1"])
-    category = tc.category_codes(catalogue["category_l1"], vocabulary)[history["item_id"].to_numpy()]
-    user, ts = history["user_id"].to_numpy(), history["timestamp"].to_numpy()
-    known = user >= 0
-    weights = np.zeros((len(history), len(vocabulary)))
-    weights[known] = tc.point_in_time_interest_weights(user[known], ts[known], category[known],
-                                                       history["click"].to_numpy()[known], user[known], ts[known],
-                                                       len(vocabulary))
-    total = weights.sum(axis=1)
-    shares = weights / np.maximum(total, 1e-12)[:, None]
-    return pd.DataFrame({"interaction_id": history["interaction_id"].to_numpy(),
-                         **{f"hidden_shares_{i:02d}": shares[:, i].astype(np.float32) for i in range(len(vocabulary))},
-                         "hidden_shares_total": np.log1p(total).astype(np.float32),
-                         "hidden_affinity": shares[np.arange(len(history)), category].astype(np.float32)})
 
 
 RERANK_METHODS = ("retrieval", "popularity", "heuristic", "oracle", "oracle_no_taste")
@@ -269,7 +238,7 @@ def _give_hidden(mi, refs: Path, names) -> None:
     if unknown:
         raise ValueError(f"unknown hidden terms {unknown}: expected some of {list(HIDDEN)}")
     hidden = pd.read_parquet(refs / "hidden.parquet").set_index("interaction_id")
-    columns = [c for n in names for c in hidden.columns if c == f"hidden_{n}" or c.startswith(f"hidden_{n}_")]
+    columns = [f"hidden_{n}" for n in names]
     original = mi.load_split
 
     def load_split(folders, features, with_target, clicked_only=False, shuffle_seed=None):

@@ -270,10 +270,14 @@ def check_optimizer(name: str, what: str) -> None:
         raise ValueError(f"{what} {name!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
+PROGRESS_SECONDS = 60.0
+"""How often a training prints its step within an epoch."""
+
+
 class EpochTimer:
     """A Keras callback recording each epoch's wall time and loss (throughput = rows / seconds), and printing a
-    line per epoch to the step's log (``<artifacts>/logs/merlin/<step>.log`` under the demo): a long training shows
-    its progress."""
+    line per epoch to the step's log (``<artifacts>/logs/merlin/<step>.log`` under the demo), and the step reached
+    every :data:`PROGRESS_SECONDS` within one: a long training shows its progress."""
 
     def __new__(cls, rows: int, what: str = "training"):
         import tensorflow as tf
@@ -285,7 +289,16 @@ class EpochTimer:
                 self._t0 = 0.0
 
             def on_epoch_begin(self, epoch, logs=None):
-                self._t0 = time.perf_counter()
+                self._t0 = self._said = time.perf_counter()
+                self._epoch = epoch
+
+            def on_train_batch_end(self, batch, logs=None):
+                now = time.perf_counter()
+                if now - self._said >= PROGRESS_SECONDS:  # an epoch of the seed's data takes minutes
+                    self._said = now
+                    steps = self.params.get("steps")
+                    print(f"{what}: epoch {self._epoch + 1}, step {batch + 1}{f'/{steps}' if steps else ''} after "
+                          f"{now - self._t0:.0f} s ({(now - self._t0) / (batch + 1):.3f} s a step)", flush=True)
 
             def on_epoch_end(self, epoch, logs=None):
                 seconds = time.perf_counter() - self._t0
