@@ -24,21 +24,6 @@ SHARED_WORLD_MODULES = ("tests/defs/test_training_assets.py", "tests/defs/test_f
 """Every module with a test that uses ``tiny_upstream`` (test_defs_conftest checks the list against the tests)."""
 
 
-# The longest scopes, longest first (``--durations`` of a whole run: the shared world ~12 min of one worker, the
-# seed-scale and own-data pipelines ~6 and ~5, the spec extension ~3). They start first so that short modules fill
-# the end of the run; xdist's own order (most tests first) started these few-test modules last, and the run ended
-# with one worker busy on a whole pipeline while the other idled.
-LONGEST_FIRST = (*SHARED_WORLD_MODULES, "tests/integration/test_seed_scale.py",
-                 "tests/integration/test_own_data_end_to_end.py", "tests/integration/test_feature_spec_extension.py",
-                 "tests/integration/test_serving_benchmark.py", "tests/defs/test_deployment_releases.py",
-                 "tests/defs/test_cli.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest as collected
-
-
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
@@ -47,7 +32,6 @@ def pytest_xdist_make_scheduler(config, log):
             module = nodeid.split("::", 1)[0]
             return SHARED_WORLD if module in SHARED_WORLD_MODULES else module
 
-    config.option.loadscopereorder = False  # scopes in collection order: LONGEST_FIRST above
     return ModulesAndSharedWorld(config, log)
 
 
