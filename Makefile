@@ -39,7 +39,7 @@ serve: setup  ## keep Triton, the API and the storefront up on 127.0.0.1 (after 
 
 dev: setup  ## the Dagster UI on http://127.0.0.1:3000 over the local artifacts
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
-	@.venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	@.venv/bin/dg dev --host 127.0.0.1 --port 3000
 
 seed-scale: setup  ## the whole pipeline at the seed's scale (300k users, ~13 M impressions): stage times, peak memory
 	@DAGSTER_HOME=$(CURDIR)/artifacts-seed/dagster_home $(PY) benchmarks/seed_scale.py \

@@ -94,7 +94,7 @@ def test_the_defaults_bind_loopback():
     assert command[command.index("--protected-mode") + 1] == "yes"
     assert TritonServer(Path("/tmp/x")).host == "127.0.0.1"
     makefile = (PROJECT_ROOT / "Makefile").read_text()
-    assert re.search(r"dagster dev -h 127\.0\.0\.1", makefile)  # the UI of `make dev`
+    assert re.search(r"dg dev --host 127\.0\.0\.1", makefile)  # the UI of `make dev`
 
 
 def test_the_load_generator_targets_loopback_only():
