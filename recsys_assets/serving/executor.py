@@ -154,6 +154,9 @@ STAGE_LATENCY_METRIC = "recsys_stage_duration_us"
 STAGE_LATENCY_HELP = "Time one stage of the executor layout took for one request, microseconds, by stage"
 STAGE_LATENCY_BUCKETS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0,
                          250000.0)
+# Stage times are aggregated in the executor and sent to Triton at most this often: each call of the python backend's
+# metrics API is a round trip to the server (about 115 µs in the executor, 1.6 ms a request for 14 stages).
+STAGE_LATENCY_FLUSH_S = 1.0
 DEGRADED_METRIC = "recsys_degraded_requests_total"
 DEGRADED_HELP = "Requests a stage served in degraded mode (dependency unreachable), by stage and reason"
 

@@ -8,6 +8,7 @@ stages' degradation counters on the metrics port, and Triton keeps only the exec
 """
 
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -21,6 +22,7 @@ from recsys_assets.release import promotion, repository
 from recsys_assets.release.repository import ServingDefaults, build_repository
 from recsys_assets.release.tiny import publish_online_state, serving_environ
 from recsys_assets.release.triton_server import TritonServer
+from recsys_assets.serving.executor import STAGE_LATENCY_BUCKETS, STAGE_LATENCY_FLUSH_S
 from tests.release.tiny_serving import tiny_artifacts
 
 pytestmark = pytest.mark.integration
@@ -125,11 +127,23 @@ def test_the_executor_exports_stage_latency_histograms_and_degradation_counters(
     served = repository.served_release_of(live)
     if served != 2:
         promotion.promote(server, live, second, text, first, text)
-    before = metric(server, "recsys_stage_duration_us_count", stage="dlrm_ranking")
+    count = "recsys_stage_duration_us_count"
+    before = metric(server, count, stage="dlrm_ranking")
     answers(server)
-    assert metric(server, "recsys_stage_duration_us_count", stage="dlrm_ranking") == before + len(REQUESTS)
+    # an instance sends its stage times after a request, at most once a second (TritonMetrics.flush): wait, then
+    # ask until the instances that ran those requests have sent them (each request sends its own too)
+    time.sleep(STAGE_LATENCY_FLUSH_S)
+    more, deadline = 0, time.monotonic() + 60
+    while metric(server, count, stage="dlrm_ranking") < before + len(REQUESTS) and time.monotonic() < deadline:
+        with server.client() as client:
+            promotion.answer(client, REQUESTS[more % len(REQUESTS)])
+        more += 1
+    assert before + len(REQUESTS) <= metric(server, count, stage="dlrm_ranking") <= before + len(REQUESTS) + more
     for stage in repository.MODELS:
-        assert metric(server, "recsys_stage_duration_us_bucket", stage=stage, le="+Inf") > 0, stage
+        bounds = [*map(repr, STAGE_LATENCY_BUCKETS), "+Inf"]
+        cumulative = [metric(server, "recsys_stage_duration_us_bucket", stage=stage, le=b) for b in bounds]
+        assert cumulative[-1] == metric(server, count, stage=stage) > 0, stage
+        assert cumulative == sorted(cumulative), (stage, cumulative)  # le buckets count what is at or below
     assert metric(server, "recsys_stage_duration_us_sum", stage="faiss_retrieval") > 0
     # declared at load, before any incident, as in the ensemble layout (labelled by the Triton model name the
     # stage would have there: its alias)
