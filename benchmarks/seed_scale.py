@@ -262,7 +262,11 @@ def run(args) -> int:
                 results = out.with_suffix(".serving.json") if out else root / "serving.json"
                 cmd = [sys.executable, str(PROJECT_ROOT / "benchmarks" / "serving.py"), "--artifacts", str(root),
                        "--seconds", str(args.serving_seconds), "--concurrency", *map(str, args.concurrency),
-                       "--seed-concurrency", "--rounds", "0", "--json", str(results)]
+                       "--rounds", "0", "--json", str(results)]
+                cmd += (["--seed-concurrency", "1", "--seed-seconds", str(args.seed_faithful_seconds)]
+                        if args.seed_faithful_seconds > 0 else ["--seed-concurrency"])
+                if args.in_process_requests:
+                    cmd += ["--in-process-requests", str(args.in_process_requests)]
                 subprocess.run(cmd, check=True, cwd=PROJECT_ROOT)
                 entry["results"] = json.loads(results.read_text())
     finally:
@@ -325,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serving-seconds", type=float, default=10.0,
                         help="duration of each serving concurrency level (0: skip the serving benchmark)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--seed-faithful-seconds", type=float, default=0.0,
+                        help="also serve the release in the seed-faithful configuration at concurrency 1 for this "
+                             "long (0: skip it; at the seed's scale it takes minutes to load)")
+    parser.add_argument("--in-process-requests", type=int, default=0,
+                        help="requests through the in-process floor (0: the serving benchmark's default)")
     parser.add_argument("--plot", nargs="+", type=Path, help="plot these reports instead of running")
     parser.add_argument("--out", type=Path, default=Path("seed_scale.png"), help="the plot's file")
     args = parser.parse_args(argv)

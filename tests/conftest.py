@@ -36,6 +36,17 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 @pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory):
+    """One ``RECSYS_EMBEDDING_CACHE`` folder for the whole run, every xdist worker's (their base folders share a
+    parent): the builds of the full tiny world (seed-scale, a shop's own data) encode the catalogue's 2,465 texts
+    and images once between them."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "embedding-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_world():
     from recsys_assets.lib.generator import World
 

@@ -440,6 +440,12 @@ class EmbeddingCache:
     def put(self, key: str, vector: np.ndarray) -> None:
         self._rows[key] = np.asarray(vector, dtype=np.float32)
 
+    def update(self, other: "EmbeddingCache") -> None:
+        """Add ``other``'s rows (the same model's: the keys hash the model digest with the input)."""
+        if other.model_digest != self.model_digest or other.dim != self.dim:
+            raise ValueError("the caches belong to different models (digest or dim differ)")
+        self._rows.update(other._rows)
+
     def save(self, path: str | os.PathLike) -> None:
         keys = np.array(sorted(self._rows), dtype="<U64")
         vectors = (np.stack([self._rows[k] for k in keys]) if len(keys)

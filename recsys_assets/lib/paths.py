@@ -77,9 +77,13 @@ def embedding_pca(kind: str) -> str:
     return f"embeddings/pca/{kind}.npz"
 
 
-def embedding_cache(kind: str, model_digest: str) -> str:
-    """The content-hash cache of one encoder (one file per model identity)."""
-    return f"embeddings/cache/{kind}-{model_digest[:16]}.npz"
+EMBEDDING_CACHE_DIR = "embeddings/cache"
+
+
+def embedding_cache(kind: str, model_digest: str, folder: str = EMBEDDING_CACHE_DIR) -> str:
+    """The content-hash cache of one encoder (one file per model identity), in the artifact root's cache folder or
+    under a shared cache's root (``folder=""``)."""
+    return "/".join(p for p in (folder, f"{kind}-{model_digest[:16]}.npz") if p)
 
 
 # -- feature store --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ the catalogue (``max_items``: encoding all 2,465 texts takes minutes on 2 busy c
 times the full catalogue)."""
 
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -90,6 +91,28 @@ def test_embeddings_then_rerun_hits_the_cache(emb_resources):
     np.testing.assert_array_equal(np.load(store.uri(paths.MULTIMODAL_EMBEDDINGS)), table)
 
 
+def test_roots_sharing_a_cache_encode_each_input_once(emb_resources, raw_root, tmp_path):
+    """``RECSYS_EMBEDDING_CACHE``: two artifact roots name one cache folder; the second encodes nothing, and the
+    cache grows with what either root adds (here the second asks for more items)."""
+    shared = tmp_path / "shared-cache"
+    first = {**emb_resources, "embedding_settings": EmbeddingSettings(clip_offline_fallback=True, progress=False,
+                                                                      cache=str(shared))}
+    assert _run(first, _first(30)).success
+    other_root = tmp_path / "other-artifacts"
+    shutil.copytree(raw_root, other_root)
+    second = {**first, "artifacts": ArtifactStoreResource(root=str(other_root))}
+    result = _run(second, _first(40))
+    assert result.success
+    text = _meta(result, "item_text_embeddings")
+    assert (text["cache_hits"].value, text["encoded"].value) == (30, 10)
+    assert sorted(p.name.split("-")[0] for p in shared.iterdir()) == ["clip", "text"]
+    for root in (emb_resources["artifacts"].root, other_root):
+        assert not (Path(root) / paths.EMBEDDING_CACHE_DIR).exists()
+    again = _run(first, _first(40))  # the first root now finds the second's items too
+    for asset in ("item_text_embeddings", "item_clip_embeddings"):
+        assert _meta(again, asset)["encoded"].value == 0, asset
+
+
 def test_grown_catalogue_encodes_new_items_only_and_keeps_the_pca(emb_resources):
     store = ArtifactStore(emb_resources["artifacts"].root)
     first = _run(emb_resources, _first(40))
@@ -128,6 +151,8 @@ def test_build_resources_reads_the_environment_when_called():
     settings = res["embedding_settings"]
     assert settings.clip_offline_fallback is True and settings.clip_weights_path == "/w.bin"
     assert build_resources(Settings(), environ={})["embedding_settings"].clip_offline_fallback is False
+    assert build_resources(Settings(), environ={})["embedding_settings"].cache == ""
+    assert build_resources(Settings(), environ={"RECSYS_EMBEDDING_CACHE": "/c"})["embedding_settings"].cache == "/c"
     with pytest.raises(SettingsError, match="RECSYS_CLIP_OFFLINE_FALLBACK='maybe'"):
         build_resources(Settings(), environ={"RECSYS_CLIP_OFFLINE_FALLBACK": "maybe"})
 

@@ -78,7 +78,7 @@ def _run(step: str, env: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def own_world(tmp_path_factory):
+def own_world(tmp_path_factory, embedding_cache):
     work = tmp_path_factory.mktemp("own-e2e")
     shop = work / "shop-export"
     written = write_shop(shop)
@@ -87,7 +87,8 @@ def own_world(tmp_path_factory):
     env.update({
         "PYTHONPATH": str(PROJECT_ROOT), "RECSYS_SOURCE": str(shop), "RECSYS_ARTIFACTS": str(root),
         "RECSYS_START_DATE": START, "RECSYS_SEED": "7", "RECSYS_SCALE": "tiny", "DAGSTER_HOME": str(work / "dagster"),
-        "RECSYS_CLIP_OFFLINE_FALLBACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "RECSYS_CLIP_OFFLINE_FALLBACK": "1", "RECSYS_EMBEDDING_CACHE": str(embedding_cache),
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         "RECSYS_TRITON_HTTP_PORT": str(free_port()), "RECSYS_TRITON_GRPC_PORT": str(free_port()),
         "RECSYS_TRITON_METRICS_PORT": str(free_port()), "RECSYS_VALKEY_PORT": str(free_port()),
         "OWN_RUN_USERS": json.dumps([written["first"]["user_id"], "", "someone-new"]),

@@ -1,89 +1,18 @@
-"""``benchmarks/serving.py --artifacts`` on a release built the way ``make demo`` builds one: every column is
-produced (both layouts at concurrency 1, the seed-faithful configuration, the in-process floor). Numbers are not asserted;
-the columns rotted unnoticed once when releases started serving through aliases (issue 18).
+"""The in-process floor of ``benchmarks/serving.py`` on a served release (aliases, versioned ensemble) answers as on
+the plain build of the same release. The benchmark itself runs, every column, on the release the pipeline builds
+as ``make demo`` does, in ``tests/integration/test_seed_scale.py``."""
 
-The artifact root is the pipeline's: the tiny artifacts where the upstream assets write theirs (with NVTabular
-workflows really fitted, so the seed-faithful side runs them), ``triton_model_repository`` materialized, and
-release 1 written as served (aliases ``<model>_v1``, versioned ensemble) by ``write_served``, which is what
-``triton_deployment`` writes before it starts a server; the benchmark starts its own servers (the standard
-repository and its seed-faithful twin), so no deployment server is started here."""
-
-import json
-import math
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pytest
 
-from recsys_assets.defs.release import assets as release_assets
-from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
-from recsys_assets.lib import paths
-from recsys_assets.release import records, repository
+from recsys_assets.release import repository
 from recsys_assets.release.pipeline import InProcessPipeline
 from recsys_assets.release.tiny import publish_online_state, serving_environ
-from tests.release.tiny_serving import tiny_artifacts, tiny_fitted_workflows
-from tests.serving.test_serving_assets import place_trained_artifacts
+from tests.release.tiny_serving import tiny_artifacts
 
 pytestmark = pytest.mark.integration
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_the_serving_benchmark_produces_every_column_on_a_served_release(tmp_path_factory, valkey):
-    work = tmp_path_factory.mktemp("serving-benchmark")
-    tiny, workflows = tiny_fitted_workflows(tmp_path_factory)  # read-only: copied below
-    root = work / "artifacts"
-    store = place_trained_artifacts(root, tiny)
-    shutil.copytree(workflows, root / paths.NVT_WORKFLOWS)
-    (root / paths.USERS).parent.mkdir(parents=True, exist_ok=True)
-    tiny.users.to_parquet(root / paths.USERS, index=False)
-    url = f"redis://127.0.0.1:{valkey.port}"
-    publish_online_state(tiny, serving_environ(url, root))
-    result = dg.materialize([release_assets.triton_model_repository],
-                            resources={"artifacts": ArtifactStoreResource(root=str(root)),
-                                       "world": WorldResource(seed=7, scale="tiny")})
-    assert result.success
-    live = store.local_path(paths.TRITON_REPOSITORY)
-    repository.write_served(live, records.manifest(store, 1), records.record(store, 1).ensemble_config)
-    assert repository.served_release_of(live) == 1
-
-    out = work / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/serving.py", "--artifacts", str(root), "--seconds", "2", "--concurrency", "1",
-         "--seed-concurrency", "1", "--seed-seconds", "3", "--rounds", "0", "--in-process-requests", "100",
-         "--json", str(out)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "RECSYS_VALKEY_URL": url})
-    print(proc.stdout)  # the tables, for `pytest -rP` (docs/serving.md quotes such a run)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    results = json.loads(out.read_text())
-    assert results["source"].endswith("(release 1)")
-
-    def measured(row):
-        return row["n"] > 0 and math.isfinite(row["p50"]) and row["p50"] > 0
-
-    ours = [row for row in results["server"] if row["concurrency"] == 1]
-    executor = [row for row in results["executor"]["server"] if row["concurrency"] == 1]
-    assert len(executor) == 1 and measured(executor[0]) and executor[0]["errors"] == 0
-    assert [m["model"] for m in results["executor"]["models"]] == ["ensemble_model"]  # one model runs it all
-    assert "executor layout (2 instances" in proc.stdout
-    seed = [row for row in results["seed_faithful"]["server"] if row["concurrency"] == 1]
-    assert len(ours) == 1 and measured(ours[0]) and ours[0]["errors"] == 0
-    assert len(seed) == 1 and measured(seed[0]) and seed[0]["errors"] == 0
-    assert measured(results["in_process"])
-    # the three columns as printed, each with its latency
-    assert "| 1 | " in proc.stdout.split("seed-faithful configuration")[0]
-    assert "| 1 | " in proc.stdout.split("seed-faithful configuration")[1]
-    assert f"in-process floor (same stages, one process, sequential): p50 {results['in_process']['p50']:.2f} ms" \
-        in proc.stdout
-    # Triton ran the release's aliases, the seed-faithful transforms through the aliases too
-    assert {m["model"] for m in results["models"]} >= {"ensemble_model", "nvt_user_transform_v1"}
-    assert {m["model"] for m in results["seed_faithful"]["models"]} >= {"nvt_item_transform_v1"}
 
 
 def test_the_in_process_floor_runs_a_served_release_like_its_plain_build(tmp_path, tmp_path_factory, valkey):

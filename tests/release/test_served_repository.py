@@ -1,6 +1,6 @@
 """A served release on disk (the ensemble runs ``<model>_v<n>`` aliases, as ``write_served`` leaves it): it
 validates, and the seed-faithful builder rewrites what those aliases serve (the benchmark's set-up on a release
-``make demo`` built). The benchmark itself on such a release: tests/integration/test_serving_benchmark.py."""
+``make demo`` built). The benchmark itself on such a release: tests/integration/test_seed_scale.py."""
 
 import json
 

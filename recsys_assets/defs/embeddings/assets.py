@@ -12,7 +12,8 @@ maps to its OOV row still has its own content embeddings:
   exists (rows 0/1/2 = padding/null/OOV are zeros);
 - ``embeddings/pca/{clip,text}.npz``: the fitted PCAs, reused for items that arrive later (no refit unless
   the encoder, the dims or the fit window change, or ``refit_pca`` is set); ``embeddings/cache/``: the
-  content-hash caches, so an unchanged catalogue is not re-encoded and a grown one encodes only its new items.
+  content-hash caches, so an unchanged catalogue is not re-encoded and a grown one encodes only its new items
+  (or one folder several roots share: ``RECSYS_EMBEDDING_CACHE``, ``EmbeddingSettings.cache``).
 
 Without pretrained CLIP weights the image asset fails with instructions, unless the offline fallback is chosen
 (``RECSYS_CLIP_OFFLINE_FALLBACK=1`` or config): then it uses a small random encoder and says so in its metadata
@@ -102,15 +103,28 @@ def _load_json(store: ArtifactStore, rel: str) -> dict:
     return json.loads(store.read_bytes(rel))
 
 
-def _encode_with_cache(store: ArtifactStore, encoder, payloads, batch_size: int, progress: bool):
-    rel = paths.embedding_cache(encoder.kind, encoder.digest)
-    cache = (emb.EmbeddingCache.load(store.local_path(rel), encoder.digest, encoder.dim) if store.exists(rel)
-             else emb.EmbeddingCache(encoder.digest, encoder.dim))
-    vectors, stats = emb.encode_cached(encoder, payloads, cache, batch_size=batch_size, progress=progress)
+def _encode_with_cache(store: ArtifactStore, encoder, payloads, batch_size: int, settings: EmbeddingSettings):
+    """Encode through the encoder's content-hash cache: the artifact root's, or the shared one
+    (``EmbeddingSettings.cache``), read again just before it is written so that roots sharing it add to it."""
+    if settings.cache:
+        store, rel = ArtifactStore(settings.cache), paths.embedding_cache(encoder.kind, encoder.digest, folder="")
+    else:
+        rel = paths.embedding_cache(encoder.kind, encoder.digest)
+
+    def load():
+        return (emb.EmbeddingCache.load(store.local_path(rel), encoder.digest, encoder.dim) if store.exists(rel)
+                else emb.EmbeddingCache(encoder.digest, encoder.dim))
+
+    cache = load()
+    vectors, stats = emb.encode_cached(encoder, payloads, cache, batch_size=batch_size, progress=settings.progress)
     if stats.encoded:
+        if settings.cache:  # another root may have added to it meanwhile: keep both
+            latest = load()
+            latest.update(cache)
+            cache = latest
         with store.writing(rel) as tmp:
             cache.save(tmp)
-    return vectors, stats, rel
+    return vectors, stats
 
 
 def _encoder_outcomes(vectors: np.ndarray, n_items: int, where: str, encoded=None) -> list[CheckOutcome]:
@@ -181,7 +195,7 @@ def item_clip_embeddings(context: dg.AssetExecutionContext, config: ClipEmbeddin
     has_image = np.array([paths.item_image(i) in present for i in catalogue["item_id"]], dtype=bool)
     images = [store.read_bytes(paths.item_image(i)) for i in catalogue["item_id"][has_image]]
     vectors = np.zeros((len(catalogue), encoder.dim), dtype=np.float32)
-    encoded, stats, _ = _encode_with_cache(store, encoder, images, config.batch_size, embedding_settings.progress)
+    encoded, stats = _encode_with_cache(store, encoder, images, config.batch_size, embedding_settings)
     if len(images):
         vectors[has_image] = encoded
     where = _save_npy(store, paths.CLIP_EMBEDDINGS, vectors)
@@ -226,7 +240,7 @@ def item_text_embeddings(context: dg.AssetExecutionContext, config: TextEmbeddin
         encoder = emb.load_text_encoder(emb.TextSpec(model=config.model), device=embedding_settings.device)
     except (emb.WeightsUnavailable, ValueError) as exc:
         raise dg.Failure(description=str(exc)) from exc
-    vectors, stats, _ = _encode_with_cache(store, encoder, texts, config.batch_size, embedding_settings.progress)
+    vectors, stats = _encode_with_cache(store, encoder, texts, config.batch_size, embedding_settings)
     where = _save_npy(store, paths.TEXT_EMBEDDINGS, vectors)
     _save_json(store, paths.TEXT_MANIFEST, {
         "n_items": len(vectors), "dim": encoder.dim, "keyed_by": "raw item_id (row r = item r)",

@@ -6,6 +6,9 @@
 | RECSYS_CLIP_OFFLINE_FALLBACK   | 0       | 1: without pretrained weights, use a small random open_clip    |
 |                                |         | encoder (reported in metadata) instead of failing              |
 | RECSYS_EMBEDDING_DEVICE        | auto    | ``auto`` (GPU when torch sees one), ``cpu`` or ``cuda``        |
+| RECSYS_EMBEDDING_CACHE         | (unset) | a folder (or s3:// prefix) for the encoders' content-hash      |
+|                                |         | caches, shared by every artifact root that names it (unset:    |
+|                                |         | ``<artifacts>/embeddings/cache/``)                             |
 
 Read by :func:`build_resources` when the code location loads, never at import time.
 """
@@ -19,6 +22,7 @@ from recsys_assets.lib.embeddings import ENV_CLIP_OFFLINE_FALLBACK, ENV_CLIP_WEI
 from recsys_assets.lib.settings import Settings, SettingsError
 
 ENV_DEVICE = "RECSYS_EMBEDDING_DEVICE"
+ENV_CACHE = "RECSYS_EMBEDDING_CACHE"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -30,6 +34,10 @@ class EmbeddingSettings(dg.ConfigurableResource):
     clip_offline_fallback: bool = False
     """Allow a randomly initialised encoder when pretrained CLIP weights cannot be obtained (reported, never silent)."""
     device: str = "auto"
+    cache: str = ""
+    """Where the encoders' content-hash caches live when several artifact roots share them (a folder or s3://
+    prefix: the demo, a shop's own data and the test suite's many roots encode the same catalogue once); empty: in
+    the artifact root, ``embeddings/cache/``."""
     progress: bool = True
     """Show tqdm progress bars while encoding (they go to the run's captured stderr)."""
 
@@ -50,5 +58,6 @@ def build_resources(settings: Settings, environ: Optional[Mapping[str, str]] = N
             clip_weights_path=env.get(ENV_CLIP_WEIGHTS, ""),
             clip_offline_fallback=parse_flag(ENV_CLIP_OFFLINE_FALLBACK, env.get(ENV_CLIP_OFFLINE_FALLBACK)),
             device=env.get(ENV_DEVICE, "auto") or "auto",
+            cache=env.get(ENV_CACHE, ""),
         )
     }
