@@ -33,16 +33,15 @@ class TritonMetrics(Metrics):
     costs nothing a request sees at p50.
     """
 
-    def __init__(self, pb_utils, flush_s: float = 0.0, clock=time.monotonic) -> None:
+    def __init__(self, pb_utils, flush_s: float = 0.0) -> None:
         super().__init__()
         self._pb = pb_utils
         # A family must outlive its metrics (Triton refuses to increment otherwise): keep both.
         self._families: dict[str, object] = {}
         self._metrics: dict[tuple, object] = {}
-        self.flush_s, self._clock = flush_s, clock
-        self._next_flush = clock() + flush_s
-        # (name, labels) -> [buckets, per-bucket counts (last: above every bucket), sum, description, sent before]
-        self._pending: dict[tuple, list] = {}
+        self.flush_s = flush_s
+        self._next_flush = time.monotonic() + flush_s
+        self._pending: dict[tuple, _PendingHistogram] = {}
 
     def _metric(self, name, labels, kind: str, description: str, **options):
         """The metric of ``name`` with ``labels``, its family (of ``kind``) created on first use."""
@@ -66,30 +65,53 @@ class TritonMetrics(Metrics):
         key = (name, tuple(sorted(labels.items())))
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = [tuple(buckets), [0] * (len(buckets) + 1), 0.0, description, False]
-        pending[1][bisect.bisect_left(pending[0], value)] += 1  # the first bucket whose bound is >= value
-        pending[2] += float(value)
+            pending = self._pending[key] = _PendingHistogram(tuple(buckets), description)
+        pending.add(float(value))
 
-    def flush(self, force: bool = False) -> None:
-        """Send the histograms' observations since the last flush, if ``flush_s`` has passed (or ``force``)."""
-        now = self._clock()
-        if not force and now < self._next_flush:
+    def flush(self) -> None:
+        """Send the histograms' observations since the last flush, if ``flush_s`` has passed."""
+        now = time.monotonic()
+        if now < self._next_flush:
             return
         self._next_flush = now + self.flush_s
         for (name, labels), pending in self._pending.items():
-            buckets, counts, total, description, sent = pending
-            n = sum(counts)
-            if n == 0:
+            if not pending.n:
                 continue
-            cumulative = 0
-            for bound, count in zip((*map(repr, map(float, buckets)), "+Inf"), counts):
-                cumulative += count
-                if cumulative or not sent:  # every bucket exists from the first flush on, as in a histogram
-                    self._metric(f"{name}_bucket", {**dict(labels), "le": bound}, "COUNTER",
-                                 description).increment(float(cumulative))
-            self._metric(f"{name}_sum", dict(labels), "COUNTER", description).increment(total)
-            self._metric(f"{name}_count", dict(labels), "COUNTER", description).increment(float(n))
-            pending[1], pending[2], pending[4] = [0] * len(counts), 0.0, True
+            labels = dict(labels)
+            for bound, cumulative in pending.cumulative():
+                # every bucket exists from the first flush on, as in a histogram; later only the ones that grew
+                if cumulative or not pending.sent:
+                    self._metric(f"{name}_bucket", {**labels, "le": bound}, "COUNTER",
+                                 pending.description).increment(float(cumulative))
+            self._metric(f"{name}_sum", labels, "COUNTER", pending.description).increment(pending.total)
+            self._metric(f"{name}_count", labels, "COUNTER", pending.description).increment(float(pending.n))
+            pending.reset()
+            pending.sent = True
+
+
+class _PendingHistogram:
+    """One histogram's observations since the last flush: a count per bucket (the last: above every bound)."""
+
+    def __init__(self, buckets: tuple[float, ...], description: str) -> None:
+        self.buckets, self.description = buckets, description
+        self.bounds = (*map(repr, map(float, buckets)), "+Inf")
+        self.sent = False  # whether a flush sent this histogram (and so created its buckets) already
+        self.reset()
+
+    def add(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1  # the first bucket whose bound is >= value
+        self.n += 1
+        self.total += value
+
+    def cumulative(self):
+        """``(le, observations at or below it)`` per bound, as a Prometheus histogram counts them."""
+        running = 0
+        for bound, count in zip(self.bounds, self.counts):
+            running += count
+            yield bound, running
+
+    def reset(self) -> None:
+        self.counts, self.n, self.total = [0] * len(self.bounds), 0, 0.0
 
 
 def _logger(model_name: str) -> logging.Logger:
