@@ -80,7 +80,6 @@ def _history(train, rows, leave_one_out: bool):
 
 
 def main(argv=None) -> int:
-    import pandas as pd
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -89,6 +89,14 @@ def request_days(requests, world=None) -> np.ndarray:
     return np.asarray(world.day_of_ts(requests["timestamp"].to_numpy(np.int64)), dtype=np.int64)
 
 
+def probabilities(world, users, items, devices, stamps) -> tuple[np.ndarray, np.ndarray]:
+    """(true p, p without the hidden terms) for aligned (broadcastable) rows of the world's click model."""
+    parts = world.logit_components(users, items, devices, stamps)
+    hidden = sum(parts[name] for name in HIDDEN_TERMS)
+    visible = BASE_LOGIT + sum(value for name, value in parts.items() if name not in HIDDEN_TERMS)
+    return 1.0 / (1.0 + np.exp(-(visible + hidden))), 1.0 / (1.0 + np.exp(-visible))
+
+
 def _probabilities(world, users, devices, stamps, n_items: int, chunk: int):
     """(true p, p without hidden terms) on the (rows, items) grid, ``chunk`` rows at a time."""
     items = np.arange(n_items, dtype=np.int64)[None, :]
@@ -96,11 +104,8 @@ def _probabilities(world, users, devices, stamps, n_items: int, chunk: int):
     p_no_taste = np.empty_like(p)
     for start in range(0, len(users), chunk):
         rows = slice(start, start + chunk)
-        parts = world.logit_components(users[rows, None], items, devices[rows, None], stamps[rows, None])
-        hidden = sum(parts[name] for name in HIDDEN_TERMS)
-        visible = BASE_LOGIT + sum(value for name, value in parts.items() if name not in HIDDEN_TERMS)
-        p[rows] = 1.0 / (1.0 + np.exp(-(visible + hidden)))
-        p_no_taste[rows] = 1.0 / (1.0 + np.exp(-visible))
+        p[rows], p_no_taste[rows] = probabilities(world, users[rows, None], items, devices[rows, None],
+                                                  stamps[rows, None])
     return p, p_no_taste
 
 

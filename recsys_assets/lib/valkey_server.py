@@ -30,10 +30,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote, urlparse
 
-from recsys_assets.lib.processes import pid_alive
+from recsys_assets.lib.processes import exclusive_lock, pid_alive
 
 DEFAULT_PORT = 6390
 DEFAULT_HOST = "127.0.0.1"
@@ -243,17 +242,9 @@ def _port_bindable(host: str, port: int) -> bool:
             return False
 
 
-@contextlib.contextmanager
-def _start_lock(data_dir: Path) -> Iterator[None]:
+def _start_lock(data_dir: Path):
     """Serialises start/stop of one data folder across processes (two Dagster steps may start at once)."""
-    import fcntl
-
-    with open(data_dir / ".valkey.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive_lock(data_dir / ".valkey.lock")
 
 
 class EmbeddedValkey:

@@ -39,7 +39,6 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -48,6 +47,7 @@ import numpy as np
 from recsys_assets.lib import prior
 from recsys_assets.lib.digests import file_sha256, path_sha256
 from recsys_assets.lib.ensemble_request import ENSEMBLE
+from recsys_assets.lib.processes import LockTimeout, exclusive_lock
 from recsys_assets.serving.graph import (  # noqa: F401  (names the release layer re-exports)
     GRAPH_FILE, LAYOUTS, alias, config_dict, is_executor, model_of, parse_alias, parse_config_text, served_graph,
     served_versions, versions as _versions,
@@ -536,25 +536,11 @@ def _check_ensemble(ensemble, configs: dict) -> list[str]:
 @contextlib.contextmanager
 def repository_lock(root: Path, timeout_s: float = 600.0):
     """An exclusive lock on the live repository of a local artifact root (candidate builds and switches)."""
-    import fcntl
-
-    path = Path(root) / "serving" / ".repository.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout_s
-    with open(path, "a+") as fh:
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ReleaseError(f"the repository lock {path} is held by another run for {timeout_s:.0f} s: "
-                                       "wait for it to finish (a promotion or a candidate build)") from None
-                time.sleep(0.5)
-        try:
+    try:
+        with exclusive_lock(Path(root) / "serving" / ".repository.lock", timeout_s):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except LockTimeout as exc:
+        raise ReleaseError(f"{exc}: wait for the other run to finish (a promotion or a candidate build)") from None
 
 
 # -- a release's artifacts inside the repository ---------------------------------------------------------------

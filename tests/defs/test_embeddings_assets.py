@@ -2,7 +2,10 @@
 the catalogue (``max_items``: encoding all 2,465 texts takes minutes on 2 busy cores; benchmarks/embeddings.py
 times the full catalogue)."""
 
+import contextlib
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +18,7 @@ from recsys_assets.defs.ingest import assets as ingest
 from recsys_assets.defs.resources import ArtifactStoreResource, WorldResource
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
+from recsys_assets.lib.processes import exclusive_lock
 from recsys_assets.lib.settings import Settings, SettingsError
 
 EMBEDDINGS = [E.item_clip_embeddings, E.item_text_embeddings, E.item_multimodal_embeddings]
@@ -105,12 +109,41 @@ def test_roots_sharing_a_cache_encode_each_input_once(emb_resources, raw_root, t
     assert result.success
     text = _meta(result, "item_text_embeddings")
     assert (text["cache_hits"].value, text["encoded"].value) == (30, 10)
-    assert sorted(p.name.split("-")[0] for p in shared.iterdir()) == ["clip", "text"]
+    assert sorted(p.name.split("-")[0] for p in shared.glob("*.npz")) == ["clip", "text"]
     for root in (emb_resources["artifacts"].root, other_root):
         assert not (Path(root) / paths.EMBEDDING_CACHE_DIR).exists()
     again = _run(first, _first(40))  # the first root now finds the second's items too
     for asset in ("item_text_embeddings", "item_clip_embeddings"):
         assert _meta(again, asset)["encoded"].value == 0, asset
+
+
+def test_a_root_waits_while_another_encodes_into_the_shared_cache(emb_resources, raw_root, tmp_path):
+    """Two builds at once (make test's two full-world builds): while one root holds a shared cache's lock (it is
+    encoding), the other waits for it, then finds the vectors the first wrote instead of encoding them again."""
+    shared = tmp_path / "shared-cache"
+    first = {**emb_resources, "embedding_settings": EmbeddingSettings(clip_offline_fallback=True, progress=False,
+                                                                      cache=str(shared))}
+    assert _run(first, _first(30)).success
+    written = {path: path.read_bytes() for path in shared.glob("*.npz")}
+    other_root = tmp_path / "other-artifacts"
+    shutil.copytree(raw_root, other_root)
+    second = {**first, "artifacts": ArtifactStoreResource(root=str(other_root))}
+    outcome = {}
+    with contextlib.ExitStack() as held:  # the first root, still encoding: locks held, nothing written yet
+        for path in written:
+            held.enter_context(exclusive_lock(f"{path}.lock"))
+            path.unlink()
+        worker = threading.Thread(target=lambda: outcome.update(result=_run(second, _first(30))))
+        worker.start()
+        time.sleep(5.0)
+        assert worker.is_alive(), "the second root did not wait for the lock"
+        for path, data in written.items():  # the first root's vectors land, then its locks go
+            path.write_bytes(data)
+    worker.join(timeout=600)
+    assert outcome["result"].success
+    for asset in ("item_text_embeddings", "item_clip_embeddings"):
+        meta = _meta(outcome["result"], asset)
+        assert (meta["cache_hits"].value, meta["encoded"].value) == (30, 0), asset
 
 
 def test_grown_catalogue_encodes_new_items_only_and_keeps_the_pca(emb_resources):

@@ -373,7 +373,7 @@ def trained_world(tiny_trained, tmp_path_factory):
     store = copy_root(tiny_trained, tmp_path_factory, "finetune")
     root = Path(store.root)
     resources = {**_resources(root, _ports()), "merlin": MerlinRunner()}
-    result = dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
+    dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
         "retrained_release": {"config": {"variant": "plain", "eval_day": NEW_DAY}}}}, raise_on_error=False)
     assert records.record(store, 1) is not None and records.record(store, 1).kind == "full"
     return root, store

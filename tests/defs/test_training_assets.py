@@ -195,6 +195,9 @@ def test_models_learn_beyond_random_on_held_out_days(trained):
     assert dlrm["validation_auc"] > 0.55
     ranking = _meta(result, "ranking_evaluation")
     assert ranking["auc"] > 0.55 and ranking["oracle_auc"] > ranking["auc"] - 0.02
+    assert 0.5 < ranking["oracle_no_taste_auc"] < 1.0  # the realistic AUC ceiling, beside the oracle's
+    splits = pd.read_parquet(store.local_path(f"{paths.RANKING_EVALUATION}/table.parquet"))
+    assert set(splits[splits["method"] == "oracle (no taste)"]["split"]) == {"all", "warm", "new", "cold_items"}
 
 
 def test_save_reload_is_identical(trained):

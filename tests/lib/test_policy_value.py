@@ -230,3 +230,17 @@ def test_evaluation_requests_send_masked_users_as_anonymous_and_copy_the_identif
     again, _ = policy_value.evaluation_requests(requests, limit=2, seed=5, anonymous_copies=False)
     assert len(sample) == 2 and list(rows) == sorted(rows) and sample.equals(again)
     assert sample["true_user_id"].tolist() == requests["user_id"].to_numpy()[rows].tolist()
+
+
+def test_the_no_taste_probability_is_the_true_one_without_the_hidden_term(world, days):
+    logged = days[DAY]
+    rows = (logged["user_id"].to_numpy(), logged["item_id"].to_numpy(), logged["device_type"].to_numpy(),
+            logged["timestamp"].to_numpy())
+    p, p_no_taste = policy_value.probabilities(world, *rows)
+    np.testing.assert_allclose(p, world.click_probability(*rows), rtol=1e-6)
+    taste = world.logit_components(*rows)["taste"]
+    logit = np.log(p_no_taste / (1.0 - p_no_taste))
+    np.testing.assert_allclose(logit + taste, np.log(p / (1.0 - p)), atol=1e-6)
+    # the ceiling of any model without the hidden term ranks logged clicks better than chance, below the oracle
+    y = logged["click"].to_numpy()
+    assert 0.5 < evaluation.auc(y, p_no_taste) <= evaluation.auc(y, p) + 0.01

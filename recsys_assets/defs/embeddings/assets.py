@@ -21,6 +21,7 @@ Without pretrained CLIP weights the image asset fails with instructions, unless 
 """
 
 import base64
+import contextlib
 import json
 import time
 from typing import Optional
@@ -35,6 +36,7 @@ from recsys_assets.defs.resources import ArtifactStoreResource
 from recsys_assets.lib import embeddings as emb
 from recsys_assets.lib import paths
 from recsys_assets.lib.artifacts import ArtifactStore
+from recsys_assets.lib.processes import exclusive_lock
 from recsys_assets.lib.validation import CheckOutcome
 
 GROUP = "embeddings"
@@ -105,8 +107,11 @@ def _load_json(store: ArtifactStore, rel: str) -> dict:
 
 def _encode_with_cache(store: ArtifactStore, encoder, payloads, batch_size: int, settings: EmbeddingSettings):
     """Encode through the encoder's content-hash cache: the artifact root's, or the shared one
-    (``EmbeddingSettings.cache``), read again just before it is written so that roots sharing it add to it."""
-    if settings.cache:
+    (``EmbeddingSettings.cache``). A shared folder is locked while one root encodes into it, so a second root
+    building at the same time waits and then finds the vectors; a shared ``s3://`` prefix cannot be locked, so
+    it is read again just before it is written and both roots' vectors are kept."""
+    shared = bool(settings.cache)
+    if shared:
         store, rel = ArtifactStore(settings.cache), paths.embedding_cache(encoder.kind, encoder.digest, folder="")
     else:
         rel = paths.embedding_cache(encoder.kind, encoder.digest)
@@ -115,15 +120,18 @@ def _encode_with_cache(store: ArtifactStore, encoder, payloads, batch_size: int,
         return (emb.EmbeddingCache.load(store.local_path(rel), encoder.digest, encoder.dim) if store.exists(rel)
                 else emb.EmbeddingCache(encoder.digest, encoder.dim))
 
-    cache = load()
-    vectors, stats = emb.encode_cached(encoder, payloads, cache, batch_size=batch_size, progress=settings.progress)
-    if stats.encoded:
-        if settings.cache:  # another root may have added to it meanwhile: keep both
-            latest = load()
-            latest.update(cache)
-            cache = latest
-        with store.writing(rel) as tmp:
-            cache.save(tmp)
+    lock = (exclusive_lock(f"{store.uri(rel)}.lock") if shared and not store.is_s3 else contextlib.nullcontext())
+    with lock:
+        cache = load()
+        vectors, stats = emb.encode_cached(encoder, payloads, cache, batch_size=batch_size,
+                                           progress=settings.progress)
+        if stats.encoded:
+            if shared and store.is_s3:  # another root may have added to it meanwhile: keep both
+                latest = load()
+                latest.update(cache)
+                cache = latest
+            with store.writing(rel) as tmp:
+                cache.save(tmp)
     return vectors, stats
 
 

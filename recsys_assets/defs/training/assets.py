@@ -434,6 +434,7 @@ def _gates(metric: str, candidate: float, popularity: float, deployed, fingerpri
 
 
 TRUE_METRIC = f"true_expected_clicks@{policy_value.K}"
+ORACLE_NO_TASTE = "oracle (no taste)"  # ranks by p without the hidden terms: the AUC ceiling of any model
 
 
 def _true_gates(result, method: str, logged: tuple, deployed, fingerprint: str, config) -> list:
@@ -736,9 +737,13 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
              "cold_items": rows["item_index"].to_numpy() == OOV_INDEX}
     method_scores = {"dlrm": scores, "popularity (clicks)": clicks[item],
                      "popularity (ctr)": ev.smoothed_ctr(clicks, shown)[item]}
-    if has_truth:
+    if has_truth:  # the oracle, and the AUC any model without the hidden taste term can reach at best
         method_scores["oracle"] = rows["p_click"].to_numpy()
-    ranking = ev.ranking_table(labels, method_scores, masks, probabilistic=("dlrm", "popularity (ctr)", "oracle"))
+        method_scores[ORACLE_NO_TASTE] = policy_value.probabilities(
+            world.truth(), rows["user_id"].to_numpy(np.int64), item, rows["device_type"].to_numpy(np.int64),
+            rows["timestamp"].to_numpy(np.int64))[1]
+    ranking = ev.ranking_table(labels, method_scores, masks,
+                               probabilistic=("dlrm", "popularity (ctr)", "oracle", ORACLE_NO_TASTE))
     candidate = ev.metric(ranking, "dlrm", "all", "auc")
     popularity = max(ev.metric(ranking, "popularity (clicks)", "all", "auc"),
                      ev.metric(ranking, "popularity (ctr)", "all", "auc"))
@@ -791,6 +796,7 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
     }
     store.write_bytes(f"{out}/summary.json", json.dumps(summary, indent=1, default=float).encode())
     oracle_auc = ev.metric(ranking, "oracle", "all", "auc") if has_truth else float("nan")
+    no_taste_auc = ev.metric(ranking, ORACLE_NO_TASTE, "all", "auc") if has_truth else float("nan")
     auc_plot = _plot(store, f"{out}/auc.png", lambda p: ev.recall_plot(
         ranking, p, list(method_scores), "auc", "ranking AUC of validation impressions by split"))
     categories = (lists.groupby(["device_type", "hour"])["category_l1"]
@@ -815,6 +821,7 @@ def ranking_evaluation(context: dg.AssetExecutionContext, config: RankingEvaluat
             "auc": candidate,
             "oracle_auc": oracle_auc,
             "gap_to_oracle": oracle_auc - candidate,
+            "oracle_no_taste_auc": no_taste_auc,
             "popularity_auc": popularity,
             "log_loss": ev.metric(ranking, "dlrm", "all", "log_loss"),
             "metrics": markdown_table(ranking, ".4f"),

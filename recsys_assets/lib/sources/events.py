@@ -37,7 +37,7 @@ import numpy as np
 
 from recsys_assets.lib.feature_spec import DEVICES, UNKNOWN_DEVICE
 from recsys_assets.lib.settings import day_of_timestamp, start_epoch
-from recsys_assets.lib.sources.files import PARQUET_SUFFIXES, SourceError, SourceFolder
+from recsys_assets.lib.sources.files import SourceError, SourceFolder
 from recsys_assets.lib.sources.id_maps import ANONYMOUS, IdMap
 from recsys_assets.lib.sources.report import Quarantine, SourceReport
 from recsys_assets.lib.validation import INTERACTION_SCHEMA
