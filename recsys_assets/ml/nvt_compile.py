@@ -28,6 +28,7 @@ from recsys_assets.lib.feature_spec import (
     PAD_INDEX,
     WORKFLOW_INPUTS,
 )
+from recsys_assets.ml import without_tensorflow
 from recsys_assets.ml.nvt_ops import Cyclical, SentinelToNull
 from recsys_assets.serving import transforms as compiled
 
@@ -214,4 +215,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    without_tensorflow()  # NVTabular only: 3 s less of the step's start
     sys.exit(main())

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from recsys_assets.lib.feature_spec import NULL_INDEX, OOV_INDEX
+from recsys_assets.ml import without_tensorflow
 
 
 def transform_day(workflow_dir, input_file, out_dir, part_size: str = "128MB", output_files: int = 1) -> dict:
@@ -112,4 +113,5 @@ def transform_days(pipes, store) -> int:
 
 
 if __name__ == "__main__":
+    without_tensorflow()  # NVTabular only: 3 s less of the step's start
     sys.exit(main())

@@ -39,6 +39,7 @@ from recsys_assets.lib.feature_spec import (
     USER_HISTORY,
     WORKFLOW_OUTPUTS,
 )
+from recsys_assets.ml import without_tensorflow
 from recsys_assets.ml.nvt_ops import Cyclical, SentinelToNull
 
 META_FILE = "meta.json"
@@ -270,4 +271,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    without_tensorflow()  # NVTabular only: 3 s less of the step's start
     sys.exit(main())
