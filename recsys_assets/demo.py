@@ -151,10 +151,12 @@ def run_plan(defs: dg.Definitions, instance: dg.DagsterInstance, layers=BUILD_LA
 
 
 def _print_list(title: str, body: dict, mark: set[int] = frozenset()) -> None:
-    print(f"\n  {title}  ({body['triton_ms']:.1f} ms in Triton)")
+    # the score is the order's (the DLRM's click probability blended with the ordering prior): for a visitor the
+    # prior knows little of, it can be far below 0.001, so three significant digits, not three decimals
+    print(f"\n  {title}  ({body['triton_ms']:.1f} ms in Triton; score: the DLRM blended with the ordering prior)")
     for rank, item in enumerate(body["items"], 1):
         flag = "  <- new" if item["item_id"] in mark else ""
-        print(f"   {rank:>2}. {item['score']:.3f}  {str(item['item_id']):>12}  {item.get('name', '?')[:40]:<40} "
+        print(f"   {rank:>2}. {item['score']:9.3g}  {str(item['item_id']):>12}  {item.get('name', '?')[:40]:<40} "
               f"{item.get('category', '?')}/{item.get('style', '?')}{flag}")
 
 
