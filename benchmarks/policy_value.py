@@ -17,7 +17,9 @@ daily refresh does. ``--prior-weights 0 2`` replays every request once per weigh
 (``softmax_sampling``'s ``PRIOR_WEIGHT``, lib/prior.py) as methods ``served w=<w>``, beside ``served`` (the
 release as built); ``--context-candidates 0 100`` likewise for anonymous requests' context candidates
 (``filter_seen_items``' ``CONTEXT_CANDIDATES``) as ``served c=<n>``; ``--prior-coefficients 1,1,1,0,0,0``
-for the prior's term coefficients (``PRIOR_COEFFICIENTS``) as ``served k=<coefficients>``:
+for the prior's term coefficients (``PRIOR_COEFFICIENTS``) as ``served k=<coefficients>``; ``--ranked 150 200``
+for the number of retrieval candidates the DLRM ranks (``filter_seen_items``' ``RETRIEVAL_TOPK``) as
+``served n=<n>``:
 
     .venv/bin/python benchmarks/policy_value.py --artifacts artifacts --prior-weights 0 2 --context-candidates 100
 """
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context-candidates", type=int, nargs="*", default=[],
                         help="with --artifacts: also replay with these numbers of context candidates for anonymous "
                              "requests (filter_seen_items' CONTEXT_CANDIDATES)")
+    parser.add_argument("--ranked", type=int, nargs="*", default=[],
+                        help="with --artifacts: also replay with the DLRM ranking only this many retrieval "
+                             "candidates (filter_seen_items' RETRIEVAL_TOPK)")
     args = parser.parse_args(argv)
 
     from recsys_assets.defs.partitions import TRAIN_DAYS, VALIDATION_DAYS
@@ -170,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--days must be after the train days 00-{max(TRAIN_DAYS):02d}")
     recommend, close, stages, url = None, lambda: None, None, None
     if args.artifacts:
+        from pathlib import Path
+
         from recsys_assets.lib.artifacts import ArtifactStore
+
+        if "://" not in args.artifacts:  # the release's settings name paths the stages resolve from elsewhere
+            args.artifacts = str(Path(args.artifacts).resolve())
         from recsys_assets.lib.settings import Settings
 
         settings = Settings.from_env()
@@ -206,17 +216,21 @@ def main(argv: list[str] | None = None) -> int:
                     publish_day(store, url, day)
                     for stage in stages:  # read the day's prior now, not after the cache's refresh period
                         stage.prior.invalidate()
-                built = ordering.prior_weight, seen.context_candidates, ordering.coefficients
+                built = ordering.prior_weight, seen.context_candidates, ordering.coefficients, seen.topk
                 variants = [("served", built),
                             *((f"served w={w:g}", (w, *built[1:])) for w in args.prior_weights),
-                            *((f"served c={c}", (built[0], c, built[2])) for c in args.context_candidates),
-                            *((f"served k={k}", (built[0], built[1], prior.parse_coefficients(k)))
-                              for k in args.prior_coefficients)]
-                for name, (weight, context, coefficients) in variants:
-                    ordering.prior_weight, seen.context_candidates, ordering.coefficients = weight, context, coefficients
+                            *((f"served c={c}", (built[0], c, *built[2:])) for c in args.context_candidates),
+                            *((f"served k={k}", (*built[:2], prior.parse_coefficients(k), built[3]))
+                              for k in args.prior_coefficients),
+                            *((f"served n={n}", (*built[:3], n)) for n in args.ranked)]
+                for name, setting in variants:
+                    ordering.prior_weight, seen.context_candidates, ordering.coefficients, seen.topk = setting
+                    t1 = time.perf_counter()
                     models[name], failed = replay(recommend, requests)
-                    print(f"day {day:02d}: {len(requests)} requests served ({name}), {failed} failed")
-                ordering.prior_weight, seen.context_candidates, ordering.coefficients = built
+                    ms = (time.perf_counter() - t1) / max(len(requests), 1) * 1e3
+                    print(f"day {day:02d}: {len(requests)} requests served ({name}) in {ms:.2f} ms each, "
+                          f"{failed} failed")
+                ordering.prior_weight, seen.context_candidates, ordering.coefficients, seen.topk = built
             result = policy_value.evaluate(requests, models, world=world, history=history, visits=days[day],
                                            seed=args.eval_seed)
             print_table(day, result, time.perf_counter() - t0)
