@@ -31,7 +31,7 @@ import numpy as np
 
 from recsys_assets.lib import prior
 from recsys_assets.lib.feature_spec import USER_HISTORY, WORKFLOW_INPUTS
-from recsys_assets.release.repository import Release, version_dir
+from recsys_assets.release.repository import Release, ServingDefaults, version_dir
 
 class ReleaseScorer:
     """One release's models, read from its repository versions and fed the way the serving stages feed them."""
@@ -108,7 +108,7 @@ class ReleaseScorer:
                 out[column] = values
         return out
 
-    def recommend(self, requests, day: int, items, k: int = 10, candidates: int = 300,
+    def recommend(self, requests, day: int, items, k: int = 10, candidates: int = ServingDefaults.retrieval_topk,
                   batch: int = 8192, prior_table=None) -> np.ndarray:
         """(requests, k) raw item ids: the list this release serves with diversity off, without the seen filter.
 

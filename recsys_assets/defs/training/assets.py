@@ -43,6 +43,7 @@ from recsys_assets.defs.transforms.assets import (
 from recsys_assets.lib import evaluation as ev
 from recsys_assets.lib import faiss_index as fx
 from recsys_assets.lib import paths, policy_value, retrain
+from recsys_assets.release.repository import ServingDefaults
 from recsys_assets.lib.artifacts import ArtifactStore
 from recsys_assets.lib.settings import partition_key
 from recsys_assets.lib.feature_spec import ITEM_INPUTS
@@ -468,8 +469,8 @@ class RetrievalEvaluationConfig(dg.Config):
     validation_days: list[int] = list(VALIDATION_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     train_days: list[int] = list(TRAIN_DAYS)  # noqa: RUF012 (pydantic copies field defaults)
     """The popularity reference counts clicks over these days (the models' training window)."""
-    k: int = 300
-    """Retrieval depth (DESIGN.md: 300 candidates go to the ranker)."""
+    k: int = ServingDefaults.retrieval_topk
+    """Retrieval depth: what a release hands the ranker (``RETRIEVAL_TOPK``; DESIGN.md: 300)."""
     max_requests: int = 20_000
     """Requests scored (a seeded sample when there are more; the oracle scores every item for each)."""
     true_requests: int = 2_000
