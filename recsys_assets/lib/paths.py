@@ -159,9 +159,9 @@ def live_interactions(day: int) -> str:
 
 
 # -- models, index, evaluation (recsys_assets.defs.training / defs.index) --------------------------------------
-TWO_TOWER = "models/two_tower"  # <variant>/: query_tower/, candidate_tower/ (SavedModels), weights/, item_counts.npy,
-#                                 meta.json
-DLRM = "models/dlrm"            # model/ SavedModel (the ONNX export's), weights/, meta.json, validation_scores.parquet
+TWO_TOWER = "models/two_tower"  # <variant>/: weights/, item_counts.npy, meta.json (what rebuilds it),
+#                                 candidate_tower/ (a SavedModel, the item embeddings' graph)
+DLRM = "models/dlrm"            # weights/, meta.json (what rebuilds it), validation_scores.parquet
 WEIGHTS = "weights"
 """In a trained model's folder: the checkpoint fine-tuning restores into the architecture its ``meta.json`` describes
 (``ml.model_inputs.write_weights``). Folders written before it existed hold the whole model as a ``model/``

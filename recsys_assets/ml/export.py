@@ -1,14 +1,15 @@
-"""Exports SavedModels to ONNX with tf2onnx and records TensorFlow's outputs for a parity check (merlin env).
+"""Exports trained models to ONNX with tf2onnx and records TensorFlow's outputs for a parity check (merlin env).
 
 Contract
-- Each job names a SavedModel (a query tower or the DLRM), its input features and an output path. The ONNX
+- Each job names a trained model's folder (the DLRM, or a Two-Tower variant whose query tower is exported), rebuilt
+  from its parameters and weights over the parity rows' schema, its input features and an output path. The ONNX
   graph's inputs are the feature columns by name, as serving feeds them: categorical indices ``int64 [batch]``,
   continuous values ``float32 [batch]``, multimodal vectors ``float32 [batch, 64]``. Outputs:
   ``query_embedding float32 [batch, dim]`` for a query tower, ``click_probability float32 [batch]`` for the DLRM.
 - Beside each ``.onnx`` a ``.parity.npz`` holds real validation rows (the inputs, by feature name) and
   TensorFlow's outputs on them (``expected``); the pipeline env runs onnxruntime on the same inputs and compares
   (onnxruntime cannot join the merlin env: every release wants numpy >= 1.24.2).
-- The SavedModels stay where they are (fine-tuning restores them); ONNX files are published atomically.
+- The models stay where they are (fine-tuning restores them); ONNX files are published atomically.
 """
 
 from __future__ import annotations
@@ -71,20 +72,32 @@ def tf_outputs(model, kind: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
     return out.reshape(-1).astype(np.float32) if kind == "dlrm" else out.astype(np.float32)
 
 
+def load(kind: str, model_dir, rows_folders, table: np.ndarray):
+    """The TensorFlow model a job exports, rebuilt from its trained folder over the rows' schema: the DLRM, or the
+    query tower of a Two-Tower variant."""
+    from recsys_assets.ml import dlrm, two_tower
+
+    if kind == "dlrm":
+        split = mi.load_split(rows_folders, mi.DLRM_FEATURES, with_target=True)
+        return dlrm.restore(model_dir, mi.model_schema(split, table), table, split.rows.iloc[:8])[0]
+    features = two_tower.features_of(two_tower.saved_params(model_dir))
+    return two_tower.restore(model_dir, mi.load_split(rows_folders, features, with_target=False), table).query_encoder
+
+
 def main() -> int:
     from dagster_pipes import open_dagster_pipes
 
     from recsys_assets.lib.artifacts import ArtifactStore
-    from recsys_assets.ml.two_tower import load_tower
 
     with open_dagster_pipes() as pipes:
         store = ArtifactStore(pipes.get_extra("root"))
         table = mi.load_multimodal(store.local_path(pipes.get_extra("multimodal")), pipes.get_extra("n_items"))
-        rows = mi.read_days([store.local_path(p) for p in pipes.get_extra("rows")]).iloc[:pipes.get_extra("n_rows")]
+        rows_folders = [store.local_path(p) for p in pipes.get_extra("rows")]
+        rows = mi.read_days(rows_folders).iloc[:pipes.get_extra("n_rows")]
         summaries = {}
         for job in pipes.get_extra("jobs"):
             kind, features = job["kind"], list(job["features"])
-            model = load_tower(store.local_path(job["model"]))
+            model = load(kind, store.local_path(job["model"]), rows_folders, table)
             arrays = mi.feature_arrays(rows, features, table)
             expected = tf_outputs(model, kind, arrays)
             with store.writing(job["output"]) as tmp:

@@ -147,41 +147,6 @@ def fine_tune_two_tower(model_dir, split: "mi.Split", table: np.ndarray, params:
                            "trainable_weights": len(model.trainable_weights)}
 
 
-def restore_dlrm(parent_dir, schema, table: np.ndarray, probe) -> tuple:
-    """The parent DLRM rebuilt from its ``meta.json`` parameters with its weights: ``(model, params, probe scores)``.
-
-    The weights come from the parent's checkpoint (``model_inputs.WEIGHTS``). A folder from before the weights
-    existed has only the SavedModel; a merlin-models 23.12 DLRM loaded from one cannot be saved and loaded again
-    (its top MLP then expects another input width), so its variables are copied into the rebuilt model through a
-    checkpoint, and the two must score the probe rows identically.
-    """
-    import atexit
-    import shutil
-    import tempfile
-
-    from recsys_assets.ml.dlrm import META, MODEL, DlrmParams, build_model, load_model, score
-
-    parent = Path(parent_dir)
-    params = DlrmParams.from_dict(json.loads((parent / META).read_text())["params"])
-    fresh = build_model(schema, params)
-    mi.predict_batches(fresh, mi.feature_arrays(probe.iloc[:8], mi.DLRM_FEATURES, table))  # creates the variables
-    if mi.has_weights(parent / mi.WEIGHTS):
-        mi.read_weights(fresh, parent / mi.WEIGHTS)
-        return fresh, params, score(fresh, probe, table)
-    saved = load_model(parent / MODEL)
-    # The checkpoint must outlive this call: variables created later (metrics, at fit) restore from it lazily.
-    tmp = tempfile.mkdtemp(prefix="recsys-dlrm-")
-    atexit.register(shutil.rmtree, tmp, True)
-    mi.write_weights(saved, tmp)
-    mi.read_weights(fresh, tmp)
-    before = score(saved, probe, table)
-    diff = float(np.max(np.abs(before - score(fresh, probe, table)))) if len(probe) else 0.0
-    if diff != 0.0:
-        raise ValueError(f"the DLRM rebuilt from {parent} scores {diff} away from the saved one: its parameters "
-                         f"({parent / META}) do not describe the saved model")
-    return fresh, params, before
-
-
 def fine_tune_dlrm(parent_dir, split: "mi.Split", table: np.ndarray, params: FineTuneParams, probe, log=print):
     """Restore the DLRM and train all its layers on ``split`` at the fine-tuning learning rate."""
     import tensorflow as tf
@@ -189,7 +154,9 @@ def fine_tune_dlrm(parent_dir, split: "mi.Split", table: np.ndarray, params: Fin
     mi.set_seeds(params.seed)
     t0 = time.perf_counter()
     schema = mi.loader(split, table, params.dlrm_batch_size, shuffle=False).output_schema
-    model, architecture, before = restore_dlrm(parent_dir, schema, table, probe)
+    from recsys_assets.ml import dlrm
+
+    model, architecture, before = dlrm.restore(parent_dir, schema, table, probe)
     load_seconds = time.perf_counter() - t0
     model.compile(optimizer=mi.optimizer(params.dlrm_optimizer, params.dlrm_learning_rate),
                   metrics=[tf.keras.metrics.AUC(name="auc")])

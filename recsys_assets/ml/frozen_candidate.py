@@ -1,9 +1,10 @@
 """Proves the daily fine-tuning recipe on saved artifacts (merlin env, through Pipes).
 
-Restores a variant's full Two-Tower SavedModel, freezes the candidate tower (``freeze_blocks(["candidate"])``),
-trains the query tower on the given transformed days, then embeds the whole catalogue with the fine-tuned
-model's candidate tower and compares with the published item vectors (``index/item_embeddings``): they must be
-bit-identical, so yesterday's FAISS index stays valid, while the query tower must have changed.
+Restores a variant's whole Two-Tower (rebuilt from its weights), freezes the candidate tower
+(``freeze_blocks(["candidate"])``), trains the query tower on the given transformed days, then embeds the whole
+catalogue with the fine-tuned model's candidate tower and compares with the published item vectors
+(``index/item_embeddings``): they must be bit-identical, so yesterday's FAISS index stays valid, while the query
+tower must have changed.
 
 Reports the asset check ``item_vectors_unchanged`` and the query-tower change as metadata.
 """
@@ -22,8 +23,9 @@ def main() -> int:
     from dagster_pipes import open_dagster_pipes
 
     from recsys_assets.lib.artifacts import ArtifactStore
+    from recsys_assets.ml import two_tower
     from recsys_assets.ml.item_embeddings import catalogue_features, embed_catalogue
-    from recsys_assets.ml.two_tower import QUERY_TOWER, TwoTowerParams, fine_tune_frozen_candidate, load_tower
+    from recsys_assets.ml.two_tower import TwoTowerParams, fine_tune_frozen_candidate
 
     with open_dagster_pipes() as pipes:
         store = ArtifactStore(pipes.get_extra("root"))
@@ -37,7 +39,9 @@ def main() -> int:
         days = [store.local_path(p) for p in pipes.get_extra("days")]
         rows = mi.read_days(days).iloc[:256]
         q_in = mi.feature_arrays(rows, mi.query_features(variant), table)
-        before = mi.predict_batches(load_tower(model_dir / QUERY_TOWER), q_in)
+        saved = two_tower.restore(model_dir, mi.load_split(days, two_tower.features_of(params), with_target=False),
+                                  table)
+        before = mi.predict_batches(saved.query_encoder, q_in)
         model = fine_tune_frozen_candidate(model_dir, days, table, params, epochs=pipes.get_extra("epochs"))
         after_items = embed_catalogue(model.candidate_encoder, features, table)
         after_query = mi.predict_batches(model.query_encoder, q_in)

@@ -327,8 +327,8 @@ def set_seeds(seed: int) -> None:
 # -- what fine-tuning restores ------------------------------------------------------------------------------------
 WEIGHTS = paths.WEIGHTS
 """``weights/ckpt.*`` (``lib.paths.WEIGHTS``). Written in well under a second, where the whole Two-Tower as a
-SavedModel took 50 s on the tiny world (its save traces every Merlin layer) and 14 s to load; SavedModels are kept
-for what needs a graph (the ONNX export, item embeddings)."""
+SavedModel took 50 s on the tiny world (its save traces every Merlin layer) and 14 s to load. The ONNX exports
+rebuild each model from them too; only the candidate tower is kept as a SavedModel (the item embeddings')."""
 
 
 def _variables_of(model):

@@ -8,11 +8,12 @@ Contract
   request-context features (variant ``context``, context-aware retrieval); the candidate tower encodes item
   features plus the image and text vectors. Trained with in-batch negatives and a
   contrastive (softmax cross-entropy) loss; validation: loss and in-batch top-k metrics on the validation days.
-- Output, per variant under ``<output>/<variant>/``: ``query_tower/`` and ``candidate_tower/`` (SavedModels of
-  each tower), ``weights/`` + ``item_counts.npy`` (what daily fine-tuning rebuilds the whole model from, then
-  freezes its candidate tower), ``meta.json`` (parameters, features, history, timings). The whole folder is
-  published atomically.
-- Check ``reload_identical``: both towers, reloaded from disk, give bit-identical outputs on validation rows.
+- Output, per variant under ``<output>/<variant>/``: ``weights/`` + ``item_counts.npy`` + ``meta.json``
+  (parameters, features, history, timings): what :func:`restore` rebuilds the whole model from (the query tower's
+  ONNX export; daily fine-tuning, which then freezes its candidate tower), and ``candidate_tower/`` (a SavedModel,
+  the item embeddings' graph). The whole folder is published atomically.
+- Check ``reload_identical``: the rebuilt query tower and the reloaded candidate tower give bit-identical outputs
+  on validation rows.
 
 Imports dagster_pipes, the merlin stack and pure ``recsys_assets.lib`` / ``ml`` modules only.
 """
@@ -33,9 +34,10 @@ from recsys_assets.ml import model_inputs as mi
 
 QUERY_TOWER, CANDIDATE_TOWER, META = "query_tower", "candidate_tower", "meta.json"
 ITEM_COUNTS = "item_counts.npy"
-"""A trained variant's folder: the towers as SavedModels (ONNX export, item embeddings), the whole model's
-weights (``model_inputs.WEIGHTS``) with ``META``'s parameters and ``ITEM_COUNTS`` (the logQ correction's counts),
-which :func:`restore` rebuilds it from for fine-tuning."""
+"""A trained variant's folder: the whole model's weights (``model_inputs.WEIGHTS``) with ``META``'s parameters
+and ``ITEM_COUNTS`` (the logQ correction's counts), which :func:`restore` rebuilds it from (ONNX export,
+fine-tuning), and the candidate tower as a SavedModel (item embeddings). Folders trained before 2026-12-07 also
+hold ``QUERY_TOWER`` as a SavedModel."""
 # What a positive (query, item) pair is: a click, or every logged impression (clicked ones ``click_weight`` times).
 POSITIVES = ("clicks", "impressions")
 
@@ -249,12 +251,13 @@ def _steady_seconds(epochs: list[dict]) -> float:
 
 
 def save(model, out_dir, item_counts: np.ndarray | None) -> None:
-    """The towers as SavedModels and what :func:`restore` rebuilds the whole model from (``META`` is the caller's)."""
+    """What :func:`restore` rebuilds the whole model from (``META`` is the caller's) and the candidate tower as a
+    SavedModel (the item embeddings' graph). The query tower is rebuilt from the weights where it is needed (the
+    ONNX export): its SavedModel took as long to save as the training's last epochs."""
     out_dir = Path(out_dir)
     mi.write_weights(model, out_dir / mi.WEIGHTS)
     if item_counts is not None:
         np.save(out_dir / ITEM_COUNTS, item_counts)
-    model.query_encoder.save(str(out_dir / QUERY_TOWER))
     model.candidate_encoder.save(str(out_dir / CANDIDATE_TOWER))
 
 
@@ -286,7 +289,7 @@ def restore(model_dir, split: mi.Split, table: np.ndarray):
     mi.predict_batches(model.query_encoder, query)  # creates the variables
     mi.predict_batches(model.candidate_encoder, mi.feature_arrays(sample, mi.CANDIDATE_FEATURES, table))
     mi.read_weights(model, model_dir / mi.WEIGHTS)
-    if (model_dir / QUERY_TOWER).exists():  # the training's folder: the rebuilt tower must answer as the saved one
+    if (model_dir / QUERY_TOWER).exists():  # an older folder: the rebuilt tower must answer as its saved one
         diff = np.max(np.abs(mi.predict_batches(model.query_encoder, query)
                              - mi.predict_batches(load_tower(model_dir / QUERY_TOWER), query)))
         if diff != 0.0:
@@ -302,16 +305,20 @@ def load_tower(path):
     return tf.keras.models.load_model(str(path), compile=False)
 
 
-def reload_check(model, out_dir, rows, table, params: TwoTowerParams, n: int = 512) -> dict:
-    """Max abs difference between in-memory and reloaded towers on ``n`` real rows (0.0 expected)."""
-    sample = rows.iloc[:n]
-    q_in = mi.feature_arrays(sample, mi.query_features(params.variant), table)
-    c_in = mi.feature_arrays(sample, mi.CANDIDATE_FEATURES, table)
+def reload_check(model, out_dir, split: mi.Split, table, n: int = 512) -> dict:
+    """Max abs difference between the in-memory towers and what serving is built from (0.0 expected) on ``n`` real
+    rows: the query tower of the model rebuilt from ``out_dir``'s weights, the candidate tower's SavedModel."""
+    sample = mi.Split(rows=split.rows.iloc[:n], schema=split.schema)
+    params = saved_params(out_dir)
+    q_in = mi.feature_arrays(sample.rows, mi.query_features(params.variant), table)
+    c_in = mi.feature_arrays(sample.rows, mi.CANDIDATE_FEATURES, table)
+    rebuilt = restore(out_dir, sample, table).query_encoder
     diffs = {}
-    for name, live, arrays in ((QUERY_TOWER, model.query_encoder, q_in),
-                               (CANDIDATE_TOWER, model.candidate_encoder, c_in)):
+    for name, live, reloaded, arrays in ((QUERY_TOWER, model.query_encoder, rebuilt, q_in),
+                                         (CANDIDATE_TOWER, model.candidate_encoder,
+                                          load_tower(Path(out_dir) / CANDIDATE_TOWER), c_in)):
         before = mi.predict_batches(live, arrays)
-        after = mi.predict_batches(load_tower(Path(out_dir) / name), arrays)
+        after = mi.predict_batches(reloaded, arrays)
         diffs[name] = float(np.max(np.abs(before - after))) if len(before) else 0.0
     return diffs
 
@@ -369,9 +376,10 @@ def main() -> int:
                 t0 = time.perf_counter()
                 save(model, out, counts)
                 report["save_seconds"] = round(time.perf_counter() - t0, 2)
-                rows = valid_split.rows if len(valid_split) else mi.load_split(
-                    train_folders, features_of(params), with_target=False, clicked_only=True).rows
-                diffs[variant] = reload_check(model, out, rows, table, params)
+                (out / META).write_text(json.dumps(report, indent=1))  # the parameters restore() rebuilds from
+                split = valid_split if len(valid_split) else mi.load_split(
+                    train_folders, features_of(params), with_target=False, clicked_only=True)
+                diffs[variant] = reload_check(model, out, split, table)
                 report["reload_max_abs_diff"] = diffs[variant]
                 (out / META).write_text(json.dumps(report, indent=1))
                 reports[variant] = report

@@ -175,9 +175,10 @@ def test_every_check_passes_and_models_are_saved(trained):
               for e in result.get_asset_check_evaluations() if not e.passed]
     assert not failed
     two_tower = store.local_path(paths.two_tower(VARIANT))
-    for part in ("query_tower", "candidate_tower"):  # the towers' graphs (ONNX export, item embeddings)
-        assert (two_tower / part / "saved_model.pb").exists()
-    assert (store.local_path(paths.DLRM) / "model" / "saved_model.pb").exists()
+    assert (two_tower / "candidate_tower" / "saved_model.pb").exists()  # the item embeddings' graph
+    assert not (two_tower / "query_tower").exists()  # the ONNX export rebuilds it from the weights
+    assert (store.local_path(paths.DLRM) / paths.WEIGHTS / "ckpt.index").exists()
+    assert not (store.local_path(paths.DLRM) / "model").exists()  # rebuilt from its weights, no SavedModel
     # what fine-tuning restores: each model's weights, rebuilt from the parameters in its meta.json
     for folder in (two_tower, store.local_path(paths.DLRM)):
         assert (folder / paths.WEIGHTS / "ckpt.index").exists() and (folder / "meta.json").exists()

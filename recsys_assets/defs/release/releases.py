@@ -500,7 +500,7 @@ def retrained_release(context: dg.AssetExecutionContext, config: RetrainedReleas
                             "take the selected one from: materialize retrieval_evaluation")
     needed = [(paths.SERVING_TRANSFORMS, "serving_transforms"), (paths.DLRM_ONNX, "dlrm_onnx"),
               (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings"), (paths.ITEMS, "items"),
-              (f"{paths.DLRM}/model", "dlrm_model")]
+              (f"{paths.DLRM}/{paths.WEIGHTS}", "dlrm_model")]
     if variant:
         needed += [(paths.query_tower_onnx(variant), "query_tower_onnx"), (paths.faiss_index(variant), "faiss_index"),
                    (f"{paths.two_tower(variant)}/{paths.WEIGHTS}", "two_tower_model"),

@@ -2,8 +2,8 @@
 
 - ``two_tower_model`` (merlin env, Pipes): ``TwoTowerModelV2`` on the impressions (clicks weighted up) of the
   train days, one model per variant (``plain``: user features; ``context``: user + request context), in-batch
-  negatives with logQ correction. Saves the full SavedModel (fine-tuning restores it and freezes the candidate
-  tower), and each tower alone (``models/two_tower/<variant>/``). Blocking check ``reload_identical``.
+  negatives with logQ correction. Saves the weights the ONNX export and fine-tuning rebuild it from, and the
+  candidate tower as a SavedModel (``models/two_tower/<variant>/``). Blocking check ``reload_identical``.
 - ``dlrm_model`` (merlin env): ``DLRMModel`` on every labelled impression of the train days; user, item,
   context and the two multimodal vectors take part in the dot-product interaction. AUC on the validation days.
 - ``query_tower_onnx`` / ``dlrm_onnx``: tf2onnx exports (merlin env) with a blocking ``onnx_parity`` check run
@@ -136,7 +136,7 @@ def _plot(store: ArtifactStore, rel: str, draw) -> dg.MetadataValue:
 
 def _trained_variants(store: ArtifactStore) -> list:
     """The variants of the current two_tower_model (its folder is replaced whole, so no stale variant stays)."""
-    return [v for v in VARIANTS if store.exists(f"{paths.two_tower(v)}/query_tower")]
+    return [v for v in VARIANTS if store.exists(f"{paths.two_tower(v)}/{paths.WEIGHTS}")]
 
 
 def _n_items(store: ArtifactStore) -> int:
@@ -180,8 +180,8 @@ def two_tower_model(context: dg.AssetExecutionContext, config: TwoTowerConfig, a
 
     Trained on the impressions of the train days, clicks weighted up (or on the clicked rows alone, ``positives``),
     with in-batch negatives and a contrastive loss with logQ correction;
-    validation loss and in-batch recall on the validation days. Saves each tower (SavedModels) and the whole
-    model's weights (for fine-tuning with the candidate tower frozen).
+    validation loss and in-batch recall on the validation days. Saves the whole model's weights (what the ONNX
+    export and fine-tuning rebuild it from) and the candidate tower as a SavedModel (the item embeddings').
     """
     store = artifacts.store()
     config, where, window_problems = _windowed(store, config)
@@ -307,7 +307,7 @@ def _export(context, config: OnnxExportConfig, store: ArtifactStore, merlin: Mer
         metadata={**result.metadata, "parity": markdown_table(pd.DataFrame(rows), ".2e"),
                   "max_abs_diff": worst, **latency},
         check_results=[
-            check("inputs_complete", True, "SavedModels and parity rows present"),
+            check("inputs_complete", True, "trained models and parity rows present"),
             check("onnx_parity", ok, f"onnxruntime vs TensorFlow on {config.parity_rows} real rows: max abs "
                    f"difference {worst:.3e} (tolerance {config.tolerance:.0e})", max_abs_diff=worst)],
     )
@@ -347,7 +347,7 @@ def query_tower_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig
                                            [(paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings")], where)
     if problems:
         return _blocked(problems, EXPORT_CHECKS[1:])
-    jobs = [{"name": f"query_tower_{v}", "kind": "query_tower", "model": f"{paths.two_tower(v)}/query_tower",
+    jobs = [{"name": f"query_tower_{v}", "kind": "query_tower", "model": paths.two_tower(v),
              "features": list(query_features(v)), "output": paths.query_tower_onnx(v),
              "parity": paths.onnx_parity(paths.query_tower_onnx(v))} for v in variants]
     return _export(context, config, store, merlin, jobs, where)
@@ -364,10 +364,11 @@ def dlrm_onnx(context: dg.AssetExecutionContext, config: OnnxExportConfig, artif
     store = artifacts.store()
     config, where, window_problems = _windowed(store, config)
     problems = window_problems + _missing(store, [config.rows_day], [
-        (f"{paths.DLRM}/model", "dlrm_model"), (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings")], where)
+        (f"{paths.DLRM}/{paths.WEIGHTS}", "dlrm_model"), (paths.MULTIMODAL_EMBEDDINGS, "item_multimodal_embeddings")],
+        where)
     if problems:
         return _blocked(problems, EXPORT_CHECKS[1:])
-    jobs = [{"name": "dlrm", "kind": "dlrm", "model": f"{paths.DLRM}/model", "features": list(DLRM_FEATURES),
+    jobs = [{"name": "dlrm", "kind": "dlrm", "model": paths.DLRM, "features": list(DLRM_FEATURES),
              "output": paths.DLRM_ONNX, "parity": paths.onnx_parity(paths.DLRM_ONNX)}]
     return _export(context, config, store, merlin, jobs, where)
 
