@@ -35,15 +35,23 @@ remove_unlocked() {  # remove_unlocked <dir> <lock>: uninstall what the lock no 
   [[ -z "$extra" ]] || "$1/bin/python" -m pip uninstall -y $extra
 }
 
+up_to_date() {  # up_to_date <dir> <lock>: the env exists and was built from this lock
+  [[ -f "$1/.lock-sha256" && "$(cat "$1/.lock-sha256")" == "$(sha256sum "$2" | cut -d' ' -f1)" ]]
+}
+
+syncable() {  # syncable <dir>: an env built before, which a changed lock updates in place (else: built anew)
+  [[ -x "$1/bin/python" && -f "$1/.lock-sha256" ]]
+}
+
 build_env() {  # build_env <dir> <lock file>
   local dir=$1 lock=$2 stamp want
   stamp="$dir/.lock-sha256"
   want=$(sha256sum "$lock" | cut -d' ' -f1)
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  if up_to_date "$dir" "$lock"; then
     echo "[setup] $dir is up to date with $lock"
     return 0
   fi
-  if [[ -x "$dir/bin/python" && -f "$stamp" ]]; then
+  if syncable "$dir"; then
     echo "[setup] syncing $dir with $lock (log: $dir.log)"
   else
     echo "[setup] creating $dir from $lock (log: $dir.log)"
@@ -60,6 +68,21 @@ build_env() {  # build_env <dir> <lock file>
   echo "$want" >"$stamp"
   echo "[setup] $dir ready ($(du -sh "$dir" | cut -f1))"
 }
+
+# Disk: an env built anew takes about this much (du of each, 2026-12-07), plus pip's unpacking room. Out of space,
+# pip stops halfway with "No space left on device" and leaves a broken env: say it before starting.
+need_gib=0
+syncable .venv || need_gib=$((need_gib + 9))         # 7.4 GiB: torch + its CUDA libraries
+syncable .venv-merlin || need_gib=$((need_gib + 3))  # 2.3 GiB: TensorFlow
+free_gib=$(( $(df -Pk . | awk 'NR == 2 {print $4}') / 1024 / 1024 ))
+if (( need_gib > 0 && free_gib < need_gib )); then
+  cat >&2 <<MSG
+error: $free_gib GiB free on the disk of $(pwd); building the missing environments needs about $need_gib GiB
+       (.venv 7.4 GiB, most of it torch's CUDA build, which PyPI's torchvision needs; .venv-merlin 2.3 GiB).
+Free some space (old clones of this project, ~/.cache/pip, /tmp) and re-run \`make setup\`.
+MSG
+  exit 1
+fi
 
 # The two installs are mostly unpacking and I/O: run them side by side.
 build_env .venv requirements/pipeline.lock.txt & p1=$!
