@@ -39,10 +39,11 @@ def main() -> int:
         days = [store.local_path(p) for p in pipes.get_extra("days")]
         rows = mi.read_days(days).iloc[:256]
         q_in = mi.feature_arrays(rows, mi.query_features(variant), table)
-        saved = two_tower.restore(model_dir, mi.load_split(days, two_tower.features_of(params), with_target=False),
-                                  table)
-        before = mi.predict_batches(saved.query_encoder, q_in)
-        model = fine_tune_frozen_candidate(model_dir, days, table, params, epochs=pipes.get_extra("epochs"))
+        mi.set_seeds(params.seed)
+        split = two_tower.positive_pairs(days, two_tower.features_of(params), params)
+        model = two_tower.restore(model_dir, split, table)
+        before = mi.predict_batches(model.query_encoder, q_in)
+        model = fine_tune_frozen_candidate(model, split, table, params, epochs=pipes.get_extra("epochs"))
         after_items = embed_catalogue(model.candidate_encoder, features, table)
         after_query = mi.predict_batches(model.query_encoder, q_in)
         identical = bool(after_items.shape == published.shape and np.array_equal(after_items, published))

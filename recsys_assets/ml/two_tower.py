@@ -323,16 +323,14 @@ def reload_check(model, out_dir, split: mi.Split, table, n: int = 512) -> dict:
     return diffs
 
 
-def fine_tune_frozen_candidate(model_dir, train_folders, table: np.ndarray, params: TwoTowerParams,
+def fine_tune_frozen_candidate(model, split: mi.Split, table: np.ndarray, params: TwoTowerParams,
                                epochs: int = 1, learning_rate: float | None = None):
-    """Restore a saved model, freeze its candidate tower and train the query tower on ``train_folders``.
+    """Freeze the candidate tower of a restored ``model`` (:func:`restore` over ``split``, the
+    :func:`positive_pairs` of the days) and train its query tower on ``split``.
 
     The daily fine-tuning recipe: item embeddings (and so the FAISS index) stay bit-identical.
     Returns the fine-tuned model.
     """
-    mi.set_seeds(params.seed)
-    split = positive_pairs(train_folders, features_of(params), params)
-    model = restore(model_dir, split, table)
     freeze_candidate_tower(model, learning_rate or params.learning_rate / 3, params.optimizer)
     model.fit(mi.loader(split, table, params.batch_size, shuffle=True, seed=params.seed, drop_last=True),
               epochs=epochs, verbose=0)
