@@ -33,6 +33,7 @@ from recsys_assets.release.repository import ENSEMBLE, MODELS
 from recsys_assets.serving.transforms import CompiledTransforms
 from tests.defs.test_finetune import FINETUNE, _checks, _ports, _promote, _resources, answers_of
 from tests.support.roots import copy_root
+from tests.support.runs import step_failures
 
 
 # -- pure ------------------------------------------------------------------------------------------------------
@@ -122,6 +123,7 @@ def _finetune_day_9(resources):
                             run_config={"ops": {"finetuned_models": {"config": {
                                 **FINETUNE, "first_day": 9, "two_tower_learning_rate": 1e-5}}}},
                             raise_on_error=False)
+    assert not step_failures(result), step_failures(result)
     checks = _checks(result, "finetuned_models")
     for name in ("inputs_complete", "item_vectors_unchanged", "onnx_parity"):
         assert checks[name].passed, (name, checks[name].description)
@@ -140,8 +142,9 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
     root = Path(store.root)
     ports = _ports()
     resources = {**_resources(root, ports), "merlin": MerlinRunner()}
-    dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
+    result = dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
         "retrained_release": {"config": {"variant": "plain", "eval_day": 9}}}}, raise_on_error=False)
+    assert not step_failures(result), step_failures(result)
     assert records.manifest(store, 1) is not None
     original_vectors = np.load(store.local_path(paths.item_embeddings("plain")))
 
@@ -167,6 +170,7 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
         # the weekly retrain, as full_retrain_job runs it: refit on 02-07, validate on 08-09, one release of it all
         result = dg.materialize(RETRAIN_ASSETS, resources=resources, run_config=jobs.retrain_run_config(
             ops={**RETRAIN_OPS, "retrained_release": {"variant": "plain"}}, **WINDOW), raise_on_error=False)
+        assert not step_failures(result), step_failures(result)
         failed = {(e.asset_key.path[-1], e.check_name): e.description for e in result.get_asset_check_evaluations()
                   if not e.passed and e.asset_key.path[-1] != "retrained_release"}
         assert not failed, failed
