@@ -141,7 +141,8 @@ def test_weekly_retrain_new_vocabularies_released_as_a_whole_and_finetunes_keep_
     store = copy_root(tiny_trained, tmp_path_factory, "retrain")
     root = Path(store.root)
     ports = _ports()
-    resources = {**_resources(root, ports), "merlin": MerlinRunner()}
+    # the merlin steps' output in a file: a failed step's error then ends with the last lines of it
+    resources = {**_resources(root, ports), "merlin": MerlinRunner(log_dir=str(root.parent / "merlin-logs"))}
     result = dg.materialize([releases.retrained_release], resources=resources, run_config={"ops": {
         "retrained_release": {"config": {"variant": "plain", "eval_day": 9}}}}, raise_on_error=False)
     assert not step_failures(result), step_failures(result)
