@@ -116,11 +116,25 @@ class PortableBloom:
     """Bitmap-string Bloom filters on any Redis/Valkey (see the module docstring)."""
 
     mode = "portable"
+    TABLE_IDS = 1 << 18
+    """Item ids below this have their bit positions kept in a table once met (int32, 4 bytes per hash and id: 7 MB
+    at most for the default sizing): a request's 300 candidates are then looked up instead of hashed (~50 µs)."""
 
     def __init__(self, prefix: str, params: BloomParams) -> None:
         self.params = params
         self.prefix = f"{prefix}bloom:m{params.bits}k{params.hashes}:"
         self._zeros = bytes(params.bits // 8)
+        self._table = np.zeros((0, params.hashes), np.int32)
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """:func:`bit_positions` of ``ids`` (int64, 1-d), from the table where they all fit in it."""
+        if not len(ids) or ids.min() < 0 or ids.max() >= self.TABLE_IDS or self.params.bits >= 2**31:
+            return bit_positions(ids, self.params)
+        top = int(ids.max())
+        if top >= len(self._table):
+            size = min(max(top + 1, 2 * len(self._table), 1024), self.TABLE_IDS)
+            self._table = bit_positions(np.arange(size), self.params).astype(np.int32)
+        return self._table[ids]
 
     def key(self, user_id: int) -> str:
         return self.prefix + _key_part(user_id)
@@ -142,7 +156,7 @@ class PortableBloom:
         ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
         if not len(ids):
             return np.zeros(0, dtype=bool)
-        return bits_contain(client.get(self.key(user_id)), bit_positions(ids, self.params))
+        return bits_contain(client.get(self.key(user_id)), self.positions(ids))
 
 
 class NativeBloom:

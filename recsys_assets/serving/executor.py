@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
@@ -139,10 +139,21 @@ class Metrics:
     def observe(self, name: str, labels: Mapping[str, str], value: float, buckets: tuple[float, ...] = (),
                 description: str = "") -> None:
         """One observation of a histogram; kept in memory as ``<name>_count`` and ``<name>_sum``."""
+        self.histogram(name, labels, buckets, description)(value)
+
+    def histogram(self, name: str, labels: Mapping[str, str], buckets: tuple[float, ...] = (),
+                  description: str = "") -> Callable[[float], None]:
+        """The recorder of one histogram series: ``record(value)`` is :meth:`observe` with the series' keys made
+        once (the executor records every stage of every request)."""
         key = tuple(sorted(labels.items()))
-        with self._lock:
-            for suffix, amount in (("_count", 1.0), ("_sum", float(value))):
-                self._values[(name + suffix, key)] = self._values.get((name + suffix, key), 0.0) + amount
+        count, total = (name + "_count", key), (name + "_sum", key)
+        values, lock = self._values, self._lock
+
+        def record(value: float) -> None:
+            with lock:
+                values[count] = values.get(count, 0.0) + 1.0
+                values[total] = values.get(total, 0.0) + float(value)
+        return record
 
     def value(self, name: str, **labels: str) -> float:
         """The sum over every counter of ``name`` whose labels include ``labels``."""
@@ -269,7 +280,8 @@ class Executor:
         self.input_specs = [TensorSpec.from_config(e) for e in config.get("input", [])]
         self.output_specs = [TensorSpec.from_config(e) for e in config.get("output", [])]
         self._check_declared(stage_cls)
-        self._undeclared = tuple(n for n in stage_cls.optional_inputs if n not in {s.name for s in self.input_specs})
+        self._names = frozenset(s.name for s in self.input_specs)
+        self._undeclared = tuple(n for n in stage_cls.optional_inputs if n not in self._names)
         self.stage = stage_cls(ctx)
 
     def _check_declared(self, stage_cls: type[Stage]) -> None:
@@ -291,7 +303,10 @@ class Executor:
         if problems:
             raise StageConfigError(f"model {self.name!r} ({stage_cls.__name__}): " + "; ".join(problems))
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, Any], checked: frozenset = frozenset()) -> dict[str, np.ndarray]:
+        """The stage on ``inputs``, each checked against its spec but those named in ``checked``: tensors another
+        stage's :meth:`run` produced under an output spec that already guarantees this input's (the graph knows,
+        :meth:`accepts`)."""
         args: dict[str, np.ndarray | None] = dict.fromkeys(self._undeclared)
         for spec in self.input_specs:
             value = inputs.get(spec.name)
@@ -300,8 +315,8 @@ class Executor:
                     raise BadRequest(f"input {spec.name!r} is required by model {self.name!r}")
                 args[spec.name] = None
                 continue
-            args[spec.name] = spec.check_input(value)
-        unknown = set(inputs) - {s.name for s in self.input_specs}
+            args[spec.name] = value if spec.name in checked else spec.check_input(value)
+        unknown = inputs.keys() - self._names
         if unknown:
             raise BadRequest(f"model {self.name!r} has no inputs named {sorted(unknown)}")
         produced = self.stage(**args)
@@ -309,6 +324,13 @@ class Executor:
         if missing:
             raise StageConfigError(f"model {self.name!r} produced no {missing}")
         return {s.name: s.check_output(produced[s.name]) for s in self.output_specs}
+
+    def accepts(self, name: str, produced: TensorSpec) -> bool:
+        """Whether every tensor that passed the output check of ``produced`` passes this stage's input ``name``
+        unchanged: the same dtype, and each fixed dimension of the input fixed to the same size in the output."""
+        spec = next((s for s in self.input_specs if s.name == name), None)
+        return (spec is not None and spec.dtype == produced.dtype and len(spec.dims) == len(produced.dims)
+                and all(d == -1 or d == p for d, p in zip(spec.dims, produced.dims)))
 
     def close(self) -> None:
         self.stage.close()

@@ -132,6 +132,8 @@ class StageGraph:
         self.on_step = on_step
         logger = logger or (lambda name: logging.getLogger(f"recsys_assets.serving.{name}"))
         self.steps: list[tuple[str, Executor, dict[str, str], dict[str, str]]] = []
+        self._checked: list[frozenset] = []  # per step: the inputs an earlier step's output check already covers
+        produced = {}  # graph tensor -> the output spec of the step that produced it
         try:
             for step in graph.ensemble_scheduling.step:
                 name, model = step.model_name, model_of(step.model_name)
@@ -151,6 +153,11 @@ class StageGraph:
                 except Exception as exc:  # name the step: in the executor layout Triton only names ensemble_model
                     raise StageConfigError(f"model {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
                 self.steps.append((model, executor, dict(step.input_map), dict(step.output_map)))
+                self._checked.append(frozenset(
+                    key for key, tensor in step.input_map.items()
+                    if tensor in produced and executor.accepts(key, produced[tensor])))
+                specs = {spec.name: spec for spec in executor.output_specs}
+                produced.update({tensor: specs[key] for key, tensor in step.output_map.items() if key in specs})
         except BaseException:
             self.close()
             raise
@@ -171,9 +178,9 @@ class StageGraph:
             raise BadRequest(f"the graph has no inputs named {sorted(unknown)}; inputs: {self.inputs}")
         out = {name: value for name, value in tensors.items() if value is not None}
         on_step = self.on_step
-        for model, executor, input_map, output_map in self.steps:
+        for (model, executor, input_map, output_map), checked in zip(self.steps, self._checked):
             start = time.perf_counter()
-            produced = executor.run({key: out.get(tensor) for key, tensor in input_map.items()})
+            produced = executor.run({key: out.get(tensor) for key, tensor in input_map.items()}, checked)
             if on_step is not None:
                 on_step(model, time.perf_counter() - start)
             for key, tensor in output_map.items():
@@ -183,4 +190,4 @@ class StageGraph:
     def close(self) -> None:
         for _, executor, _, _ in self.steps:
             executor.close()
-        self.steps = []
+        self.steps, self._checked = [], []

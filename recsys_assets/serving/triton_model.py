@@ -60,13 +60,17 @@ class TritonMetrics(Metrics):
         super().increment(name, labels, amount, description)
         self._metric(name, labels, "COUNTER", description).increment(amount)
 
-    def observe(self, name, labels, value, buckets=(), description=""):
-        super().observe(name, labels, value, buckets, description)
+    def histogram(self, name, labels, buckets=(), description=""):
+        in_memory = super().histogram(name, labels, buckets, description)
         key = (name, tuple(sorted(labels.items())))
         pending = self._pending.get(key)
         if pending is None:
             pending = self._pending[key] = _PendingHistogram(tuple(buckets), description)
-        pending.add(float(value))
+
+        def record(value: float) -> None:
+            in_memory(value)
+            pending.add(float(value))
+        return record
 
     def flush(self) -> None:
         """Send the histograms' observations since the last flush, if ``flush_s`` has passed."""
@@ -198,10 +202,14 @@ def executor_model() -> type:
             version_dir = folder / str(args["model_version"])
             self._log = _logger(args["model_name"])
             metrics = self._metrics = TritonMetrics(pb_utils, flush_s=STAGE_LATENCY_FLUSH_S)
+            recorders = {}  # stage -> its histogram series' recorder
 
             def on_step(model: str, seconds: float) -> None:
-                metrics.observe(STAGE_LATENCY_METRIC, {"stage": model}, seconds * 1e6, STAGE_LATENCY_BUCKETS,
-                                STAGE_LATENCY_HELP)
+                record = recorders.get(model)
+                if record is None:
+                    record = recorders[model] = metrics.histogram(STAGE_LATENCY_METRIC, {"stage": model},
+                                                                  STAGE_LATENCY_BUCKETS, STAGE_LATENCY_HELP)
+                record(seconds * 1e6)
 
             graph = parse_config_text((version_dir / GRAPH_FILE).read_text(), str(version_dir / GRAPH_FILE))
             self._graph = StageGraph(folder.parent, graph, environ=dict(os.environ), metrics=metrics,

@@ -52,6 +52,16 @@ def test_hashing_is_vectorised_deterministic_and_in_range(ids):
     assert (positions == one_by_one).all()
 
 
+@given(st.lists(st.lists(st.integers(-5, 5000), min_size=1, max_size=300), min_size=1, max_size=4))
+@settings(max_examples=40, deadline=None)
+def test_the_position_table_gives_the_hashed_positions_of_every_id(requests):
+    bloom = PortableBloom(PREFIX, BloomParams(1000, 0.01))
+    for ids in requests:  # the table grows as larger ids arrive; negative ids are hashed each time
+        ids = np.asarray(ids, dtype=np.int64)
+        assert np.array_equal(bloom.positions(ids), bit_positions(ids, bloom.params))
+    assert len(bloom._table) <= PortableBloom.TABLE_IDS
+
+
 @given(st.lists(st.integers(0, 10**9), min_size=1, max_size=200, unique=True))
 @settings(max_examples=30, deadline=None)
 def test_no_false_negatives_in_the_bit_test(ids):
