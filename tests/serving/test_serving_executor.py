@@ -47,6 +47,21 @@ def test_a_request_runs_through_the_stage_and_outputs_take_the_declared_dtypes()
     assert out["n"].dtype == np.int64 and out["n"].tolist() == [2]
 
 
+def test_an_input_is_left_unchecked_only_where_an_output_check_already_guarantees_it():
+    executor = make()
+    spec = lambda dtype, dims: TensorSpec("t", np.dtype(dtype), dims)  # noqa: E731
+    assert executor.accepts("x", spec(np.float32, (-1,))) and executor.accepts("x", spec(np.float32, (3,)))
+    assert executor.accepts("scale", spec(np.int64, (1,)))
+    assert not executor.accepts("scale", spec(np.int64, (-1,)))  # [1] wanted: an output of any length may differ
+    assert not executor.accepts("x", spec(np.float64, (-1,))) and not executor.accepts("x", spec(np.float32, (-1, 2)))
+    assert not executor.accepts("other", spec(np.float32, (-1,)))
+    # named as checked, an input is handed over as it is; not named, the same value is refused
+    wrong = np.array([1, 2], np.int64)
+    assert executor.run({"x": np.array([1.0], np.float32), "scale": wrong}, frozenset({"scale"}))["n"].tolist() == [1]
+    with pytest.raises(BadRequest, match="has shape"):
+        executor.run({"x": np.array([1.0], np.float32), "scale": wrong})
+
+
 def test_optional_inputs_may_be_left_out():
     assert make().run({"x": np.array([1.0], np.float32)})["y"].tolist() == [1.0]
 
