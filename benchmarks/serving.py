@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -376,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             s.stop()
         stop_valkey()
+        shutil.rmtree(work, ignore_errors=True)  # the layouts' repository copies and the servers' logs
 
     print(f"\nthrough tritonserver, ensemble layout ({protocol}, client on the same {os.cpu_count()} cores; "
           f"models loaded in {results['load_s']:.0f} s):")
